@@ -1,0 +1,37 @@
+# initscope developer tasks. `make help` lists them.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch is installed first, pinned, so that pip takes the local CPU wheel instead of
+# resolving an unpinned torch to a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: help install run test lint bench clean
+
+help:  ## list the tasks
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install initscope with its dev tools
+
+run: $(STAMP)  ## report the bundled example UNet
+	$(VENV)/bin/initscope report initscope.examples:UNet
+
+test: $(STAMP)  ## run the whole test suite
+	$(PY) -m pytest -q
+
+lint: $(STAMP)  ## ruff + mypy
+	$(VENV)/bin/ruff check initscope tests
+	$(VENV)/bin/ruff format --check initscope tests
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)  ## run the benchmarks (not timed tests)
+	$(PY) benchmarks/bench_report.py
+
+clean:  ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

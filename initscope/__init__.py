@@ -1,0 +1,91 @@
+"""initscope: inspect, explain and check how a PyTorch model's parameters are initialized.
+
+The public API is re-exported here. Names are imported on first use, so ``import initscope``
+(and ``initscope --help``) stay fast and do not import torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "CheckpointError": "initscope.errors",
+    "InitScopeError": "initscope.errors",
+    "SpecError": "initscope.errors",
+    "TargetError": "initscope.errors",
+    "UnsafeLoadRequired": "initscope.errors",
+    "Checkpoint": "initscope.checkpoints",
+    "TensorInfo": "initscope.checkpoints",
+    "atomic_write": "initscope.checkpoints",
+    "open_checkpoint": "initscope.checkpoints",
+    "Distribution": "initscope.distributions",
+    "Family": "initscope.distributions",
+    "DefaultInit": "initscope.tracing",
+    "InitCall": "initscope.tracing",
+    "InitTracer": "initscope.tracing",
+    "fans": "initscope.tracing",
+    "TracedModel": "initscope.models",
+    "trace_model": "initscope.models",
+    "ModelSpec": "initscope.targets",
+    "import_ref": "initscope.targets",
+    "load_spec": "initscope.targets",
+    "RunningStats": "initscope.stats",
+    "TensorStats": "initscope.stats",
+    "tensor_stats": "initscope.stats",
+    "ParameterReport": "initscope.report",
+    "Report": "initscope.report",
+    "ReportOptions": "initscope.report",
+    "build_report": "initscope.report",
+    "report_checkpoint": "initscope.report",
+    "report_model": "initscope.report",
+    "Explanation": "initscope.explain",
+    "ParamExplanation": "initscope.explain",
+    "explain": "initscope.explain",
+    "OutputFormat": "initscope.render",
+    "render_report": "initscope.render",
+    "render_explanation": "initscope.render",
+    "report_to_dict": "initscope.render",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from initscope.checkpoints import Checkpoint, TensorInfo, atomic_write, open_checkpoint
+    from initscope.distributions import Distribution, Family
+    from initscope.errors import (
+        CheckpointError,
+        InitScopeError,
+        SpecError,
+        TargetError,
+        UnsafeLoadRequired,
+    )
+    from initscope.explain import Explanation, ParamExplanation, explain
+    from initscope.models import TracedModel, trace_model
+    from initscope.render import OutputFormat, render_explanation, render_report, report_to_dict
+    from initscope.report import (
+        ParameterReport,
+        Report,
+        ReportOptions,
+        build_report,
+        report_checkpoint,
+        report_model,
+    )
+    from initscope.stats import RunningStats, TensorStats, tensor_stats
+    from initscope.targets import ModelSpec, import_ref, load_spec
+    from initscope.tracing import DefaultInit, InitCall, InitTracer, fans
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'initscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,3 @@
+from initscope.cli import main
+
+main()

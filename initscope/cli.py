@@ -1,0 +1,230 @@
+"""The ``initscope`` command line: parse, call the library, render, map errors to exit codes.
+
+Nothing here computes anything. Library modules are imported inside the commands so that
+``--help`` and argument errors do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from initscope import __version__
+from initscope.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, InitScopeError
+from initscope.render import TABLE_WIDTH, OutputFormat
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Inspect, explain and check how a PyTorch model's parameters are initialized.",
+)
+
+_state = {"debug": False}
+
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+ArgOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional on Python 3.10
+    typer.Option(
+        "--arg",
+        "-a",
+        help="Constructor argument name=value (value read as YAML: 3, [3,5], false). Repeatable.",
+    ),
+]
+ArgsFileOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--args-file", help="YAML mapping of constructor arguments."),
+]
+InputShapeOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--input-shape",
+        help="Shape of a random input, e.g. 1,3,64,64, to materialize Lazy modules.",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for constructing the model.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"initscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: DebugOpt = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@contextmanager
+def _boundary(debug: bool) -> Iterator[None]:
+    """Turn library exceptions into one line on stderr and an exit code."""
+    debug = debug or _state["debug"]
+    try:
+        yield
+    except InitScopeError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"initscope: error: {exc.one_line()}\n")
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("initscope: interrupted\n")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        msg = " ".join(str(exc).split())[:300]
+        sys.stderr.write(
+            f"initscope: internal error: {type(exc).__name__}: {msg}; "
+            "rerun with --debug for the traceback and report it\n"
+        )
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(s <= 0 for s in shape):
+        raise InitScopeError(
+            f"--input-shape {text!r} is not a shape", "write positive integers: 1,3,64,64"
+        )
+    return shape
+
+
+def _width() -> int:
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
+    return TABLE_WIDTH
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from initscope.checkpoints import atomic_write
+
+    with atomic_write(output) as fh:
+        fh.write(text)
+
+
+@app.command()
+def report(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="pkg.module:Class (with --arg), a .yaml spec, or a checkpoint "
+            "(.pt/.pth/.bin/.safetensors)."
+        ),
+    ],
+    arg: ArgOpt = None,
+    args_file: ArgsFileOpt = None,
+    model: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--model", "-m", help="pkg.module:Class to load a checkpoint TARGET into."),
+    ] = None,
+    spec: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--spec", help="YAML spec of the model to load a checkpoint TARGET into."),
+    ] = None,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.TABLE,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout."),
+    ] = None,
+    buffers: Annotated[bool, typer.Option("--buffers", help="Include buffers.")] = False,
+    type_: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--type", help="Only modules of this class (subclasses match). Repeatable."),
+    ] = None,
+    name: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--name", help="Only parameters whose name or module matches this glob."),
+    ] = None,
+    input_shape: InputShapeOpt = None,
+    unsafe_load: Annotated[
+        bool,
+        typer.Option(
+            "--unsafe-load",
+            help="Allow loading pickled objects (runs code from the file; only for trusted files).",
+        ),
+    ] = False,
+    seed: SeedOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Show every parameter's default init (traced from torch), next to its actual statistics."""
+    with _boundary(debug):
+        from initscope.render import render_report
+        from initscope.report import ReportOptions, build_report
+
+        result = build_report(
+            target,
+            args=arg or (),
+            args_file=args_file,
+            model=model,
+            spec=spec,
+            input_shape=_parse_shape(input_shape),
+            unsafe_load=unsafe_load,
+            seed=seed,
+            options=ReportOptions(
+                buffers=buffers, types=tuple(type_ or ()), names=tuple(name or ())
+            ),
+        )
+        _emit(render_report(result, fmt, _width() if output is None else TABLE_WIDTH), output)
+
+
+@app.command()
+def explain(
+    layer: Annotated[str, typer.Argument(help="A layer class, e.g. nn.Conv2d or torch.nn:LSTM.")],
+    arg: ArgOpt = None,
+    args_file: ArgsFileOpt = None,
+    fmt: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table (text), markdown or json.")
+    ] = OutputFormat.TABLE,
+    input_shape: InputShapeOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Explain one layer type's default init: the call, the numbers, the formula and the source."""
+    with _boundary(debug):
+        from initscope.explain import explain as explain_layer
+        from initscope.render import render_explanation
+        from initscope.targets import load_args_file, parse_args
+
+        kwargs = load_args_file(args_file) if args_file else {}
+        kwargs.update(parse_args(arg or ()))
+        if fmt is OutputFormat.CSV:
+            raise InitScopeError(
+                "explain has no csv format", "use --format table, markdown or json"
+            )
+        result = explain_layer(layer, kwargs, input_shape=_parse_shape(input_shape))
+        _emit(render_explanation(result, fmt), None)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interrupted outside a command body
+        sys.stderr.write("initscope: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,80 @@
+"""Construct a model under the init tracer, and resolve each tensor's default init.
+
+This is where "the default init as torch (or the model's own code) really performs it" comes
+from: the model is built for real, inside :class:`~initscope.tracing.InitTracer`, and every
+parameter and buffer is mapped to the last call that wrote it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from initscope.distributions import Distribution
+from initscope.errors import TargetError
+from initscope.targets import ModelSpec, construct
+from initscope.tracing import DefaultInit, InitCall, InitTracer
+
+__all__ = ["TracedModel", "trace_model"]
+
+
+@dataclass(frozen=True)
+class TracedModel:
+    """A constructed model and the default init of each of its tensors, by name."""
+
+    model: torch.nn.Module
+    defaults: Mapping[str, DefaultInit]
+
+
+def _has_lazy(model: torch.nn.Module) -> bool:
+    from torch.nn.parameter import is_lazy
+
+    return any(is_lazy(p) for p in model.parameters()) or any(is_lazy(b) for b in model.buffers())
+
+
+def trace_model(spec: ModelSpec, *, seed: int = 0) -> TracedModel:
+    """Build the model ``spec`` names with tracing on, materializing Lazy modules."""
+    torch.manual_seed(seed)
+    tracer = InitTracer()
+    try:
+        with torch.no_grad(), tracer:
+            model = construct(spec)
+            if _has_lazy(model):
+                _materialize(model, spec)
+        defaults: dict[str, DefaultInit] = {}
+        # The untraced marker distinguishes "built, but no init call seen" from "no model".
+        untraced = DefaultInit(InitCall("untraced"), Distribution.custom())
+        for name, t in _named_tensors(model):
+            defaults[name] = tracer.resolve(t) or untraced
+        return TracedModel(model, defaults)
+    finally:
+        tracer.close()
+
+
+def _materialize(model: torch.nn.Module, spec: ModelSpec) -> None:
+    if spec.example_input_shape is None:
+        raise TargetError(
+            f"{spec.ref} has Lazy modules whose shapes are only known after a forward pass",
+            "give an input shape: --input-shape 1,3,64,64, or `example_input: {shape: [...]}` "
+            "in a spec",
+        )
+    was_training = model.training
+    model.eval()  # a forward in eval mode leaves running statistics untouched
+    try:
+        model(torch.randn(spec.example_input_shape))
+    except Exception as exc:
+        raise TargetError(
+            f"running {spec.ref} on an input of shape {list(spec.example_input_shape)} failed: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+            "pass the shape the model's forward expects",
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def _named_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    out: list[tuple[str, torch.Tensor]] = list(model.named_parameters(remove_duplicate=False))
+    out += list(model.named_buffers(remove_duplicate=False))
+    return out

@@ -1,0 +1,410 @@
+"""Turn reports and explanations into text: a rich table, JSON, Markdown or CSV.
+
+The JSON shape (``initscope.report/1``) is a public contract documented in the README; fields
+are only ever added to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from initscope.explain import Explanation
+    from initscope.report import ParameterReport, Report
+    from initscope.tracing import DefaultInit
+
+__all__ = [
+    "OutputFormat",
+    "explanation_to_dict",
+    "render_explanation",
+    "render_report",
+    "report_to_dict",
+]
+
+TABLE_WIDTH = 100
+# Calls whose numbers the distribution label already shows in full.
+_PLAIN_CALLS = {"uniform_", "normal_", "constant_", "zeros_", "ones_", "fill_", "zero_"}
+
+
+class OutputFormat(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+    MARKDOWN = "markdown"
+    CSV = "csv"
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+def _finite(x: float | None) -> float | None:
+    if x is None or math.isnan(x) or math.isinf(x):
+        return None
+    return x
+
+
+def default_to_dict(d: DefaultInit | None) -> dict[str, Any] | None:
+    if d is None:
+        return None
+    dist = d.distribution
+    return {
+        "init": d.call.name,
+        "args": dict(d.call.args),
+        "family": dist.family.value,
+        "low": dist.low,
+        "high": dist.high,
+        "mean": dist.mean,
+        "std": dist.std,
+        "value": dist.value,
+        "label": dist.label(),
+        "source": d.call.source,
+        "then": [c.signature() for c in d.then],
+        "partial_writes": [c.signature() for c in d.partial],
+        "via": list(d.via),
+    }
+
+
+def parameter_to_dict(p: ParameterReport) -> dict[str, Any]:
+    s = p.stats
+    return {
+        "name": p.name,
+        "module": p.module,
+        "module_type": p.module_type,
+        "param": p.param,
+        "kind": "buffer" if p.is_buffer else "parameter",
+        "shape": list(p.shape),
+        "dtype": p.dtype,
+        "numel": p.numel,
+        "fan_in": p.fan_in,
+        "fan_out": p.fan_out,
+        "tied_to": list(p.tied_to) or None,
+        "default": default_to_dict(p.default),
+        "stats": None
+        if s is None
+        else {
+            "mean": _finite(s.mean),
+            "std": _finite(s.std),
+            "min": _finite(s.min),
+            "max": _finite(s.max),
+            "abs_max": _finite(s.abs_max),
+            "zero_fraction": s.zero_fraction,
+            "nan_count": s.nan_count,
+            "inf_count": s.inf_count,
+        },
+    }
+
+
+def report_to_dict(report: Report) -> dict[str, Any]:
+    return {
+        "schema": "initscope.report/1",
+        "initscope_version": report.initscope_version,
+        "torch_version": report.torch_version,
+        "target": report.target,
+        "parameters": [parameter_to_dict(p) for p in report.parameters],
+        "summary": report.summary(),
+    }
+
+
+# -- text helpers ----------------------------------------------------------------------------
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    return f"{x:.4g}"
+
+
+def _shape(shape: Iterable[int]) -> str:
+    return "[" + ",".join(str(s) for s in shape) + "]"
+
+
+def _short_call(d: DefaultInit) -> str:
+    """``kaiming_uniform_(a=√5)``: only the arguments that differ from torch's defaults."""
+    from initscope.tracing import InitCall
+
+    call = d.call
+    if call.name in _PLAIN_CALLS:
+        text = call.name
+    else:
+        shown = {k: v for k, v in call.args.items() if not _is_default_arg(call.name, k, v)}
+        text = InitCall(call.name, shown).signature() if shown else call.name
+    for step in d.then:
+        text += f" → {step.signature()}"
+    return text
+
+
+def _is_default_arg(func: str, key: str, value: Any) -> bool:
+    import inspect
+
+    import torch
+
+    fn = getattr(torch.nn.init, func, None)
+    if fn is None:
+        return False
+    try:
+        param = inspect.signature(fn).parameters.get(key)
+    except (TypeError, ValueError):
+        return False
+    return (
+        param is not None
+        and param.default is not inspect.Parameter.empty
+        and param.default == value
+    )
+
+
+def _type_name(module_type: str | None) -> str:
+    return module_type.rsplit(".", 1)[-1] if module_type else ""
+
+
+# -- renderers -------------------------------------------------------------------------------
+
+
+def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
+    """Parameters grouped under a heading line per module; the default init's call and its
+    distribution share a column, folded onto a second line when the row would not fit."""
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
+    for p in report.parameters:
+        s = p.stats
+        name = f"  {p.param}" + (" (buffer)" if p.is_buffer else "")
+        call, label = _default_parts(p.default)
+        bad = s is not None and (s.nan_count or s.inf_count)
+        amax = _num(s.abs_max if s else None)
+        if s and bad:
+            amax += f" nan={s.nan_count} inf={s.inf_count}"
+        rows.append(
+            (
+                name,
+                _shape(p.shape),
+                call,
+                label,
+                _num(s.mean if s else None),
+                _num(s.std if s else None),
+                amax,
+            )
+        )
+    w_name = max([len("parameter"), *(len(r[0]) for r in rows)])
+    w_shape = max([len("shape"), *(len(r[1]) for r in rows)])
+    w_num = max([9, *(len(r[k]) for r in rows for k in (4, 5))])
+    w_call = max([len("default init"), *(len(r[2]) for r in rows)])
+    w_label = max([0, *(len(r[3]) for r in rows)])
+    fixed = w_name + w_shape + 3 * (w_num + 2) + 4
+    one_line = fixed + w_call + 1 + w_label <= width
+    w_default = w_call + 1 + w_label if one_line else max(w_call, w_label)
+
+    def line(name: str, shape: str, default: str, mean: str, std: str, amax: str) -> str:
+        return (
+            f"{name:<{w_name}}  {shape:<{w_shape}}  {default:<{w_default}}  "
+            f"{mean:>{w_num}}  {std:>{w_num}}  {amax:>{w_num}}"
+        ).rstrip()
+
+    out = [f"{report.target}  (torch {report.torch_version})", ""]
+    header = line("parameter", "shape", "default init", "mean", "std", "|max|")
+    out += [header, "-" * len(header)]
+    current: str | None = None
+    for p, (name, shape, call, label, mean, std, amax) in zip(report.parameters, rows, strict=True):
+        if p.module != current:
+            current = p.module
+            head = p.module or "(root)"
+            if p.module_type:
+                head += f"  {_type_name(p.module_type)}"
+            out.append(head)
+        if one_line:
+            out.append(line(name, shape, f"{call:<{w_call}} {label}".rstrip(), mean, std, amax))
+        else:
+            out.append(line(name, shape, call, mean, std, amax))
+            if label:
+                out.append(line("", "", label, "", "", ""))
+        if p.tied_to:
+            out.append(f"{'':{w_name}}  tied: {', '.join(p.tied_to)}")
+    out += ["", _summary_line(report)]
+    return "\n".join(out) + "\n"
+
+
+def _default_parts(d: DefaultInit | None) -> tuple[str, str]:
+    if d is None:
+        return "-", ""
+    call = _short_call(d)
+    label = d.distribution.label()
+    if d.partial:
+        label += " +partial"
+    if label == "custom":
+        label = ""
+    return call, label
+
+
+def _summary_line(report: Report) -> str:
+    s = report.summary()
+    text = f"{s['parameters']} parameters, {s['numel']:,} elements"
+    if s["buffers"]:
+        text += f", {s['buffers']} buffers"
+    known = s["with_default"]
+    if known:
+        text += f"; default init traced for {known} of {s['parameters']}"
+    else:
+        text += "; no model given, so no default init (pass --model or --spec)"
+    return text
+
+
+def render_markdown(report: Report) -> str:
+    lines = [
+        f"# initscope report: `{report.target}`",
+        "",
+        f"torch {report.torch_version}, initscope {report.initscope_version}",
+        "",
+        "| parameter | type | shape | default init | distribution | mean | std | min | max |",
+        "|---|---|---|---|---|--:|--:|--:|--:|",
+    ]
+    for p in report.parameters:
+        s = p.stats
+        d = p.default
+        cells = [
+            f"`{p.name}`",
+            _type_name(p.module_type),
+            f"`{_shape(p.shape)}`",
+            f"`{_short_call(d)}`" if d else "-",
+            d.distribution.label() if d else "-",
+            _num(s.mean if s else None),
+            _num(s.std if s else None),
+            _num(s.min if s else None),
+            _num(s.max if s else None),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", _summary_line(report), ""]
+    return "\n".join(lines)
+
+
+_CSV_COLUMNS = [
+    "name",
+    "module",
+    "module_type",
+    "param",
+    "kind",
+    "shape",
+    "dtype",
+    "numel",
+    "fan_in",
+    "fan_out",
+    "tied_to",
+    "default_init",
+    "default_family",
+    "default_low",
+    "default_high",
+    "default_mean",
+    "default_std",
+    "default_value",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "abs_max",
+    "zero_fraction",
+    "nan_count",
+    "inf_count",
+]
+
+
+def render_csv(report: Report) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for p in report.parameters:
+        row = parameter_to_dict(p)
+        d = row["default"] or {}
+        s = row["stats"] or {}
+        writer.writerow(
+            {
+                **{k: row[k] for k in _CSV_COLUMNS[:5]},
+                "shape": "x".join(str(x) for x in row["shape"]),
+                "dtype": row["dtype"],
+                "numel": row["numel"],
+                "fan_in": row["fan_in"],
+                "fan_out": row["fan_out"],
+                "tied_to": ";".join(row["tied_to"] or []),
+                "default_init": d.get("init"),
+                "default_family": d.get("family"),
+                "default_low": d.get("low"),
+                "default_high": d.get("high"),
+                "default_mean": d.get("mean"),
+                "default_std": d.get("std"),
+                "default_value": d.get("value"),
+                **{k: s.get(k) for k in _CSV_COLUMNS[18:]},
+            }
+        )
+    return buf.getvalue()
+
+
+def render_report(report: Report, fmt: OutputFormat, width: int = TABLE_WIDTH) -> str:
+    if fmt is OutputFormat.JSON:
+        return json.dumps(report_to_dict(report), indent=2) + "\n"
+    if fmt is OutputFormat.MARKDOWN:
+        return render_markdown(report)
+    if fmt is OutputFormat.CSV:
+        return render_csv(report)
+    return render_table(report, width)
+
+
+# -- explain ---------------------------------------------------------------------------------
+
+
+def explanation_to_dict(e: Explanation) -> dict[str, Any]:
+    return {
+        "schema": "initscope.explain/1",
+        "layer": e.layer,
+        "arguments": dict(e.arguments),
+        "representative": e.representative,
+        "parameters": [
+            {
+                "name": p.name,
+                "shape": list(p.shape),
+                "fan_in": p.fan_in,
+                "fan_out": p.fan_out,
+                "call": p.default.call.signature(),
+                "default": default_to_dict(p.default),
+                "formula": list(p.formula),
+                "source": p.default.call.source,
+                "torch_function": p.torch_function,
+            }
+            for p in e.parameters
+        ],
+    }
+
+
+def render_explanation(e: Explanation, fmt: OutputFormat, width: int = TABLE_WIDTH) -> str:
+    if fmt is OutputFormat.JSON:
+        return json.dumps(explanation_to_dict(e), indent=2) + "\n"
+    if fmt not in (OutputFormat.TABLE, OutputFormat.MARKDOWN):
+        raise ValueError(f"explain renders as table, markdown or json, not {fmt.value}")
+    args = ", ".join(f"{k}={v!r}" for k, v in e.arguments.items())
+    lines = [f"{e.layer}({args})"]
+    if e.representative:
+        lines.append("  (no --arg given: these are small representative arguments)")
+    if not e.parameters:
+        lines.append("  no parameters")
+    for p in e.parameters:
+        lines.append("")
+        lines.append(f"{p.name}  {_shape(p.shape)}")
+        lines.append(f"  init     {p.default.call.signature()}")
+        for step in p.default.then:
+            lines.append(f"  then     {step.signature()}")
+        lines.append(f"  gives    {p.default.distribution.label()}")
+        for i, f in enumerate(p.formula):
+            lines.append(f"  {'formula' if i == 0 else '':8} {f}")
+        for c in p.default.partial:
+            lines.append(f"  partial  {c.signature()}  (part of the tensor, afterwards)")
+        if p.default.via:
+            lines.append(f"  via      {' → '.join(p.default.via)}")
+        if p.default.call.source:
+            lines.append(f"  source   {p.default.call.source}")
+        if p.torch_function:
+            lines.append(f"  see      {p.torch_function}")
+    text = "\n".join(lines) + "\n"
+    if fmt is OutputFormat.MARKDOWN:
+        return "```\n" + text + "```\n"
+    return text

@@ -1,0 +1,346 @@
+"""Build the per-parameter report: names, types, shapes, fans, traced defaults and statistics.
+
+Only data lives here; :mod:`initscope.render` turns a :class:`Report` into text.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from initscope import __version__
+from initscope.checkpoints import Checkpoint, open_checkpoint
+from initscope.errors import CheckpointError, TargetError
+from initscope.models import TracedModel, trace_model
+from initscope.stats import TensorStats, tensor_stats
+from initscope.targets import (
+    ModelSpec,
+    is_checkpoint_path,
+    is_spec_path,
+    load_args_file,
+    load_spec,
+    parse_args,
+)
+from initscope.tracing import DefaultInit, fans
+
+__all__ = [
+    "ParameterReport",
+    "Report",
+    "ReportOptions",
+    "build_report",
+    "report_checkpoint",
+    "report_model",
+]
+
+SCHEMA = "initscope.report/1"
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Everything initscope knows about one parameter (or buffer)."""
+
+    name: str
+    module: str
+    module_type: str | None
+    param: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    fan_in: int | None
+    fan_out: int | None
+    tied_to: tuple[str, ...]
+    default: DefaultInit | None
+    stats: TensorStats | None
+    is_buffer: bool = False
+
+
+@dataclass(frozen=True)
+class Report:
+    """A model's (or checkpoint's) parameters, in ``named_modules()`` order."""
+
+    target: str
+    parameters: tuple[ParameterReport, ...]
+    initscope_version: str = __version__
+    torch_version: str = torch.__version__
+
+    @property
+    def numel(self) -> int:
+        return sum(p.numel for p in self.parameters if not p.is_buffer)
+
+    def summary(self) -> dict[str, Any]:
+        params = [p for p in self.parameters if not p.is_buffer]
+        return {
+            "parameters": len(params),
+            "numel": sum(p.numel for p in params),
+            "buffers": len(self.parameters) - len(params),
+            "with_default": sum(1 for p in params if p.default is not None),
+        }
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What to include: buffers, and filters by module type and by name glob."""
+
+    buffers: bool = False
+    types: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _type_matches(module: torch.nn.Module | None, types: Sequence[str]) -> bool:
+    if not types:
+        return True
+    if module is None:
+        return False
+    names = {c.__name__ for c in type(module).__mro__} | {
+        _qualname(c) for c in type(module).__mro__
+    }
+    return any(t in names for t in types)
+
+
+def _name_matches(name: str, module: str, globs: Sequence[str]) -> bool:
+    return not globs or any(
+        fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(module, g) for g in globs
+    )
+
+
+def _split(name: str) -> tuple[str, str]:
+    module, _, param = name.rpartition(".")
+    return module, param
+
+
+def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
+    f = fans(shape)
+    return (None, None) if f is None else f
+
+
+def report_model(
+    traced: TracedModel,
+    *,
+    target: str,
+    options: ReportOptions = ReportOptions(),
+    checkpoint: Checkpoint | None = None,
+) -> Report:
+    """Report a constructed model; with ``checkpoint``, statistics come from its tensors."""
+    model = traced.model
+    modules = dict(model.named_modules(remove_duplicate=False))
+    if checkpoint is not None:
+        _check_fits(model, checkpoint)
+    # Tied tensors appear once, under their first name, listing the others in tied_to.
+    first_name: dict[int, str] = {}
+    tied: dict[str, list[str]] = {}
+    entries: list[tuple[str, torch.Tensor, bool]] = []
+    named: Iterable[tuple[str, torch.Tensor, bool]] = [
+        (n, p, False) for n, p in model.named_parameters(remove_duplicate=False)
+    ]
+    if options.buffers:
+        named = [*named, *((n, b, True) for n, b in model.named_buffers(remove_duplicate=False))]
+    for name, t, is_buffer in named:
+        if id(t) in first_name:
+            tied[first_name[id(t)]].append(name)
+            continue
+        first_name[id(t)] = name
+        tied[name] = []
+        entries.append((name, t, is_buffer))
+    out: list[ParameterReport] = []
+    for name, t, is_buffer in entries:
+        module_path, param = _split(name)
+        module = modules.get(module_path)
+        if not _type_matches(module, options.types) or not _name_matches(
+            name, module_path, options.names
+        ):
+            continue
+        source = t
+        if checkpoint is not None and name in checkpoint.infos:
+            source = checkpoint.load(name)
+        shape = tuple(source.shape)
+        f_in, f_out = _tensor_fans(shape)
+        out.append(
+            ParameterReport(
+                name=name,
+                module=module_path,
+                module_type=_qualname(type(module)) if module is not None else None,
+                param=param,
+                shape=shape,
+                dtype=_dtype_name(source.dtype),
+                numel=source.numel(),
+                fan_in=f_in,
+                fan_out=f_out,
+                tied_to=tuple(tied[name]),
+                default=traced.defaults.get(name),
+                stats=tensor_stats(source),
+                is_buffer=is_buffer,
+            )
+        )
+    return Report(target=target, parameters=tuple(out))
+
+
+def _check_fits(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    # A tied tensor may be saved under only one of its names (transformers drops lm_head).
+    storage_names: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        storage_names.setdefault(id(p), []).append(n)
+    alias_groups = [set(g) for g in storage_names.values() if len(g) > 1]
+    have = ckpt.infos
+    missing = [
+        k
+        for k in expected
+        if k not in have and not any(k in g and g & have.keys() for g in alias_groups)
+    ]
+    unexpected = [k for k in have if k not in expected]
+    wrong = [
+        f"{k} {list(have[k].shape)} vs model {list(s)}"
+        for k, s in expected.items()
+        if k in have and have[k].shape != s
+    ]
+    problems: list[str] = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+        if items:
+            shown = ", ".join(items[:3])
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label} ({shown}{more})")
+    if problems:
+        raise CheckpointError(
+            f"{ckpt.path} does not fit the model: {'; '.join(problems)}",
+            "check that --model/--spec and its arguments match the checkpoint's architecture",
+        )
+
+
+def report_checkpoint(
+    ckpt: Checkpoint, *, target: str, options: ReportOptions = ReportOptions()
+) -> Report:
+    """A stats-only report of a checkpoint's tensors, keyed by state-dict names."""
+    if options.types and ckpt.module is None:
+        raise TargetError(
+            "--type needs module types, which a bare checkpoint does not have",
+            "pass --model pkg.module:Class (with --arg) or --spec spec.yaml",
+        )
+    modules = dict(ckpt.module.named_modules()) if ckpt.module is not None else {}
+    tied: dict[str, list[str]] = {}
+    for alias, first in ckpt.aliases.items():
+        tied.setdefault(first, []).append(alias)
+    out: list[ParameterReport] = []
+    for name, info in ckpt.infos.items():
+        if name in ckpt.aliases:
+            continue
+        module_path, param = _split(name)
+        module = modules.get(module_path)
+        if not _type_matches(module, options.types) or not _name_matches(
+            name, module_path, options.names
+        ):
+            continue
+        f_in, f_out = _tensor_fans(info.shape)
+        out.append(
+            ParameterReport(
+                name=name,
+                module=module_path,
+                module_type=_qualname(type(module)) if module is not None else None,
+                param=param,
+                shape=info.shape,
+                dtype=_dtype_name(info.dtype),
+                numel=info.numel,
+                fan_in=f_in,
+                fan_out=f_out,
+                tied_to=tuple(tied.get(name, ())),
+                default=None,
+                stats=tensor_stats(ckpt.load(name)),
+            )
+        )
+    return Report(target=target, parameters=tuple(out))
+
+
+def build_report(
+    target: str,
+    *,
+    args: Sequence[str] = (),
+    args_file: str | Path | None = None,
+    model: str | None = None,
+    spec: str | Path | None = None,
+    input_shape: Sequence[int] | None = None,
+    unsafe_load: bool = False,
+    seed: int = 0,
+    options: ReportOptions = ReportOptions(),
+) -> Report:
+    """The report for TARGET as the CLI understands it (see README, "Targets")."""
+    model_spec, ckpt_path = resolve_target(
+        target, args=args, args_file=args_file, model=model, spec=spec, input_shape=input_shape
+    )
+    if model_spec is None:
+        assert ckpt_path is not None
+        with open_checkpoint(ckpt_path, unsafe_load=unsafe_load) as ckpt:
+            return report_checkpoint(ckpt, target=target, options=options)
+    if ckpt_path is not None:
+        # Open (and validate) the checkpoint before the possibly slow model construction.
+        with open_checkpoint(ckpt_path, unsafe_load=unsafe_load) as ckpt:
+            traced = trace_model(model_spec, seed=seed)
+            return report_model(traced, target=target, options=options, checkpoint=ckpt)
+    return report_model(trace_model(model_spec, seed=seed), target=target, options=options)
+
+
+def resolve_target(
+    target: str,
+    *,
+    args: Sequence[str] = (),
+    args_file: str | Path | None = None,
+    model: str | None = None,
+    spec: str | Path | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> tuple[ModelSpec | None, Path | None]:
+    """Split TARGET and the model options into (how to build the model, which weights)."""
+    kwargs: dict[str, Any] = {}
+    if args_file is not None:
+        kwargs.update(load_args_file(args_file))
+    kwargs.update(parse_args(args))
+    shape = tuple(input_shape) if input_shape else None
+    if model is not None and spec is not None:
+        raise TargetError("--model and --spec both given", "use one of them")
+    if is_spec_path(target):
+        if model is not None or spec is not None:
+            raise TargetError(
+                f"{target} is a spec; --model/--spec apply to checkpoint targets",
+                "drop --model/--spec, or set `checkpoint:` in the spec",
+            )
+        s = load_spec(target)
+        merged = ModelSpec(
+            s.ref, s.args, {**s.kwargs, **kwargs}, s.checkpoint, shape or s.example_input_shape
+        )
+        return merged, s.checkpoint
+    if is_checkpoint_path(target) or Path(target).suffix.lower() in (".pt", ".pth", ".bin"):
+        ckpt = Path(target)
+        if spec is not None:
+            s = load_spec(spec)
+            return (
+                ModelSpec(
+                    s.ref, s.args, {**s.kwargs, **kwargs}, ckpt, shape or s.example_input_shape
+                ),
+                ckpt,
+            )
+        if model is not None:
+            return ModelSpec(model, (), kwargs, ckpt, shape), ckpt
+        if kwargs:
+            raise TargetError(
+                "--arg/--args-file given for a checkpoint without a model",
+                "add --model pkg.module:Class so the arguments have something to construct",
+            )
+        return None, ckpt
+    if model is not None or spec is not None:
+        raise TargetError(
+            f"--model/--spec given, but TARGET {target!r} is not a checkpoint file",
+            "pass the checkpoint path as TARGET, or drop --model/--spec",
+        )
+    if "/" in target or "\\" in target or Path(target).suffix.lower() in (".safetensors",):
+        raise CheckpointError(f"no such file: {target}", "check the path")
+    return ModelSpec(target, (), kwargs, None, shape), None

@@ -1,0 +1,238 @@
+"""What TARGET names: an importable model with its arguments, a YAML spec, or a checkpoint.
+
+``pkg.module:Attr`` (or ``pkg.module.Attr``) names a class or factory; ``nn.X`` and ``torch.nn:X``
+are short for ``torch.nn.X``. A ``.yaml`` spec names the same plus positional/keyword
+arguments, an optional checkpoint and an optional example input for Lazy modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from initscope.checkpoints import CHECKPOINT_SUFFIXES
+from initscope.errors import TargetError
+from initscope.yamlio import did_you_mean, load_yaml, parse_scalar
+
+__all__ = [
+    "ModelSpec",
+    "import_ref",
+    "is_checkpoint_path",
+    "is_spec_path",
+    "load_args_file",
+    "load_spec",
+    "parse_args",
+]
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+_ALIASES = {"nn": "torch.nn", "F": "torch.nn.functional"}
+_SPEC_KEYS = ("model", "args", "kwargs", "checkpoint", "example_input")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to construct a model: a factory reference and its arguments.
+
+    ``example_input_shape`` is the shape of a random input run through the model once, to
+    materialize Lazy modules; ``checkpoint`` are weights to report instead of the fresh ones.
+    """
+
+    ref: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    example_input_shape: tuple[int, ...] | None = None
+
+
+def is_spec_path(target: str) -> bool:
+    return target.lower().endswith(SPEC_SUFFIXES)
+
+
+def is_checkpoint_path(target: str) -> bool:
+    return target.lower().endswith(CHECKPOINT_SUFFIXES) or Path(target).is_file()
+
+
+def parse_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["in_features=5", "bias=false"]`` → ``{"in_features": 5, "bias": False}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise TargetError(
+                f"--arg {pair!r} is not name=value", "write it as --arg in_features=5"
+            )
+        out[key.strip()] = parse_scalar(value)
+    return out
+
+
+def load_args_file(path: str | Path) -> dict[str, Any]:
+    doc = load_yaml(path)
+    if doc.data is None:
+        return {}
+    if not isinstance(doc.data, dict):
+        raise doc.error(
+            (), "expected a mapping of argument names to values", "e.g. `in_features: 5`"
+        )
+    return {str(k): v for k, v in doc.data.items()}
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a spec file; errors name file:line:col."""
+    doc = load_yaml(path)
+    data = doc.data
+    if not isinstance(data, dict):
+        raise doc.error((), "a spec must be a mapping with at least `model: pkg.module:Class`")
+    for key in data:
+        if key not in _SPEC_KEYS:
+            raise doc.error(
+                (key,),
+                f"unknown key{did_you_mean(str(key), _SPEC_KEYS)}",
+                f"valid keys are {', '.join(_SPEC_KEYS)}",
+            )
+    ref = data.get("model")
+    if not isinstance(ref, str) or not ref.strip():
+        raise doc.error(
+            ("model",), "`model` must name a class or factory", "e.g. `model: torch.nn:Linear`"
+        )
+    args = data.get("args") or []
+    if not isinstance(args, list):
+        raise doc.error(
+            ("args",), "`args` must be a list of positional arguments", "e.g. `args: [5, 100]`"
+        )
+    kwargs = data.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise doc.error(
+            ("kwargs",), "`kwargs` must be a mapping", "e.g. `kwargs: {in_features: 5}`"
+        )
+    checkpoint = data.get("checkpoint")
+    ckpt_path: Path | None = None
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str):
+            raise doc.error(("checkpoint",), "`checkpoint` must be a file path")
+        ckpt_path = Path(checkpoint)
+        if not ckpt_path.is_absolute():
+            ckpt_path = Path(path).parent / ckpt_path
+    shape = None
+    example = data.get("example_input")
+    if example is not None:
+        raw = example.get("shape") if isinstance(example, dict) else None
+        if not isinstance(raw, list) or not all(isinstance(s, int) and s > 0 for s in raw):
+            raise doc.error(
+                ("example_input",),
+                "`example_input` must be `{shape: [positive ints]}`",
+                "e.g. `example_input: {shape: [1, 3, 64, 64]}`",
+            )
+        shape = tuple(raw)
+    return ModelSpec(
+        ref.strip(), tuple(args), {str(k): v for k, v in kwargs.items()}, ckpt_path, shape
+    )
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    if ":" in ref:
+        mod, _, attr = ref.partition(":")
+    elif "." in ref:
+        mod, _, attr = ref.rpartition(".")
+    else:
+        raise TargetError(
+            f"{ref!r} is not a model reference",
+            "write pkg.module:Class (e.g. torch.nn:Linear), or give a .yaml spec or a checkpoint",
+        )
+    head, dot, rest = mod.partition(".")
+    if head in _ALIASES:
+        mod = _ALIASES[head] + dot + rest
+    return mod, attr
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or name
+        if missing != name and not name.startswith(missing + "."):
+            # The module exists but something it imports does not.
+            raise TargetError(
+                f"importing {name} failed: it needs module {missing!r}, which is not installed",
+                f"install the package that provides {missing!r}",
+            ) from exc
+        parent, _, leaf = missing.rpartition(".")
+        choices: list[str] = []
+        if parent:
+            try:
+                pkg = importlib.import_module(parent)
+                choices = [m.name for m in pkgutil.iter_modules(getattr(pkg, "__path__", []))]
+            except Exception:
+                choices = []
+        else:
+            choices = [m.name for m in pkgutil.iter_modules()]
+        raise TargetError(
+            f"no module named {missing!r}{did_you_mean(leaf or missing, choices)}",
+            "check the spelling, or install the package / run from the directory that holds it",
+        ) from exc
+    except Exception as exc:
+        raise TargetError(
+            f"importing {name} failed: {type(exc).__name__}: {exc}",
+            "fix the error in that module",
+        ) from exc
+
+
+def import_ref(ref: str) -> Any:
+    """The object ``ref`` names (``pkg.module:Attr.inner`` too)."""
+    mod_name, attr = _split_ref(ref)
+    obj = _import_module(mod_name)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = [n for n in dir(obj) if not n.startswith("_")]
+            raise TargetError(
+                f"{mod_name} has no attribute {part!r}{did_you_mean(part, public)}",
+                "check the spelling and the module path",
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def construct(spec: ModelSpec) -> Any:
+    """Call the factory ``spec`` names; errors show its signature."""
+    import torch
+
+    factory = import_ref(spec.ref)
+    if not callable(factory):
+        raise TargetError(
+            f"{spec.ref} is a {type(factory).__name__}, not a class or factory",
+            "name an nn.Module subclass or a function returning one",
+        )
+    try:
+        sig: inspect.Signature | None = inspect.signature(factory)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(*spec.args, **spec.kwargs)
+        except TypeError as exc:
+            raise TargetError(
+                f"bad arguments for {spec.ref}: {exc}",
+                f"its signature is {_short_name(spec.ref)}{sig}; "
+                "pass arguments as --arg name=value",
+            ) from None
+    try:
+        model = factory(*spec.args, **spec.kwargs)
+    except Exception as exc:
+        raise TargetError(
+            f"constructing {spec.ref} failed: {type(exc).__name__}: {' '.join(str(exc).split())}",
+            f"check the arguments{f'; signature {_short_name(spec.ref)}{sig}' if sig else ''}",
+        ) from exc
+    if not isinstance(model, torch.nn.Module):
+        raise TargetError(
+            f"{spec.ref} returned a {type(model).__name__}, not a torch.nn.Module",
+            "name an nn.Module subclass or a factory that returns one",
+        )
+    return model
+
+
+def _short_name(ref: str) -> str:
+    return ref.replace(":", ".").rsplit(".", 1)[-1]

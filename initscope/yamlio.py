@@ -1,0 +1,99 @@
+"""YAML reading that remembers where each value came from, for errors that say file:line:col.
+
+PyYAML's ``compose`` keeps a ``start_mark`` on every node; :func:`load_yaml` builds the plain
+Python value and a table from each path in the document (``("kwargs", "depth")``) to its
+line and column, so validation can point at the exact spot.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from initscope.errors import SpecError
+
+__all__ = ["Located", "did_you_mean", "load_yaml", "parse_scalar"]
+
+DocPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Located:
+    """A parsed YAML document and the location of every node in it."""
+
+    file: str
+    data: Any
+    marks: dict[DocPath, tuple[int, int]]
+
+    def where(self, path: DocPath) -> str:
+        """``file:line:col`` of ``path``, or of its nearest located ancestor."""
+        p = path
+        while p not in self.marks and p:
+            p = p[:-1]
+        line, col = self.marks.get(p, (1, 1))
+        return f"{self.file}:{line}:{col}"
+
+    def error(self, path: DocPath, problem: str, hint: str | None = None) -> SpecError:
+        at = ".".join(str(x) for x in path)
+        where = self.where(path)
+        return SpecError(f"{where}: {at + ': ' if at else ''}{problem}", hint)
+
+
+def _walk(node: yaml.Node, path: DocPath, marks: dict[DocPath, tuple[int, int]]) -> None:
+    marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+            sub = (*path, k)
+            _walk(value, sub, marks)
+            # The key's own location, which is where "unknown key" errors should point.
+            marks[sub] = (key.start_mark.line + 1, key.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            item_path = (*path, i)
+            _walk(item, item_path, marks)
+
+
+def load_yaml(path: str | Path) -> Located:
+    """Parse ``path``; a missing file or a syntax error raises :class:`SpecError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"no such file: {p}", "check the path") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {p}: {exc}", "check the file") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        raise SpecError(
+            f"{where}: invalid YAML: {exc.problem or exc}", "fix the syntax at that spot"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{p}: invalid YAML: {exc}", "fix the syntax") from None
+    marks: dict[DocPath, tuple[int, int]] = {}
+    if node is not None:
+        _walk(node, (), marks)
+    return Located(str(p), data, marks)
+
+
+def parse_scalar(text: str) -> Any:
+    """A command-line value read as YAML: ``3`` → 3, ``[3,5]`` → [3, 5], ``false`` → False."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or the empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -149,6 +149,16 @@ class Distribution:
             return Distribution.normal(self.loc * f, abs(self.scale * f))
         if self.family is Family.CONSTANT and self.value is not None:
             return Distribution.constant(self.value * f)
+        if (
+            self.family is Family.TRUNC_NORMAL
+            and f > 0
+            and None not in (self.loc, self.scale, self.low, self.high)
+        ):
+            assert self.loc is not None and self.scale is not None
+            assert self.low is not None and self.high is not None
+            return Distribution.trunc_normal(
+                self.loc * f, self.scale * f, self.low * f, self.high * f
+            )
         if self.family is Family.ORTHOGONAL and self.gain is not None and self.std is not None:
             return replace(self, gain=self.gain * f, std=self.std * abs(f))
         return None

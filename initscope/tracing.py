@@ -366,7 +366,11 @@ class InitTracer(TorchFunctionMode):
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], result: Any
     ) -> None:
         name = getattr(func, "__name__", "")
-        if getattr(func, "__module__", None) == "torch.nn.init" and name in _PUBLIC_INITS:
+        # torch.nn.init's dispatching functions hand over *their module global* of the same
+        # name, which libraries may have patched: transformers' guard_torch_init_functions
+        # swaps in wrappers from transformers.initialization. So match by name and shape of
+        # the function, not by its module.
+        if name in _PUBLIC_INITS and isinstance(func, types.FunctionType):
             bound = inspect.signature(func).bind(*args, **kwargs)
             bound.apply_defaults()
             tensor = bound.arguments.get("tensor")
@@ -423,7 +427,13 @@ class InitTracer(TorchFunctionMode):
             if filename == _INIT_FILE and frame.f_code.co_name in _PUBLIC_INITS:
                 init_frame = frame
                 source = None  # look for the caller of the outermost init function
-            elif source is None and filename not in _SKIP_FILES and "contextlib" not in filename:
+            elif (
+                source is None
+                and filename not in _SKIP_FILES
+                and "contextlib" not in filename
+                # wrappers named like the init they wrap (transformers.initialization.normal_)
+                and frame.f_code.co_name not in _PUBLIC_INITS
+            ):
                 source = _frame_source(frame)
                 if init_frame is not None:
                     break

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+# Tests import toy models as `tests.fixtures.models:Tiny`, as a user would name their own.
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("COLUMNS", "100")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite tests/golden/* from the current output (review the diff!)",
+    )
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> object:
+    """Compare text with tests/golden/<name>; --update-golden rewrites it on purpose."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if request.config.getoption("--update-golden"):
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"missing golden file {path}; run pytest --update-golden"
+        assert text == path.read_text(encoding="utf-8"), f"output differs from {path}"
+
+    return check
+
+
+@pytest.fixture
+def linear_pt(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "linear.pt"
+    torch.save(torch.nn.Linear(5, 100).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def tiny_safetensors(tmp_path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from tests.fixtures.models import Tiny
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in Tiny().state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> Iterator[None]:
+    torch.manual_seed(1234)
+    yield

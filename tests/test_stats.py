@@ -1,0 +1,103 @@
+"""Streaming statistics: exact against torch, mergeable across any split, bounded sample."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from initscope.distributions import Distribution
+from initscope.goodness import kolmogorov_sf, ks_test
+from initscope.stats import RunningStats, running_stats, sample_positions, tensor_stats
+
+
+def test_matches_torch_across_chunks() -> None:
+    t = torch.randn(1000, 37, dtype=torch.float32) * 3 + 1
+    s = running_stats(t, chunk=4096).result()  # forces 10 chunks
+    d = t.double()
+    assert s.mean == pytest.approx(float(d.mean()), rel=1e-12)
+    assert s.std == pytest.approx(float(d.std()), rel=1e-12)
+    assert (s.min, s.max) == (float(d.min()), float(d.max()))
+    assert s.abs_max == float(d.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int8, torch.float64])
+def test_low_precision_and_integer_dtypes_accumulate_in_float64(dtype: torch.dtype) -> None:
+    t = (torch.randn(4096) * 20).to(dtype)
+    s = tensor_stats(t)
+    assert s is not None
+    assert s.mean == pytest.approx(float(t.double().mean()), rel=1e-9, abs=1e-9)
+    assert s.std == pytest.approx(float(t.double().std()), rel=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=3000),
+    cuts=st.lists(st.floats(min_value=0, max_value=1), max_size=6),
+    scale=st.floats(min_value=1e-3, max_value=1e3),
+)
+def test_merge_of_any_split_equals_one_pass(n: int, cuts: list[float], scale: float) -> None:
+    g = torch.Generator().manual_seed(n)
+    t = torch.randn(n, generator=g, dtype=torch.float64) * scale + scale / 3
+    t[torch.rand(n, generator=g) < 0.05] = 0.0
+    bounds = sorted({0, n, *(int(c * n) for c in cuts)})
+    positions = sample_positions(n, 64, seed=5)
+    merged = RunningStats(positions=positions)
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        part = RunningStats(positions=positions)
+        part.update(t[lo:hi], lo)
+        merged.merge(part)
+    one = RunningStats(positions=positions)
+    one.update(t, 0)
+    a, b = merged.result(), one.result()
+    assert a.numel == b.numel == n
+    assert a.mean == pytest.approx(b.mean, rel=1e-9, abs=1e-9 * scale)
+    if n > 1:
+        assert a.std == pytest.approx(b.std, rel=1e-9)
+    assert (a.min, a.max, a.zero_fraction) == (b.min, b.max, b.zero_fraction)
+    assert torch.equal(merged.sample(), one.sample())
+    assert torch.equal(one.sample(), t[positions])
+
+
+def test_sample_is_bounded_and_distinct() -> None:
+    p = sample_positions(10_000_000, 4096, seed=1)
+    assert p.numel() == 4096 and p.unique().numel() == 4096
+    assert int(p.min()) >= 0 and int(p.max()) < 10_000_000
+    assert torch.equal(p, sample_positions(10_000_000, 4096, seed=1))
+    assert sample_positions(10, 4096, seed=1).tolist() == list(range(10))
+
+
+def test_nan_inf_excluded_from_moments() -> None:
+    t = torch.tensor([1.0, 2.0, float("nan"), float("inf"), -float("inf"), 3.0])
+    s = tensor_stats(t)
+    assert s is not None
+    assert (s.nan_count, s.inf_count) == (1, 2)
+    assert s.mean == 2.0 and s.std == 1.0 and s.abs_max == 3.0
+
+
+def test_all_nan_tensor_has_no_moments() -> None:
+    s = tensor_stats(torch.full((4,), float("nan")))
+    assert s is not None and s.mean is None and s.nan_count == 4
+
+
+def test_meta_tensor_has_no_stats() -> None:
+    assert tensor_stats(torch.empty(3, device="meta")) is None
+
+
+def test_ks_rejects_the_wrong_distribution() -> None:
+    torch.manual_seed(0)
+    x = torch.empty(4096).uniform_(-1 / math.sqrt(5), 1 / math.sqrt(5))
+    assert ks_test(x, Distribution.uniform(-1 / math.sqrt(5), 1 / math.sqrt(5))).p_value > 0.01
+    # xavier_uniform's bound for a (100, 5) weight: sqrt(6/105) = 0.239 vs 0.447
+    assert ks_test(x, Distribution.uniform(-0.239, 0.239)).p_value < 1e-6
+    assert ks_test(x, Distribution.normal(0, x.std().item())).p_value < 1e-6
+
+
+def test_kolmogorov_sf_known_values() -> None:
+    # tabulated: P(K > 1.36) ≈ 0.049, P(K > 1.63) ≈ 0.010
+    assert kolmogorov_sf(1.358) == pytest.approx(0.05, abs=1e-3)
+    assert kolmogorov_sf(1.628) == pytest.approx(0.01, abs=5e-4)
+    assert kolmogorov_sf(0.0) == 1.0

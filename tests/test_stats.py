@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -46,7 +47,7 @@ def test_merge_of_any_split_equals_one_pass(n: int, cuts: list[float], scale: fl
     bounds = sorted({0, n, *(int(c * n) for c in cuts)})
     positions = sample_positions(n, 64, seed=5)
     merged = RunningStats(positions=positions)
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         part = RunningStats(positions=positions)
         part.update(t[lo:hi], lo)
         merged.merge(part)

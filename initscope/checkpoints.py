@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -202,13 +203,17 @@ _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def _torch_load(p: Path, weights_only: bool) -> Any:
-    try:
-        return torch.load(p, map_location="cpu", weights_only=weights_only, mmap=True)
-    except RuntimeError as exc:
-        if "mmap can only be used" not in str(exc):
-            raise
-    # Files in the legacy (pre-1.6, non-zip) format cannot be mapped; read them whole.
-    return torch.load(p, map_location="cpu", weights_only=weights_only)
+    # torch.load warns about odd pickle protocols and the like on its way to failing on a
+    # damaged file; the error we raise says it better, in one line.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(p, map_location="cpu", weights_only=weights_only, mmap=True)
+        except RuntimeError as exc:
+            if "mmap can only be used" not in str(exc):
+                raise
+        # Files in the legacy (pre-1.6, non-zip) format cannot be mapped; read them whole.
+        return torch.load(p, map_location="cpu", weights_only=weights_only)
 
 
 def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
@@ -312,17 +317,32 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[A
     """Write to a temporary file beside ``path`` and rename it over ``path`` on success, so a
     reader never sees a half-written file and an error leaves any existing file untouched."""
     target = Path(path)
-    if not target.parent.exists():
+    if target.is_dir():
+        raise CheckpointError(
+            f"cannot write {target}: it is a directory", "give a file name, e.g. out/report.json"
+        )
+    if not target.parent.is_dir():
         raise CheckpointError(
             f"cannot write {target}: directory {target.parent} does not exist",
             "create it first or choose another output path",
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot write {target}: {exc.strerror or exc}",
+            "check the directory's permissions and free space",
+        ) from exc
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise CheckpointError(
+                f"cannot write {target}: {exc.strerror or exc}",
+                "check the path, its permissions and free space",
+            ) from exc
         raise

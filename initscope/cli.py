@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -117,6 +117,37 @@ def _width() -> int:
     return TABLE_WIDTH
 
 
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A transient rich progress bar on stderr, only when stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("statistics"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("elements"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("statistics", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
 def _emit(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
@@ -171,6 +202,9 @@ def report(
         ),
     ] = False,
     seed: SeedOpt = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show every parameter's default init (traced from torch), next to its actual statistics."""
@@ -178,19 +212,20 @@ def report(
         from initscope.render import render_report
         from initscope.report import ReportOptions, build_report
 
-        result = build_report(
-            target,
-            args=arg or (),
-            args_file=args_file,
-            model=model,
-            spec=spec,
-            input_shape=_parse_shape(input_shape),
-            unsafe_load=unsafe_load,
-            seed=seed,
-            options=ReportOptions(
-                buffers=buffers, types=tuple(type_ or ()), names=tuple(name or ())
-            ),
-        )
+        options = ReportOptions(buffers=buffers, types=tuple(type_ or ()), names=tuple(name or ()))
+        with _progress(not quiet) as progress:
+            result = build_report(
+                target,
+                args=arg or (),
+                args_file=args_file,
+                model=model,
+                spec=spec,
+                input_shape=_parse_shape(input_shape),
+                unsafe_load=unsafe_load,
+                seed=seed,
+                options=options,
+                progress=progress,
+            )
         _emit(render_report(result, fmt, _width() if output is None else TABLE_WIDTH), output)
 
 

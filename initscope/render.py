@@ -195,8 +195,10 @@ def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
     w_call = max([len("default init"), *(len(r[2]) for r in rows)])
     w_label = max([0, *(len(r[3]) for r in rows)])
     fixed = w_name + w_shape + 3 * (w_num + 2) + 4
-    one_line = fixed + w_call + 1 + w_label <= width
-    w_default = w_call + 1 + w_label if one_line else max(w_call, w_label)
+    # Labels line up in their own sub-column when everything fits; otherwise each row puts
+    # its label after the call if that fits, or on a second line.
+    aligned = fixed + w_call + 1 + w_label <= width
+    w_default = w_call + 1 + w_label if aligned else max(width - fixed, w_call, w_label)
 
     def line(name: str, shape: str, default: str, mean: str, std: str, amax: str) -> str:
         return (
@@ -212,11 +214,14 @@ def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
         if p.module != current:
             current = p.module
             head = p.module or "(root)"
-            if p.module_type:
-                head += f"  {_type_name(p.module_type)}"
-            out.append(head)
-        if one_line:
-            out.append(line(name, shape, f"{call:<{w_call}} {label}".rstrip(), mean, std, amax))
+            kind = _type_name(p.module_type)
+            if kind and len(head) + 2 + len(kind) <= width:
+                out.append(f"{head}  {kind}")
+            else:
+                out += [head, f"  ({kind})"] if kind else [head]
+        inline = f"{call:<{w_call}} {label}" if aligned else f"{call} {label}"
+        if len(inline.rstrip()) <= w_default:
+            out.append(line(name, shape, inline.rstrip(), mean, std, amax))
         else:
             out.append(line(name, shape, call, mean, std, amax))
             if label:

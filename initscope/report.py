@@ -6,7 +6,7 @@ Only data lives here; :mod:`initscope.render` turns a :class:`Report` into text.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 SCHEMA = "initscope.report/1"
+
+# Called after each tensor's statistics with (elements done, elements in all).
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,24 @@ def _name_matches(name: str, module: str, globs: Sequence[str]) -> bool:
     )
 
 
+def _selected(name: str, module: torch.nn.Module | None, options: ReportOptions) -> bool:
+    return _type_matches(module, options.types) and _name_matches(
+        name, _split(name)[0], options.names
+    )
+
+
+def _ticker(progress: Progress | None, total: int) -> Callable[[int], None]:
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    return tick
+
+
 def _split(name: str) -> tuple[str, str]:
     module, _, param = name.rpartition(".")
     return module, param
@@ -132,6 +153,7 @@ def report_model(
     target: str,
     options: ReportOptions = ReportOptions(),
     checkpoint: Checkpoint | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Report a constructed model; with ``checkpoint``, statistics come from its tensors."""
     model = traced.model
@@ -154,14 +176,16 @@ def report_model(
         first_name[id(t)] = name
         tied[name] = []
         entries.append((name, t, is_buffer))
+    selected = [
+        (name, t, is_buffer)
+        for name, t, is_buffer in entries
+        if _selected(name, modules.get(_split(name)[0]), options)
+    ]
+    tick = _ticker(progress, sum(t.numel() for _, t, _ in selected))
     out: list[ParameterReport] = []
-    for name, t, is_buffer in entries:
+    for name, t, is_buffer in selected:
         module_path, param = _split(name)
         module = modules.get(module_path)
-        if not _type_matches(module, options.types) or not _name_matches(
-            name, module_path, options.names
-        ):
-            continue
         source = t
         if checkpoint is not None and name in checkpoint.infos:
             source = checkpoint.load(name)
@@ -184,6 +208,7 @@ def report_model(
                 is_buffer=is_buffer,
             )
         )
+        tick(source.numel())
     return Report(target=target, parameters=tuple(out))
 
 
@@ -220,7 +245,11 @@ def _check_fits(model: torch.nn.Module, ckpt: Checkpoint) -> None:
 
 
 def report_checkpoint(
-    ckpt: Checkpoint, *, target: str, options: ReportOptions = ReportOptions()
+    ckpt: Checkpoint,
+    *,
+    target: str,
+    options: ReportOptions = ReportOptions(),
+    progress: Progress | None = None,
 ) -> Report:
     """A stats-only report of a checkpoint's tensors, keyed by state-dict names."""
     if options.types and ckpt.module is None:
@@ -232,16 +261,17 @@ def report_checkpoint(
     tied: dict[str, list[str]] = {}
     for alias, first in ckpt.aliases.items():
         tied.setdefault(first, []).append(alias)
+    selected = [
+        info
+        for name, info in ckpt.infos.items()
+        if name not in ckpt.aliases and _selected(name, modules.get(_split(name)[0]), options)
+    ]
+    tick = _ticker(progress, sum(info.numel for info in selected))
     out: list[ParameterReport] = []
-    for name, info in ckpt.infos.items():
-        if name in ckpt.aliases:
-            continue
+    for info in selected:
+        name = info.name
         module_path, param = _split(name)
         module = modules.get(module_path)
-        if not _type_matches(module, options.types) or not _name_matches(
-            name, module_path, options.names
-        ):
-            continue
         f_in, f_out = _tensor_fans(info.shape)
         out.append(
             ParameterReport(
@@ -259,6 +289,7 @@ def report_checkpoint(
                 stats=tensor_stats(ckpt.load(name)),
             )
         )
+        tick(info.numel)
     return Report(target=target, parameters=tuple(out))
 
 
@@ -273,6 +304,7 @@ def build_report(
     unsafe_load: bool = False,
     seed: int = 0,
     options: ReportOptions = ReportOptions(),
+    progress: Progress | None = None,
 ) -> Report:
     """The report for TARGET as the CLI understands it (see README, "Targets")."""
     model_spec, ckpt_path = resolve_target(
@@ -281,13 +313,16 @@ def build_report(
     if model_spec is None:
         assert ckpt_path is not None
         with open_checkpoint(ckpt_path, unsafe_load=unsafe_load) as ckpt:
-            return report_checkpoint(ckpt, target=target, options=options)
+            return report_checkpoint(ckpt, target=target, options=options, progress=progress)
     if ckpt_path is not None:
         # Open (and validate) the checkpoint before the possibly slow model construction.
         with open_checkpoint(ckpt_path, unsafe_load=unsafe_load) as ckpt:
             traced = trace_model(model_spec, seed=seed)
-            return report_model(traced, target=target, options=options, checkpoint=ckpt)
-    return report_model(trace_model(model_spec, seed=seed), target=target, options=options)
+            return report_model(
+                traced, target=target, options=options, checkpoint=ckpt, progress=progress
+            )
+    traced = trace_model(model_spec, seed=seed)
+    return report_model(traced, target=target, options=options, progress=progress)
 
 
 def resolve_target(

@@ -56,7 +56,8 @@ def is_spec_path(target: str) -> bool:
 
 
 def is_checkpoint_path(target: str) -> bool:
-    return target.lower().endswith(CHECKPOINT_SUFFIXES) or Path(target).is_file()
+    # An existing directory goes the checkpoint way too, to be told it is not a file.
+    return target.lower().endswith(CHECKPOINT_SUFFIXES) or Path(target).exists()
 
 
 def parse_args(pairs: Sequence[str]) -> dict[str, Any]:

@@ -49,6 +49,9 @@ _SAFETENSORS_DTYPES = {
     "I16": torch.int16,
     "I8": torch.int8,
     "U8": torch.uint8,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
     "BOOL": torch.bool,
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
@@ -117,10 +120,11 @@ class Checkpoint:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(str(exc).split())
     # torch's own messages run to paragraphs; the first sentence names the problem.
-    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
-    return first[:200]
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0][:200]
+    # A bare KeyError('99') or IndexError says nothing without its type.
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def open_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False) -> Checkpoint:
@@ -157,7 +161,10 @@ def _open_safetensors(p: Path) -> Checkpoint:
             sl = handle.get_slice(key)  # type: ignore[no-untyped-call]
             dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
             if dtype is None:
-                raise ValueError(f"unsupported dtype {sl.get_dtype()} for tensor {key!r}")
+                raise CheckpointError(
+                    f"{p}: tensor {key!r} has dtype {sl.get_dtype()}, which initscope cannot read",
+                    f"initscope reads {', '.join(_SAFETENSORS_DTYPES)}; convert that tensor",
+                )
             infos[key] = TensorInfo(key, tuple(int(s) for s in sl.get_shape()), dtype)
         _check_safetensors_size(p, infos)
     except CheckpointError:

@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from initscope import __version__
-from initscope.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, InitScopeError
+from initscope.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InitScopeError
 from initscope.render import TABLE_WIDTH, OutputFormat
 
 app = typer.Typer(
@@ -256,10 +256,37 @@ def explain(
         _emit(render_explanation(result, fmt), None)
 
 
-def main() -> None:
-    """Console-script entry point."""
+def _is(exc: BaseException, name: str) -> bool:
+    # Typer ≥ 0.16 vendors click as typer._click; match click's exception classes by name so
+    # this works with either.
+    return any(c.__name__ == name for c in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: click's usage errors become one line too."""
+    command = typer.main.get_command(app)
     try:
-        app()
-    except KeyboardInterrupt:  # pragma: no cover - interrupted outside a command body
+        code = command.main(args=argv, prog_name="initscope", standalone_mode=False)
+    except KeyboardInterrupt:
         sys.stderr.write("initscope: interrupted\n")
-        sys.exit(EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        if _is(exc, "NoArgsIsHelpError"):
+            sys.stdout.write(exc.format_message() + "\n")  # type: ignore[attr-defined]
+            code = EXIT_OK
+        elif _is(exc, "UsageError"):
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "initscope"
+            message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
+            sys.stderr.write(f"initscope: error: {message}; see '{where} --help'\n")
+            code = EXIT_USAGE
+        elif _is(exc, "ClickException"):
+            message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+            sys.stderr.write(f"initscope: error: {message}\n")
+            code = getattr(exc, "exit_code", EXIT_USAGE)
+        elif _is(exc, "Abort"):
+            sys.stderr.write("initscope: interrupted\n")
+            code = EXIT_INTERRUPTED
+        else:
+            raise
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -353,7 +353,7 @@ def resolve_target(
             s.ref, s.args, {**s.kwargs, **kwargs}, s.checkpoint, shape or s.example_input_shape
         )
         return merged, s.checkpoint
-    if is_checkpoint_path(target) or Path(target).suffix.lower() in (".pt", ".pth", ".bin"):
+    if is_checkpoint_path(target):
         ckpt = Path(target)
         if spec is not None:
             s = load_spec(spec)
@@ -376,6 +376,4 @@ def resolve_target(
             f"--model/--spec given, but TARGET {target!r} is not a checkpoint file",
             "pass the checkpoint path as TARGET, or drop --model/--spec",
         )
-    if "/" in target or "\\" in target or Path(target).suffix.lower() in (".safetensors",):
-        raise CheckpointError(f"no such file: {target}", "check the path")
     return ModelSpec(target, (), kwargs, None, shape), None

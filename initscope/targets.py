@@ -55,9 +55,36 @@ def is_spec_path(target: str) -> bool:
     return target.lower().endswith(SPEC_SUFFIXES)
 
 
+# Suffixes that mark TARGET as a file even when it does not exist, so that a typo in
+# `model.onnx` says "no such file" or "unsupported", not "no module named 'model'".
+_FILE_SUFFIXES = (
+    *CHECKPOINT_SUFFIXES,
+    ".onnx",
+    ".npz",
+    ".npy",
+    ".h5",
+    ".hdf5",
+    ".pkl",
+    ".pickle",
+    ".gguf",
+    ".json",
+    ".msgpack",
+    ".tflite",
+    ".pb",
+    ".zip",
+    ".tar",
+    ".gz",
+)
+
+
 def is_checkpoint_path(target: str) -> bool:
     # An existing directory goes the checkpoint way too, to be told it is not a file.
-    return target.lower().endswith(CHECKPOINT_SUFFIXES) or Path(target).exists()
+    return (
+        target.lower().endswith(_FILE_SUFFIXES)
+        or Path(target).exists()
+        or "/" in target
+        or "\\" in target
+    )
 
 
 def parse_args(pairs: Sequence[str]) -> dict[str, Any]:

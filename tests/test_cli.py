@@ -63,3 +63,41 @@ def test_public_api_all_resolves() -> None:
 
     for name in initscope.__all__:
         assert getattr(initscope, name) is not None, name
+
+
+import pytest  # noqa: E402
+
+from initscope.cli import main  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["report"], "Missing argument 'target'"),
+        (["report", "nn.Linear", "--format", "xml"], "'xml' is not one of"),
+        (["report", "nn.Linear", "--bogus"], "No such option: --bogus"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_click_usage_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("initscope: error: ") and err.count("\n") == 1, err
+    assert needle in err and "--help'" in err
+
+
+def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 0
+    assert "report" in capsys.readouterr().out
+
+
+def test_file_like_target_that_does_not_exist(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["report", "model.onnx"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "initscope: error: no such file: model.onnx; check the path\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from initscope.cli import app
 from initscope.targets import import_ref
@@ -33,7 +33,7 @@ _CASE_KEYS = {"id", "args", "message", "match", "files", "xfail"}
 # the recipe keys that say what a file is made from (exactly one per file)
 _SOURCES = {"text", "hex", "garbage", "directory", "tensor", "tensors", "value"}
 _SOURCES |= {"state_dict", "module"}
-_RECIPE_KEYS = _SOURCES | {"kwargs", "truncate", "overwrite"}
+_RECIPE_KEYS = _SOURCES | {"kwargs", "truncate", "overwrite", "replace"}
 
 
 # -- the cases file --------------------------------------------------------------------------
@@ -99,13 +99,20 @@ def _params() -> list[Any]:
         pytest.param(
             c,
             id=c.id,
-            marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else [],
+            # raises=AssertionError: a CaseSetupError still fails an xfail case
+            marks=[pytest.mark.xfail(strict=True, raises=AssertionError, reason=c.xfail)]
+            if c.xfail
+            else [],
         )
         for c in CASES
     ]
 
 
 # -- building a case's files -----------------------------------------------------------------
+
+
+class CaseSetupError(Exception):
+    """A recipe cannot be followed: a broken case, never an expected failure."""
 
 
 def _save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -146,6 +153,12 @@ def _make_file(path: Path, recipe: Mapping[str, Any]) -> None:
         at = int(spot["at"])
         patch = spot["text"].encode() if "text" in spot else bytes.fromhex(spot["hex"])
         data = data[:at] + patch + data[at + len(patch) :]
+    for swap in recipe.get("replace") or []:
+        old = swap["old"].encode() if "old" in swap else bytes.fromhex(swap["old_hex"])
+        new = swap["new"].encode() if "new" in swap else bytes.fromhex(swap["new_hex"])
+        if len(old) != len(new) or old not in data:
+            raise CaseSetupError(f"{path.name}: cannot replace {old!r} with {new!r}")
+        data = data.replace(old, new, 1)
     if "truncate" in recipe:
         data = data[: int(len(data) * float(recipe["truncate"]))]
     path.write_bytes(data)
@@ -163,13 +176,45 @@ def _prepare(case: Case, tmp: Path) -> tuple[list[str], list[str]]:
 # -- running and checking ---------------------------------------------------------------------
 
 
-def _run(args: Sequence[str]) -> Result:
-    return CliRunner().invoke(app, list(args))
+@dataclass(frozen=True)
+class Run:
+    result: Result
+    warnings: tuple[str, ...]  # what Python would print to stderr in a real run
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
+
+    @property
+    def stderr(self) -> str:
+        return self.result.stderr
+
+    @property
+    def stdout(self) -> str:
+        return self.result.stdout
+
+    @property
+    def output(self) -> str:
+        return self.result.output
 
 
-def assert_one_error_line(result: Result) -> str:
+def _run(args: Sequence[str]) -> Run:
+    # pytest records warnings instead of printing them; record them here, under Python's
+    # default filters, so that the checks can count them as the stderr lines they would be.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+            warnings.simplefilter("ignore", quiet)
+        warnings.simplefilter("ignore", ResourceWarning)
+        result = CliRunner().invoke(app, list(args))
+    shown = tuple(f"{w.category.__name__}: {w.message}" for w in caught)
+    return Run(result, shown)
+
+
+def assert_one_error_line(result: Run) -> str:
     """The user-error contract; returns the error line without its prefix."""
     assert result.exit_code == 2, result.output
+    assert not result.warnings, f"warnings would print on stderr too: {result.warnings}"
     assert "Traceback" not in result.output, result.output
     assert result.stdout == "", result.output
     lines = result.stderr.splitlines()
@@ -235,7 +280,7 @@ def test_pickled_module_loads_with_unsafe_load(tmp_path: Path) -> None:
     assert '"weight"' in result.stdout or "weight" in result.stdout
 
 
-_FAILING_FOR_OUTPUT = {
+_FAILING_FOR_OUTPUT: dict[str, tuple[list[str], dict[str, dict[str, Any]]]] = {
     "unknown-class": (["report", "torch.nn:Linaer"], {}),
     "truncated-pt": (
         ["report", "{tmp}/tiny.pt"],
@@ -278,12 +323,9 @@ def test_successful_report_writes_only_the_output(tmp_path: Path) -> None:
     assert out.read_text(encoding="utf-8").startswith("{")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="atomic_write: os.replace onto a directory raises IsADirectoryError -> exit 3",
-)
 def test_output_onto_a_directory_leaves_no_temp_file(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     result = _run([*LINEAR, "--output", str(tmp_path / "out")])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert_one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert list((tmp_path / "out").iterdir()) == []

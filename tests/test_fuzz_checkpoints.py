@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import signal
+import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -177,8 +178,15 @@ def _reject_constant(name: str) -> object:
 
 
 def _check_cli(path: Path) -> None:
-    with time_limit(HANG_S):
+    # pytest records warnings rather than printing them; record them here (Python's default
+    # filters) and count them as the stderr lines a real run would print.
+    with warnings.catch_warnings(record=True) as caught, time_limit(HANG_S):
+        warnings.simplefilter("always")
+        for quiet in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+            warnings.simplefilter("ignore", quiet)
+        warnings.simplefilter("ignore", ResourceWarning)
         result = CliRunner().invoke(app, ["report", str(path), "--format", "json"])
+    assert not caught, [f"{w.category.__name__}: {w.message}" for w in caught]
     assert "Traceback" not in result.output, result.output
     assert result.exit_code in (0, 2), result.output
     if result.exit_code == 0:

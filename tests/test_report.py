@@ -323,3 +323,13 @@ def test_python_api_matches_cli(runner: CliRunner) -> None:
     assert initscope.report_to_dict(report) == run_json(
         runner, "nn.Linear", "--arg", "in_features=5", "--arg", "out_features=100"
     )
+
+
+def test_unsigned_safetensors_dtypes_are_read(runner: CliRunner, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "u.safetensors"
+    save_file({"ids": torch.arange(6, dtype=torch.int64).to(torch.uint16)}, str(path))
+    params = by_name(run_json(runner, str(path)))
+    assert params["ids"]["dtype"] == "uint16"
+    assert params["ids"]["stats"]["mean"] == 2.5

@@ -5,10 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from initscope import __version__
-from initscope.cli import app
+from initscope.cli import app, main
 
 
 def test_version(runner: CliRunner) -> None:
@@ -63,11 +64,6 @@ def test_public_api_all_resolves() -> None:
 
     for name in initscope.__all__:
         assert getattr(initscope, name) is not None, name
-
-
-import pytest  # noqa: E402
-
-from initscope.cli import main  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,9 @@ _EXPORTS = {
     "TracedModel": "initscope.models",
     "trace_model": "initscope.models",
     "ModelSpec": "initscope.targets",
+    "TargetOptions": "initscope.targets",
+    "resolve_target": "initscope.targets",
+    "open_target": "initscope.models",
     "import_ref": "initscope.targets",
     "load_spec": "initscope.targets",
     "RunningStats": "initscope.stats",
@@ -63,7 +66,7 @@ if TYPE_CHECKING:
         UnsafeLoadRequired,
     )
     from initscope.explain import Explanation, ParamExplanation, explain
-    from initscope.models import TracedModel, trace_model
+    from initscope.models import TracedModel, open_target, trace_model
     from initscope.render import OutputFormat, render_explanation, render_report, report_to_dict
     from initscope.report import (
         ParameterReport,
@@ -74,7 +77,13 @@ if TYPE_CHECKING:
         report_model,
     )
     from initscope.stats import RunningStats, TensorStats, tensor_stats
-    from initscope.targets import ModelSpec, import_ref, load_spec
+    from initscope.targets import (
+        ModelSpec,
+        TargetOptions,
+        import_ref,
+        load_spec,
+        resolve_target,
+    )
     from initscope.tracing import DefaultInit, InitCall, InitTracer, fans
 
 

@@ -211,21 +211,20 @@ def report(
     with _boundary(debug):
         from initscope.render import render_report
         from initscope.report import ReportOptions, build_report
+        from initscope.targets import TargetOptions
 
         options = ReportOptions(buffers=buffers, types=tuple(type_ or ()), names=tuple(name or ()))
         with _progress(not quiet) as progress:
-            result = build_report(
-                target,
-                args=arg or (),
+            how = TargetOptions(
+                args=tuple(arg or ()),
                 args_file=args_file,
                 model=model,
                 spec=spec,
                 input_shape=_parse_shape(input_shape),
                 unsafe_load=unsafe_load,
                 seed=seed,
-                options=options,
-                progress=progress,
             )
+            result = build_report(target, how, options, progress)
         _emit(render_report(result, fmt, _width() if output is None else TABLE_WIDTH), output)
 
 

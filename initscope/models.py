@@ -7,17 +7,19 @@ parameter and buffer is mapped to the last call that wrote it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from initscope.checkpoints import Checkpoint, open_checkpoint
 from initscope.distributions import Distribution
 from initscope.errors import TargetError
-from initscope.targets import ModelSpec, construct
+from initscope.targets import ModelSpec, TargetOptions, construct, resolve_target
 from initscope.tracing import DefaultInit, InitCall, InitTracer
 
-__all__ = ["TracedModel", "trace_model"]
+__all__ = ["TracedModel", "open_target", "trace_model"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,22 @@ def trace_model(spec: ModelSpec, *, seed: int = 0) -> TracedModel:
         return TracedModel(model, defaults)
     finally:
         tracer.close()
+
+
+@contextmanager
+def open_target(
+    target: str, how: TargetOptions = TargetOptions()
+) -> Iterator[tuple[TracedModel | None, Checkpoint | None]]:
+    """The traced model TARGET names (None for a bare checkpoint) and its checkpoint (None
+    when there are no weights to read), the checkpoint closed on exit."""
+    spec, ckpt_path = resolve_target(target, how)
+    if ckpt_path is None:
+        assert spec is not None
+        yield trace_model(spec, seed=how.seed), None
+        return
+    # Open (and so validate) the checkpoint before a possibly slow model construction.
+    with open_checkpoint(ckpt_path, unsafe_load=how.unsafe_load) as ckpt:
+        yield (trace_model(spec, seed=how.seed) if spec is not None else None), ckpt
 
 
 def _materialize(model: torch.nn.Module, spec: ModelSpec) -> None:

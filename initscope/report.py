@@ -8,24 +8,16 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from initscope import __version__
-from initscope.checkpoints import Checkpoint, open_checkpoint
+from initscope.checkpoints import Checkpoint
 from initscope.errors import CheckpointError, TargetError
-from initscope.models import TracedModel, trace_model
+from initscope.models import TracedModel, open_target
 from initscope.stats import TensorStats, tensor_stats
-from initscope.targets import (
-    ModelSpec,
-    is_checkpoint_path,
-    is_spec_path,
-    load_args_file,
-    load_spec,
-    parse_args,
-)
+from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, fans
 
 __all__ = [
@@ -295,85 +287,15 @@ def report_checkpoint(
 
 def build_report(
     target: str,
-    *,
-    args: Sequence[str] = (),
-    args_file: str | Path | None = None,
-    model: str | None = None,
-    spec: str | Path | None = None,
-    input_shape: Sequence[int] | None = None,
-    unsafe_load: bool = False,
-    seed: int = 0,
+    how: TargetOptions = TargetOptions(),
     options: ReportOptions = ReportOptions(),
     progress: Progress | None = None,
 ) -> Report:
     """The report for TARGET as the CLI understands it (see README, "Targets")."""
-    model_spec, ckpt_path = resolve_target(
-        target, args=args, args_file=args_file, model=model, spec=spec, input_shape=input_shape
-    )
-    if model_spec is None:
-        assert ckpt_path is not None
-        with open_checkpoint(ckpt_path, unsafe_load=unsafe_load) as ckpt:
+    with open_target(target, how) as (traced, ckpt):
+        if traced is None:
+            assert ckpt is not None
             return report_checkpoint(ckpt, target=target, options=options, progress=progress)
-    if ckpt_path is not None:
-        # Open (and validate) the checkpoint before the possibly slow model construction.
-        with open_checkpoint(ckpt_path, unsafe_load=unsafe_load) as ckpt:
-            traced = trace_model(model_spec, seed=seed)
-            return report_model(
-                traced, target=target, options=options, checkpoint=ckpt, progress=progress
-            )
-    traced = trace_model(model_spec, seed=seed)
-    return report_model(traced, target=target, options=options, progress=progress)
-
-
-def resolve_target(
-    target: str,
-    *,
-    args: Sequence[str] = (),
-    args_file: str | Path | None = None,
-    model: str | None = None,
-    spec: str | Path | None = None,
-    input_shape: Sequence[int] | None = None,
-) -> tuple[ModelSpec | None, Path | None]:
-    """Split TARGET and the model options into (how to build the model, which weights)."""
-    kwargs: dict[str, Any] = {}
-    if args_file is not None:
-        kwargs.update(load_args_file(args_file))
-    kwargs.update(parse_args(args))
-    shape = tuple(input_shape) if input_shape else None
-    if model is not None and spec is not None:
-        raise TargetError("--model and --spec both given", "use one of them")
-    if is_spec_path(target):
-        if model is not None or spec is not None:
-            raise TargetError(
-                f"{target} is a spec; --model/--spec apply to checkpoint targets",
-                "drop --model/--spec, or set `checkpoint:` in the spec",
-            )
-        s = load_spec(target)
-        merged = ModelSpec(
-            s.ref, s.args, {**s.kwargs, **kwargs}, s.checkpoint, shape or s.example_input_shape
+        return report_model(
+            traced, target=target, options=options, checkpoint=ckpt, progress=progress
         )
-        return merged, s.checkpoint
-    if is_checkpoint_path(target):
-        ckpt = Path(target)
-        if spec is not None:
-            s = load_spec(spec)
-            return (
-                ModelSpec(
-                    s.ref, s.args, {**s.kwargs, **kwargs}, ckpt, shape or s.example_input_shape
-                ),
-                ckpt,
-            )
-        if model is not None:
-            return ModelSpec(model, (), kwargs, ckpt, shape), ckpt
-        if kwargs:
-            raise TargetError(
-                "--arg/--args-file given for a checkpoint without a model",
-                "add --model pkg.module:Class so the arguments have something to construct",
-            )
-        return None, ckpt
-    if model is not None or spec is not None:
-        raise TargetError(
-            f"--model/--spec given, but TARGET {target!r} is not a checkpoint file",
-            "pass the checkpoint path as TARGET, or drop --model/--spec",
-        )
-    return ModelSpec(target, (), kwargs, None, shape), None

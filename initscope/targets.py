@@ -13,7 +13,7 @@ import os
 import pkgutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,14 @@ from initscope.yamlio import did_you_mean, load_yaml, parse_scalar
 
 __all__ = [
     "ModelSpec",
+    "TargetOptions",
     "import_ref",
     "is_checkpoint_path",
     "is_spec_path",
     "load_args_file",
     "load_spec",
     "parse_args",
+    "resolve_target",
 ]
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -49,6 +51,67 @@ class ModelSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     example_input_shape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """How to read TARGET: constructor arguments (``"name=value"`` strings, as ``--arg``
+    takes them, and/or a YAML file), the model a checkpoint TARGET is loaded into, an input
+    shape for Lazy modules, the construction seed, and whether pickled code may run."""
+
+    args: tuple[str, ...] = ()
+    args_file: Path | None = None
+    model: str | None = None
+    spec: Path | None = None
+    input_shape: tuple[int, ...] | None = None
+    unsafe_load: bool = False
+    seed: int = 0
+
+
+def resolve_target(target: str, how: TargetOptions) -> tuple[ModelSpec | None, Path | None]:
+    """Split TARGET and its options into (how to build the model, which weights to read)."""
+    kwargs: dict[str, Any] = {}
+    if how.args_file is not None:
+        kwargs.update(load_args_file(how.args_file))
+    kwargs.update(parse_args(how.args))
+    if how.model is not None and how.spec is not None:
+        raise TargetError("--model and --spec both given", "use one of them")
+
+    def from_spec(path: str | Path, checkpoint: Path | None) -> ModelSpec:
+        s = load_spec(path)
+        return replace(
+            s,
+            kwargs={**s.kwargs, **kwargs},
+            checkpoint=checkpoint or s.checkpoint,
+            example_input_shape=how.input_shape or s.example_input_shape,
+        )
+
+    if is_spec_path(target):
+        if how.model is not None or how.spec is not None:
+            raise TargetError(
+                f"{target} is a spec; --model/--spec apply to checkpoint targets",
+                "drop --model/--spec, or set `checkpoint:` in the spec",
+            )
+        spec = from_spec(target, None)
+        return spec, spec.checkpoint
+    if is_checkpoint_path(target):
+        ckpt = Path(target)
+        if how.spec is not None:
+            return from_spec(how.spec, ckpt), ckpt
+        if how.model is not None:
+            return ModelSpec(how.model, (), kwargs, ckpt, how.input_shape), ckpt
+        if kwargs:
+            raise TargetError(
+                "--arg/--args-file given for a checkpoint without a model",
+                "add --model pkg.module:Class so the arguments have something to construct",
+            )
+        return None, ckpt
+    if how.model is not None or how.spec is not None:
+        raise TargetError(
+            f"--model/--spec given, but TARGET {target!r} is not a checkpoint file",
+            "pass the checkpoint path as TARGET, or drop --model/--spec",
+        )
+    return ModelSpec(target, (), kwargs, None, how.input_shape), None
 
 
 def is_spec_path(target: str) -> bool:

@@ -334,3 +334,19 @@ def test_unsigned_safetensors_dtypes_are_read(runner: CliRunner, tmp_path: Path)
     params = by_name(run_json(runner, str(path)))
     assert params["ids"]["dtype"] == "uint16"
     assert params["ids"]["stats"]["mean"] == 2.5
+
+
+def test_spec_args_kwargs_and_spec_option_for_a_checkpoint(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    spec = tmp_path / "conv.yaml"
+    spec.write_text("model: nn.Conv2d\nargs: [3, 8]\nkwargs: {kernel_size: 5}\n")
+    params = by_name(run_json(runner, str(spec)))
+    assert params["weight"]["shape"] == [8, 3, 5, 5]
+    # --arg overrides the spec's kwargs
+    params = by_name(run_json(runner, str(spec), "--arg", "kernel_size=1"))
+    assert params["weight"]["shape"] == [8, 3, 1, 1]
+    torch.save(torch.nn.Conv2d(3, 8, 5).state_dict(), tmp_path / "conv.pt")
+    params = by_name(run_json(runner, str(tmp_path / "conv.pt"), "--spec", str(spec)))
+    assert params["weight"]["module_type"] == "torch.nn.modules.conv.Conv2d"
+    assert params["weight"]["default"]["high"] == pytest.approx(1 / math.sqrt(75))

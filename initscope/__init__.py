@@ -19,7 +19,8 @@ _EXPORTS = {
     "UnsafeLoadRequired": "initscope.errors",
     "Checkpoint": "initscope.checkpoints",
     "TensorInfo": "initscope.checkpoints",
-    "atomic_write": "initscope.checkpoints",
+    "atomic_write": "initscope.output",
+    "OutputError": "initscope.output",
     "open_checkpoint": "initscope.checkpoints",
     "Distribution": "initscope.distributions",
     "Family": "initscope.distributions",
@@ -56,7 +57,7 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
-    from initscope.checkpoints import Checkpoint, TensorInfo, atomic_write, open_checkpoint
+    from initscope.checkpoints import Checkpoint, TensorInfo, open_checkpoint
     from initscope.distributions import Distribution, Family
     from initscope.errors import (
         CheckpointError,
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     )
     from initscope.explain import Explanation, ParamExplanation, explain
     from initscope.models import TracedModel, open_target, trace_model
+    from initscope.output import OutputError, atomic_write
     from initscope.render import OutputFormat, render_explanation, render_report, report_to_dict
     from initscope.report import (
         ParameterReport,

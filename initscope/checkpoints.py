@@ -8,28 +8,22 @@ from the file runs, and tensors are views on the mapped file, paged in only when
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from initscope.errors import CheckpointError, UnsafeLoadRequired
 
-__all__ = [
-    "CHECKPOINT_SUFFIXES",
-    "Checkpoint",
-    "TensorInfo",
-    "atomic_write",
-    "open_checkpoint",
-]
+__all__ = ["CHECKPOINT_SUFFIXES", "Checkpoint", "TensorInfo", "open_checkpoint"]
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -39,6 +33,8 @@ CHECKPOINT_SUFFIXES = PICKLE_SUFFIXES + SAFETENSORS_SUFFIXES
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 # DataParallel/DDP save under "module.", torch.compile under "_orig_mod.".
 _PREFIXES = ("module.", "_orig_mod.")
+# How deep containers and wrappers are unwrapped: {"model": {"state_dict": ...}} is two.
+_MAX_NESTING = 5
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -68,14 +64,15 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return math.prod(self.shape)
 
 
 class Checkpoint:
-    """An open checkpoint: names and metadata up front, values read one tensor at a time."""
+    """An open checkpoint: names and metadata up front, values read one tensor at a time.
+
+    ``infos`` is keyed by the names as saved (after unwrapping containers such as
+    ``{"state_dict": ...}``); :meth:`keyed` gives the names to show or to match a model by.
+    """
 
     def __init__(
         self,
@@ -95,8 +92,19 @@ class Checkpoint:
         self._loader = loader
         self._closer = closer
 
-    def names(self) -> list[str]:
-        return list(self.infos)
+    def keyed(self, expected: Collection[str] | None = None) -> dict[str, str]:
+        """Map names to the saved keys: as saved, or with the DDP ``module.`` and
+        torch.compile ``_orig_mod.`` prefixes stripped, whichever matches ``expected`` (a
+        model's state-dict keys) better; stripped when there is no model to match."""
+        saved = list(self.infos)
+        stripped = _strip_prefixes(saved)
+        if stripped is None:
+            return {k: k for k in saved}
+        if expected is not None:
+            want = set(expected)
+            if len(want & set(stripped)) <= len(want & set(saved)):
+                return {k: k for k in saved}
+        return dict(zip(stripped, saved, strict=True))
 
     def load(self, name: str) -> torch.Tensor:
         try:
@@ -175,18 +183,24 @@ def _open_safetensors(p: Path) -> Checkpoint:
             "the file is truncated or corrupt, or not a safetensors file; "
             "re-save or re-download it",
         ) from exc
-    renamed, _ = _strip_prefixes(infos)
-    original = {new: old for new, old in zip(renamed, infos, strict=True)}
-    infos = {
-        new: TensorInfo(new, i.shape, i.dtype)
-        for new, i in zip(renamed, infos.values(), strict=True)
-    }
+    order = _safetensors_order(p)
+    infos = dict(sorted(infos.items(), key=lambda kv: order.get(kv[0], len(order))))
 
     def load(name: str) -> torch.Tensor:
-        tensor: torch.Tensor = handle.get_tensor(original[name])  # type: ignore[no-untyped-call]
+        tensor: torch.Tensor = handle.get_tensor(name)  # type: ignore[no-untyped-call]
         return tensor
 
-    return Checkpoint(p, infos, load, closer=lambda: None)
+    return Checkpoint(p, infos, load)
+
+
+def _safetensors_order(p: Path) -> dict[str, int]:
+    """Tensor names in the order their bytes lie in the file, which is the order they were
+    saved in (``safe_open.keys()`` sorts them alphabetically: bias before weight)."""
+    with open(p, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+    entries = [(v["data_offsets"][0], k) for k, v in header.items() if k != "__metadata__"]
+    return {k: i for i, (_, k) in enumerate(sorted(entries))}
 
 
 def _check_safetensors_size(p: Path, infos: Mapping[str, TensorInfo]) -> None:
@@ -247,7 +261,7 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
     module: torch.nn.Module | None = None
     state = _unwrap(obj)
     if isinstance(state, torch.nn.Module):
-        module = state
+        module = _unwrap_module(state)
         state = module.state_dict()
     if not isinstance(state, Mapping):
         raise CheckpointError(
@@ -261,16 +275,29 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
             f"{p} contains no tensors (top-level keys: {keys or 'none'})",
             "point initscope at the file that holds the model's state dict",
         )
-    names, _ = _strip_prefixes(tensors)
-    tensors = dict(zip(names, tensors.values(), strict=True))
     infos = {k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in tensors.items()}
     return Checkpoint(
         p, infos, tensors.__getitem__, module=module, aliases=_shared_storage_aliases(tensors)
     )
 
 
+def _unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a pickled DataParallel/DDP (``.module``) or torch.compile wrapper
+    (``._orig_mod``), so names and module types agree."""
+    for _ in range(_MAX_NESTING):
+        inner = getattr(module, "_orig_mod", None) or (
+            module.module
+            if type(module).__name__ in ("DataParallel", "DistributedDataParallel")
+            else None
+        )
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+    return module
+
+
 def _unwrap(obj: Any) -> Any:
-    for _ in range(len(_CONTAINER_KEYS)):
+    for _ in range(_MAX_NESTING):
         if not isinstance(obj, Mapping) or any(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
         for key in _CONTAINER_KEYS:
@@ -283,22 +310,18 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def _strip_prefixes(entries: Mapping[str, Any]) -> tuple[list[str], int]:
+def _strip_prefixes(keys: list[str]) -> list[str] | None:
+    """The keys without leading wrapper prefixes; None when nothing changes, or when
+    stripping would merge two keys into one."""
     out: list[str] = []
-    stripped = 0
-    for key in entries:
+    for key in keys:
         k = key
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if k.startswith(prefix):
-                    k, changed = k[len(prefix) :], True
-                    stripped += 1
+        while k.startswith(_PREFIXES):
+            k = k.removeprefix("module.").removeprefix("_orig_mod.")
         out.append(k)
-    if len(set(out)) != len(out):  # stripping would merge keys: keep the file's names
-        return list(entries), 0
-    return out, stripped
+    if out == keys or len(set(out)) != len(out):
+        return None
+    return out
 
 
 def _shared_storage_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -314,42 +337,3 @@ def _shared_storage_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, st
         else:
             first[key] = name
     return aliases
-
-
-# -- writing --------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside ``path`` and rename it over ``path`` on success, so a
-    reader never sees a half-written file and an error leaves any existing file untouched."""
-    target = Path(path)
-    if target.is_dir():
-        raise CheckpointError(
-            f"cannot write {target}: it is a directory", "give a file name, e.g. out/report.json"
-        )
-    if not target.parent.is_dir():
-        raise CheckpointError(
-            f"cannot write {target}: directory {target.parent} does not exist",
-            "create it first or choose another output path",
-        )
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot write {target}: {exc.strerror or exc}",
-            "check the directory's permissions and free space",
-        ) from exc
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise CheckpointError(
-                f"cannot write {target}: {exc.strerror or exc}",
-                "check the path, its permissions and free space",
-            ) from exc
-        raise

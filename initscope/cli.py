@@ -152,7 +152,7 @@ def _emit(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    from initscope.checkpoints import atomic_write
+    from initscope.output import atomic_write
 
     with atomic_write(output) as fh:
         fh.write(text)

@@ -14,7 +14,7 @@ from enum import Enum
 
 import torch
 
-__all__ = ["Distribution", "Family"]
+__all__ = ["Distribution", "Family", "format_number"]
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT12 = math.sqrt(12.0)  # the std of U(a, b) is (b - a) / sqrt(12)
@@ -230,11 +230,17 @@ def _bernoulli_std(ones: int, n: int) -> float:
     return math.sqrt(p * (1 - p))
 
 
-def _num(x: float | None) -> str:
+def format_number(x: float | None, missing: str = "?") -> str:
+    """4 significant digits; integers without a decimal point; inf and nan as such."""
     if x is None:
-        return "?"
+        return missing
+    if not math.isfinite(x):
+        return str(x)
     if x == 0:
         return "0"
     if x == int(x) and abs(x) < 1e6:
         return str(int(x))
     return f"{x:.4g}"
+
+
+_num = format_number

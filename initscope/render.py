@@ -7,6 +7,7 @@ are only ever added to it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -30,6 +31,8 @@ __all__ = [
 TABLE_WIDTH = 100
 # Calls whose numbers the distribution label already shows in full.
 _PLAIN_CALLS = {"uniform_", "normal_", "constant_", "zeros_", "ones_", "fill_", "zero_"}
+# Calls longer than this are cut with an ellipsis in tables; JSON keeps them whole.
+_MAX_CALL = 48
 
 
 class OutputFormat(str, Enum):
@@ -52,15 +55,17 @@ def default_to_dict(d: DefaultInit | None) -> dict[str, Any] | None:
     if d is None:
         return None
     dist = d.distribution
+    # JSON has no inf/nan: a constant -inf (an attention mask buffer) is null here and
+    # "const -inf" in the label.
     return {
         "init": d.call.name,
-        "args": dict(d.call.args),
+        "args": {k: _finite(v) if isinstance(v, float) else v for k, v in d.call.args.items()},
         "family": dist.family.value,
-        "low": dist.low,
-        "high": dist.high,
-        "mean": dist.mean,
-        "std": dist.std,
-        "value": dist.value,
+        "low": _finite(dist.low),
+        "high": _finite(dist.high),
+        "mean": _finite(dist.mean),
+        "std": _finite(dist.std),
+        "value": _finite(dist.value),
         "label": dist.label(),
         "source": d.call.source,
         "then": [c.signature() for c in d.then],
@@ -106,7 +111,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "torch_version": report.torch_version,
         "target": report.target,
         "parameters": [parameter_to_dict(p) for p in report.parameters],
-        "summary": report.summary(),
+        "summary": dataclasses.asdict(report.summary()),
     }
 
 
@@ -114,11 +119,13 @@ def report_to_dict(report: Report) -> dict[str, Any]:
 
 
 def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if x == 0:
-        return "0"
-    return f"{x:.4g}"
+    from initscope.distributions import format_number
+
+    return format_number(x, missing="-")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _shape(shape: Iterable[int]) -> str:
@@ -135,9 +142,17 @@ def _short_call(d: DefaultInit) -> str:
     else:
         shown = {k: v for k, v in call.args.items() if not _is_default_arg(call.name, k, v)}
         text = InitCall(call.name, shown).signature() if shown else call.name
+    # Repeated identical steps (a parametrization's power iteration) collapse into one.
+    steps: list[list[Any]] = []
     for step in d.then:
-        text += f" → {step.signature()}"
-    return text
+        sig = step.signature()
+        if steps and steps[-1][0] == sig:
+            steps[-1][1] += 1
+        else:
+            steps.append([sig, 1])
+    for sig, count in steps:
+        text += f" → {sig}" + (f" ×{count}" if count > 1 else "")
+    return text if len(text) <= _MAX_CALL else text[: _MAX_CALL - 1] + "…"
 
 
 def _is_default_arg(func: str, key: str, value: Any) -> bool:
@@ -246,14 +261,15 @@ def _default_parts(d: DefaultInit | None) -> tuple[str, str]:
 
 def _summary_line(report: Report) -> str:
     s = report.summary()
-    text = f"{s['parameters']} parameters, {s['numel']:,} elements"
-    if s["buffers"]:
-        text += f", {s['buffers']} buffers"
-    known = s["with_default"]
-    if known:
-        text += f"; default init traced for {known} of {s['parameters']}"
-    else:
-        text += "; no model given, so no default init (pass --model or --spec)"
+    text = f"{_plural(s.parameters, 'parameter')}, {_plural(s.numel, 'element')}"
+    if s.buffers:
+        text += f", {_plural(s.buffers, 'buffer')}"
+    if not report.has_model:
+        return text + "; no model given, so no default init (pass --model or --spec)"
+    if s.parameters:
+        text += f"; default init known for {s.with_default} of {s.parameters}"
+        if s.custom_default:
+            text += f" ({s.custom_default} custom or untraced)"
     return text
 
 
@@ -269,11 +285,15 @@ def render_markdown(report: Report) -> str:
     for p in report.parameters:
         s = p.stats
         d = p.default
+        tied = f" (tied: {', '.join(p.tied_to)})" if p.tied_to else ""
+        partial = (
+            " + partial " + ", ".join(c.signature() for c in d.partial) if d and d.partial else ""
+        )
         cells = [
-            f"`{p.name}`",
+            f"`{p.name}`{tied}",
             _type_name(p.module_type),
             f"`{_shape(p.shape)}`",
-            f"`{_short_call(d)}`" if d else "-",
+            f"`{_short_call(d)}`{partial}" if d else "-",
             d.distribution.label() if d else "-",
             _num(s.mean if s else None),
             _num(s.std if s else None),
@@ -285,6 +305,7 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+_STATS_COLUMNS = ["mean", "std", "min", "max", "abs_max", "zero_fraction", "nan_count", "inf_count"]
 _CSV_COLUMNS = [
     "name",
     "module",
@@ -304,14 +325,7 @@ _CSV_COLUMNS = [
     "default_mean",
     "default_std",
     "default_value",
-    "mean",
-    "std",
-    "min",
-    "max",
-    "abs_max",
-    "zero_fraction",
-    "nan_count",
-    "inf_count",
+    *_STATS_COLUMNS,
 ]
 
 
@@ -325,7 +339,11 @@ def render_csv(report: Report) -> str:
         s = row["stats"] or {}
         writer.writerow(
             {
-                **{k: row[k] for k in _CSV_COLUMNS[:5]},
+                "name": row["name"],
+                "module": row["module"],
+                "module_type": row["module_type"],
+                "param": row["param"],
+                "kind": row["kind"],
                 "shape": "x".join(str(x) for x in row["shape"]),
                 "dtype": row["dtype"],
                 "numel": row["numel"],
@@ -339,7 +357,7 @@ def render_csv(report: Report) -> str:
                 "default_mean": d.get("mean"),
                 "default_std": d.get("std"),
                 "default_value": d.get("value"),
-                **{k: s.get(k) for k in _CSV_COLUMNS[18:]},
+                **{k: s.get(k) for k in _STATS_COLUMNS},
             }
         )
     return buf.getvalue()

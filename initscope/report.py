@@ -6,19 +6,21 @@ Only data lives here; :mod:`initscope.render` turns a :class:`Report` into text.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import torch
 
 from initscope import __version__
-from initscope.checkpoints import Checkpoint
+from initscope.checkpoints import Checkpoint, TensorInfo
+from initscope.distributions import Family
 from initscope.errors import CheckpointError, TargetError
 from initscope.models import TracedModel, open_target
 from initscope.stats import TensorStats, tensor_stats
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, fans
+from initscope.yamlio import did_you_mean
 
 __all__ = [
     "ParameterReport",
@@ -55,26 +57,43 @@ class ParameterReport:
 
 
 @dataclass(frozen=True)
+class ReportSummary:
+    """Counts over a report. ``with_default``: parameters whose traced default is a known
+    distribution; ``custom_default``: parameters built by the model whose values came from
+    calls that name no distribution (``untraced``, ``empty``, arbitrary in-place ops)."""
+
+    parameters: int
+    numel: int
+    buffers: int
+    with_default: int
+    custom_default: int
+
+
+@dataclass(frozen=True)
 class Report:
-    """A model's (or checkpoint's) parameters, in ``named_modules()`` order."""
+    """A model's (or checkpoint's) parameters, grouped by module in ``named_modules()`` order."""
 
     target: str
     parameters: tuple[ParameterReport, ...]
+    has_model: bool = True
     initscope_version: str = __version__
     torch_version: str = torch.__version__
 
-    @property
-    def numel(self) -> int:
-        return sum(p.numel for p in self.parameters if not p.is_buffer)
-
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ReportSummary:
         params = [p for p in self.parameters if not p.is_buffer]
-        return {
-            "parameters": len(params),
-            "numel": sum(p.numel for p in params),
-            "buffers": len(self.parameters) - len(params),
-            "with_default": sum(1 for p in params if p.default is not None),
-        }
+        known = sum(
+            1
+            for p in params
+            if p.default is not None and p.default.distribution.family is not Family.CUSTOM
+        )
+        with_any = sum(1 for p in params if p.default is not None)
+        return ReportSummary(
+            parameters=len(params),
+            numel=sum(p.numel for p in params),
+            buffers=len(self.parameters) - len(params),
+            with_default=known,
+            custom_default=with_any - known,
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +158,49 @@ def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
     return (None, None) if f is None else f
 
 
+def _parameter(
+    name: str,
+    module: torch.nn.Module | None,
+    tensor_info: TensorInfo,
+    *,
+    tied_to: Sequence[str],
+    default: DefaultInit | None,
+    stats: TensorStats | None,
+    is_buffer: bool = False,
+) -> ParameterReport:
+    module_path, param = _split(name)
+    f_in, f_out = _tensor_fans(tensor_info.shape)
+    return ParameterReport(
+        name=name,
+        module=module_path,
+        module_type=_qualname(type(module)) if module is not None else None,
+        param=param,
+        shape=tensor_info.shape,
+        dtype=_dtype_name(tensor_info.dtype),
+        numel=tensor_info.numel,
+        fan_in=f_in,
+        fan_out=f_out,
+        tied_to=tuple(tied_to),
+        default=default,
+        stats=stats,
+        is_buffer=is_buffer,
+    )
+
+
+def _check_types(model: torch.nn.Module, types: Sequence[str]) -> None:
+    """A --type that names no class of any module is a typo, not an empty selection."""
+    known: set[str] = set()
+    for m in model.modules():
+        for c in type(m).__mro__:
+            known |= {c.__name__, _qualname(c)}
+    for t in types:
+        if t not in known:
+            raise TargetError(
+                f"--type {t} matches no module class in the model{did_you_mean(t, known)}",
+                "give a class name (subclasses match) such as Conv2d or Linear",
+            )
+
+
 def report_model(
     traced: TracedModel,
     *,
@@ -149,69 +211,61 @@ def report_model(
 ) -> Report:
     """Report a constructed model; with ``checkpoint``, statistics come from its tensors."""
     model = traced.model
+    _check_types(model, options.types)
     modules = dict(model.named_modules(remove_duplicate=False))
+    order: dict[str, int] = {}
+    for i, path in enumerate(modules):
+        order.setdefault(path, i)
+    keys: dict[str, str] = {}
     if checkpoint is not None:
-        _check_fits(model, checkpoint)
+        keys = checkpoint.keyed(model.state_dict(keep_vars=True).keys())
+        _check_fits(model, {n: checkpoint.infos[k] for n, k in keys.items()}, checkpoint.path)
     # Tied tensors appear once, under their first name, listing the others in tied_to.
     first_name: dict[int, str] = {}
     tied: dict[str, list[str]] = {}
     entries: list[tuple[str, torch.Tensor, bool]] = []
-    named: Iterable[tuple[str, torch.Tensor, bool]] = [
+    named: list[tuple[str, torch.Tensor, bool]] = [
         (n, p, False) for n, p in model.named_parameters(remove_duplicate=False)
     ]
     if options.buffers:
-        named = [*named, *((n, b, True) for n, b in model.named_buffers(remove_duplicate=False))]
+        named += [(n, b, True) for n, b in model.named_buffers(remove_duplicate=False)]
     for name, t, is_buffer in named:
         if id(t) in first_name:
             tied[first_name[id(t)]].append(name)
             continue
         first_name[id(t)] = name
         tied[name] = []
-        entries.append((name, t, is_buffer))
-    selected = [
-        (name, t, is_buffer)
-        for name, t, is_buffer in entries
-        if _selected(name, modules.get(_split(name)[0]), options)
-    ]
-    tick = _ticker(progress, sum(t.numel() for _, t, _ in selected))
+        if _selected(name, modules.get(_split(name)[0]), options):
+            entries.append((name, t, is_buffer))
+    # Grouped by module, in named_modules() order; a module's buffers after its parameters.
+    entries.sort(key=lambda e: (order.get(_split(e[0])[0], len(order)), e[2]))
+    tick = _ticker(progress, sum(t.numel() for _, t, _ in entries))
     out: list[ParameterReport] = []
-    for name, t, is_buffer in selected:
-        module_path, param = _split(name)
-        module = modules.get(module_path)
-        source = t
-        if checkpoint is not None and name in checkpoint.infos:
-            source = checkpoint.load(name)
-        shape = tuple(source.shape)
-        f_in, f_out = _tensor_fans(shape)
+    for name, t, is_buffer in entries:
+        source = checkpoint.load(keys[name]) if checkpoint is not None and name in keys else t
+        info = TensorInfo(name, tuple(source.shape), source.dtype)
         out.append(
-            ParameterReport(
-                name=name,
-                module=module_path,
-                module_type=_qualname(type(module)) if module is not None else None,
-                param=param,
-                shape=shape,
-                dtype=_dtype_name(source.dtype),
-                numel=source.numel(),
-                fan_in=f_in,
-                fan_out=f_out,
-                tied_to=tuple(tied[name]),
+            _parameter(
+                name,
+                modules.get(_split(name)[0]),
+                info,
+                tied_to=tied[name],
                 default=traced.defaults.get(name),
                 stats=tensor_stats(source),
                 is_buffer=is_buffer,
             )
         )
-        tick(source.numel())
+        tick(info.numel)
     return Report(target=target, parameters=tuple(out))
 
 
-def _check_fits(model: torch.nn.Module, ckpt: Checkpoint) -> None:
+def _check_fits(model: torch.nn.Module, have: Mapping[str, TensorInfo], path: Path) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     # A tied tensor may be saved under only one of its names (transformers drops lm_head).
     storage_names: dict[int, list[str]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         storage_names.setdefault(id(p), []).append(n)
     alias_groups = [set(g) for g in storage_names.values() if len(g) > 1]
-    have = ckpt.infos
     missing = [
         k
         for k in expected
@@ -231,7 +285,7 @@ def _check_fits(model: torch.nn.Module, ckpt: Checkpoint) -> None:
             problems.append(f"{len(items)} {label} ({shown}{more})")
     if problems:
         raise CheckpointError(
-            f"{ckpt.path} does not fit the model: {'; '.join(problems)}",
+            f"{path} does not fit the model: {'; '.join(problems)}",
             "check that --model/--spec and its arguments match the checkpoint's architecture",
         )
 
@@ -244,45 +298,41 @@ def report_checkpoint(
     progress: Progress | None = None,
 ) -> Report:
     """A stats-only report of a checkpoint's tensors, keyed by state-dict names."""
-    if options.types and ckpt.module is None:
+    if ckpt.module is None and options.types:
         raise TargetError(
             "--type needs module types, which a bare checkpoint does not have",
             "pass --model pkg.module:Class (with --arg) or --spec spec.yaml",
         )
-    modules = dict(ckpt.module.named_modules()) if ckpt.module is not None else {}
+    modules: dict[str, torch.nn.Module] = {}
+    if ckpt.module is not None:
+        _check_types(ckpt.module, options.types)
+        modules = dict(ckpt.module.named_modules())
+    keys = ckpt.keyed(ckpt.module.state_dict().keys() if ckpt.module is not None else None)
+    name_of = {k: n for n, k in keys.items()}
     tied: dict[str, list[str]] = {}
     for alias, first in ckpt.aliases.items():
-        tied.setdefault(first, []).append(alias)
+        tied.setdefault(name_of[first], []).append(name_of[alias])
     selected = [
-        info
-        for name, info in ckpt.infos.items()
-        if name not in ckpt.aliases and _selected(name, modules.get(_split(name)[0]), options)
+        name
+        for name, key in keys.items()
+        if key not in ckpt.aliases and _selected(name, modules.get(_split(name)[0]), options)
     ]
-    tick = _ticker(progress, sum(info.numel for info in selected))
+    tick = _ticker(progress, sum(ckpt.infos[keys[n]].numel for n in selected))
     out: list[ParameterReport] = []
-    for info in selected:
-        name = info.name
-        module_path, param = _split(name)
-        module = modules.get(module_path)
-        f_in, f_out = _tensor_fans(info.shape)
+    for name in selected:
+        info = ckpt.infos[keys[name]]
         out.append(
-            ParameterReport(
-                name=name,
-                module=module_path,
-                module_type=_qualname(type(module)) if module is not None else None,
-                param=param,
-                shape=info.shape,
-                dtype=_dtype_name(info.dtype),
-                numel=info.numel,
-                fan_in=f_in,
-                fan_out=f_out,
-                tied_to=tuple(tied.get(name, ())),
+            _parameter(
+                name,
+                modules.get(_split(name)[0]),
+                info,
+                tied_to=tied.get(name, ()),
                 default=None,
-                stats=tensor_stats(ckpt.load(name)),
+                stats=tensor_stats(ckpt.load(keys[name])),
             )
         )
         tick(info.numel)
-    return Report(target=target, parameters=tuple(out))
+    return Report(target=target, parameters=tuple(out), has_model=ckpt.module is not None)
 
 
 def build_report(

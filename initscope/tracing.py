@@ -28,14 +28,14 @@ import math
 import os
 import sys
 import types
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from initscope.distributions import Distribution, Family
+from initscope.distributions import Distribution
 
 __all__ = ["DefaultInit", "InitCall", "InitTracer", "fans"]
 
@@ -239,7 +239,8 @@ _NOT_WRITES = {
     "retain_grad_",
     "record_stream",
 }
-# Positional parameter names of the tensor methods whose arguments we read.
+# Positional parameter names of the tensor methods whose arguments we show; other methods'
+# positional arguments show as arg0, arg1, ...
 _METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "uniform_": ("from", "to"),
     "normal_": ("mean", "std"),
@@ -247,7 +248,25 @@ _METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "full": ("size", "value"),
     "new_full": ("size", "value"),
     "full_like": ("value",),
+    **{op: ("other",) for op in ("mul_", "div_", "add_", "sub_")},
+    "clamp_": ("min", "max"),
+    "bernoulli_": ("p",),
+    "exponential_": ("lambd",),
+    "log_normal_": ("mean", "std"),
+    "geometric_": ("p",),
+    "random_": ("from", "to"),
 }
+_CUSTOM = Distribution.custom()
+
+
+def _method_args(
+    name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> dict[str, ArgValue]:
+    names = _METHOD_PARAMS.get(name, ())
+    out = {(names[i] if i < len(names) else f"arg{i}"): _json_arg(v) for i, v in enumerate(args)}
+    # ``out=`` is where the result goes (the target), not an argument of the call.
+    out.update({k: _json_arg(v) for k, v in kwargs.items() if k not in ("generator", "out")})
+    return out
 
 
 @dataclass(frozen=True)
@@ -275,6 +294,7 @@ class _Event:
     seq: int
     region: _Region
     state: DefaultInit
+    partial: bool = False  # known to write only part of its region (advanced indexing)
 
 
 def _region(t: torch.Tensor) -> _Region | None:
@@ -394,7 +414,7 @@ class InitTracer(TorchFunctionMode):
             self._write_from_method(name, args[1:], kwargs, first)
             return
         if name == "__setitem__" and isinstance(first, torch.Tensor):
-            self._write_from_method(name, (), {}, first, partial=True)
+            self._record_setitem(first, args[1] if len(args) > 1 else None)
             return
         if not isinstance(result, torch.Tensor):
             return
@@ -409,16 +429,25 @@ class InitTracer(TorchFunctionMode):
         self._seq += 1
         return self._seq
 
-    def _add(self, tensor: torch.Tensor, state: DefaultInit, region: _Region | None = None) -> None:
+    def _add(
+        self,
+        tensor: torch.Tensor,
+        state: DefaultInit,
+        region: _Region | None = None,
+        partial: bool = False,
+    ) -> None:
         region = region or _region(tensor)
         if region is None:
             return
         self._keep.append(tensor)
-        self._events.setdefault(region.storage, []).append(_Event(self._next(), region, state))
+        event = _Event(self._next(), region, state, partial)
+        self._events.setdefault(region.storage, []).append(event)
 
     def _caller(self) -> tuple[str | None, types.FrameType | None]:
         """The first frame outside torch's init plumbing, and the outermost public
         torch.nn.init function on the stack (if the op happens inside one)."""
+        # Start above _caller and its recording method; the frames of this module and of
+        # torch's dispatch plumbing are skipped by file below anyway.
         frame: types.FrameType | None = sys._getframe(2)
         source: str | None = None
         init_frame: types.FrameType | None = None
@@ -444,7 +473,7 @@ class InitTracer(TorchFunctionMode):
         source, _ = self._caller()
         call = InitCall(name, call_args, source)
         dist = _init_distribution(name, call_args, tuple(tensor.shape))
-        self._add(tensor, DefaultInit(call, dist or Distribution.custom()))
+        self._add(tensor, DefaultInit(call, dist or _CUSTOM))
 
     def _write_from_method(
         self,
@@ -454,68 +483,80 @@ class InitTracer(TorchFunctionMode):
         target: torch.Tensor,
         partial: bool = False,
     ) -> None:
+        """An in-place write to ``target`` (or to the tensor of the init function that
+        performs it); ``args`` excludes ``target`` itself."""
         source, init_frame = self._caller()
         if init_frame is not None:
-            # The op is part of a torch.nn.init function that does not dispatch itself
-            # (xavier_uniform_, orthogonal_, ...): record the function, with its arguments.
-            code = init_frame.f_code
-            params = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-            call_args = {
-                p: _json_arg(init_frame.f_locals.get(p))
-                for p in params
-                if p not in ("tensor", "generator")
-            }
-            init_tensor = init_frame.f_locals.get("tensor")
-            shape = tuple(init_tensor.shape) if isinstance(init_tensor, torch.Tensor) else ()
-            target = init_tensor if isinstance(init_tensor, torch.Tensor) else target
-            call = InitCall(code.co_name, call_args, source)
-            dist = _init_distribution(code.co_name, call_args, shape)
-            self._add(target, DefaultInit(call, dist or Distribution.custom()))
+            self._record_init_frame(init_frame, source, target)
             return
         region = _region(target)
         if region is None:
             return
-        names = _METHOD_PARAMS.get(name, ())
-        call_args = {k: _json_arg(v) for k, v in zip(names, args, strict=False)}
-        call_args.update({k: _json_arg(v) for k, v in kwargs.items() if k not in ("generator",)})
-        call = InitCall(name, call_args, source)
+        call = InitCall(name, _method_args(name, args, kwargs), source)
         if partial:
             self._add(target, DefaultInit(call, Distribution.custom()), region)
-            return
-        if name == "copy_" and args and isinstance(args[0], torch.Tensor):
-            src_state = self.state_of(args[0])
-            if src_state is not None and src_state[0] is not None:
-                base = src_state[0]
-                state = DefaultInit(
-                    base.call, base.distribution, base.then, base.partial, (*base.via, "copy_")
-                )
-            else:
-                state = DefaultInit(InitCall("copy_", {}, source), Distribution.custom())
-            self._add(target, state, region)
-            return
-        known = _method_distribution(name, call_args)
-        if known is not None:
+        elif name == "copy_" and args and isinstance(args[0], torch.Tensor):
+            self._add(target, self._copied_state(args[0], "copy_", call), region)
+        elif (known := _method_distribution(name, call.args)) is not None:
             self._add(target, DefaultInit(call, known), region)
+        else:
+            self._add(target, self._then(target, call, args[0] if args else None), region)
+
+    def _record_setitem(self, tensor: torch.Tensor, index: Any) -> None:
+        """``t[index] = value``: a write to the indexed part of ``t``. Basic indexing gives
+        a view whose region says how much; advanced indexing copies, so count it partial."""
+        source, init_frame = self._caller()
+        if init_frame is not None:
+            self._record_init_frame(init_frame, source, tensor)
             return
-        # In-place arithmetic on a traced tensor keeps the history and transforms the numbers.
-        current = self.state_of(target)
-        if current is None or current[0] is None:
-            self._add(target, DefaultInit(call, Distribution.custom()), region)
+        whole = _region(tensor)
+        if whole is None:
             return
-        base = current[0]
-        operand = _scalar(args[0]) if args else None
-        dist = _transform(name, base.distribution, operand) if operand is not None else None
-        self._add(
-            target,
-            DefaultInit(
-                base.call,
-                dist or Distribution.custom(),
-                (*base.then, call),
-                base.partial,
-                base.via,
-            ),
-            region,
-        )
+        try:
+            part = _region(tensor[index])
+        except Exception:
+            part = None
+        call = InitCall("__setitem__", {}, source)
+        if part is None or part.storage != whole.storage:
+            self._add(tensor, DefaultInit(call, _CUSTOM), whole, partial=True)
+        elif part.covers(whole):
+            self._add(tensor, self._then(tensor, call, None), whole)
+        else:
+            self._add(tensor, DefaultInit(call, _CUSTOM), part)
+
+    def _record_init_frame(
+        self, frame: types.FrameType, source: str | None, fallback: torch.Tensor
+    ) -> None:
+        """The op is part of a torch.nn.init function that does not dispatch itself
+        (xavier_uniform_, orthogonal_, ...): record the function with its arguments, read
+        from its frame, against the tensor it was given."""
+        code = frame.f_code
+        params = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        call_args = {
+            p: _json_arg(frame.f_locals.get(p)) for p in params if p not in ("tensor", "generator")
+        }
+        tensor = frame.f_locals.get("tensor")
+        target = tensor if isinstance(tensor, torch.Tensor) else fallback
+        dist = _init_distribution(code.co_name, call_args, tuple(target.shape))
+        self._add(target, DefaultInit(InitCall(code.co_name, call_args, source), dist or _CUSTOM))
+
+    def _copied_state(self, src: torch.Tensor, how: str, fallback: InitCall) -> DefaultInit:
+        """The state of a tensor whose values were copied from ``src``."""
+        found = self.state_of(src)
+        if found is None or found[0] is None:
+            return DefaultInit(fallback, _CUSTOM)
+        base = found[0]
+        return replace(base, via=(*base.via, how))
+
+    def _then(self, target: torch.Tensor, call: InitCall, operand: Any) -> DefaultInit:
+        """In-place arithmetic on a traced tensor keeps its history and, for scalar
+        operands, transforms its numbers; anything else makes it custom."""
+        found = self.state_of(target)
+        if found is None or found[0] is None:
+            return DefaultInit(call, _CUSTOM)
+        base = found[0]
+        dist = _transform(call.name, base.distribution, _scalar(operand))
+        return replace(base, distribution=dist or _CUSTOM, then=(*base.then, call))
 
     def _record_factory(
         self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: torch.Tensor
@@ -535,16 +576,11 @@ class InitTracer(TorchFunctionMode):
         src_region, dst_region = _region(src), _region(result)
         if src_region is None or dst_region is None or src_region.storage == dst_region.storage:
             return  # a view: events on the source's storage already apply
-        current = self.state_of(src)
-        if current is None or current[0] is None:
+        found = self.state_of(src)
+        if found is None or found[0] is None:
             return
-        base = current[0]
         label = "deepcopy" if name == "__deepcopy__" or _inside_deepcopy() else name
-        self._add(
-            result,
-            DefaultInit(base.call, base.distribution, base.then, base.partial, (*base.via, label)),
-            dst_region,
-        )
+        self._add(result, replace(found[0], via=(*found[0].via, label)), dst_region)
 
     def _record_arith(self, name: str, args: tuple[Any, ...], result: torch.Tensor) -> None:
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -553,19 +589,14 @@ class InitTracer(TorchFunctionMode):
             return
         if name in _SUB_OPS | _DIV_OPS and not isinstance(args[0], torch.Tensor):
             return  # c - X and c / X are not affine in X the way we model
-        current = self.state_of(tensors[0])
-        if current is None or current[0] is None:
+        found = self.state_of(tensors[0])
+        if found is None or found[0] is None:
             return
-        base = current[0]
+        base = found[0]
         dist = _transform(name, base.distribution, scalars[0])
         source, _ = self._caller()
         op = InitCall(name.strip("_") or name, {"other": scalars[0]}, source)
-        self._add(
-            result,
-            DefaultInit(
-                base.call, dist or Distribution.custom(), (*base.then, op), base.partial, base.via
-            ),
-        )
+        self._add(result, replace(base, distribution=dist or _CUSTOM, then=(*base.then, op)))
 
     # -- resolving ---------------------------------------------------------------------------
     def state_of(self, tensor: torch.Tensor) -> tuple[DefaultInit | None, list[InitCall]] | None:
@@ -582,7 +613,7 @@ class InitTracer(TorchFunctionMode):
         whole: _Event | None = None
         partial: list[InitCall] = []
         for ev in events:
-            if ev.region.covers(region):
+            if ev.region.covers(region) and not ev.partial:
                 whole, partial = ev, []
             elif ev.region.overlaps(region):
                 partial.append(ev.state.call)
@@ -597,25 +628,20 @@ class InitTracer(TorchFunctionMode):
             return None
         base, partial = found
         if base is None:
-            return DefaultInit(InitCall("unknown"), Distribution.custom(), partial=tuple(partial))
-        if not partial:
-            return base
-        return DefaultInit(
-            base.call, base.distribution, base.then, (*base.partial, *partial), base.via
-        )
+            return DefaultInit(InitCall("unknown"), _CUSTOM, partial=tuple(partial))
+        return replace(base, partial=(*base.partial, *partial)) if partial else base
 
     def close(self) -> None:
         """Drop the references that kept traced tensors alive."""
         self._events.clear()
         self._keep.clear()
 
-    def __iter__(self) -> Iterator[int]:  # pragma: no cover - debugging aid
-        return iter(self._events)
-
 
 def _inside_deepcopy(depth: int = 12) -> bool:
     """Whether a ``__deepcopy__`` is on the recent stack: Parameter.__deepcopy__ copies with
-    ``clone``, and the user should read "deepcopy" (nn.TransformerEncoder's layer copies)."""
+    ``clone``, and the user should read "deepcopy" (nn.TransformerEncoder's layer copies).
+    From the clone up to Parameter.__deepcopy__ are about six frames (this function, the
+    tracer's, torch's dispatch); twelve leaves room without walking the whole stack."""
     frame: types.FrameType | None = sys._getframe(1)
     for _ in range(depth):
         if frame is None:
@@ -638,8 +664,3 @@ def _transform(name: str, dist: Distribution, c: float | None) -> Distribution |
     if name in _SUB_OPS:
         return dist.shifted(-c)
     return None
-
-
-# The family of the call that set a tensor decides how it reads in a table.
-def is_known(default: DefaultInit | None) -> bool:
-    return default is not None and default.distribution.family is not Family.CUSTOM

@@ -203,7 +203,7 @@ def _check_library(path: Path) -> None:
     with time_limit(HANG_S):
         try:
             with open_checkpoint(path) as ckpt:
-                for name in ckpt.names():
+                for name in ckpt.infos:
                     t = ckpt.load(name)
                     assert isinstance(t, torch.Tensor)
                     t.clone()  # touch every byte

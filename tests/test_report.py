@@ -62,7 +62,13 @@ def test_forum_question_linear_5_100(runner: CliRunner) -> None:
     assert w["default"]["mean"] == 0.0
     assert w["default"]["std"] == pytest.approx(2 / math.sqrt(5) / math.sqrt(12))
     assert w["default"]["value"] is None
-    assert data["summary"] == {"parameters": 2, "numel": 600, "buffers": 0, "with_default": 2}
+    assert data["summary"] == {
+        "parameters": 2,
+        "numel": 600,
+        "buffers": 0,
+        "with_default": 2,
+        "custom_default": 0,
+    }
 
 
 def test_schema_fields_of_the_unet_example(runner: CliRunner) -> None:

@@ -277,3 +277,27 @@ def test_meta_device_construction_is_traced() -> None:
     d = tracer.resolve(lin.weight)
     assert d is not None
     assert_uniform(d, 1 / math.sqrt(8))
+
+
+def test_indexed_assignment_is_a_partial_write() -> None:
+    with InitTracer() as tracer:
+        emb = nn.Embedding(10, 4)
+        emb.weight.data[0] = 0  # basic indexing: a view of one row
+        emb.weight.data[[2, 5]] = 1.0  # advanced indexing: some rows
+    d = tracer.resolve(emb.weight)
+    assert d is not None
+    assert d.distribution == Distribution.normal(0.0, 1.0)
+    assert [c.name for c in d.partial] == ["__setitem__", "__setitem__"]
+
+
+def test_in_place_arithmetic_keeps_its_operands() -> None:
+    with InitTracer() as tracer:
+        lin = nn.Linear(4, 4)
+        lin.weight.data.mul_(0.5)
+        lin.bias.data.clamp_(min=-0.1, max=0.1)
+    w = tracer.resolve(lin.weight)
+    assert w is not None and [c.signature() for c in w.then] == ["mul_(other=0.5)"]
+    assert w.distribution.high == pytest.approx(0.25) and w.distribution.low == pytest.approx(-0.25)
+    b = tracer.resolve(lin.bias)
+    assert b is not None and b.then[0].args == {"min": -0.1, "max": 0.1}
+    assert b.distribution.family is Family.CUSTOM

@@ -1,0 +1,60 @@
+"""Writing output files atomically: a reader never sees a half-written file, and a failure
+leaves whatever was at the path before untouched."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Any
+
+from initscope.errors import InitScopeError
+
+__all__ = ["OutputError", "atomic_write", "check_writable"]
+
+
+class OutputError(InitScopeError):
+    """An output path cannot be written."""
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail early, before any slow work, when ``path`` cannot be an output file."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(
+            f"cannot write {target}: it is a directory", "give a file name, e.g. out/report.json"
+        )
+    if not target.parent.is_dir():
+        raise OutputError(
+            f"cannot write {target}: directory {target.parent} does not exist",
+            "create it first or choose another output path",
+        )
+    return target
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside ``path`` and rename it over ``path`` on success."""
+    target = check_writable(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {target}: {exc.strerror or exc}",
+            "check the directory's permissions and free space",
+        ) from exc
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+        os.replace(tmp, target)
+    except BaseException as exc:
+        with suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OutputError(
+                f"cannot write {target}: {exc.strerror or exc}",
+                "check the path, its permissions and free space",
+            ) from exc
+        raise

@@ -6,11 +6,12 @@ Nothing here computes anything. Library modules are imported inside the commands
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,7 +29,6 @@ app = typer.Typer(
     help="Inspect, explain and check how a PyTorch model's parameters are initialized.",
 )
 
-_state = {"debug": False}
 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
 ArgOpt = Annotated[
@@ -61,21 +61,29 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    # Read back by each command through the click context (see _boundary), so
+    # `initscope --debug report X` and `initscope report X --debug` both work.
     debug: DebugOpt = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    _state["debug"] = debug
+    """Inspect, explain and check how a PyTorch model's parameters are initialized."""
+
+
+def _debug(ctx: typer.Context, debug: bool) -> bool:
+    return debug or bool(ctx.find_root().params.get("debug"))
 
 
 @contextmanager
 def _boundary(debug: bool) -> Iterator[None]:
-    """Turn library exceptions into one line on stderr and an exit code."""
-    debug = debug or _state["debug"]
+    """Turn library exceptions into one line on stderr and an exit code. While the library
+    runs, stdout goes to stderr: a model that prints while it is built must not corrupt
+    ``--format json`` output, which is written after this block."""
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     except InitScopeError as exc:
         if debug:
             traceback.print_exc()
@@ -100,15 +108,21 @@ def _boundary(debug: bool) -> Iterator[None]:
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
-    try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        shape = ()
-    if not shape or any(s <= 0 for s in shape):
+    parts = re.split(r"[,x×]", text.strip())
+    shape = tuple(int(p) for p in parts if p.strip().isdigit())
+    if len(shape) != len(parts) or any(s <= 0 for s in shape):
         raise InitScopeError(
             f"--input-shape {text!r} is not a shape", "write positive integers: 1,3,64,64"
         )
     return shape
+
+
+def _constructor_kwargs(arg: list[str] | None, args_file: Path | None) -> dict[str, object]:
+    from initscope.targets import load_args_file, parse_args
+
+    kwargs = load_args_file(args_file) if args_file else {}
+    kwargs.update(parse_args(arg or ()))
+    return kwargs
 
 
 def _width() -> int:
@@ -148,18 +162,20 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
         yield update
 
 
-def _emit(text: str, output: Path | None) -> None:
+def _emit(text: str, output: Path | None, debug: bool) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    from initscope.output import atomic_write
+    with _boundary(debug):
+        from initscope.output import atomic_write
 
-    with atomic_write(output) as fh:
-        fh.write(text)
+        with atomic_write(output) as fh:
+            fh.write(text)
 
 
 @app.command()
 def report(
+    ctx: typer.Context,
     target: Annotated[
         str,
         typer.Argument(
@@ -208,16 +224,19 @@ def report(
     debug: DebugOpt = False,
 ) -> None:
     """Show every parameter's default init (traced from torch), next to its actual statistics."""
+    debug = _debug(ctx, debug)
     with _boundary(debug):
+        from initscope.output import check_writable
         from initscope.render import render_report
         from initscope.report import ReportOptions, build_report
         from initscope.targets import TargetOptions
 
+        if output is not None:
+            check_writable(output)  # before the model is built, not after
         options = ReportOptions(buffers=buffers, types=tuple(type_ or ()), names=tuple(name or ()))
         with _progress(not quiet) as progress:
             how = TargetOptions(
-                args=tuple(arg or ()),
-                args_file=args_file,
+                kwargs=_constructor_kwargs(arg, args_file),
                 model=model,
                 spec=spec,
                 input_shape=_parse_shape(input_shape),
@@ -225,11 +244,13 @@ def report(
                 seed=seed,
             )
             result = build_report(target, how, options, progress)
-        _emit(render_report(result, fmt, _width() if output is None else TABLE_WIDTH), output)
+        text = render_report(result, fmt, _width() if output is None else TABLE_WIDTH)
+    _emit(text, output, debug)
 
 
 @app.command()
 def explain(
+    ctx: typer.Context,
     layer: Annotated[str, typer.Argument(help="A layer class, e.g. nn.Conv2d or torch.nn:LSTM.")],
     arg: ArgOpt = None,
     args_file: ArgsFileOpt = None,
@@ -240,19 +261,19 @@ def explain(
     debug: DebugOpt = False,
 ) -> None:
     """Explain one layer type's default init: the call, the numbers, the formula and the source."""
+    debug = _debug(ctx, debug)
     with _boundary(debug):
         from initscope.explain import explain as explain_layer
         from initscope.render import render_explanation
-        from initscope.targets import load_args_file, parse_args
 
-        kwargs = load_args_file(args_file) if args_file else {}
-        kwargs.update(parse_args(arg or ()))
+        kwargs = _constructor_kwargs(arg, args_file)
         if fmt is OutputFormat.CSV:
             raise InitScopeError(
                 "explain has no csv format", "use --format table, markdown or json"
             )
         result = explain_layer(layer, kwargs, input_shape=_parse_shape(input_shape))
-        _emit(render_explanation(result, fmt), None)
+        text = render_explanation(result, fmt)
+    _emit(text, None, debug)
 
 
 def _is(exc: BaseException, name: str) -> bool:

@@ -7,23 +7,31 @@ from a table kept by hand; only the wording of the formulas lives here.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from initscope.distributions import Family
 from initscope.errors import TargetError
 from initscope.models import trace_model
 from initscope.targets import ModelSpec, import_ref
-from initscope.tracing import DefaultInit, fans
+from initscope.tracing import DefaultInit, _fmt_arg, fans
 
 __all__ = ["REPRESENTATIVE_ARGS", "Explanation", "ParamExplanation", "explain"]
 
-# Small values for required constructor arguments, chosen pairwise distinct so that each
-# number in a formula points back to one argument.
+# Small values for required constructor arguments, by parameter name. Only one layer's
+# arguments are in play at a time, so the values repeat across layers; what holds (and
+# tests/test_explain.py checks for the common torch.nn layers) is that the integers filled in
+# for one layer are pairwise distinct and differ from its kernel products, so that each
+# number in a formula points back to one argument. Not distinct from the dimensions torch
+# derives: an LSTM's weight_hh has hidden_size columns whichever value is chosen.
 REPRESENTATIVE_ARGS: dict[str, Any] = {
     "in_features": 6,
     "out_features": 4,
@@ -37,15 +45,18 @@ REPRESENTATIVE_ARGS: dict[str, Any] = {
     "normalized_shape": 4,
     "num_features": 4,
     "num_groups": 2,
-    "num_channels": 4,
+    "num_channels": 6,
     "input_size": 6,
-    "hidden_size": 4,
+    # neither 3 nor 4, the gate counts of GRU and LSTM (weight_ih is [gates·hidden, input])
+    "hidden_size": 5,
     "embed_dim": 8,
     "num_heads": 2,
     "d_model": 8,
     "nhead": 2,
+    # one cutoff: with in_features=6, AdaptiveLogSoftmaxWithLoss's second tail cluster would
+    # get 6 // 4**2 = 0 hidden units; [3] gives a head of 3 + 1 = 4 outputs, no dim equal to 6
     "n_classes": 10,
-    "cutoffs": [4, 8],
+    "cutoffs": [3],
 }
 
 
@@ -62,10 +73,14 @@ class ParamExplanation:
 
 @dataclass(frozen=True)
 class Explanation:
+    """``arguments`` are all the constructor arguments used; ``filled`` names those that were
+    not given and took a representative value (``representative`` is ``bool(filled)``)."""
+
     layer: str
     arguments: Mapping[str, Any]
     representative: bool
     parameters: tuple[ParamExplanation, ...]
+    filled: tuple[str, ...] = ()
 
 
 def _qualified(ref: str) -> str:
@@ -79,20 +94,101 @@ def _qualified(ref: str) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
-def _fill_required(ref: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    obj = import_ref(ref)
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _opaque(params: Sequence[inspect.Parameter]) -> bool:
+    """``(*args, **kwargs)``: a signature that says nothing about what is required."""
+    return all(p.kind in _VARIADIC for p in params)
+
+
+def _forwarded(init: Any) -> tuple[int, set[str]] | None:
+    """For a pass-through ``__init__(self, *args, **kwargs)``: how many leading positional
+    arguments, and which keywords, it supplies itself in its ``super().__init__(...)`` call
+    (``LSTM``: ``super().__init__("LSTM", *args, **kwargs)`` supplies one). None when the
+    source cannot be read or the call does not forward ``**kwargs``."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "__init__"
+        ):
+            continue
+        target = node.func.value
+        is_super = (
+            isinstance(target, ast.Call)
+            and isinstance(target.func, ast.Name)
+            and target.func.id == "super"
+        )
+        if not any(k.arg is None for k in node.keywords):
+            return None
+        leading = 0
+        for a in node.args:
+            if isinstance(a, ast.Starred):
+                break
+            leading += 1
+        if not is_super:  # Base.__init__(self, ...)
+            leading = max(leading - 1, 0)
+        return leading, {k.arg for k in node.keywords if k.arg is not None}
+    return None
+
+
+def _constructor_parameters(obj: Any) -> list[inspect.Parameter] | None:
+    """The parameters a caller of ``obj`` must think about. A class whose own ``__init__`` is
+    ``(*args, **kwargs)`` (nn.LSTM, nn.GRU, nn.RNN) is read through the first ``__init__`` in
+    its MRO with a concrete signature (RNNBase's), less the arguments that the pass-through
+    ``__init__``s in between supply themselves (``mode``)."""
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
-        return dict(given)
+        return None
+    params = list(sig.parameters.values())
+    if not _opaque(params) or not isinstance(obj, type):
+        return params
+    supplied_positional = 0
+    supplied_keywords: set[str] = set()
+    for klass in obj.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        try:
+            own = list(inspect.signature(init).parameters.values())[1:]  # without self
+        except (TypeError, ValueError):
+            return params
+        if not _opaque(own):
+            positional = [p.name for p in own if p.kind in _POSITIONAL]
+            skip = set(positional[:supplied_positional]) | supplied_keywords
+            return [p for p in own if p.name not in skip]
+        forwarded = _forwarded(init)
+        if forwarded is None:
+            return params
+        supplied_positional += forwarded[0]
+        supplied_keywords |= forwarded[1]
+    return params
+
+
+def _fill_required(ref: str, given: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """``given`` plus representative values for the required arguments it lacks, and the
+    names of those filled in."""
+    params = _constructor_parameters(import_ref(ref))
     out = dict(given)
+    if params is None:
+        return out, ()
+    filled: list[str] = []
     missing = []
-    for name, p in sig.parameters.items():
-        if name in out or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+    for p in params:
+        name = p.name
+        if name in out or p.kind in _VARIADIC:
             continue
         if p.default is inspect.Parameter.empty:
             if name in REPRESENTATIVE_ARGS:
                 out[name] = REPRESENTATIVE_ARGS[name]
+                filled.append(name)
             else:
                 missing.append(name)
     if missing:
@@ -100,7 +196,7 @@ def _fill_required(ref: str, given: Mapping[str, Any]) -> dict[str, Any]:
             f"{ref} needs {', '.join(missing)}, which has no representative value",
             f"pass it: {' '.join(f'--arg {m}=...' for m in missing)}",
         )
-    return out
+    return out, tuple(filled)
 
 
 def explain(
@@ -112,9 +208,7 @@ def explain(
 ) -> Explanation:
     """Construct ``layer`` (a class reference such as ``nn.Conv2d``) and explain each
     parameter's default init. Without ``args``, small representative ones are used."""
-    given = dict(args or {})
-    kwargs = _fill_required(layer, given)
-    representative = kwargs != given
+    kwargs, filled = _fill_required(layer, dict(args or {}))
     spec = ModelSpec(layer, (), kwargs, None, tuple(input_shape) if input_shape else None)
     traced = trace_model(spec, seed=seed)
     ints = {k: v for k, v in kwargs.items() if isinstance(v, int) and not isinstance(v, bool)}
@@ -132,6 +226,8 @@ def explain(
         f = fans(shape)
         owner = name.rpartition(".")[0]
         candidates = {**ints, **module_fans.get(owner, {})}
+        # ConvTranspose lays its weight out as (in, out/groups, *kernel), not (out, in/groups, ...)
+        transposed = getattr(traced.model.get_submodule(owner), "transposed", False) is True
         out.append(
             ParamExplanation(
                 name=name,
@@ -139,11 +235,11 @@ def explain(
                 fan_in=f[0] if f else None,
                 fan_out=f[1] if f else None,
                 default=default,
-                formula=tuple(_formula(default, shape, ints, candidates, kwargs)),
+                formula=tuple(_formula(default, shape, ints, candidates, kwargs, transposed)),
                 torch_function=_pointer(default),
             )
         )
-    return Explanation(_qualified(layer), kwargs, representative, tuple(out))
+    return Explanation(_qualified(layer), kwargs, bool(filled), tuple(out), filled)
 
 
 def _pointer(d: DefaultInit) -> str | None:
@@ -157,16 +253,34 @@ def _pointer(d: DefaultInit) -> str | None:
     return None
 
 
-def _dim_names(value: int, ints: Mapping[str, int], kwargs: Mapping[str, Any]) -> list[str]:
+_IN = re.compile(r"(in|input)(_|\d|$)")
+_OUT = re.compile(r"(out|output)(_|\d|$)")
+
+
+def _dim_names(
+    value: int, dim: int, ints: Mapping[str, int], kwargs: Mapping[str, Any], transposed: bool
+) -> list[str]:
+    """The constructor arguments a weight's ``size(dim)`` equals, the structural one first.
+
+    torch lays weights out as (out, in/groups, *kernel), and ConvTranspose as (in, out/groups,
+    *kernel): size(0) is an "out" argument (transposed: "in") and never divided by groups,
+    size(1) is an "in" argument (transposed: "out"), divided by groups.
+    """
     names = [k for k, v in ints.items() if v == value and k != "groups"]
     groups = kwargs.get("groups")
-    if isinstance(groups, int) and groups > 1:
+    if isinstance(groups, int) and not isinstance(groups, bool) and groups > 1:
         names += [f"{k}/groups" for k, v in ints.items() if k != "groups" and v == value * groups]
-    return names
+    side = _IN if (dim == 1) != transposed else _OUT
+
+    def rank(name: str) -> tuple[bool, bool]:
+        per_group = name.endswith("/groups")
+        return per_group != (dim == 1), side.match(name) is None
+
+    return sorted(names, key=rank)
 
 
 def _fan_lines(
-    shape: tuple[int, ...], ints: Mapping[str, int], kwargs: Mapping[str, Any]
+    shape: tuple[int, ...], ints: Mapping[str, int], kwargs: Mapping[str, Any], transposed: bool
 ) -> list[str]:
     f = fans(shape)
     if f is None:
@@ -175,8 +289,8 @@ def _fan_lines(
     lines = []
     for label, dim in (("fan_in", 1), ("fan_out", 0)):
         size = shape[dim]
-        named = _dim_names(size, ints, kwargs)
-        why = f" ({' = '.join(named)})" if named else ""
+        named = _dim_names(size, dim, ints, kwargs, transposed)
+        why = f" ({' or '.join(named)})" if named else ""
         if len(shape) > 2:
             kernel = "·".join(str(s) for s in shape[2:])
             lines.append(
@@ -207,6 +321,7 @@ def _formula(
     ints: Mapping[str, int],
     candidates: Mapping[str, int],
     kwargs: Mapping[str, Any],
+    transposed: bool = False,
 ) -> list[str]:
     name = d.call.name
     a = d.call.args
@@ -220,7 +335,7 @@ def _formula(
         gain = float(torch.nn.init.calculate_gain(nl, neg))  # type: ignore[arg-type]
         fan = f[0] if mode == "fan_in" else f[1]
         if nl == "leaky_relu":
-            lines.append(f"gain = √(2/(1+a²)) = {gain:.4g}  (leaky_relu, a={_arg(neg)})")
+            lines.append(f"gain = √(2/(1+a²)) = {gain:.4g}  (leaky_relu, a={_fmt_arg(neg)})")
         else:
             lines.append(f"gain = calculate_gain({nl!r}) = {gain:.4g}")
         if name == "kaiming_uniform_":
@@ -230,7 +345,7 @@ def _formula(
                 lines.append(f"with a = √5 this is bound = 1/√{mode}: torch's default for layers")
         else:
             lines.append(f"std = gain/√{mode} = {gain:.4g}/√{fan} = {gain / math.sqrt(fan):.4g}")
-        lines += _fan_lines(shape, ints, kwargs)
+        lines += _fan_lines(shape, ints, kwargs, transposed)
     elif name in ("xavier_uniform_", "xavier_normal_") and f is not None:
         gain = float(a.get("gain", 1.0) or 1.0)
         std = gain * math.sqrt(2 / (f[0] + f[1]))
@@ -243,7 +358,7 @@ def _formula(
             lines.append(
                 f"std = gain·√(2/(fan_in+fan_out)) = {gain:g}·√(2/{f[0] + f[1]}) = {std:.4g}"
             )
-        lines += _fan_lines(shape, ints, kwargs)
+        lines += _fan_lines(shape, ints, kwargs, transposed)
     elif name in ("uniform_",) and dist.high is not None and dist.low is not None:
         why = _recover(dist.high, candidates) if math.isclose(dist.low, -dist.high) else None
         lines.append(f"bound = {dist.high:.4g}" + (f" = {why}" if why else ""))
@@ -256,12 +371,6 @@ def _formula(
         lines.append("a (semi-)orthogonal matrix from a QR decomposition, times gain")
     elif name == "trunc_normal_":
         lines.append("normal(mean, std) restricted to [a, b] (inverse-CDF sampling)")
-    if dist.mean is not None and dist.std is not None and dist.family.value != "constant":
+    if dist.mean is not None and dist.std is not None and dist.family is not Family.CONSTANT:
         lines.append(f"mean {dist.mean:.4g}, std {dist.std:.4g}")
     return lines
-
-
-def _arg(v: Any) -> str:
-    if isinstance(v, float) and math.isclose(v, math.sqrt(5)):
-        return "√5"
-    return str(v)

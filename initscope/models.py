@@ -16,7 +16,7 @@ import torch
 from initscope.checkpoints import Checkpoint, open_checkpoint
 from initscope.distributions import Distribution
 from initscope.errors import TargetError
-from initscope.targets import ModelSpec, TargetOptions, construct, resolve_target
+from initscope.targets import ModelSpec, TargetOptions, construct, import_ref, resolve_target
 from initscope.tracing import DefaultInit, InitCall, InitTracer
 
 __all__ = ["TracedModel", "open_target", "trace_model"]
@@ -37,11 +37,14 @@ def _has_lazy(model: torch.nn.Module) -> bool:
 
 
 def trace_model(spec: ModelSpec, *, seed: int = 0) -> TracedModel:
-    """Build the model ``spec`` names with tracing on, materializing Lazy modules."""
-    torch.manual_seed(seed)
+    """Build the model ``spec`` names with tracing on, materializing Lazy modules.
+
+    The global RNG is seeded with ``seed`` for construction and restored afterwards."""
+    import_ref(spec.ref, spec.base_dir)  # import errors first, and imports outside the tracer
     tracer = InitTracer()
     try:
-        with torch.no_grad(), tracer:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), tracer:
+            torch.manual_seed(seed)
             model = construct(spec)
             if _has_lazy(model):
                 _materialize(model, spec)

@@ -382,6 +382,7 @@ def explanation_to_dict(e: Explanation) -> dict[str, Any]:
         "layer": e.layer,
         "arguments": dict(e.arguments),
         "representative": e.representative,
+        "filled": list(e.filled),
         "parameters": [
             {
                 "name": p.name,
@@ -406,8 +407,12 @@ def render_explanation(e: Explanation, fmt: OutputFormat, width: int = TABLE_WID
         raise ValueError(f"explain renders as table, markdown or json, not {fmt.value}")
     args = ", ".join(f"{k}={v!r}" for k, v in e.arguments.items())
     lines = [f"{e.layer}({args})"]
-    if e.representative:
+    if e.filled and set(e.filled) == set(e.arguments):
         lines.append("  (no --arg given: these are small representative arguments)")
+    elif e.filled:
+        items = ", ".join(f"{k}={e.arguments[k]!r}" for k in e.filled)
+        verb = "is a representative value" if len(e.filled) == 1 else "are representative values"
+        lines.append(f"  ({items} {verb}, not given)")
     if not e.parameters:
         lines.append("  no parameters")
     for p in e.parameters:

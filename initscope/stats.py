@@ -24,6 +24,7 @@ __all__ = [
     "SAMPLE_SIZE",
     "RunningStats",
     "TensorStats",
+    "dense",
     "sample_positions",
     "tensor_stats",
 ]
@@ -89,11 +90,12 @@ class RunningStats:
     def update(self, chunk: torch.Tensor, offset: int) -> None:
         """Add a flat chunk whose first element is at flat position ``offset``."""
         c = chunk.reshape(-1)
+        if c.is_complex():
+            # Statistics over the real and imaginary components, each counted as a value.
+            c = torch.view_as_real(c).reshape(-1)
         n_all = c.numel()
         if n_all == 0:
             return
-        if c.is_complex():
-            c = torch.view_as_real(c).reshape(-1)
         c = c.to(torch.float64)
         self._take_sample(c, offset)
         self.seen += n_all
@@ -192,4 +194,13 @@ def tensor_stats(t: torch.Tensor) -> TensorStats | None:
     """Statistics of ``t``; None for tensors without values (meta device)."""
     if t.device.type == "meta":
         return None
-    return running_stats(t, sample_size=0).result()
+    return running_stats(dense(t), sample_size=0).result()
+
+
+def dense(t: torch.Tensor) -> torch.Tensor:
+    """The values of a quantized or sparse tensor as an ordinary strided tensor."""
+    if t.is_quantized:
+        return t.dequantize()
+    if t.layout != torch.strided:
+        return t.to_dense()
+    return t

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import pkgutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,16 +51,16 @@ class ModelSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     example_input_shape: tuple[int, ...] | None = None
+    base_dir: Path | None = None  # a spec's folder: its `model:` module may live there
 
 
 @dataclass(frozen=True)
 class TargetOptions:
-    """How to read TARGET: constructor arguments (``"name=value"`` strings, as ``--arg``
-    takes them, and/or a YAML file), the model a checkpoint TARGET is loaded into, an input
-    shape for Lazy modules, the construction seed, and whether pickled code may run."""
+    """How to read TARGET: keyword arguments for the constructor, the model a checkpoint
+    TARGET is loaded into, an input shape for Lazy modules, the construction seed, and
+    whether pickled code may run."""
 
-    args: tuple[str, ...] = ()
-    args_file: Path | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
     model: str | None = None
     spec: Path | None = None
     input_shape: tuple[int, ...] | None = None
@@ -70,10 +70,7 @@ class TargetOptions:
 
 def resolve_target(target: str, how: TargetOptions) -> tuple[ModelSpec | None, Path | None]:
     """Split TARGET and its options into (how to build the model, which weights to read)."""
-    kwargs: dict[str, Any] = {}
-    if how.args_file is not None:
-        kwargs.update(load_args_file(how.args_file))
-    kwargs.update(parse_args(how.args))
+    kwargs = dict(how.kwargs)
     if how.model is not None and how.spec is not None:
         raise TargetError("--model and --spec both given", "use one of them")
 
@@ -222,7 +219,12 @@ def load_spec(path: str | Path) -> ModelSpec:
             )
         shape = tuple(raw)
     return ModelSpec(
-        ref.strip(), tuple(args), {str(k): v for k, v in kwargs.items()}, ckpt_path, shape
+        ref.strip(),
+        tuple(args),
+        {str(k): v for k, v in kwargs.items()},
+        ckpt_path,
+        shape,
+        base_dir=Path(path).resolve().parent,
     )
 
 
@@ -242,11 +244,30 @@ def _split_ref(ref: str) -> tuple[str, str]:
     return mod, attr
 
 
+@contextmanager
+def _search_path(extra: Path | None) -> Iterator[None]:
+    """Like ``python -m`` (and uvicorn), let TARGET name modules in the current directory,
+    and a spec's ``model:`` modules beside the spec; sys.path is restored afterwards."""
+    added = [
+        str(d)
+        for d in dict.fromkeys([Path.cwd(), *([extra] if extra else [])])
+        if str(d) not in sys.path
+    ]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for d in added:
+            with suppress(ValueError):
+                sys.path.remove(d)
+
+
 def _import_module(name: str) -> Any:
-    # Like `python -m` (and uvicorn), let TARGET name modules in the current directory.
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    if name.endswith(".py"):
+        raise TargetError(
+            f"{name!r} is a file name; TARGET names a module",
+            f"drop the .py: {name.removesuffix('.py').replace('/', '.')}:Class",
+        )
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -278,10 +299,12 @@ def _import_module(name: str) -> Any:
         ) from exc
 
 
-def import_ref(ref: str) -> Any:
-    """The object ``ref`` names (``pkg.module:Attr.inner`` too)."""
+def import_ref(ref: str, base_dir: Path | None = None) -> Any:
+    """The object ``ref`` names (``pkg.module:Attr.inner`` too); modules are looked up in the
+    current directory and ``base_dir`` too."""
     mod_name, attr = _split_ref(ref)
-    obj = _import_module(mod_name)
+    with _search_path(base_dir):
+        obj = _import_module(mod_name)
     for part in attr.split("."):
         if not hasattr(obj, part):
             public = [n for n in dir(obj) if not n.startswith("_")]
@@ -293,36 +316,59 @@ def import_ref(ref: str) -> Any:
     return obj
 
 
+def signature_of(factory: Any) -> inspect.Signature | None:
+    """The signature to show for ``factory``. For classes whose ``__init__`` is only
+    ``(*args, **kwargs)`` (nn.LSTM forwards to RNNBase), the first concrete one in the MRO."""
+    candidates = [factory]
+    if isinstance(factory, type):
+        candidates = [vars(c)["__init__"] for c in factory.__mro__ if "__init__" in vars(c)]
+    for c in candidates:
+        try:
+            sig = inspect.signature(c)
+        except (TypeError, ValueError):
+            continue
+        params = [p for p in sig.parameters.values() if p.name != "self"]
+        if any(p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+            return sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
+    return None
+
+
 def construct(spec: ModelSpec) -> Any:
     """Call the factory ``spec`` names; errors show its signature."""
     import torch
 
-    factory = import_ref(spec.ref)
+    factory = import_ref(spec.ref, spec.base_dir)
     if not callable(factory):
         raise TargetError(
             f"{spec.ref} is a {type(factory).__name__}, not a class or factory",
             "name an nn.Module subclass or a function returning one",
         )
+    sig = signature_of(factory)
+    shown = f"{_short_name(spec.ref)}{sig}" if sig else None
     try:
-        sig: inspect.Signature | None = inspect.signature(factory)
-    except (TypeError, ValueError):
-        sig = None
-    if sig is not None:
-        try:
-            sig.bind(*spec.args, **spec.kwargs)
-        except TypeError as exc:
+        direct = inspect.signature(factory)
+        direct.bind(*spec.args, **spec.kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, TypeError):
+            unknown = [k for k in spec.kwargs if sig is not None and k not in sig.parameters]
+            hint = (
+                f"no argument {unknown[0]!r}{did_you_mean(unknown[0], sig.parameters)}"
+                if unknown and sig is not None
+                else ""
+            )
             raise TargetError(
-                f"bad arguments for {spec.ref}: {exc}",
-                f"its signature is {_short_name(spec.ref)}{sig}; "
-                "pass arguments as --arg name=value",
+                f"bad arguments for {spec.ref}: {exc}{'; ' + hint if hint else ''}",
+                f"its signature is {shown}; pass arguments as --arg name=value",
             ) from None
-    try:
-        model = factory(*spec.args, **spec.kwargs)
-    except Exception as exc:
-        raise TargetError(
-            f"constructing {spec.ref} failed: {type(exc).__name__}: {' '.join(str(exc).split())}",
-            f"check the arguments{f'; signature {_short_name(spec.ref)}{sig}' if sig else ''}",
-        ) from exc
+    with _search_path(spec.base_dir):
+        try:
+            model = factory(*spec.args, **spec.kwargs)
+        except Exception as exc:
+            message = " ".join(str(exc).split())
+            raise TargetError(
+                f"constructing {spec.ref} failed: {type(exc).__name__}: {message}",
+                f"check the arguments{f'; signature {shown}' if shown else ''}",
+            ) from exc
     if not isinstance(model, torch.nn.Module):
         raise TargetError(
             f"{spec.ref} returned a {type(model).__name__}, not a torch.nn.Module",

@@ -325,7 +325,7 @@ def test_unsafe_load_reports_a_pickled_module(runner: CliRunner, tmp_path: Path)
 def test_python_api_matches_cli(runner: CliRunner) -> None:
     import initscope
 
-    how = initscope.TargetOptions(args=("in_features=5", "out_features=100"), seed=0)
+    how = initscope.TargetOptions(kwargs={"in_features": 5, "out_features": 100}, seed=0)
     report = initscope.build_report("nn.Linear", how)
     assert initscope.report_to_dict(report) == run_json(
         runner, "nn.Linear", "--arg", "in_features=5", "--arg", "out_features=100"

@@ -102,3 +102,17 @@ def test_kolmogorov_sf_known_values() -> None:
     assert kolmogorov_sf(1.358) == pytest.approx(0.05, abs=1e-3)
     assert kolmogorov_sf(1.628) == pytest.approx(0.01, abs=5e-4)
     assert kolmogorov_sf(0.0) == 1.0
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
+def test_complex_sparse_and_quantized_tensors() -> None:
+    z = tensor_stats(torch.zeros(4, dtype=torch.cfloat))
+    assert z is not None and z.zero_fraction == 1.0
+    sp = torch.tensor([[0.0, 2.0], [4.0, 0.0]]).to_sparse()
+    s = tensor_stats(sp)
+    assert s is not None and s.mean == 1.5 and s.zero_fraction == 0.5
+    q = torch.quantize_per_tensor(
+        torch.tensor([0.5, 1.0]), scale=0.5, zero_point=0, dtype=torch.qint8
+    )
+    qs = tensor_stats(q)
+    assert qs is not None and qs.mean == 0.75

@@ -8,7 +8,6 @@ from the file runs, and tensors are views on the mapped file, paged in only when
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -183,8 +182,7 @@ def _open_safetensors(p: Path) -> Checkpoint:
             "the file is truncated or corrupt, or not a safetensors file; "
             "re-save or re-download it",
         ) from exc
-    order = _safetensors_order(p)
-    infos = dict(sorted(infos.items(), key=lambda kv: order.get(kv[0], len(order))))
+    infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
 
     def load(name: str) -> torch.Tensor:
         tensor: torch.Tensor = handle.get_tensor(name)  # type: ignore[no-untyped-call]
@@ -193,14 +191,18 @@ def _open_safetensors(p: Path) -> Checkpoint:
     return Checkpoint(p, infos, load)
 
 
-def _safetensors_order(p: Path) -> dict[str, int]:
-    """Tensor names in the order their bytes lie in the file, which is the order they were
-    saved in (``safe_open.keys()`` sorts them alphabetically: bias before weight)."""
-    with open(p, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
-    entries = [(v["data_offsets"][0], k) for k, v in header.items() if k != "__metadata__"]
-    return {k: i for i, (_, k) in enumerate(sorted(entries))}
+# Within one module, the order torch.nn layers create their parameters in.
+_PARAM_ORDER = {"weight": 0, "bias": 1}
+
+
+def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
+    """safetensors keeps no insertion order (it sorts by dtype and name), so order names
+    as a model lists them: numbers numerically (layers.2 before layers.10), and within a
+    module weight before bias."""
+    parts = name.split(".")
+    key: list[tuple[int, int | str]] = [(0, int(p)) if p.isdigit() else (1, p) for p in parts[:-1]]
+    key.append((0, _PARAM_ORDER[parts[-1]]) if parts[-1] in _PARAM_ORDER else (1, parts[-1]))
+    return tuple(key)
 
 
 def _check_safetensors_size(p: Path, infos: Mapping[str, TensorInfo]) -> None:

@@ -152,7 +152,7 @@ def _short_call(d: DefaultInit) -> str:
             steps.append([sig, 1])
     for sig, count in steps:
         text += f" → {sig}" + (f" ×{count}" if count > 1 else "")
-    return text if len(text) <= _MAX_CALL else text[: _MAX_CALL - 1] + "…"
+    return _cut(text, _MAX_CALL)
 
 
 def _is_default_arg(func: str, key: str, value: Any) -> bool:
@@ -207,6 +207,9 @@ def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
     w_name = max([len("parameter"), *(len(r[0]) for r in rows)])
     w_shape = max([len("shape"), *(len(r[1]) for r in rows)])
     w_num = max([9, *(len(r[k]) for r in rows for k in (4, 5))])
+    # The default-init column gets what the others leave of the width (at least 24).
+    budget = max(width - (w_name + w_shape + 3 * (w_num + 2) + 4), 24)
+    rows = [(r[0], r[1], _cut(r[2], budget), _cut(r[3], budget), *r[4:]) for r in rows]
     w_call = max([len("default init"), *(len(r[2]) for r in rows)])
     w_label = max([0, *(len(r[3]) for r in rows)])
     fixed = w_name + w_shape + 3 * (w_num + 2) + 4
@@ -245,6 +248,10 @@ def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
             out.append(f"{'':{w_name}}  tied: {', '.join(p.tied_to)}")
     out += ["", _summary_line(report)]
     return "\n".join(out) + "\n"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _default_parts(d: DefaultInit | None) -> tuple[str, str]:

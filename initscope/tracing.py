@@ -263,7 +263,12 @@ def _method_args(
     name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> dict[str, ArgValue]:
     names = _METHOD_PARAMS.get(name, ())
-    out = {(names[i] if i < len(names) else f"arg{i}"): _json_arg(v) for i, v in enumerate(args)}
+    out = {
+        (names[i] if i < len(names) else f"arg{i}"): _json_arg(v)
+        for i, v in enumerate(args)
+        # tensor operands say nothing in a call's signature; scalars (0-dim) do
+        if not (isinstance(v, torch.Tensor) and v.numel() != 1)
+    }
     # ``out=`` is where the result goes (the target), not an argument of the call.
     out.update({k: _json_arg(v) for k, v in kwargs.items() if k not in ("generator", "out")})
     return out

@@ -356,3 +356,97 @@ def test_spec_args_kwargs_and_spec_option_for_a_checkpoint(
     params = by_name(run_json(runner, str(tmp_path / "conv.pt"), "--spec", str(spec)))
     assert params["weight"]["module_type"] == "torch.nn.modules.conv.Conv2d"
     assert params["weight"]["default"]["high"] == pytest.approx(1 / math.sqrt(75))
+
+
+def test_non_finite_constant_gives_valid_json(runner: CliRunner) -> None:
+    result = runner.invoke(
+        app, ["report", "tests.fixtures.models:Masked", "--buffers", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    neg = by_name(json.loads(result.stdout))["neg"]  # strict JSON: no -Infinity
+    assert neg["default"]["family"] == "constant" and neg["default"]["value"] is None
+    assert neg["default"]["label"] == "const -inf"
+    assert neg["stats"]["inf_count"] == 16
+    table = runner.invoke(app, ["report", "tests.fixtures.models:Masked", "--buffers"])
+    assert table.exit_code == 0, table.output
+    assert "const -inf" in table.stdout
+
+
+def test_submodule_named_module_keeps_its_prefix(runner: CliRunner, tmp_path: Path) -> None:
+    from tests.fixtures.models import Wrapper
+
+    torch.save(Wrapper().state_dict(), tmp_path / "w.pt")
+    params = by_name(
+        run_json(runner, str(tmp_path / "w.pt"), "--model", "tests.fixtures.models:Wrapper")
+    )
+    assert set(params) == {"module.weight", "module.bias"}
+
+
+def test_pickled_data_parallel_keeps_module_types(runner: CliRunner, tmp_path: Path) -> None:
+    from tests.fixtures.models import Tiny
+
+    torch.save(torch.nn.DataParallel(Tiny()), tmp_path / "dp.pt")
+    params = by_name(run_json(runner, str(tmp_path / "dp.pt"), "--unsafe-load", "--type", "Linear"))
+    assert set(params) == {"fc.weight", "fc.bias"}
+
+
+def test_type_typo_is_an_error_with_a_suggestion(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["report", "initscope.examples:UNet", "--type", "Conv2D"])
+    assert result.exit_code == 2, result.output
+    assert "--type Conv2D matches no module class" in result.stderr
+    assert "did you mean 'Conv2d'?" in result.stderr
+
+
+def test_printing_model_keeps_json_stdout_clean(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["report", "tests.fixtures.models:Chatty", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    json.loads(result.stdout)
+    assert "building Chatty" in result.stderr
+
+
+def test_untraced_parameters_are_counted_as_custom(runner: CliRunner) -> None:
+    data = run_json(runner, "tests.fixtures.models:Untraced")
+    assert by_name(data)["table"]["default"]["init"] == "untraced"
+    assert data["summary"]["with_default"] == 2 and data["summary"]["custom_default"] == 1
+    table = runner.invoke(app, ["report", "tests.fixtures.models:Untraced"])
+    assert "default init known for 2 of 3 (1 custom or untraced)" in table.stdout
+
+
+def test_buffers_are_grouped_with_their_module(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["report", "tests.fixtures.models:Tiny", "--buffers"])
+    assert result.exit_code == 0, result.output
+    headings = [line for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert sum(h.startswith("bn  BatchNorm1d") for h in headings) == 1
+
+
+def test_long_call_chains_stay_within_the_table_width(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["report", "tests.fixtures.models:spectral", "--buffers"])
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
+    data = run_json(runner, "tests.fixtures.models:spectral", "--buffers")
+    u = next(p for p in data["parameters"] if p["name"].endswith("_u"))
+    assert all("out=" not in step for step in u["default"]["then"])
+
+
+def test_safetensors_tensors_are_listed_as_a_model_lists_them(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "o.safetensors"
+    names = ["layers.10.bias", "layers.2.weight", "layers.10.weight", "layers.2.bias", "emb"]
+    save_file({n: torch.ones(2) for n in names}, str(path))
+    listed = [p["name"] for p in run_json(runner, str(path))["parameters"]]
+    assert listed == [
+        "emb",
+        "layers.2.weight",
+        "layers.2.bias",
+        "layers.10.weight",
+        "layers.10.bias",
+    ]
+
+
+def test_bad_input_shape_is_rejected(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["report", "tests.fixtures.models:LazyNet", "--input-shape", "2,x"])
+    assert result.exit_code == 2, result.output
+    assert "--input-shape '2,x' is not a shape" in result.stderr

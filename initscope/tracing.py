@@ -30,6 +30,7 @@ import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -64,6 +65,10 @@ class InitCall:
     name: str
     args: Mapping[str, ArgValue] = field(default_factory=dict)
     source: str | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: a read-only copy of the arguments.
+        object.__setattr__(self, "args", MappingProxyType(dict(self.args)))
 
     def signature(self) -> str:
         inner = ", ".join(f"{k}={_fmt_arg(v)}" for k, v in self.args.items())

@@ -89,6 +89,15 @@ def parameter_to_dict(p: ParameterReport) -> dict[str, Any]:
         "fan_out": p.fan_out,
         "tied_to": list(p.tied_to) or None,
         "default": default_to_dict(p.default),
+        "fit": None
+        if p.fit is None
+        else {
+            "label": p.fit.label,
+            "family": p.fit.family.value if p.fit.family is not None else None,
+            "params": {k: _finite(v) for k, v in p.fit.params.items()},
+            "p_value": p.fit.p_value,
+        },
+        "matches_default": p.matches_default,
         "stats": None
         if s is None
         else {
@@ -182,53 +191,48 @@ def _type_name(module_type: str | None) -> str:
 
 
 def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
-    """Parameters grouped under a heading line per module; the default init's call and its
-    distribution share a column, folded onto a second line when the row would not fit."""
-    rows: list[tuple[str, str, str, str, str, str, str]] = []
+    """Parameters grouped under a heading line per module. "default init" is the traced call
+    and its distribution (folded onto a second line when the row would not fit); "follows"
+    is what the values follow ("default" when that is the default); "= default?" marks
+    whether they match it (✓, ✗, ? when too few values, - when no default is known)."""
+    rows: list[tuple[str, ...]] = []
     for p in report.parameters:
         s = p.stats
         name = f"  {p.param}" + (" (buffer)" if p.is_buffer else "")
         call, label = _default_parts(p.default)
-        bad = s is not None and (s.nan_count or s.inf_count)
-        amax = _num(s.abs_max if s else None)
-        if s and bad:
-            amax += f" nan={s.nan_count} inf={s.inf_count}"
-        rows.append(
-            (
-                name,
-                _shape(p.shape),
-                call,
-                label,
-                _num(s.mean if s else None),
-                _num(s.std if s else None),
-                amax,
-            )
-        )
+        std = _num(s.std if s else None)
+        if s is not None and (s.nan_count or s.inf_count):
+            std += f" nan={s.nan_count} inf={s.inf_count}"
+        rows.append((name, _shape(p.shape), call, label, *_follows(p), std))
     w_name = max([len("parameter"), *(len(r[0]) for r in rows)])
     w_shape = max([len("shape"), *(len(r[1]) for r in rows)])
-    w_num = max([9, *(len(r[k]) for r in rows for k in (4, 5))])
+    w_follows = max([len("follows"), *(len(r[4]) for r in rows)])
+    w_mark = len("= default?")
+    w_std = max([9, *(len(r[6]) for r in rows)])
+    fixed = w_name + w_shape + w_follows + w_mark + w_std + 10
     # The default-init column gets what the others leave of the width (at least 24).
-    budget = max(width - (w_name + w_shape + 3 * (w_num + 2) + 4), 24)
+    budget = max(width - fixed, 24)
     rows = [(r[0], r[1], _cut(r[2], budget), _cut(r[3], budget), *r[4:]) for r in rows]
     w_call = max([len("default init"), *(len(r[2]) for r in rows)])
     w_label = max([0, *(len(r[3]) for r in rows)])
-    fixed = w_name + w_shape + 3 * (w_num + 2) + 4
     # Labels line up in their own sub-column when everything fits; otherwise each row puts
     # its label after the call if that fits, or on a second line.
     aligned = fixed + w_call + 1 + w_label <= width
     w_default = w_call + 1 + w_label if aligned else max(width - fixed, w_call, w_label)
 
-    def line(name: str, shape: str, default: str, mean: str, std: str, amax: str) -> str:
+    def line(name: str, shape: str, default: str, follows: str, mark: str, std: str) -> str:
         return (
             f"{name:<{w_name}}  {shape:<{w_shape}}  {default:<{w_default}}  "
-            f"{mean:>{w_num}}  {std:>{w_num}}  {amax:>{w_num}}"
+            f"{follows:<{w_follows}}  {mark:^{w_mark}}  {std:>{w_std}}"
         ).rstrip()
 
     out = [f"{report.target}  (torch {report.torch_version})", ""]
-    header = line("parameter", "shape", "default init", "mean", "std", "|max|")
+    header = line("parameter", "shape", "default init", "follows", "= default?", "std")
     out += [header, "-" * len(header)]
     current: str | None = None
-    for p, (name, shape, call, label, mean, std, amax) in zip(report.parameters, rows, strict=True):
+    for p, (name, shape, call, label, follows, mark, std) in zip(
+        report.parameters, rows, strict=True
+    ):
         if p.module != current:
             current = p.module
             head = p.module or "(root)"
@@ -239,15 +243,26 @@ def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
                 out += [head, f"  ({kind})"] if kind else [head]
         inline = f"{call:<{w_call}} {label}" if aligned else f"{call} {label}"
         if len(inline.rstrip()) <= w_default:
-            out.append(line(name, shape, inline.rstrip(), mean, std, amax))
+            out.append(line(name, shape, inline.rstrip(), follows, mark, std))
         else:
-            out.append(line(name, shape, call, mean, std, amax))
+            out.append(line(name, shape, call, follows, mark, std))
             if label:
                 out.append(line("", "", label, "", "", ""))
         if p.tied_to:
             out.append(f"{'':{w_name}}  tied: {', '.join(p.tied_to)}")
     out += ["", _summary_line(report)]
     return "\n".join(out) + "\n"
+
+
+def _follows(p: ParameterReport) -> tuple[str, str]:
+    if p.fit is None:
+        return "-", "-"
+    if p.matches_default is True:
+        return "default", "✓"
+    if p.matches_default is False:
+        return _cut(p.fit.label, 28), "✗"
+    known = p.default is not None and p.default.distribution.family.value != "custom"
+    return _cut(p.fit.label, 28), "?" if known else "-"
 
 
 def _cut(text: str, width: int) -> str:
@@ -277,6 +292,12 @@ def _summary_line(report: Report) -> str:
         text += f"; default init known for {s.with_default} of {s.parameters}"
         if s.custom_default:
             text += f" ({s.custom_default} custom or untraced)"
+        decided = s.at_default + s.differ + s.inconclusive
+        if decided:
+            text += (
+                f"\n{_plural(s.at_default, 'parameter')} at their default, {s.differ} differ, "
+                f"{s.inconclusive} inconclusive"
+            )
     return text
 
 

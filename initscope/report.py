@@ -6,6 +6,7 @@ Only data lives here; :mod:`initscope.render` turns a :class:`Report` into text.
 from __future__ import annotations
 
 import fnmatch
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,9 @@ from initscope import __version__
 from initscope.checkpoints import Checkpoint, TensorInfo
 from initscope.distributions import Family
 from initscope.errors import CheckpointError, TargetError
+from initscope.identify import Fit, Identification, identify
 from initscope.models import TracedModel, open_target
-from initscope.stats import TensorStats, tensor_stats
+from initscope.stats import TensorStats, dense, running_stats
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, fans
 from initscope.yamlio import did_you_mean
@@ -54,6 +56,8 @@ class ParameterReport:
     default: DefaultInit | None
     stats: TensorStats | None
     is_buffer: bool = False
+    fit: Fit | None = None  # what the values follow (None on the meta device)
+    matches_default: bool | None = None  # null: no known default, or too few values
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,9 @@ class ReportSummary:
     buffers: int
     with_default: int
     custom_default: int
+    at_default: int = 0  # matches_default is true
+    differ: int = 0  # matches_default is false
+    inconclusive: int = 0  # a known default, but too few values to tell
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,16 @@ class Report:
             buffers=len(self.parameters) - len(params),
             with_default=known,
             custom_default=with_any - known,
+            at_default=sum(1 for p in params if p.matches_default is True),
+            differ=sum(1 for p in params if p.matches_default is False),
+            inconclusive=sum(
+                1
+                for p in params
+                if p.matches_default is None
+                and p.fit is not None
+                and p.default is not None
+                and p.default.distribution.family is not Family.CUSTOM
+            ),
         )
 
 
@@ -161,29 +178,40 @@ def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
 def _parameter(
     name: str,
     module: torch.nn.Module | None,
-    tensor_info: TensorInfo,
+    tensor: torch.Tensor,
     *,
     tied_to: Sequence[str],
     default: DefaultInit | None,
-    stats: TensorStats | None,
     is_buffer: bool = False,
 ) -> ParameterReport:
+    """One parameter's entry: its metadata, statistics, and what its values follow."""
     module_path, param = _split(name)
-    f_in, f_out = _tensor_fans(tensor_info.shape)
+    shape = tuple(int(s) for s in tensor.shape)
+    f_in, f_out = _tensor_fans(shape)
+    stats: TensorStats | None = None
+    found: Identification | None = None
+    if tensor.device.type != "meta":
+        values = dense(tensor)
+        # The sample's positions depend on the name only, so reports are reproducible.
+        rs = running_stats(values, seed=zlib.crc32(name.encode()))
+        stats = rs.result()
+        found = identify(rs, shape, default, values)
     return ParameterReport(
         name=name,
         module=module_path,
         module_type=_qualname(type(module)) if module is not None else None,
         param=param,
-        shape=tensor_info.shape,
-        dtype=_dtype_name(tensor_info.dtype),
-        numel=tensor_info.numel,
+        shape=shape,
+        dtype=_dtype_name(tensor.dtype),
+        numel=tensor.numel(),
         fan_in=f_in,
         fan_out=f_out,
         tied_to=tuple(tied_to),
         default=default,
         stats=stats,
         is_buffer=is_buffer,
+        fit=found.fit if found else None,
+        matches_default=found.matches_default if found else None,
     )
 
 
@@ -243,19 +271,17 @@ def report_model(
     out: list[ParameterReport] = []
     for name, t, is_buffer in entries:
         source = checkpoint.load(keys[name]) if checkpoint is not None and name in keys else t
-        info = TensorInfo(name, tuple(source.shape), source.dtype)
         out.append(
             _parameter(
                 name,
                 modules.get(_split(name)[0]),
-                info,
+                source,
                 tied_to=tied[name],
                 default=traced.defaults.get(name),
-                stats=tensor_stats(source),
                 is_buffer=is_buffer,
             )
         )
-        tick(info.numel)
+        tick(source.numel())
     return Report(target=target, parameters=tuple(out))
 
 
@@ -320,18 +346,16 @@ def report_checkpoint(
     tick = _ticker(progress, sum(ckpt.infos[keys[n]].numel for n in selected))
     out: list[ParameterReport] = []
     for name in selected:
-        info = ckpt.infos[keys[name]]
         out.append(
             _parameter(
                 name,
                 modules.get(_split(name)[0]),
-                info,
+                ckpt.load(keys[name]),
                 tied_to=tied.get(name, ()),
                 default=None,
-                stats=tensor_stats(ckpt.load(keys[name])),
             )
         )
-        tick(info.numel)
+        tick(ckpt.infos[keys[name]].numel)
     return Report(target=target, parameters=tuple(out), has_model=ckpt.module is not None)
 
 

@@ -68,7 +68,12 @@ def test_forum_question_linear_5_100(runner: CliRunner) -> None:
         "buffers": 0,
         "with_default": 2,
         "custom_default": 0,
+        "at_default": 2,
+        "differ": 0,
+        "inconclusive": 0,
     }
+    assert w["matches_default"] is True
+    assert w["fit"]["label"] == "kaiming_uniform(a=sqrt(5))"
 
 
 def test_schema_fields_of_the_unet_example(runner: CliRunner) -> None:
@@ -87,6 +92,8 @@ def test_schema_fields_of_the_unet_example(runner: CliRunner) -> None:
         "fan_out",
         "tied_to",
         "default",
+        "fit",
+        "matches_default",
         "stats",
     ]
     assert p["module_type"] == "torch.nn.modules.conv.Conv2d"

@@ -1,0 +1,328 @@
+"""Which init do a tensor's values actually follow?
+
+Each candidate (the traced default, the named schemes for the tensor's fans, constants,
+orthogonal matrices, and finally a normal or uniform with estimated numbers) is tested against
+the values, and the first that the values do not contradict names the fit; if none fits the
+tensor is ``unknown`` (trained weights), and if the tensor is too small to tell it is
+``inconclusive``. Nothing is forced: a wrong confident name is worse than ``unknown``.
+
+A candidate with fully specified numbers passes when all of these do, each at level
+``ALPHA`` divided by the number of tests (Bonferroni):
+
+- a Kolmogorov–Smirnov test of the bounded sample against the candidate's CDF (shape);
+- a z-test of the full tensor's variance against the candidate's (scale), using the
+  variance of the sample variance, (μ4 − σ⁴)/n, so that U(±1/√fan_in) and xavier_uniform
+  are told apart even where their CDFs are close;
+- for bounded families, the observed extremes: nothing outside the support, and for a
+  uniform the largest value close to the bound, P(max < b − d) = (1 − d/(b − a))ⁿ.
+
+The cost per tensor is O(sample) on top of the streaming statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+
+from initscope.distributions import Distribution, Family
+from initscope.goodness import ks_test
+from initscope.stats import RunningStats, TensorStats
+from initscope.tracing import DefaultInit, fans
+
+__all__ = ["ALPHA", "MIN_ELEMENTS", "Fit", "identify"]
+
+# Level of each candidate's test: a tensor drawn from its default is called "differs" with
+# probability about ALPHA.
+ALPHA = 1e-3
+# Below this many values a shape test cannot separate the usual schemes (a 10-element bias).
+MIN_ELEMENTS = 30
+# Gains torch.nn.init.calculate_gain gives (torch/nn/init.py): relu √2, tanh 5/3, selu 3/4,
+# leaky_relu(0.01) √(2/(1+0.01²)).
+_GAINS: dict[str, float] = {
+    "1": 1.0,
+    "relu": math.sqrt(2.0),
+    "tanh": 5.0 / 3.0,
+    "selu": 0.75,
+    "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
+}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What the values follow: a label such as ``xavier_uniform(gain=1)``, the family, the
+    numbers estimated from the values, and the p-value of the winning candidate."""
+
+    label: str
+    family: Family | None
+    params: Mapping[str, float] = field(default_factory=dict)
+    p_value: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+
+@dataclass(frozen=True)
+class Identification:
+    fit: Fit
+    matches_default: bool | None
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def _z_p(z: float) -> float:
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def _fourth_moment(d: Distribution) -> float | None:
+    """E[(X − μ)⁴] for the families with a closed form."""
+    if d.family is Family.UNIFORM and d.low is not None and d.high is not None:
+        return (d.high - d.low) ** 4 / 80.0
+    if d.family is Family.NORMAL and d.scale is not None:
+        return 3.0 * d.scale**4
+    return None
+
+
+def _p_variance(d: Distribution, s: TensorStats) -> float | None:
+    if d.std is None or s.std is None or s.numel < 2:
+        return None
+    m4 = _fourth_moment(d)
+    if m4 is None:
+        return None
+    var = d.std**2
+    spread = math.sqrt(max(m4 - var * var, 1e-300) / s.numel)
+    return _z_p((s.std**2 - var) / spread)
+
+
+def _p_mean(d: Distribution, s: TensorStats) -> float | None:
+    if d.mean is None or d.std is None or s.mean is None or d.std == 0:
+        return None
+    return _z_p((s.mean - d.mean) / (d.std / math.sqrt(s.numel)))
+
+
+def _p_range(d: Distribution, s: TensorStats) -> float | None:
+    if d.low is None or d.high is None or s.min is None or s.max is None:
+        return None
+    width = d.high - d.low
+    # Values rounded to float32 may sit a hair outside a float64 bound.
+    slack = 1e-6 * max(abs(d.low), abs(d.high), width)
+    if s.min < d.low - slack or s.max > d.high + slack:
+        return 0.0
+    if d.family is not Family.UNIFORM or width <= 0:
+        return None
+    gap = max(0.0, d.high - s.max) + max(0.0, s.min - d.low)
+    return max(0.0, 1.0 - gap / width) ** s.numel
+
+
+def _p_candidate(d: Distribution, s: TensorStats, sample: torch.Tensor) -> float:
+    """The Bonferroni-combined p-value of the candidate's tests."""
+    ps = [
+        p
+        for p in (
+            ks_test(sample, d).p_value if sample.numel() else None,
+            _p_variance(d, s),
+            _p_mean(d, s),
+            _p_range(d, s),
+        )
+        if p is not None
+    ]
+    return min(1.0, min(ps) * len(ps)) if ps else 0.0
+
+
+# -- candidates --------------------------------------------------------------------------------
+
+
+def _named(shape: tuple[int, ...]) -> Iterator[tuple[str, Distribution]]:
+    """The named schemes, with their numbers for a tensor of ``shape``."""
+    f = fans(shape)
+    if f is None:
+        return
+    fan_in, fan_out = f
+    if fan_in == 0 or fan_out == 0:
+        return
+    # torch's layer default, kaiming_uniform(a=√5): bound = 1/√fan_in
+    yield (
+        "kaiming_uniform(a=sqrt(5))",
+        Distribution.uniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)),
+    )
+    for gname, g in _GAINS.items():
+        std = g * math.sqrt(2.0 / (fan_in + fan_out))
+        b = math.sqrt(3.0) * std
+        yield f"xavier_uniform(gain={gname})", Distribution.uniform(-b, b)
+        yield f"xavier_normal(gain={gname})", Distribution.normal(0.0, std)
+    for nl in ("relu", "leaky_relu", "linear"):
+        g = {"relu": math.sqrt(2.0), "leaky_relu": _GAINS["leaky_relu"], "linear": 1.0}[nl]
+        for mode, fan in (("fan_in", fan_in), ("fan_out", fan_out)):
+            std = g / math.sqrt(fan)
+            b = math.sqrt(3.0) * std
+            yield f"kaiming_uniform({nl}, {mode})", Distribution.uniform(-b, b)
+            yield f"kaiming_normal({nl}, {mode})", Distribution.normal(0.0, std)
+    yield "lecun_normal", Distribution.normal(0.0, 1.0 / math.sqrt(fan_in))
+
+
+def _nice(x: float) -> float:
+    """``x`` to 2 significant digits (0.0198 → 0.02)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.2g}")
+
+
+def _estimated(s: TensorStats) -> Iterator[tuple[str, Distribution]]:
+    """Normal and uniform with numbers from the values: first round ones (std 0.02), then
+    the raw estimates."""
+    assert s.mean is not None and s.std is not None and s.min is not None and s.max is not None
+    mean = s.mean if abs(s.mean) > 3 * s.std / math.sqrt(s.numel) else 0.0
+    for std in dict.fromkeys((_nice(s.std), s.std)):
+        yield _normal_label(mean, std), Distribution.normal(mean, std)
+    # U(a, b) from n values: the extremes fall short of the bounds by (b − a)/(n + 1).
+    pad = (s.max - s.min) / max(s.numel - 1, 1)
+    lo, hi = s.min - pad, s.max + pad
+    if abs(lo + hi) < 0.02 * (hi - lo):  # symmetric within 1%
+        b = max(-lo, hi)
+        lo, hi = -b, b
+    yield f"uniform({lo:.4g}, {hi:.4g})", Distribution.uniform(lo, hi)
+
+
+def _normal_label(mean: float, std: float) -> str:
+    if mean == 0:
+        return f"normal(std={std:.3g})"
+    return f"normal(mean={mean:.3g}, std={std:.3g})"
+
+
+def _default_label(d: DefaultInit) -> str:
+    """``kaiming_uniform(a=sqrt(5))`` for torch's layer default, else the call's name."""
+    name = d.call.name.rstrip("_")
+    a = d.call.args.get("a")
+    if d.call.name == "kaiming_uniform_" and isinstance(a, float) and math.isclose(a, math.sqrt(5)):
+        return "kaiming_uniform(a=sqrt(5))"
+    dist = d.distribution
+    if dist.family is Family.NORMAL and dist.scale is not None and dist.loc is not None:
+        return _normal_label(dist.loc, dist.scale)
+    if dist.family is Family.TRUNC_NORMAL and dist.scale is not None:
+        return f"trunc_normal(std={dist.scale:.3g})"
+    if name in ("uniform", "normal") or not name:
+        return dist.label()
+    return name
+
+
+def _constant(value: float) -> Fit:
+    if value == 0:
+        return Fit("zeros", Family.CONSTANT, {"value": 0.0}, 1.0)
+    if value == 1:
+        return Fit("ones", Family.CONSTANT, {"value": 1.0}, 1.0)
+    return Fit(f"constant({value:g})", Family.CONSTANT, {"value": value}, 1.0)
+
+
+def _orthogonal(t: torch.Tensor) -> Fit | None:
+    """Rows (or columns, for tall matrices) orthonormal up to a common gain; checked on up to
+    64 random rows so the cost stays O(64² · cols)."""
+    if t.dim() < 2 or t.numel() < MIN_ELEMENTS:
+        return None
+    m = t.detach().reshape(t.shape[0], -1).to(torch.float64)
+    if m.shape[0] > m.shape[1]:
+        m = m.T
+    g = torch.Generator().manual_seed(0)
+    rows = m[torch.randperm(m.shape[0], generator=g)[:64]]
+    gram = rows @ rows.T
+    gain2 = float(gram.diagonal().mean())
+    if gain2 <= 0:
+        return None
+    off = gram - torch.diag(gram.diagonal())
+    # float32 orthogonality holds to ~1e-6 relative; random matrices are off by ~1/√cols.
+    if (
+        float(off.abs().max()) < 1e-4 * gain2
+        and float((gram.diagonal() / gain2 - 1).abs().max()) < 1e-4
+    ):
+        gain = math.sqrt(gain2)
+        label = (
+            "orthogonal"
+            if math.isclose(gain, 1.0, rel_tol=1e-3)
+            else f"orthogonal(gain={gain:.3g})"
+        )
+        return Fit(label, Family.ORTHOGONAL, {"gain": gain}, None)
+    return None
+
+
+def identify(
+    rs: RunningStats,
+    shape: tuple[int, ...],
+    default: DefaultInit | None,
+    tensor: torch.Tensor | None = None,
+) -> Identification:
+    """Name what the values of one tensor follow, and whether that is its traced default.
+
+    ``rs`` holds the full-tensor statistics and the bounded sample; ``tensor`` (optional) is
+    used only for the structured checks (orthogonal) on matrices.
+    """
+    s = rs.result()
+    sample = rs.sample()
+    known_default = (
+        default.distribution
+        if default is not None and default.distribution.family is not Family.CUSTOM
+        else None
+    )
+    if s.nan_count or s.inf_count or s.min is None or s.max is None:
+        return Identification(Fit("unknown", None), None if known_default is None else False)
+    if s.min == s.max:
+        fit = _constant(s.min)
+        matches = None
+        if known_default is not None:
+            matches = (
+                known_default.family is Family.CONSTANT
+                and known_default.value is not None
+                and math.isclose(known_default.value, s.min, rel_tol=1e-6, abs_tol=1e-12)
+            )
+        return Identification(fit, matches)
+    if s.numel < MIN_ELEMENTS:
+        return Identification(Fit("inconclusive", None), None)
+    if tensor is not None:
+        ortho = _orthogonal(tensor)
+        if ortho is not None:
+            matches = None
+            if known_default is not None:
+                matches = (
+                    known_default.family is Family.ORTHOGONAL
+                    and known_default.gain is not None
+                    and math.isclose(abs(known_default.gain), ortho.params["gain"], rel_tol=1e-3)
+                )
+            return Identification(ortho, matches)
+    matches_default: bool | None = None
+    if known_default is not None and known_default.is_continuous:
+        p = _p_candidate(known_default, s, sample)
+        matches_default = p > ALPHA
+        if matches_default:
+            assert default is not None
+            return Identification(
+                Fit(_default_label(default), known_default.family, _estimate(known_default, s), p),
+                True,
+            )
+    elif known_default is not None:
+        matches_default = False  # a constant/structured default, and the values are neither
+    best: tuple[float, str, Distribution] | None = None
+    for label, d in _named(shape):
+        p = _p_candidate(d, s, sample)
+        if p > ALPHA and (best is None or p > best[0]):
+            best = (p, label, d)
+    if best is None:
+        for label, d in _estimated(s):
+            p = _p_candidate(d, s, sample)
+            if p > ALPHA:
+                best = (p, label, d)
+                break
+    if best is None:
+        return Identification(Fit("unknown", None), matches_default)
+    p, label, d = best
+    return Identification(Fit(label, d.family, _estimate(d, s), p), matches_default)
+
+
+def _estimate(d: Distribution, s: TensorStats) -> dict[str, float]:
+    """The numbers as measured on the values, in the candidate family's terms."""
+    assert s.mean is not None and s.std is not None and s.min is not None and s.max is not None
+    if d.family is Family.UNIFORM:
+        pad = (s.max - s.min) / max(s.numel - 1, 1)
+        return {"low": s.min - pad, "high": s.max + pad}
+    return {"mean": s.mean, "std": s.std}

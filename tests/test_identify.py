@@ -1,0 +1,138 @@
+"""Which init the values follow: acceptance cases on real models and the edge cases."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from initscope.cli import app
+from initscope.identify import identify
+from initscope.stats import running_stats
+from initscope.tracing import InitTracer
+
+
+def report(runner: CliRunner, *args: str) -> dict[str, dict[str, Any]]:
+    result = runner.invoke(app, ["report", *args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return {p["name"]: p for p in json.loads(result.stdout)["parameters"]}
+
+
+def label_of(t: torch.Tensor) -> str:
+    return identify(running_stats(t, seed=3), tuple(t.shape), None, t).fit.label
+
+
+def test_default_model_matches_its_defaults(runner: CliRunner) -> None:
+    params = report(runner, "initscope.examples:UNet")
+    big = [p for p in params.values() if p["numel"] >= 1000]
+    assert big
+    for p in big:
+        assert p["matches_default"] is True, p["name"]
+        assert p["fit"]["label"] == "kaiming_uniform(a=sqrt(5))"
+    # BatchNorm constants are exact, whatever their size
+    assert params["down1.1.weight"]["fit"]["label"] == "ones"
+    assert params["down1.1.bias"]["matches_default"] is True
+
+
+def test_xavier_applied_to_conv_weights_is_recognized(runner: CliRunner, tmp_path: Path) -> None:
+    from initscope.examples import UNet
+
+    torch.manual_seed(0)
+    model = UNet()
+    changed = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.weight.numel() >= 1000:
+            nn.init.xavier_uniform_(m.weight)
+            changed.append(f"{name}.weight")
+    torch.save(model.state_dict(), tmp_path / "x.pt")
+    params = report(runner, str(tmp_path / "x.pt"), "--model", "initscope.examples:UNet")
+    for name in changed:
+        p = params[name]
+        assert p["matches_default"] is False, name
+        assert p["fit"]["label"] == "xavier_uniform(gain=1)", (name, p["fit"])
+        bound = math.sqrt(6 / (p["fan_in"] + p["fan_out"]))
+        assert p["fit"]["params"]["high"] == pytest.approx(bound, rel=0.02)
+    assert params["up1.weight"]["matches_default"] is True  # untouched ConvTranspose2d
+
+
+def test_bert_and_gpt2_weights_are_normal_002() -> None:
+    transformers = pytest.importorskip("transformers")
+    from initscope.models import trace_model
+    from initscope.report import report_model
+    from initscope.targets import ModelSpec
+
+    bert = report_model(trace_model(ModelSpec("tests.test_transformers:tiny_bert")), target="b")
+    for p in bert.parameters:
+        if (
+            p.module_type
+            and p.module_type.endswith((".Linear", ".Embedding"))
+            and p.param == "weight"
+        ):
+            assert p.fit is not None and p.fit.label == "normal(std=0.02)", (p.name, p.fit)
+            assert p.matches_default is True
+        if p.module_type and p.module_type.endswith(".LayerNorm"):
+            assert p.fit is not None and p.fit.label in ("ones", "zeros")
+    del transformers
+
+
+def test_gpt2_scaled_residual_projections() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=64, n_layer=4, n_head=2, vocab_size=300)
+    with InitTracer():
+        model = transformers.GPT2LMHeadModel(config)
+    w = model.transformer.h[0].attn.c_proj.weight.detach()
+    # GPT-2 scales residual projections by 1/sqrt(2 * n_layer): 0.02 / sqrt(8)
+    assert label_of(w) == "normal(std=0.0071)"
+    assert label_of(model.transformer.h[0].mlp.c_fc.weight.detach()) == "normal(std=0.02)"
+
+
+@pytest.mark.parametrize(
+    ("init", "expected"),
+    [
+        (lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"), "kaiming_normal(relu, fan_in)"),
+        (lambda w: nn.init.xavier_normal_(w), "xavier_normal(gain=1)"),
+        (lambda w: nn.init.orthogonal_(w), "orthogonal"),
+        (lambda w: nn.init.orthogonal_(w, gain=2.0), "orthogonal(gain=2)"),
+        (lambda w: nn.init.zeros_(w), "zeros"),
+        (lambda w: nn.init.constant_(w, 0.5), "constant(0.5)"),
+        (lambda w: nn.init.normal_(w, std=0.02), "normal(std=0.02)"),
+    ],
+)
+def test_named_schemes(init: Any, expected: str) -> None:
+    torch.manual_seed(1)
+    w = torch.empty(256, 128)
+    init(w)
+    assert label_of(w) == expected
+
+
+def test_small_tensors_are_inconclusive_and_trained_like_ones_unknown() -> None:
+    torch.manual_seed(2)
+    assert label_of(torch.randn(10)) == "inconclusive"
+    heavy = torch.distributions.StudentT(2.0).sample((200, 100)) * 0.02
+    assert label_of(heavy) == "unknown"
+    bimodal = torch.cat([torch.randn(5000) * 0.01 - 0.1, torch.randn(5000) * 0.01 + 0.1])
+    assert label_of(bimodal) == "unknown"
+
+
+def test_nan_tensor_is_unknown_and_differs_from_its_default() -> None:
+    with InitTracer() as tracer:
+        lin = nn.Linear(64, 64)
+    with torch.no_grad():
+        lin.weight[0, 0] = float("nan")
+    d = tracer.resolve(lin.weight)
+    found = identify(running_stats(lin.weight, seed=0), (64, 64), d, lin.weight)
+    assert found.fit.label == "unknown" and found.matches_default is False
+
+
+def test_table_shows_follows_and_summary(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["report", "initscope.examples:UNet"])
+    assert result.exit_code == 0, result.output
+    assert "follows" in result.stdout and "= default?" in result.stdout
+    assert "29 parameters at their default, 0 differ, 3 inconclusive" in result.stdout

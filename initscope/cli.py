@@ -218,6 +218,12 @@ def report(
         ),
     ] = False,
     seed: SeedOpt = 0,
+    meta: Annotated[
+        bool,
+        typer.Option(
+            "--meta", help="Build on the meta device: defaults only, no memory for weights."
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
     ] = False,
@@ -242,6 +248,7 @@ def report(
                 input_shape=_parse_shape(input_shape),
                 unsafe_load=unsafe_load,
                 seed=seed,
+                meta=meta,
             )
             result = build_report(target, how, options, progress)
         text = render_report(result, fmt, _width() if output is None else TABLE_WIDTH)

@@ -7,6 +7,7 @@ parameter and buffer is mapped to the last call that wrote it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,16 +37,21 @@ def _has_lazy(model: torch.nn.Module) -> bool:
     return any(is_lazy(p) for p in model.parameters()) or any(is_lazy(b) for b in model.buffers())
 
 
-def trace_model(spec: ModelSpec, *, seed: int = 0) -> TracedModel:
+def trace_model(spec: ModelSpec, *, seed: int = 0, meta: bool = False) -> TracedModel:
     """Build the model ``spec`` names with tracing on, materializing Lazy modules.
 
-    The global RNG is seeded with ``seed`` for construction and restored afterwards."""
+    The global RNG is seeded with ``seed`` for construction and restored afterwards. With
+    ``meta``, the model is built on the meta device: no memory for weights, defaults only.
+    """
     import_ref(spec.ref, spec.base_dir)  # import errors first, and imports outside the tracer
     tracer = InitTracer()
+    device = torch.device("meta") if meta else contextlib.nullcontext()
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), tracer:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), device, tracer:
             torch.manual_seed(seed)
-            model = construct(spec)
+            model = _build(spec)
+            if meta:
+                _run_init_hook(model)
             if _has_lazy(model):
                 _materialize(model, spec)
         defaults: dict[str, DefaultInit] = {}
@@ -67,11 +73,35 @@ def open_target(
     spec, ckpt_path = resolve_target(target, how)
     if ckpt_path is None:
         assert spec is not None
-        yield trace_model(spec, seed=how.seed), None
+        yield trace_model(spec, seed=how.seed, meta=how.meta), None
         return
     # Open (and so validate) the checkpoint before a possibly slow model construction.
     with open_checkpoint(ckpt_path, unsafe_load=how.unsafe_load) as ckpt:
-        yield (trace_model(spec, seed=how.seed) if spec is not None else None), ckpt
+        yield (trace_model(spec, seed=how.seed, meta=how.meta) if spec is not None else None), ckpt
+
+
+def _build(spec: ModelSpec) -> torch.nn.Module:
+    try:
+        model: torch.nn.Module = construct(spec)
+    except TargetError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MemoryError) or "can't allocate memory" in str(cause):
+            raise TargetError(
+                f"{spec.ref} does not fit in memory: {cause}",
+                "report its defaults without allocating weights: add --meta",
+            ) from cause
+        raise
+    return model
+
+
+def _run_init_hook(model: torch.nn.Module) -> None:
+    """Libraries skip their own init on the meta device (transformers does: a Llama built on
+    meta keeps torch's kaiming defaults instead of its normal(0, 0.02)), so run the model's
+    init hook, the ``_init_weights(module)`` convention of transformers and nanoGPT, over
+    every module while the tracer records."""
+    hook = getattr(model, "_init_weights", None)
+    if callable(hook):
+        model.apply(hook)
 
 
 def _materialize(model: torch.nn.Module, spec: ModelSpec) -> None:

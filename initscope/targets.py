@@ -66,6 +66,7 @@ class TargetOptions:
     input_shape: tuple[int, ...] | None = None
     unsafe_load: bool = False
     seed: int = 0
+    meta: bool = False  # build on the meta device: defaults only, no memory for weights
 
 
 def resolve_target(target: str, how: TargetOptions) -> tuple[ModelSpec | None, Path | None]:

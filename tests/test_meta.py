@@ -1,0 +1,91 @@
+"""--meta: defaults of huge models without memory for their weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from initscope.cli import app
+from initscope.models import trace_model
+from initscope.targets import ModelSpec
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_llama() -> torch.nn.Module:
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=100,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def tiny_gpt2() -> torch.nn.Module:
+    config = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=2, vocab_size=100)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def llama_7b() -> torch.nn.Module:
+    config = transformers.LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        vocab_size=32000,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def _summary(tm: object) -> dict[str, tuple[str, str]]:
+    defaults = tm.defaults  # type: ignore[attr-defined]
+    return {n: (d.call.name, d.distribution.label()) for n, d in defaults.items()}
+
+
+@pytest.mark.parametrize("factory", ["tiny_llama", "tiny_gpt2"])
+def test_meta_trace_equals_cpu_trace(factory: str) -> None:
+    """transformers skips its init on meta; running the model's own hook restores it."""
+    ref = f"tests.test_meta:{factory}"
+    cpu = trace_model(ModelSpec(ref))
+    meta = trace_model(ModelSpec(ref), meta=True)
+    assert next(meta.model.parameters()).device.type == "meta"
+    assert _summary(meta) == _summary(cpu)
+
+
+def test_llama_7b_sized_config_on_meta(runner: CliRunner) -> None:
+    result = runner.invoke(
+        app, ["report", "tests.test_meta:llama_7b", "--meta", "--format", "json", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["summary"]["numel"] == 6_738_415_616
+    linears = [p for p in data["parameters"] if p["module_type"].endswith(".Linear")]
+    assert len(linears) == 32 * 7 + 1
+    for p in linears:
+        assert p["default"]["family"] == "normal" and p["default"]["std"] == 0.02, p["name"]
+        assert p["stats"] is None and p["fit"] is None and p["matches_default"] is None
+
+
+def test_meta_with_torch_layers(runner: CliRunner) -> None:
+    result = runner.invoke(
+        app, ["report", "initscope.examples:UNet", "--meta", "--format", "json", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    p = {q["name"]: q for q in json.loads(result.stdout)["parameters"]}["stem.weight"]
+    assert p["default"]["family"] == "uniform" and p["stats"] is None
+
+
+def test_too_large_for_memory_suggests_meta(runner: CliRunner) -> None:
+    big = ["nn.Linear", "--arg", "in_features=1000000", "--arg", "out_features=1000000"]
+    result = runner.invoke(app, ["report", *big])
+    assert result.exit_code == 2, result.output
+    assert "does not fit in memory" in result.stderr and "--meta" in result.stderr
+    result = runner.invoke(app, ["report", *big, "--meta", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["summary"]["numel"] == 1_000_001_000_000

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # resolving an unpinned torch to a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install run test lint bench clean
+.PHONY: help install run test lint bench bench-identify clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,8 +30,11 @@ lint: $(STAMP)  ## ruff + mypy
 	$(VENV)/bin/ruff format --check initscope tests
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)  ## run the benchmarks (not timed tests)
+bench: $(STAMP)  ## run the speed benchmark (not a timed test)
 	$(PY) benchmarks/bench_report.py
+
+bench-identify: $(STAMP)  ## measure identification accuracy on a labelled corpus
+	$(PY) benchmarks/bench_identify.py
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

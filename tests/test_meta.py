@@ -89,3 +89,13 @@ def test_too_large_for_memory_suggests_meta(runner: CliRunner) -> None:
     result = runner.invoke(app, ["report", *big, "--meta", "--format", "json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["summary"]["numel"] == 1_000_001_000_000
+
+
+def test_meta_model_with_checkpoint_streams_real_statistics(
+    runner: CliRunner, linear_pt: object
+) -> None:
+    args = ["--model", "nn.Linear", "--arg", "in_features=5", "--arg", "out_features=100"]
+    result = runner.invoke(app, ["report", str(linear_pt), *args, "--meta", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    w = {p["name"]: p for p in json.loads(result.stdout)["parameters"]}["weight"]
+    assert w["stats"]["std"] > 0 and w["matches_default"] is True

@@ -362,8 +362,10 @@ def construct(spec: ModelSpec) -> Any:
                 f"its signature is {shown}; pass arguments as --arg name=value",
             ) from None
     with _search_path(spec.base_dir):
+        args = tuple(_build_nested(a, spec.base_dir) for a in spec.args)
+        kwargs = {k: _build_nested(v, spec.base_dir) for k, v in spec.kwargs.items()}
         try:
-            model = factory(*spec.args, **spec.kwargs)
+            model = factory(*args, **kwargs)
         except Exception as exc:
             message = " ".join(str(exc).split())
             raise TargetError(
@@ -376,6 +378,28 @@ def construct(spec: ModelSpec) -> Any:
             "name an nn.Module subclass or a factory that returns one",
         )
     return model
+
+
+def _is_nested_spec(value: Any) -> bool:
+    return (
+        isinstance(value, dict) and "model" in value and set(value) <= {"model", "args", "kwargs"}
+    )
+
+
+def _build_nested(value: Any, base_dir: Path | None) -> Any:
+    """An argument written as a spec, ``{model: torch.nn:TransformerEncoderLayer, kwargs:
+    {...}}``, is constructed first (under the same tracer, so its init is traced too):
+    nn.TransformerEncoder takes a layer instance, which a YAML value cannot otherwise be."""
+    if not _is_nested_spec(value):
+        return value
+    return construct(
+        ModelSpec(
+            str(value["model"]),
+            tuple(value.get("args") or ()),
+            dict(value.get("kwargs") or {}),
+            base_dir=base_dir,
+        )
+    )
 
 
 def _short_name(ref: str) -> str:

@@ -457,3 +457,19 @@ def test_bad_input_shape_is_rejected(runner: CliRunner) -> None:
     result = runner.invoke(app, ["report", "tests.fixtures.models:LazyNet", "--input-shape", "2,x"])
     assert result.exit_code == 2, result.output
     assert "--input-shape '2,x' is not a shape" in result.stderr
+
+
+def test_nested_spec_argument_builds_a_layer_under_the_tracer(runner: CliRunner) -> None:
+    layer = "encoder_layer={model: nn.TransformerEncoderLayer, kwargs: {d_model: 16, nhead: 2}}"
+    data = run_json(
+        runner,
+        "nn.TransformerEncoder",
+        "--arg",
+        layer,
+        "--arg",
+        "num_layers=2",
+        "--arg",
+        "enable_nested_tensor=false",
+    )
+    w = by_name(data)["layers.1.self_attn.in_proj_weight"]
+    assert w["default"]["init"] == "xavier_uniform_" and "deepcopy" in w["default"]["via"]

@@ -118,6 +118,27 @@ def _p_range(d: Distribution, s: TensorStats) -> float | None:
     return max(0.0, 1.0 - gap / width) ** s.numel
 
 
+# Standardized moments E[z⁴], E[z⁶], E[z⁸] of the uniform and the normal, for the variance of
+# the sample kurtosis b2 (delta method): ((μ8 − μ4²) − 4μ4(μ6 − μ4) + 4μ4²(μ4 − 1)) / n.
+_MOMENTS = {Family.UNIFORM: (1.8, 27 / 7, 9.0), Family.NORMAL: (3.0, 15.0, 105.0)}
+
+
+def _p_kurtosis(d: Distribution, sample: torch.Tensor) -> float | None:
+    """The tails: a mixture (default plus a trained update) keeps the mean and variance of a
+    candidate but not its kurtosis, and KS barely sees tails."""
+    n = sample.numel()
+    if n < MIN_ELEMENTS or d.family not in _MOMENTS:
+        return None
+    m4, m6, m8 = _MOMENTS[d.family]
+    var_b2 = ((m8 - m4 * m4) - 4 * m4 * (m6 - m4) + 4 * m4 * m4 * (m4 - 1)) / n
+    x = sample - sample.mean()
+    m2 = float((x**2).mean())
+    if m2 == 0:
+        return None
+    b2 = float((x**4).mean()) / (m2 * m2)
+    return _z_p((b2 - m4) / math.sqrt(var_b2))
+
+
 def _p_candidate(d: Distribution, s: TensorStats, sample: torch.Tensor) -> float:
     """The Bonferroni-combined p-value of the candidate's tests."""
     ps = [
@@ -127,10 +148,49 @@ def _p_candidate(d: Distribution, s: TensorStats, sample: torch.Tensor) -> float
             _p_variance(d, s),
             _p_mean(d, s),
             _p_range(d, s),
+            _p_kurtosis(d, sample),
         )
         if p is not None
     ]
     return min(1.0, min(ps) * len(ps)) if ps else 0.0
+
+
+def _chi2_sf(x: float, k: int) -> float:
+    return float(
+        torch.special.gammaincc(
+            torch.tensor(k / 2, dtype=torch.float64), torch.tensor(x / 2, dtype=torch.float64)
+        )
+    )
+
+
+def _p_rows(t: torch.Tensor) -> float | None:
+    """Independence across rows, on up to 64 random rows (O(64 · cols)): under any iid init
+    their means and variances spread only as much as sampling allows (χ² tests). Trained
+    weights (row offsets, rescaled rows, low rank plus noise) spread far more."""
+    if t.dim() < 2:
+        return None
+    m = t.detach().reshape(t.shape[0], -1).to(torch.float64)
+    if m.shape[0] > m.shape[1]:
+        m = m.T
+    if m.shape[0] < 8 or m.shape[1] < 8:
+        return None
+    g = torch.Generator().manual_seed(0)
+    rows = m[torch.randperm(m.shape[0], generator=g)[:64]]
+    count, cols = rows.shape
+    x = rows - rows.mean()
+    s2 = float((x**2).mean())
+    if s2 == 0:
+        return None
+    mu4 = float((x**4).mean())
+    means = rows.mean(1)
+    p_mean = _chi2_sf(float(((means - means.mean()) ** 2).sum()) / (s2 / cols), count - 1)
+    variances = rows.var(1)
+    # Var of a row's sample variance: (μ4 − σ⁴(c − 3)/(c − 1)) / c
+    v0 = (mu4 - s2 * s2 * (cols - 3) / (cols - 1)) / cols
+    if v0 <= 0:
+        return None
+    p_var = _chi2_sf(float(((variances - variances.mean()) ** 2).sum()) / v0, count - 1)
+    return min(1.0, 2 * min(p_mean, p_var))
 
 
 # -- candidates --------------------------------------------------------------------------------
@@ -164,11 +224,15 @@ def _named(shape: tuple[int, ...]) -> Iterator[tuple[str, Distribution]]:
     yield "lecun_normal", Distribution.normal(0.0, 1.0 / math.sqrt(fan_in))
 
 
-def _nice(x: float) -> float:
-    """``x`` to 2 significant digits (0.0198 → 0.02)."""
-    if x == 0 or not math.isfinite(x):
-        return x
-    return float(f"{x:.2g}")
+def _round_values(x: float) -> list[float]:
+    """Round numbers near ``x`` to try before ``x`` itself: 1, 2 or 5 × 10^k (0.0198 → 0.02),
+    then 2 significant digits (0.0071)."""
+    if x <= 0 or not math.isfinite(x):
+        return []
+    k = math.floor(math.log10(x))
+    steps = [m * 10.0**e for e in (k - 1, k, k + 1) for m in (1, 2, 5)]
+    nearest = min(steps, key=lambda v: abs(math.log(v / x)))
+    return [float(f"{nearest:.1g}"), float(f"{x:.2g}")]
 
 
 def _estimated(s: TensorStats) -> Iterator[tuple[str, Distribution]]:
@@ -176,7 +240,7 @@ def _estimated(s: TensorStats) -> Iterator[tuple[str, Distribution]]:
     the raw estimates."""
     assert s.mean is not None and s.std is not None and s.min is not None and s.max is not None
     mean = s.mean if abs(s.mean) > 3 * s.std / math.sqrt(s.numel) else 0.0
-    for std in dict.fromkeys((_nice(s.std), s.std)):
+    for std in dict.fromkeys((*_round_values(s.std), s.std)):
         yield _normal_label(mean, std), Distribution.normal(mean, std)
     # U(a, b) from n values: the extremes fall short of the bounds by (b − a)/(n + 1).
     pad = (s.max - s.min) / max(s.numel - 1, 1)
@@ -194,11 +258,23 @@ def _normal_label(mean: float, std: float) -> str:
 
 
 def _default_label(d: DefaultInit) -> str:
-    """``kaiming_uniform(a=sqrt(5))`` for torch's layer default, else the call's name."""
+    """The label of a traced default, spelled as the named candidates are."""
     name = d.call.name.rstrip("_")
-    a = d.call.args.get("a")
-    if d.call.name == "kaiming_uniform_" and isinstance(a, float) and math.isclose(a, math.sqrt(5)):
-        return "kaiming_uniform(a=sqrt(5))"
+    args = d.call.args
+    if name in ("xavier_uniform", "xavier_normal"):
+        gain = float(args.get("gain", 1.0) or 1.0)
+        known = [k for k, v in _GAINS.items() if math.isclose(v, gain, rel_tol=1e-6)]
+        return f"{name}(gain={known[0] if known else f'{gain:.4g}'})"
+    if name in ("kaiming_uniform", "kaiming_normal"):
+        slope = float(args.get("a", 0) or 0)
+        nl = str(args.get("nonlinearity", "leaky_relu"))
+        if name == "kaiming_uniform" and math.isclose(slope, math.sqrt(5)):
+            return "kaiming_uniform(a=sqrt(5))"
+        if nl == "leaky_relu" and slope == 0:
+            nl = "relu"  # torch's kaiming default: leaky_relu with slope 0 has relu's gain
+        elif nl == "leaky_relu" and not math.isclose(slope, 0.01):
+            nl = f"leaky_relu({slope:g})"
+        return f"{name}({nl}, {args.get('mode', 'fan_in')})"
     dist = d.distribution
     if dist.family is Family.NORMAL and dist.scale is not None and dist.loc is not None:
         return _normal_label(dist.loc, dist.scale)
@@ -290,6 +366,13 @@ def identify(
                     and math.isclose(abs(known_default.gain), ortho.params["gain"], rel_tol=1e-3)
                 )
             return Identification(ortho, matches)
+    if (
+        tensor is not None
+        and not (default is not None and default.partial)  # a zeroed padding row is structure
+        and (p_rows := _p_rows(tensor)) is not None
+        and p_rows < ALPHA
+    ):
+        return Identification(Fit("unknown", None), None if known_default is None else False)
     matches_default: bool | None = None
     if known_default is not None and known_default.is_continuous:
         p = _p_candidate(known_default, s, sample)

@@ -348,16 +348,20 @@ def test_explain_works(cls_name: str, case: Case) -> None:
         assert p.default.distribution.family is not Family.CUSTOM, (p.name, p.default)
 
 
-@pytest.mark.parametrize("cls_name", sorted(UNCOVERED))
-def test_uncovered_classes_still_trace_and_explain(cls_name: str) -> None:
-    """What cannot be covered must still report and explain, if without numbers."""
-    case = OTHER_ARGS[cls_name]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        spec = ModelSpec(
-            "torch.nn:" + cls_name, (), case.make_kwargs(), example_input_shape=case.input_shape
-        )
-        tm = trace_model(spec)
-        ex = explain("torch.nn:" + cls_name, case.make_kwargs(), input_shape=case.input_shape)
-    assert set(tm.defaults) >= {n for n, _ in tm.model.named_parameters()}
-    assert ex.parameters
+def test_uncovered_classes_still_trace_and_explain() -> None:
+    """What cannot be covered must still report and explain, if without numbers (none is
+    uncovered in torch 2.13; this keeps the rule for when one is)."""
+    for cls_name in sorted(UNCOVERED):
+        case = OTHER_ARGS[cls_name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            spec = ModelSpec(
+                "torch.nn:" + cls_name,
+                (),
+                case.make_kwargs(),
+                example_input_shape=case.input_shape,
+            )
+            tm = trace_model(spec)
+            ex = explain("torch.nn:" + cls_name, case.make_kwargs(), input_shape=case.input_shape)
+        assert set(tm.defaults) >= {n for n, _ in tm.model.named_parameters()}
+        assert ex.parameters

@@ -28,6 +28,9 @@ _EXPORTS = {
     "InitCall": "initscope.tracing",
     "InitTracer": "initscope.tracing",
     "fans": "initscope.tracing",
+    "Fit": "initscope.identify",
+    "Identification": "initscope.identify",
+    "identify": "initscope.identify",
     "TracedModel": "initscope.models",
     "trace_model": "initscope.models",
     "ModelSpec": "initscope.targets",
@@ -67,6 +70,7 @@ if TYPE_CHECKING:
         UnsafeLoadRequired,
     )
     from initscope.explain import Explanation, ParamExplanation, explain
+    from initscope.identify import Fit, Identification, identify
     from initscope.models import TracedModel, open_target, trace_model
     from initscope.output import OutputError, atomic_write
     from initscope.render import OutputFormat, render_explanation, render_report, report_to_dict

@@ -33,7 +33,7 @@ from initscope.goodness import ks_test
 from initscope.stats import RunningStats, TensorStats
 from initscope.tracing import DefaultInit, fans
 
-__all__ = ["ALPHA", "MIN_ELEMENTS", "Fit", "identify"]
+__all__ = ["ALPHA", "MIN_ELEMENTS", "Fit", "Identification", "identify"]
 
 # Level of each candidate's test: a tensor drawn from its default is called "differs" with
 # probability about ALPHA.
@@ -104,18 +104,25 @@ def _p_mean(d: Distribution, s: TensorStats) -> float | None:
     return _z_p((s.mean - d.mean) / (d.std / math.sqrt(s.numel)))
 
 
-def _p_range(d: Distribution, s: TensorStats) -> float | None:
+def _p_range(d: Distribution, s: TensorStats, eps: float) -> float | None:
+    """The extremes. ``eps`` is the relative resolution of the stored values: rounding to
+    fp16/bf16 moves values by up to eps·|x|, and torch draws float32 uniforms on a grid of
+    width·2⁻²⁴, so the largest value sits at least a grid step below the bound."""
     if d.low is None or d.high is None or s.min is None or s.max is None:
         return None
     width = d.high - d.low
-    # Values rounded to float32 may sit a hair outside a float64 bound.
-    slack = 1e-6 * max(abs(d.low), abs(d.high), width)
+    scale = max(abs(d.low), abs(d.high), width)
+    slack = max(1e-6, 2 * eps) * scale
     if s.min < d.low - slack or s.max > d.high + slack:
         return 0.0
     if d.family is not Family.UNIFORM or width <= 0:
         return None
-    gap = max(0.0, d.high - s.max) + max(0.0, s.min - d.low)
-    return max(0.0, 1.0 - gap / width) ** s.numel
+    grid = max(eps * scale, 2.0**-24 * width)
+    gap = max(0.0, d.high - s.max - grid) + max(0.0, s.min - d.low - grid)
+    # For n uniforms the two end gaps (as fractions of the width) sum to G with
+    # P(G ≥ g) = n(1 − g)^(n−1) − (n − 1)(1 − g)^n (the spacings are exchangeable).
+    n, q = s.numel, max(0.0, 1.0 - gap / width)
+    return min(1.0, max(0.0, n * q ** (n - 1) - (n - 1) * q**n))
 
 
 # Standardized moments E[z⁴], E[z⁶], E[z⁸] of the uniform and the normal, for the variance of
@@ -139,20 +146,37 @@ def _p_kurtosis(d: Distribution, sample: torch.Tensor) -> float | None:
     return _z_p((b2 - m4) / math.sqrt(var_b2))
 
 
-def _p_candidate(d: Distribution, s: TensorStats, sample: torch.Tensor) -> float:
-    """The Bonferroni-combined p-value of the candidate's tests."""
+def _p_candidate(d: Distribution, s: TensorStats, sample: torch.Tensor, eps: float) -> float:
+    """The Bonferroni-combined p-value of the candidate's tests (a NaN p-value fails)."""
+    if not d.is_continuous:
+        return 0.0
     ps = [
-        p
+        p if math.isfinite(p) else 0.0
         for p in (
             ks_test(sample, d).p_value if sample.numel() else None,
             _p_variance(d, s),
             _p_mean(d, s),
-            _p_range(d, s),
+            _p_range(d, s, eps),
             _p_kurtosis(d, sample),
         )
         if p is not None
     ]
     return min(1.0, min(ps) * len(ps)) if ps else 0.0
+
+
+def _sample_rows(t: torch.Tensor, count: int = 64) -> torch.Tensor | None:
+    """Up to ``count`` random rows of the matrix view (columns, for tall matrices), as
+    float64; only those rows are copied. None below 8 × 8, where structure says nothing (a
+    single row is trivially "orthogonal")."""
+    if t.dim() < 2:
+        return None
+    m = t.detach().reshape(t.shape[0], -1)
+    if m.shape[0] > m.shape[1]:
+        m = m.T
+    if m.shape[0] < 8 or m.shape[1] < 8:
+        return None
+    g = torch.Generator().manual_seed(0)
+    return m[torch.randperm(m.shape[0], generator=g)[:count]].to(torch.float64)
 
 
 def _chi2_sf(x: float, k: int) -> float:
@@ -169,13 +193,9 @@ def _p_rows(t: torch.Tensor) -> float | None:
     weights (row offsets, rescaled rows, low rank plus noise) spread far more."""
     if t.dim() < 2:
         return None
-    m = t.detach().reshape(t.shape[0], -1).to(torch.float64)
-    if m.shape[0] > m.shape[1]:
-        m = m.T
-    if m.shape[0] < 8 or m.shape[1] < 8:
+    rows = _sample_rows(t)
+    if rows is None:
         return None
-    g = torch.Generator().manual_seed(0)
-    rows = m[torch.randperm(m.shape[0], generator=g)[:64]]
     count, cols = rows.shape
     x = rows - rows.mean()
     s2 = float((x**2).mean())
@@ -248,7 +268,7 @@ def _estimated(s: TensorStats) -> Iterator[tuple[str, Distribution]]:
     if abs(lo + hi) < 0.02 * (hi - lo):  # symmetric within 1%
         b = max(-lo, hi)
         lo, hi = -b, b
-    yield f"uniform({lo:.4g}, {hi:.4g})", Distribution.uniform(lo, hi)
+    yield _uniform_label(lo, hi), Distribution.uniform(lo, hi)
 
 
 def _normal_label(mean: float, std: float) -> str:
@@ -257,10 +277,21 @@ def _normal_label(mean: float, std: float) -> str:
     return f"normal(mean={mean:.3g}, std={std:.3g})"
 
 
+def _uniform_label(low: float, high: float) -> str:
+    return f"uniform({low:.4g}, {high:.4g})"
+
+
 def _default_label(d: DefaultInit) -> str:
     """The label of a traced default, spelled as the named candidates are."""
     name = d.call.name.rstrip("_")
     args = d.call.args
+    dist = d.distribution
+    if d.then:  # rescaled after the init call: the numbers, not the scheme's name
+        if dist.family is Family.UNIFORM and dist.low is not None and dist.high is not None:
+            return _uniform_label(dist.low, dist.high)
+        if dist.family is Family.NORMAL and dist.loc is not None and dist.scale is not None:
+            return _normal_label(dist.loc, dist.scale)
+        return dist.label()
     if name in ("xavier_uniform", "xavier_normal"):
         gain = float(args.get("gain", 1.0) or 1.0)
         known = [k for k, v in _GAINS.items() if math.isclose(v, gain, rel_tol=1e-6)]
@@ -275,11 +306,14 @@ def _default_label(d: DefaultInit) -> str:
         elif nl == "leaky_relu" and not math.isclose(slope, 0.01):
             nl = f"leaky_relu({slope:g})"
         return f"{name}({nl}, {args.get('mode', 'fan_in')})"
-    dist = d.distribution
     if dist.family is Family.NORMAL and dist.scale is not None and dist.loc is not None:
         return _normal_label(dist.loc, dist.scale)
     if dist.family is Family.TRUNC_NORMAL and dist.scale is not None:
         return f"trunc_normal(std={dist.scale:.3g})"
+    uniform = dist.family is Family.UNIFORM and dist.low is not None and dist.high is not None
+    if uniform and (name == "uniform" or not name):
+        assert dist.low is not None and dist.high is not None
+        return _uniform_label(dist.low, dist.high)
     if name in ("uniform", "normal") or not name:
         return dist.label()
     return name
@@ -298,11 +332,9 @@ def _orthogonal(t: torch.Tensor) -> Fit | None:
     64 random rows so the cost stays O(64² · cols)."""
     if t.dim() < 2 or t.numel() < MIN_ELEMENTS:
         return None
-    m = t.detach().reshape(t.shape[0], -1).to(torch.float64)
-    if m.shape[0] > m.shape[1]:
-        m = m.T
-    g = torch.Generator().manual_seed(0)
-    rows = m[torch.randperm(m.shape[0], generator=g)[:64]]
+    rows = _sample_rows(t)
+    if rows is None:
+        return None
     gram = rows @ rows.T
     gain2 = float(gram.diagonal().mean())
     if gain2 <= 0:
@@ -321,6 +353,12 @@ def _orthogonal(t: torch.Tensor) -> Fit | None:
         )
         return Fit(label, Family.ORTHOGONAL, {"gain": gain}, None)
     return None
+
+
+def _resolution(t: torch.Tensor | None) -> float:
+    if t is not None and t.is_floating_point():
+        return float(torch.finfo(t.dtype).eps)
+    return float(torch.finfo(torch.float32).eps)
 
 
 def identify(
@@ -343,6 +381,9 @@ def identify(
     )
     if s.nan_count or s.inf_count or s.min is None or s.max is None:
         return Identification(Fit("unknown", None), None if known_default is None else False)
+    eps = _resolution(tensor)
+    if s.numel < 2:
+        return Identification(Fit("inconclusive", None), None)
     if s.min == s.max:
         fit = _constant(s.min)
         matches = None
@@ -354,7 +395,9 @@ def identify(
             )
         return Identification(fit, matches)
     if s.numel < MIN_ELEMENTS:
-        return Identification(Fit("inconclusive", None), None)
+        # Values that are not all equal certainly differ from a constant default.
+        differs = known_default is not None and known_default.family is Family.CONSTANT
+        return Identification(Fit("inconclusive", None), False if differs else None)
     if tensor is not None:
         ortho = _orthogonal(tensor)
         if ortho is not None:
@@ -375,7 +418,7 @@ def identify(
         return Identification(Fit("unknown", None), None if known_default is None else False)
     matches_default: bool | None = None
     if known_default is not None and known_default.is_continuous:
-        p = _p_candidate(known_default, s, sample)
+        p = _p_candidate(known_default, s, sample, eps)
         matches_default = p > ALPHA
         if matches_default:
             assert default is not None
@@ -387,12 +430,12 @@ def identify(
         matches_default = False  # a constant/structured default, and the values are neither
     best: tuple[float, str, Distribution] | None = None
     for label, d in _named(shape):
-        p = _p_candidate(d, s, sample)
+        p = _p_candidate(d, s, sample, eps)
         if p > ALPHA and (best is None or p > best[0]):
             best = (p, label, d)
     if best is None:
         for label, d in _estimated(s):
-            p = _p_candidate(d, s, sample)
+            p = _p_candidate(d, s, sample, eps)
             if p > ALPHA:
                 best = (p, label, d)
                 break

@@ -95,13 +95,26 @@ def _build(spec: ModelSpec) -> torch.nn.Module:
 
 
 def _run_init_hook(model: torch.nn.Module) -> None:
-    """Libraries skip their own init on the meta device (transformers does: a Llama built on
-    meta keeps torch's kaiming defaults instead of its normal(0, 0.02)), so run the model's
-    init hook, the ``_init_weights(module)`` convention of transformers and nanoGPT, over
-    every module while the tracer records."""
-    hook = getattr(model, "_init_weights", None)
-    if callable(hook):
-        model.apply(hook)
+    """transformers skips its init on the meta device (a Llama built on meta keeps torch's
+    kaiming defaults instead of its normal(0, 0.02)), so run the ``_init_weights(module)``
+    hook of each outermost transformers ``PreTrainedModel`` over its modules while the
+    tracer records. Other models (nanoGPT's ``self.apply(self._init_weights)``) init in
+    ``__init__`` as on CPU, and re-running their hook would undo later special cases."""
+    done: set[int] = set()
+    for module in model.modules():
+        if id(module) in done or not _is_pretrained_model(module):
+            continue
+        hook = getattr(module, "_init_weights", None)
+        if callable(hook):
+            module.apply(hook)
+        done |= {id(m) for m in module.modules()}
+
+
+def _is_pretrained_model(module: torch.nn.Module) -> bool:
+    return any(
+        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers")
+        for c in type(module).__mro__
+    )
 
 
 def _materialize(model: torch.nn.Module, spec: ModelSpec) -> None:

@@ -392,6 +392,13 @@ def _build_nested(value: Any, base_dir: Path | None) -> Any:
     nn.TransformerEncoder takes a layer instance, which a YAML value cannot otherwise be."""
     if not _is_nested_spec(value):
         return value
+    if not isinstance(value.get("args") or [], list) or not isinstance(
+        value.get("kwargs") or {}, dict
+    ):
+        raise TargetError(
+            f"nested spec for {value['model']!r}: `args` must be a list and `kwargs` a mapping",
+            "e.g. {model: nn.TransformerEncoderLayer, kwargs: {d_model: 16, nhead: 2}}",
+        )
     return construct(
         ModelSpec(
             str(value["model"]),

@@ -136,3 +136,75 @@ def test_table_shows_follows_and_summary(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     assert "follows" in result.stdout and "= default?" in result.stdout
     assert "29 parameters at their default, 0 differ, 3 inconclusive" in result.stdout
+
+
+def test_single_row_or_column_matrices_are_not_orthogonal(runner: CliRunner) -> None:
+    for shape in (["in_features=2048", "out_features=1"], ["in_features=1", "out_features=64"]):
+        params = report(runner, "nn.Linear", "--arg", shape[0], "--arg", shape[1])
+        w = params["weight"]
+        assert w["fit"]["label"] != "orthogonal" and w["matches_default"] is not False, w["fit"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_checkpoint_at_its_default(
+    runner: CliRunner, tmp_path: Path, dtype: torch.dtype
+) -> None:
+    torch.manual_seed(0)
+    sd = {k: v.to(dtype) for k, v in nn.Linear(768, 1024).state_dict().items()}
+    torch.save(sd, tmp_path / "half.pt")
+    args = ["--model", "nn.Linear", "--arg", "in_features=768", "--arg", "out_features=1024"]
+    params = report(runner, str(tmp_path / "half.pt"), *args)
+    assert params["weight"]["matches_default"] is True, params["weight"]["fit"]
+
+
+def test_degenerate_sizes() -> None:
+    one = torch.tensor([0.3])
+    assert identify(running_stats(one, seed=0), (1,), None, one).fit.label == "inconclusive"
+    with InitTracer() as tracer:
+        ln = nn.LayerNorm(16)
+    with torch.no_grad():
+        ln.weight[3] = 1.5  # a small tensor whose constant default is certainly gone
+    found = identify(running_stats(ln.weight, seed=0), (16,), tracer.resolve(ln.weight), ln.weight)
+    assert found.matches_default is False
+    tiny = torch.rand(50, 50, dtype=torch.float64) * 1e-310  # subnormal: round stds are 0
+    label = identify(running_stats(tiny, seed=0), (50, 50), None, tiny).fit.label
+    assert label.startswith("uniform(")
+
+
+def test_scaled_default_is_labelled_by_its_numbers() -> None:
+    with InitTracer() as tracer:
+        w = torch.empty(128, 64)
+        nn.init.xavier_uniform_(w)
+        w.mul_(0.1)
+    d = tracer.resolve(w)
+    found = identify(running_stats(w, seed=0), (128, 64), d, w)
+    bound = 0.1 * math.sqrt(6 / 192)
+    assert found.matches_default is True
+    assert found.fit.label == f"uniform({-bound:.4g}, {bound:.4g})"
+
+
+def test_meta_keeps_a_models_own_special_cases() -> None:
+    from initscope.models import trace_model
+    from initscope.targets import ModelSpec
+
+    ref = ModelSpec("tests.fixtures.models:NanoGPTLike")
+    cpu, meta = trace_model(ref), trace_model(ref, meta=True)
+    std = 0.02 / math.sqrt(8)
+    for tm in (cpu, meta):
+        assert tm.defaults["c_proj.weight"].distribution.scale == pytest.approx(std)
+
+
+def test_bad_nested_spec_is_an_input_error(runner: CliRunner) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            "nn.TransformerEncoder",
+            "--arg",
+            "encoder_layer={model: nn.TransformerEncoderLayer, args: 5}",
+            "--arg",
+            "num_layers=1",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "`args` must be a list" in result.stderr

@@ -269,6 +269,13 @@ def _estimated(s: TensorStats) -> Iterator[tuple[str, Distribution]]:
         b = max(-lo, hi)
         lo, hi = -b, b
     yield _uniform_label(lo, hi), Distribution.uniform(lo, hi)
+    # torch's trunc_normal_ defaults cut at a = −2, b = 2 (in units of std when std = 1); a
+    # normal cut at ±2σ has std 0.8796σ (1 + (αφ(α) − βφ(β))/Z − 0 for α = −β = 2).
+    scale = s.std / 0.8796
+    if s.mean is not None and abs(s.mean) < 3 * s.std / math.sqrt(s.numel):
+        for sigma in dict.fromkeys((*_round_values(scale), scale)):
+            tn = Distribution.trunc_normal(0.0, sigma, -2 * sigma, 2 * sigma)
+            yield f"trunc_normal(std={sigma:.3g}, a=-2σ, b=2σ)", tn
 
 
 def _normal_label(mean: float, std: float) -> str:

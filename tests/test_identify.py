@@ -103,6 +103,10 @@ def test_gpt2_scaled_residual_projections() -> None:
         (lambda w: nn.init.zeros_(w), "zeros"),
         (lambda w: nn.init.constant_(w, 0.5), "constant(0.5)"),
         (lambda w: nn.init.normal_(w, std=0.02), "normal(std=0.02)"),
+        (
+            lambda w: nn.init.trunc_normal_(w, std=0.5, a=-1, b=1),
+            "trunc_normal(std=0.5, a=-2σ, b=2σ)",
+        ),
     ],
 )
 def test_named_schemes(init: Any, expected: str) -> None:

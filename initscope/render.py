@@ -307,8 +307,9 @@ def render_markdown(report: Report) -> str:
         "",
         f"torch {report.torch_version}, initscope {report.initscope_version}",
         "",
-        "| parameter | type | shape | default init | distribution | mean | std | min | max |",
-        "|---|---|---|---|---|--:|--:|--:|--:|",
+        "| parameter | type | shape | default init | distribution | follows | = default? "
+        "| mean | std | min | max |",
+        "|---|---|---|---|---|---|:-:|--:|--:|--:|--:|",
     ]
     for p in report.parameters:
         s = p.stats
@@ -328,6 +329,7 @@ def render_markdown(report: Report) -> str:
             _num(s.min if s else None),
             _num(s.max if s else None),
         ]
+        cells[5:5] = [p.fit.label if p.fit else "-", _follows(p)[1]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", _summary_line(report), ""]
     return "\n".join(lines)
@@ -354,6 +356,9 @@ _CSV_COLUMNS = [
     "default_std",
     "default_value",
     *_STATS_COLUMNS,
+    "fit_label",
+    "fit_family",
+    "matches_default",
 ]
 
 
@@ -386,6 +391,9 @@ def render_csv(report: Report) -> str:
                 "default_std": d.get("std"),
                 "default_value": d.get("value"),
                 **{k: s.get(k) for k in _STATS_COLUMNS},
+                "fit_label": (row["fit"] or {}).get("label"),
+                "fit_family": (row["fit"] or {}).get("family"),
+                "matches_default": row["matches_default"],
             }
         )
     return buf.getvalue()

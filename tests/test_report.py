@@ -284,6 +284,7 @@ def test_markdown_and_csv(runner: CliRunner) -> None:
     stem = next(r for r in rows if r["name"] == "stem.weight")
     assert stem["default_family"] == "uniform" and stem["shape"] == "16x3x3x3"
     assert float(stem["default_high"]) == pytest.approx(1 / math.sqrt(27))
+    assert stem["fit_label"] == "kaiming_uniform(a=sqrt(5))" and stem["matches_default"] == "True"
 
 
 def test_json_keeps_stdout_clean_of_warnings(runner: CliRunner) -> None:

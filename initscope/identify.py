@@ -234,14 +234,21 @@ def _named(shape: tuple[int, ...]) -> Iterator[tuple[str, Distribution]]:
         b = math.sqrt(3.0) * std
         yield f"xavier_uniform(gain={gname})", Distribution.uniform(-b, b)
         yield f"xavier_normal(gain={gname})", Distribution.normal(0.0, std)
-    for nl in ("relu", "leaky_relu", "linear"):
-        g = {"relu": math.sqrt(2.0), "leaky_relu": _GAINS["leaky_relu"], "linear": 1.0}[nl]
+    for nl, g in (("relu", _GAINS["relu"]), ("leaky_relu", _GAINS["leaky_relu"]), ("linear", 1.0)):
         for mode, fan in (("fan_in", fan_in), ("fan_out", fan_out)):
             std = g / math.sqrt(fan)
             b = math.sqrt(3.0) * std
             yield f"kaiming_uniform({nl}, {mode})", Distribution.uniform(-b, b)
             yield f"kaiming_normal({nl}, {mode})", Distribution.normal(0.0, std)
     yield "lecun_normal", Distribution.normal(0.0, 1.0 / math.sqrt(fan_in))
+
+
+def _uniform_bounds(s: TensorStats) -> tuple[float, float]:
+    """U(a, b) estimated from n values: the extremes fall short of the bounds by about
+    (b − a)/(n + 1), so widen them by (max − min)/(n − 1)."""
+    assert s.min is not None and s.max is not None
+    pad = (s.max - s.min) / max(s.numel - 1, 1)
+    return s.min - pad, s.max + pad
 
 
 def _round_values(x: float) -> list[float]:
@@ -262,9 +269,7 @@ def _estimated(s: TensorStats) -> Iterator[tuple[str, Distribution]]:
     mean = s.mean if abs(s.mean) > 3 * s.std / math.sqrt(s.numel) else 0.0
     for std in dict.fromkeys((*_round_values(s.std), s.std)):
         yield _normal_label(mean, std), Distribution.normal(mean, std)
-    # U(a, b) from n values: the extremes fall short of the bounds by (b − a)/(n + 1).
-    pad = (s.max - s.min) / max(s.numel - 1, 1)
-    lo, hi = s.min - pad, s.max + pad
+    lo, hi = _uniform_bounds(s)
     if abs(lo + hi) < 0.02 * (hi - lo):  # symmetric within 1%
         b = max(-lo, hi)
         lo, hi = -b, b
@@ -300,7 +305,8 @@ def _default_label(d: DefaultInit) -> str:
             return _normal_label(dist.loc, dist.scale)
         return dist.label()
     if name in ("xavier_uniform", "xavier_normal"):
-        gain = float(args.get("gain", 1.0) or 1.0)
+        raw_gain = args.get("gain", 1.0)
+        gain = float(raw_gain) if isinstance(raw_gain, int | float) else 1.0
         known = [k for k, v in _GAINS.items() if math.isclose(v, gain, rel_tol=1e-6)]
         return f"{name}(gain={known[0] if known else f'{gain:.4g}'})"
     if name in ("kaiming_uniform", "kaiming_normal"):
@@ -381,11 +387,7 @@ def identify(
     """
     s = rs.result()
     sample = rs.sample()
-    known_default = (
-        default.distribution
-        if default is not None and default.distribution.family is not Family.CUSTOM
-        else None
-    )
+    known_default = default.distribution if default is not None and default.is_known else None
     if s.nan_count or s.inf_count or s.min is None or s.max is None:
         return Identification(Fit("unknown", None), None if known_default is None else False)
     eps = _resolution(tensor)
@@ -456,6 +458,6 @@ def _estimate(d: Distribution, s: TensorStats) -> dict[str, float]:
     """The numbers as measured on the values, in the candidate family's terms."""
     assert s.mean is not None and s.std is not None and s.min is not None and s.max is not None
     if d.family is Family.UNIFORM:
-        pad = (s.max - s.min) / max(s.numel - 1, 1)
-        return {"low": s.min - pad, "high": s.max + pad}
+        lo, hi = _uniform_bounds(s)
+        return {"low": lo, "high": hi}
     return {"mean": s.mean, "std": s.std}

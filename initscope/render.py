@@ -261,7 +261,7 @@ def _follows(p: ParameterReport) -> tuple[str, str]:
         return "default", "✓"
     if p.matches_default is False:
         return _cut(p.fit.label, 28), "✗"
-    known = p.default is not None and p.default.distribution.family.value != "custom"
+    known = p.default is not None and p.default.is_known
     return _cut(p.fit.label, 28), "?" if known else "-"
 
 

@@ -15,7 +15,6 @@ import torch
 
 from initscope import __version__
 from initscope.checkpoints import Checkpoint, TensorInfo
-from initscope.distributions import Family
 from initscope.errors import CheckpointError, TargetError
 from initscope.identify import Fit, Identification, identify
 from initscope.models import TracedModel, open_target
@@ -88,11 +87,7 @@ class Report:
 
     def summary(self) -> ReportSummary:
         params = [p for p in self.parameters if not p.is_buffer]
-        known = sum(
-            1
-            for p in params
-            if p.default is not None and p.default.distribution.family is not Family.CUSTOM
-        )
+        known = sum(1 for p in params if p.default is not None and p.default.is_known)
         with_any = sum(1 for p in params if p.default is not None)
         return ReportSummary(
             parameters=len(params),
@@ -108,7 +103,7 @@ class Report:
                 if p.matches_default is None
                 and p.fit is not None
                 and p.default is not None
-                and p.default.distribution.family is not Family.CUSTOM
+                and p.default.is_known
             ),
         )
 

@@ -359,7 +359,8 @@ def construct(spec: ModelSpec) -> Any:
             )
             raise TargetError(
                 f"bad arguments for {spec.ref}: {exc}{'; ' + hint if hint else ''}",
-                f"its signature is {shown}; pass arguments as --arg name=value",
+                (f"its signature is {shown}; " if shown else "")
+                + "pass arguments as --arg name=value",
             ) from None
     with _search_path(spec.base_dir):
         args = tuple(_build_nested(a, spec.base_dir) for a in spec.args)

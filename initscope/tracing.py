@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from initscope.distributions import Distribution
+from initscope.distributions import Distribution, Family
 
 __all__ = ["DefaultInit", "InitCall", "InitTracer", "fans"]
 
@@ -90,6 +90,11 @@ class DefaultInit:
     then: tuple[InitCall, ...] = ()
     partial: tuple[InitCall, ...] = ()
     via: tuple[str, ...] = ()
+
+    @property
+    def is_known(self) -> bool:
+        """Whether the values came from a call that names a distribution (not ``custom``)."""
+        return self.distribution.family is not Family.CUSTOM
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int] | None:

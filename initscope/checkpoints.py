@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from initscope.errors import CheckpointError, UnsafeLoadRequired
+from initscope.saving import METADATA_KEY, PROVENANCE_KEY, Provenance
 
 __all__ = ["CHECKPOINT_SUFFIXES", "Checkpoint", "TensorInfo", "open_checkpoint"]
 
@@ -82,8 +83,11 @@ class Checkpoint:
         module: torch.nn.Module | None = None,
         aliases: Mapping[str, str] | None = None,
         closer: Callable[[], None] | None = None,
+        provenance: Provenance | None = None,
     ) -> None:
         self.path = path
+        # What made the file, when initscope wrote it (see initscope.saving).
+        self.provenance = provenance
         self.infos = dict(infos)
         self.module = module
         # name -> the first name sharing its storage (torch.save keeps tied tensors shared).
@@ -188,7 +192,10 @@ def _open_safetensors(p: Path) -> Checkpoint:
         tensor: torch.Tensor = handle.get_tensor(name)  # type: ignore[no-untyped-call]
         return tensor
 
-    return Checkpoint(p, infos, load)
+    metadata = handle.metadata() or {}  # type: ignore[no-untyped-call]
+    record = metadata.get(METADATA_KEY)
+    provenance = Provenance.from_json(record) if isinstance(record, str) else None
+    return Checkpoint(p, infos, load, provenance=provenance)
 
 
 # Within one module, the order torch.nn layers create their parameters in.
@@ -278,8 +285,14 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
             "point initscope at the file that holds the model's state dict",
         )
     infos = {k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in tensors.items()}
+    record = state.get(PROVENANCE_KEY)
     return Checkpoint(
-        p, infos, tensors.__getitem__, module=module, aliases=_shared_storage_aliases(tensors)
+        p,
+        infos,
+        tensors.__getitem__,
+        module=module,
+        aliases=_shared_storage_aliases(tensors),
+        provenance=Provenance.from_json(record) if isinstance(record, str) else None,
     )
 
 

@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -82,12 +83,13 @@ def _boundary(debug: bool) -> Iterator[None]:
     runs, stdout goes to stderr: a model that prints while it is built must not corrupt
     ``--format json`` output, which is written after this block."""
     try:
-        with redirect_stdout(sys.stderr):
+        with redirect_stdout(sys.stderr), _warnings_to_stderr():
             yield
     except InitScopeError as exc:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"initscope: error: {exc.one_line()}\n")
+        for text in exc.lines():
+            sys.stderr.write(f"initscope: error: {text}\n")
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         sys.stderr.write("initscope: interrupted\n")
@@ -103,6 +105,34 @@ def _boundary(debug: bool) -> Iterator[None]:
             "rerun with --debug for the traceback and report it\n"
         )
         raise typer.Exit(EXIT_INTERNAL) from None
+
+
+@contextmanager
+def _warnings_to_stderr() -> Iterator[None]:
+    """The library's InitScopeWarnings as ``initscope: warning: ...`` lines; other warnings
+    keep Python's usual display."""
+    import warnings
+
+    from initscope.errors import InitScopeWarning
+
+    original = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
+        if issubclass(category, InitScopeWarning):
+            sys.stderr.write(f"initscope: warning: {message}\n")
+        else:
+            original(message, category, *args, **kw)  # type: ignore[arg-type]
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
+
+
+def _warn(lines: list[str]) -> None:
+    for text in lines:
+        sys.stderr.write(f"initscope: warning: {text}\n")
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -281,6 +311,248 @@ def explain(
         result = explain_layer(layer, kwargs, input_shape=_parse_shape(input_shape))
         text = render_explanation(result, fmt)
     _emit(text, None, debug)
+
+
+class ApplyFormat(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+
+
+class UnmatchedOpt(str, Enum):
+    KEEP = "keep"
+    ERROR = "error"
+    DEFAULT = "default"
+
+
+RulesOpt = Annotated[
+    str,
+    typer.Option(
+        "--rules",
+        "-r",
+        help="Rules file (.yaml), or a preset name: xavier, kaiming, gpt2, ... "
+        "(see 'initscope rules presets').",
+    ),
+]
+VarOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--var", help="Set a rules var, name=number (overrides vars:). Repeatable."),
+]
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--model", "-m", help="pkg.module:Class to load a checkpoint TARGET into."),
+]
+SpecOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--spec", help="YAML spec of the model to load a checkpoint TARGET into."),
+]
+UnsafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-load",
+        help="Allow loading pickled objects (runs code from the file; only for trusted files).",
+    ),
+]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Fail (exit 2, nothing written) when a rule matches nothing or a parameter "
+        "is covered by no rule.",
+    ),
+]
+UnmatchedOptT = Annotated[
+    Optional[UnmatchedOpt],  # noqa: UP045
+    typer.Option(
+        "--unmatched",
+        help="What to do with parameters no rule matches (overrides the file's unmatched:).",
+    ),
+]
+
+
+def _parse_vars(pairs: list[str] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or not name.strip().isidentifier() or number is None:
+            raise InitScopeError(
+                f"--var {pair!r} is not name=number", "write it like --var n_layer=12"
+            )
+        out[name.strip()] = number
+    return out
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="pkg.module:Class (with --arg), a .yaml spec, or a checkpoint "
+            "(with --model/--spec, or bare for rules that match by name/param/ndim)."
+        ),
+    ],
+    rules: RulesOpt,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Write the result here (.safetensors, .pt, .pth)."),
+    ] = None,
+    seed: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--seed", help="Seed (overrides the rules file's seed:; default 0)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; change and write nothing.")
+    ] = False,
+    strict: StrictOpt = False,
+    unmatched: UnmatchedOptT = None,
+    var: VarOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    in_place: Annotated[
+        bool,
+        typer.Option("--in-place", help="Allow replacing the input checkpoint (atomically)."),
+    ] = False,
+    fmt: Annotated[
+        ApplyFormat, typer.Option("--format", "-f", help="table (text) or json.")
+    ] = ApplyFormat.TABLE,
+    arg: ArgOpt = None,
+    args_file: ArgsFileOpt = None,
+    model: ModelOpt = None,
+    spec: SpecOpt = None,
+    input_shape: InputShapeOpt = None,
+    unsafe_load: UnsafeOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Re-initialize TARGET's parameters by a YAML rules file and save the result."""
+    debug = _debug(ctx, debug)
+    with _boundary(debug):
+        from initscope.apply import ApplyOptions, apply_target
+        from initscope.render_plan import render_apply
+        from initscope.rules import Unmatched, load_rules
+        from initscope.targets import TargetOptions
+
+        rule_set = load_rules(rules, _parse_vars(var))
+        how = TargetOptions(
+            kwargs=_constructor_kwargs(arg, args_file),
+            model=model,
+            spec=spec,
+            input_shape=_parse_shape(input_shape),
+            unsafe_load=unsafe_load,
+            seed=seed if seed is not None else (rule_set.seed or 0),
+        )
+        options = ApplyOptions(
+            output=output,
+            seed=seed,
+            unmatched=Unmatched(unmatched.value) if unmatched else None,
+            strict=strict,
+            dry_run=dry_run,
+            force=force,
+            in_place=in_place,
+        )
+        result = apply_target(target, rule_set, how, options)
+        _warn(result.plan.warnings())
+        text = render_apply(result, fmt.value)
+    _emit(text, None, debug)
+
+
+rules_app = typer.Typer(
+    no_args_is_help=True,
+    help="Check rules files, list the presets, print the rules JSON Schema.",
+)
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("validate")
+def rules_validate(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="Rules file (.yaml) or preset name.")],
+    target: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(help="Also check the rules against this model or checkpoint."),
+    ] = None,
+    strict: StrictOpt = False,
+    unmatched: UnmatchedOptT = None,
+    var: VarOpt = None,
+    fmt: Annotated[
+        ApplyFormat, typer.Option("--format", "-f", help="table (text) or json.")
+    ] = ApplyFormat.TABLE,
+    arg: ArgOpt = None,
+    args_file: ArgsFileOpt = None,
+    model: ModelOpt = None,
+    spec: SpecOpt = None,
+    input_shape: InputShapeOpt = None,
+    unsafe_load: UnsafeOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check a rules file (and, given TARGET, how it matches that model); change nothing."""
+    import json
+
+    debug = _debug(ctx, debug)
+    with _boundary(debug):
+        from initscope.apply import ApplyOptions, plan_target
+        from initscope.render_plan import apply_to_dict, summary_lines
+        from initscope.rules import Unmatched, load_rules
+        from initscope.targets import TargetOptions
+
+        rule_set = load_rules(file, _parse_vars(var))
+        if target is None:
+            if fmt is ApplyFormat.JSON:
+                text = (
+                    json.dumps(
+                        {"rules_file": rule_set.source, "ok": True, "rules": len(rule_set.rules)}
+                    )
+                    + "\n"
+                )
+            else:
+                n = len(rule_set.rules)
+                text = f"{rule_set.source}: ok, {n} rule{'s' if n != 1 else ''}\n"
+        else:
+            how = TargetOptions(
+                kwargs=_constructor_kwargs(arg, args_file),
+                model=model,
+                spec=spec,
+                input_shape=_parse_shape(input_shape),
+                unsafe_load=unsafe_load,
+                seed=rule_set.seed or 0,
+            )
+            options = ApplyOptions(
+                unmatched=Unmatched(unmatched.value) if unmatched else None, strict=strict
+            )
+            result = plan_target(target, rule_set, how, options)
+            _warn(result.plan.warnings())
+            if fmt is ApplyFormat.JSON:
+                text = json.dumps({**apply_to_dict(result), "ok": True}, indent=2) + "\n"
+            else:
+                lines = [f"{rule_set.source}: ok against {target}", *summary_lines(result.plan)]
+                text = "\n".join(lines) + "\n"
+    _emit(text, None, debug)
+
+
+@rules_app.command("schema")
+def rules_schema() -> None:
+    """Print the JSON Schema of rules files (configs/rules.schema.json)."""
+    import json
+
+    from initscope.rules_schema import RULES_SCHEMA
+
+    sys.stdout.write(json.dumps(RULES_SCHEMA, indent=2) + "\n")
+
+
+@rules_app.command("presets")
+def rules_presets() -> None:
+    """List the bundled presets, usable as --rules NAME."""
+    from initscope.rules import preset_names, presets_dir
+
+    for name in preset_names():
+        first = ""
+        for line in (presets_dir() / f"{name}.yaml").read_text(encoding="utf-8").splitlines():
+            if line.startswith("# ") and "yaml-language-server" not in line:
+                first = line[2:].strip()
+                break
+        sys.stdout.write(f"{name:<18} {first}\n")
 
 
 def _is(exc: BaseException, name: str) -> bool:

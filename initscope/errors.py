@@ -26,6 +26,10 @@ class InitScopeError(Exception):
         text = self.message if self.hint is None else f"{self.message}; {self.hint}"
         return " ".join(text.split())
 
+    def lines(self) -> list[str]:
+        """One line per problem (errors that collect several problems override this)."""
+        return [self.one_line()]
+
 
 class TargetError(InitScopeError):
     """TARGET names no importable model, or the model cannot be constructed."""
@@ -41,3 +45,8 @@ class UnsafeLoadRequired(CheckpointError):
 
 class SpecError(InitScopeError):
     """A YAML spec or arguments file is malformed."""
+
+
+class InitScopeWarning(UserWarning):
+    """Something the user should know that does not stop the run; the CLI prints it as
+    ``initscope: warning: ...`` on stderr."""

@@ -8,19 +8,21 @@ parameter and buffer is mapped to the last call that wrote it.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from initscope.checkpoints import Checkpoint, open_checkpoint
 from initscope.distributions import Distribution
-from initscope.errors import TargetError
+from initscope.errors import InitScopeWarning, TargetError
 from initscope.targets import ModelSpec, TargetOptions, construct, import_ref, resolve_target
 from initscope.tracing import DefaultInit, InitCall, InitTracer
 
-__all__ = ["TracedModel", "open_target", "trace_model"]
+__all__ = ["TracedModel", "open_target", "spec_from_provenance", "trace_model"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,83 @@ def open_target(
         return
     # Open (and so validate) the checkpoint before a possibly slow model construction.
     with open_checkpoint(ckpt_path, unsafe_load=how.unsafe_load) as ckpt:
+        if spec is None and ckpt.module is None and ckpt.provenance is not None:
+            spec = spec_from_provenance(ckpt.provenance.model, ckpt_path, how)
         yield (trace_model(spec, seed=how.seed, meta=how.meta) if spec is not None else None), ckpt
+
+
+def _has_nested_spec(value: object) -> bool:
+    if isinstance(value, Mapping):
+        return "model" in value or any(_has_nested_spec(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_nested_spec(v) for v in value)
+    return False
+
+
+def spec_from_provenance(
+    record: Mapping[str, object] | None, path: Path, how: TargetOptions = TargetOptions()
+) -> ModelSpec | None:
+    """The model a checkpoint written by ``initscope apply`` records, or None (with a
+    warning) when it cannot be rebuilt here.
+
+    Safety: the record is data from a file. Only a reference to an ``nn.Module`` subclass
+    is constructed, with plain-data arguments (no nested ``model:`` specs, which would call
+    other factories); anything else is ignored and the file is read as a bare state dict.
+    """
+    if not record:
+        return None
+    ref, args, kwargs = record.get("ref"), record.get("args", []), record.get("kwargs", {})
+    shape = record.get("input_shape")
+    base = record.get("base_dir")
+    if (
+        not isinstance(ref, str)
+        or not isinstance(args, list)
+        or not isinstance(kwargs, dict)
+        or _has_nested_spec(args)
+        or _has_nested_spec(kwargs)
+    ):
+        warnings.warn(
+            InitScopeWarning(
+                f"{path} records a model initscope will not rebuild from a file; reading it "
+                "as a bare state dict (pass --model or --spec to use a model)"
+            ),
+            stacklevel=2,
+        )
+        return None
+    base_dir = Path(base) if isinstance(base, str) and Path(base).is_dir() else None
+    try:
+        factory = import_ref(ref, base_dir)
+    except TargetError as exc:
+        warnings.warn(
+            InitScopeWarning(
+                f"{path} was made from {ref}, which cannot be imported here ({exc.message}); "
+                "reading it as a bare state dict (pass --model or --spec to use a model)"
+            ),
+            stacklevel=2,
+        )
+        return None
+    if not (isinstance(factory, type) and issubclass(factory, torch.nn.Module)):
+        warnings.warn(
+            InitScopeWarning(
+                f"{path} records {ref}, which is not an nn.Module class; reading it as a "
+                "bare state dict"
+            ),
+            stacklevel=2,
+        )
+        return None
+    input_shape = (
+        tuple(int(x) for x in shape)
+        if isinstance(shape, list) and all(isinstance(x, int) for x in shape)
+        else None
+    )
+    return ModelSpec(
+        ref,
+        tuple(args),
+        {**kwargs, **how.kwargs},
+        path,
+        how.input_shape or input_shape,
+        base_dir,
+    )
 
 
 def _build(spec: ModelSpec) -> torch.nn.Module:

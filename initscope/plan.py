@@ -1,0 +1,510 @@
+"""Matching rules to parameters: the plan ``initscope apply`` carries out, or prints.
+
+:func:`make_plan` decides, for every parameter, the first rule that matches it, resolves the
+rule's arguments to numbers for that parameter's shape (``fan_in``, expressions, gain names)
+and checks that the init can apply at all (xavier on a 1-D bias cannot). Every problem is
+collected before one :class:`~initscope.rules.RulesError` is raised, so a user fixes the file
+in one go. Nothing here changes a tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+from initscope.distributions import Distribution, Family
+from initscope.expressions import Expression, ExpressionError
+from initscope.rules import (
+    Problem,
+    Rule,
+    RulesError,
+    RuleSet,
+    Unmatched,
+    fan_env,
+    init_functions,
+)
+from initscope.tracing import DefaultInit, _init_distribution
+from initscope.yamlio import did_you_mean
+
+__all__ = [
+    "Action",
+    "ParamSite",
+    "Plan",
+    "PlanEntry",
+    "TieConflict",
+    "make_plan",
+    "sites_from_model",
+    "sites_from_tensors",
+]
+
+# torch/nn/init.py: _calculate_fan_in_and_fan_out raises below 2 dims; orthogonal_ needs ≥ 2,
+# eye_ and sparse_ exactly 2, dirac_ 3 to 5 ("Only tensors with 3, 4, or 5 dimensions").
+_DIMS: Mapping[str, tuple[int, int, str]] = {
+    "xavier_uniform_": (2, 99, "fan_in/fan_out need ≥ 2 dims"),
+    "xavier_normal_": (2, 99, "fan_in/fan_out need ≥ 2 dims"),
+    "kaiming_uniform_": (2, 99, "fan_in/fan_out need ≥ 2 dims"),
+    "kaiming_normal_": (2, 99, "fan_in/fan_out need ≥ 2 dims"),
+    "orthogonal_": (2, 99, "orthogonal_ needs ≥ 2 dims"),
+    "eye_": (2, 2, "eye_ needs exactly 2 dims"),
+    "sparse_": (2, 2, "sparse_ needs exactly 2 dims"),
+    "dirac_": (3, 5, "dirac_ needs 3 to 5 dims"),
+}
+
+
+class Action(str, Enum):
+    """What apply does to one parameter."""
+
+    INIT = "init"  # a torch.nn.init function with resolved arguments
+    DEFAULT = "default"  # the module's own default init, re-run
+    KEEP = "keep"  # a rule says leave it
+    UNMATCHED = "unmatched"  # no rule matched, and the unmatched policy keeps it
+    TIED = "tied"  # shares its tensor with an earlier parameter, initialized with that one
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ParamSite:
+    """A parameter as the rules see it: names, shape, dtype and its module's class."""
+
+    name: str
+    module: str
+    param: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    module_class: type | None = None  # None in a bare state dict
+    tied_to: str | None = None  # the earlier name this one shares its tensor with
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """The decision for one parameter."""
+
+    site: ParamSite
+    action: Action
+    rule: Rule | None = None
+    init: str | None = None  # torch.nn.init function name, for INIT
+    args: Mapping[str, float | int | str] = field(default_factory=dict)
+    distribution: Distribution | None = None
+    default_via: str | None = None  # for DEFAULT: "traced" or "reset_parameters"
+    default_call: str | None = None  # for DEFAULT via traced: the call it re-runs
+
+    @property
+    def changes(self) -> bool:
+        return self.action in (Action.INIT, Action.DEFAULT)
+
+    def describe(self) -> str:
+        """``xavier_uniform_(gain=1) → U(±0.2357)``, ``default → …``, ``keep``, …"""
+        dist = f" → {self.distribution.label()}" if self.distribution is not None else ""
+        if self.action is Action.INIT:
+            args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.args.items())
+            return f"{self.init}({args}){dist}"
+        if self.action is Action.DEFAULT:
+            if self.default_via == "reset_parameters":
+                return "default → reset_parameters()"
+            return f"default{dist}" + (f" ({self.default_call})" if self.default_call else "")
+        if self.action is Action.TIED:
+            return f"tied to {self.site.tied_to}"
+        if self.action is Action.KEEP:
+            return "keep"
+        return "no rule: kept"
+
+
+def _fmt(v: float | int | str) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+@dataclass(frozen=True)
+class TieConflict:
+    """Two names of one tied tensor that different rules would initialize differently."""
+
+    name: str
+    tied_to: str
+    rule: Rule | None
+    winner: Rule | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every parameter's decision, and what the rules missed."""
+
+    entries: tuple[PlanEntry, ...]
+    rules: RuleSet
+    seed: int
+    unmatched_policy: Unmatched
+    unused: tuple[Rule, ...]
+    conflicts: tuple[TieConflict, ...] = ()
+
+    @property
+    def unmatched(self) -> tuple[PlanEntry, ...]:
+        return tuple(e for e in self.entries if e.rule is None and e.action is not Action.TIED)
+
+    @property
+    def changed(self) -> tuple[PlanEntry, ...]:
+        return tuple(e for e in self.entries if e.changes)
+
+    def warnings(self) -> list[str]:
+        """Rules that matched nothing and ties the rules disagree on, one line each."""
+        out = [
+            f"{r.where}: {r.label} matched no parameter; check its type/name/param (usually a typo)"
+            for r in self.unused
+        ]
+        for c in self.conflicts:
+            mine = c.rule.label if c.rule else "no rule"
+            theirs = c.winner.label if c.winner else "no rule"
+            out.append(
+                f"{c.name} is tied to {c.tied_to}: {mine} would init it differently from "
+                f"{theirs}; the tensor is initialized once, by {theirs}"
+            )
+        return out
+
+
+# -- sites ---------------------------------------------------------------------------------
+
+
+def _split(name: str) -> tuple[str, str]:
+    module, _, param = name.rpartition(".")
+    return module, param
+
+
+def sites_from_model(model: torch.nn.Module) -> list[ParamSite]:
+    """Every parameter of ``model`` in ``named_parameters`` order, tied names included."""
+    first: dict[int, str] = {}
+    sites: list[ParamSite] = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        module, param = _split(name)
+        cls = type(model.get_submodule(module))
+        tied = first.get(id(p))
+        first.setdefault(id(p), name)
+        sites.append(ParamSite(name, module, param, tuple(p.shape), p.dtype, cls, tied))
+    return sites
+
+
+def sites_from_tensors(
+    infos: Mapping[str, tuple[tuple[int, ...], torch.dtype]], aliases: Mapping[str, str]
+) -> list[ParamSite]:
+    """The floating-point tensors of a bare state dict (integer buffers such as
+    ``num_batches_tracked`` are not initializable and are left out)."""
+    sites: list[ParamSite] = []
+    for name, (shape, dtype) in infos.items():
+        if not dtype.is_floating_point:
+            continue
+        module, param = _split(name)
+        sites.append(ParamSite(name, module, param, shape, dtype, None, aliases.get(name)))
+    return sites
+
+
+# -- planning ------------------------------------------------------------------------------
+
+
+class _Problems:
+    """Problems grouped by (where, message) so one bad rule over 50 biases is one line."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str, str, str | None], list[str]] = {}
+
+    def add(self, where: str, path: str, message: str, hint: str | None, name: str) -> None:
+        self.groups.setdefault((where, path, message, hint), []).append(name)
+
+    def problems(self) -> list[Problem]:
+        out = []
+        for (where, path, message, hint), names in self.groups.items():
+            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+            out.append(Problem(where, path, message.replace("{name}", names[0] + more), hint))
+        return out
+
+
+def _known_type_names(modules: Sequence[type]) -> set[str]:
+    names = {k.__name__ for cls in modules for k in cls.__mro__}
+    names |= {n for n in dir(torch.nn) if isinstance(getattr(torch.nn, n, None), type)}
+    return names
+
+
+def make_plan(
+    sites: Sequence[ParamSite],
+    rules: RuleSet,
+    *,
+    seed: int | None = None,
+    unmatched: Unmatched | None = None,
+    defaults: Mapping[str, DefaultInit] | None = None,
+    resettable: Mapping[str, bool] | None = None,
+    bare: bool = False,
+) -> Plan:
+    """Decide every parameter's init; raise :class:`RulesError` with every problem.
+
+    ``defaults`` are the traced default inits (by parameter name) and ``resettable`` says
+    which module paths have ``reset_parameters``: together they decide whether ``default``
+    can be carried out. ``bare`` means the sites come from a state dict without a model.
+    """
+    policy = unmatched or rules.unmatched
+    found = _Problems()
+    classes = [s.module_class for s in sites if s.module_class is not None]
+    known = _known_type_names(classes)
+    for r in rules.rules:
+        if bare and r.has_type:
+            found.add(
+                r.where,
+                f"rules[{r.index}].type",
+                f"{r.label} matches by type, but the target is a bare state dict without "
+                "module types",
+                "pass --model pkg.module:Class or --spec FILE so types are known, or match "
+                "by name/param/ndim",
+                "",
+            )
+            continue
+        for t in r.type_names:
+            if t not in known:
+                found.add(
+                    r.where,
+                    f"rules[{r.index}].type",
+                    f"type {t!r} names no class in the model or torch.nn{did_you_mean(t, known)}",
+                    "write a module class name such as Conv2d, or a dotted path",
+                    "",
+                )
+    if found.groups:
+        raise RulesError(found.problems())
+
+    used: set[int] = set()
+    entries: list[PlanEntry] = []
+    by_name: dict[str, PlanEntry] = {}
+    first_rule: dict[str, Rule | None] = {}
+    conflicts: list[TieConflict] = []
+    for site in sites:
+        rule = next(
+            (
+                r
+                for r in rules.rules
+                if r.matches_name(site.module, site.param, len(site.shape))
+                and r.matches_type(site.module_class)
+            ),
+            None,
+        )
+        first_rule[site.name] = rule
+        if rule is not None:
+            used.add(rule.index)
+        if site.tied_to is not None and site.tied_to in by_name:
+            winner = first_rule.get(site.tied_to)
+            if _differ(rule, winner):
+                conflicts.append(TieConflict(site.name, site.tied_to, rule, winner))
+            entry = PlanEntry(site, Action.TIED, rule)
+        elif rule is None:
+            if policy is Unmatched.ERROR:
+                found.add(
+                    "unmatched: error",
+                    "",
+                    "no rule matches {name}",
+                    "add a rule for it (or `init: keep`), or set unmatched: keep",
+                    f"{site.name} {site.shape}",
+                )
+                entry = PlanEntry(site, Action.UNMATCHED)
+            elif policy is Unmatched.DEFAULT:
+                entry = _default(site, None, defaults, resettable, found)
+            else:
+                entry = PlanEntry(site, Action.UNMATCHED)
+        elif rule.init == "keep":
+            entry = PlanEntry(site, Action.KEEP, rule)
+        elif rule.init == "default":
+            entry = _default(site, rule, defaults, resettable, found)
+        else:
+            entry = _resolve(site, rule, rules.vars, found)
+        entries.append(entry)
+        by_name.setdefault(site.name, entry)
+    if found.groups:
+        raise RulesError(found.problems())
+    unused = tuple(r for r in rules.rules if r.index not in used)
+    return Plan(
+        tuple(entries),
+        rules,
+        seed if seed is not None else (rules.seed if rules.seed is not None else 0),
+        policy,
+        unused,
+        tuple(conflicts),
+    )
+
+
+def _differ(a: Rule | None, b: Rule | None) -> bool:
+    if a is None or b is None:
+        return a is not b
+    return a.index != b.index and (a.init, dict(a.args)) != (b.init, dict(b.args))
+
+
+def _resolve(
+    site: ParamSite, rule: Rule, vars_: Mapping[str, float], found: _Problems
+) -> PlanEntry:
+    fn = init_functions()[rule.init]
+    shape = site.shape
+    who = f"{site.name} {_shape(shape)}"
+    dims = _DIMS.get(rule.init)
+    if dims is not None and not dims[0] <= len(shape) <= dims[1]:
+        found.add(
+            rule.where,
+            f"rules[{rule.index}].init",
+            f"{rule.init.removesuffix('_')} cannot initialize {{name}}: {dims[2]}",
+            f"restrict the rule (param: weight, ndim: [2, 5]) and give "
+            f"{'biases' if site.param == 'bias' else 'such tensors'} a rule with init: zeros "
+            "or uniform",
+            who,
+        )
+        return PlanEntry(site, Action.INIT, rule, rule.init)
+    env = {**vars_, **fan_env(shape)}
+    args: dict[str, float | int | str] = {}
+    for key, value in rule.args.items():
+        if isinstance(value, Expression):
+            missing = sorted(value.names - set(env))
+            if missing:
+                found.add(
+                    rule.arg_paths.get(key, rule.where),
+                    f"rules[{rule.index}].{key}",
+                    f"{value.text!r} uses {', '.join(missing)}, undefined for {{name}}: "
+                    "fan_in/fan_out need ≥ 2 dims",
+                    "restrict the rule (param: weight or ndim: [2, 5]) or use numel",
+                    who,
+                )
+                return PlanEntry(site, Action.INIT, rule, rule.init)
+            try:
+                args[key] = value.evaluate(env)
+            except ExpressionError as exc:
+                found.add(
+                    rule.arg_paths.get(key, rule.where),
+                    f"rules[{rule.index}].{key}",
+                    f"{exc.message} for {{name}}",
+                    "fix the expression",
+                    who,
+                )
+                return PlanEntry(site, Action.INIT, rule, rule.init)
+        else:
+            args[key] = value
+    # Whatever else torch itself refuses (std < 0, a > b, sparsity out of range...), found by
+    # running the real function on a meta tensor: no memory, no values, the same checks.
+    try:
+        fn(torch.empty(shape, device="meta"), **args)
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:200]
+        found.add(
+            rule.where,
+            f"rules[{rule.index}]",
+            f"torch.nn.init.{rule.init} refuses {{name}}: {message}",
+            "change the rule's arguments or restrict what it matches",
+            who,
+        )
+        return PlanEntry(site, Action.INIT, rule, rule.init)
+    dist = _init_distribution(rule.init, args, shape)
+    return PlanEntry(site, Action.INIT, rule, rule.init, args, dist)
+
+
+# The families a traced default can be re-drawn from with a torch.nn.init function.
+_REDRAWABLE = (Family.UNIFORM, Family.NORMAL, Family.TRUNC_NORMAL, Family.CONSTANT)
+
+
+def _default(
+    site: ParamSite,
+    rule: Rule | None,
+    defaults: Mapping[str, DefaultInit] | None,
+    resettable: Mapping[str, bool] | None,
+    found: _Problems,
+) -> PlanEntry:
+    d = (defaults or {}).get(site.name)
+    if (
+        d is not None
+        and d.is_known
+        and not d.partial
+        and d.distribution.family in _REDRAWABLE
+        and d.distribution.std is not None
+    ):
+        return PlanEntry(
+            site,
+            Action.DEFAULT,
+            rule,
+            distribution=d.distribution,
+            default_via="traced",
+            default_call=d.call.signature(),
+        )
+    if (resettable or {}).get(site.module):
+        return PlanEntry(site, Action.DEFAULT, rule, default_via="reset_parameters")
+    where = rule.where if rule is not None else "unmatched: default"
+    path = f"rules[{rule.index}].init" if rule is not None else ""
+    reason = (
+        "the target is a bare state dict"
+        if site.module_class is None
+        else "its module has no reset_parameters() and its traced default is not a plain "
+        "distribution"
+    )
+    found.add(
+        where,
+        path,
+        f"no default init is known for {{name}}: {reason}",
+        "give it an explicit init, or pass --model/--spec so the default can be traced",
+        f"{site.name} {_shape(site.shape)}",
+    )
+    return PlanEntry(site, Action.DEFAULT, rule)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as JSON-ready data (the ``initscope.apply/1`` parameter list and summary)."""
+    params = []
+    for e in plan.entries:
+        d = e.distribution
+        params.append(
+            {
+                "name": e.site.name,
+                "module": e.site.module,
+                "param": e.site.param,
+                "type": e.site.module_class.__name__ if e.site.module_class else None,
+                "shape": list(e.site.shape),
+                "dtype": str(e.site.dtype).removeprefix("torch."),
+                "rule": None
+                if e.rule is None
+                else {"index": e.rule.index, "line": e.rule.line, "init": e.rule.init},
+                "action": e.action.value,
+                "init": e.init
+                if e.action is Action.INIT
+                else ("default" if e.action is Action.DEFAULT else None),
+                "args": dict(e.args),
+                "distribution": None
+                if d is None
+                else {
+                    "family": d.family.value,
+                    "low": _finite(d.low),
+                    "high": _finite(d.high),
+                    "mean": _finite(d.mean),
+                    "std": _finite(d.std),
+                    "value": _finite(d.value),
+                    "label": d.label(),
+                },
+                "default_via": e.default_via,
+                "tied_to": e.site.tied_to,
+                "description": e.describe(),
+            }
+        )
+    return {
+        "parameters": params,
+        "unused_rules": [{"index": r.index, "line": r.line} for r in plan.unused],
+        "unmatched": [e.site.name for e in plan.unmatched],
+        "unmatched_policy": plan.unmatched_policy.value,
+        "tie_conflicts": [
+            {
+                "name": c.name,
+                "tied_to": c.tied_to,
+                "rule": None if c.rule is None else c.rule.index,
+                "winner": None if c.winner is None else c.winner.index,
+            }
+            for c in plan.conflicts
+        ],
+        "seed": plan.seed,
+    }
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None

@@ -1,0 +1,594 @@
+"""Rules files for ``initscope apply``: parsing and the checks that need no model.
+
+A rules file (see ``configs/`` and :data:`~initscope.rules_schema.RULES_SCHEMA`) is checked in
+two stages. :func:`load_rules` checks everything the file alone decides: the schema, init
+names, init arguments against the torch function's signature, expressions and their names,
+regular expressions and dotted type paths. :func:`initscope.plan.make_plan` then checks it
+against a model. Both collect every problem before raising one :class:`RulesError`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import json
+import math
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from initscope.errors import SpecError
+from initscope.expressions import Expression, ExpressionError, parse_expression
+from initscope.rules_schema import MATCH_KEYS, validate
+from initscope.yamlio import DocPath, Located, did_you_mean, load_yaml
+
+__all__ = [
+    "FAN_NAMES",
+    "InitFunction",
+    "Problem",
+    "Rule",
+    "RuleSet",
+    "RulesError",
+    "Unmatched",
+    "init_functions",
+    "load_rules",
+    "parse_rules",
+    "preset_names",
+    "presets_dir",
+]
+
+# Names every expression may use besides vars: the parameter's fans (as
+# torch.nn.init._calculate_fan_in_and_fan_out computes them) and its element count.
+FAN_NAMES = ("fan_in", "fan_out", "numel")
+SPECIAL_INITS = ("default", "keep")
+
+
+class Unmatched(str, Enum):
+    """What happens to a parameter no rule matches."""
+
+    KEEP = "keep"
+    ERROR = "error"
+    DEFAULT = "default"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a rules file: where, at which path in the document, what."""
+
+    where: str
+    path: str
+    message: str
+    hint: str | None = None
+
+    def one_line(self) -> str:
+        at = f"{self.path}: " if self.path else ""
+        text = f"{self.where}: {at}{self.message}"
+        return " ".join((text if self.hint is None else f"{text}; {self.hint}").split())
+
+
+class RulesError(SpecError):
+    """A rules file with one or more problems; every one is reported, one line each."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        first = self.problems[0]
+        super().__init__(first.one_line() if len(self.problems) == 1 else self._summary())
+
+    def _summary(self) -> str:
+        return f"{len(self.problems)} problems in the rules; nothing was changed"
+
+    def lines(self) -> list[str]:
+        out = [p.one_line() for p in self.problems]
+        if len(out) > 1:
+            out.append(self._summary())
+        return out
+
+    def one_line(self) -> str:
+        return self.lines()[0] if len(self.problems) == 1 else " | ".join(self.lines())
+
+
+def doc_path(path: DocPath) -> str:
+    """``("rules", 2, "init")`` → ``rules[2].init``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# -- the init functions and their arguments -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InitArg:
+    """One argument of a torch.nn.init function, as its signature declares it."""
+
+    name: str
+    kind: str  # "float", "int" or "choice"
+    required: bool
+    default: Any = None
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InitFunction:
+    """A ``torch.nn.init`` function a rule may name."""
+
+    name: str  # with the trailing underscore: "xavier_uniform_"
+    args: Mapping[str, InitArg]
+    takes_generator: bool
+
+    @property
+    def short(self) -> str:
+        return self.name.removesuffix("_")
+
+    def __call__(self, tensor: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        fn = getattr(torch.nn.init, self.name)
+        return fn(tensor, **kwargs)  # type: ignore[no-any-return]
+
+
+@cache
+def init_functions() -> Mapping[str, InitFunction]:
+    """Every public in-place function of the installed ``torch.nn.init``, by name."""
+    out: dict[str, InitFunction] = {}
+    for name in sorted(dir(torch.nn.init)):
+        fn = getattr(torch.nn.init, name)
+        if name.startswith("_") or not name.endswith("_") or not inspect.isfunction(fn):
+            continue
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())
+        if not params or params[0].name != "tensor":
+            continue
+        hints = typing.get_type_hints(fn)
+        args: dict[str, InitArg] = {}
+        for p in params[1:]:
+            if p.name == "generator":
+                continue
+            hint = hints.get(p.name)
+            required = p.default is inspect.Parameter.empty
+            default = None if required else p.default
+            if typing.get_origin(hint) is typing.Literal:
+                choices = tuple(str(c) for c in typing.get_args(hint))
+                args[p.name] = InitArg(p.name, "choice", required, default, choices)
+            elif hint is int:
+                args[p.name] = InitArg(p.name, "int", required, default)
+            else:
+                args[p.name] = InitArg(p.name, "float", required, default)
+        out[name] = InitFunction(name, args, "generator" in sig.parameters)
+    return out
+
+
+@cache
+def gain_names() -> tuple[str, ...]:
+    hint = typing.get_type_hints(torch.nn.init.calculate_gain)["nonlinearity"]
+    return tuple(str(c) for c in typing.get_args(hint))
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+ArgValue = float | int | str | Expression
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: what it matches and the init it applies."""
+
+    index: int
+    line: int
+    where: str  # file:line:col of the rule
+    init: str  # "xavier_uniform_", ..., or "default" / "keep"
+    args: Mapping[str, ArgValue] = field(default_factory=dict)
+    type_names: tuple[str, ...] = ()  # bare class names: Conv2d
+    type_classes: tuple[type, ...] = ()  # classes named by dotted path
+    name: str | None = None
+    param: str = "*"
+    ndim: tuple[int, int] | None = None
+    arg_paths: Mapping[str, str] = field(default_factory=dict)  # arg → file:line:col
+
+    @property
+    def label(self) -> str:
+        return f"rules[{self.index}] (line {self.line})"
+
+    @property
+    def has_type(self) -> bool:
+        return bool(self.type_names or self.type_classes)
+
+    @property
+    def function(self) -> InitFunction | None:
+        return init_functions().get(self.init)
+
+    def matches_name(self, module: str, param: str, ndim: int) -> bool:
+        if self.name is not None:
+            if self.name.startswith("re:"):
+                if re.fullmatch(self.name[3:], module) is None:
+                    return False
+            elif not fnmatch.fnmatchcase(module, self.name):
+                return False
+        if not fnmatch.fnmatchcase(param, self.param):
+            return False
+        return self.ndim is None or self.ndim[0] <= ndim <= self.ndim[1]
+
+    def matches_type(self, cls: type | None) -> bool:
+        if not self.has_type:
+            return True
+        if cls is None:
+            return False
+        if any(issubclass(cls, c) for c in self.type_classes):
+            return True
+        return any(k.__name__ in self.type_names for k in cls.__mro__)
+
+    def describe_init(self) -> str:
+        if self.init in SPECIAL_INITS:
+            return self.init
+        args = ", ".join(f"{k}={_show(v)}" for k, v in self.args.items())
+        return f"{self.init}({args})"
+
+
+def _show(v: ArgValue) -> str:
+    return v.text if isinstance(v, Expression) else str(v)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A checked rules file."""
+
+    rules: tuple[Rule, ...]
+    seed: int | None = None
+    vars: Mapping[str, float] = field(default_factory=dict)
+    unmatched: Unmatched = Unmatched.KEEP
+    source: str = "<rules>"
+    text: str = ""  # the file's content, recorded in the outputs apply writes
+
+    @property
+    def uses_types(self) -> bool:
+        return any(r.has_type for r in self.rules)
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def presets_dir() -> Path:
+    """The folder of bundled presets: ``configs/`` of the source tree, or the copy installed
+    as package data."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", here / "configs"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def _find(path_or_name: str | Path) -> Path:
+    p = Path(path_or_name)
+    if p.exists() or p.suffix or len(p.parts) > 1:
+        return p
+    preset = presets_dir() / f"{p.name}.yaml"
+    if preset.is_file():
+        return preset
+    names = preset_names()
+    raise SpecError(
+        f"no rules file or preset named {str(path_or_name)!r}"
+        f"{did_you_mean(str(path_or_name), names)}",
+        f"give a path to a .yaml file, or one of the presets: {', '.join(names)}",
+    )
+
+
+def load_rules(
+    source: str | Path | Mapping[str, Any], variables: Mapping[str, float] | None = None
+) -> RuleSet:
+    """Read and check a rules file (a path, a preset name such as ``xavier``, or an already
+    parsed mapping); raise :class:`RulesError` listing every problem found. ``variables``
+    override or add to the file's ``vars:`` (``--var n_layer=2``)."""
+    if isinstance(source, Mapping):
+        doc = Located("<rules>", dict(source), {})
+        return parse_rules(doc, json.dumps(source, sort_keys=True, default=str), variables)
+    path = _find(source)
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory, not a rules file", "give a .yaml file")
+    doc = load_yaml(path)
+    return parse_rules(doc, path.read_text(encoding="utf-8"), variables)
+
+
+class _Collector:
+    """Collects problems with their location in one document."""
+
+    def __init__(self, doc: Located) -> None:
+        self.doc = doc
+        self.problems: list[Problem] = []
+
+    def __call__(self, path: DocPath, message: str, hint: str | None = None) -> None:
+        self.problems.append(Problem(self.doc.where(path), doc_path(path), message, hint))
+
+
+def parse_rules(
+    doc: Located, text: str = "", variables: Mapping[str, float] | None = None
+) -> RuleSet:
+    """Check a parsed document; see :func:`load_rules`."""
+    problem = _Collector(doc)
+    problems = problem.problems
+
+    data = doc.data
+    if data is None:
+        problem((), "the rules file is empty", "add a `rules:` list; see configs/xavier.yaml")
+        raise RulesError(problems)
+    for sp in validate(data):
+        problem(sp.path, sp.message, _schema_hint(sp.path, sp.message))
+    if not isinstance(data, dict):
+        raise RulesError(problems)
+    vars_: dict[str, float] = {}
+    raw_vars = data.get("vars")
+    if isinstance(raw_vars, dict):
+        for k, v in raw_vars.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                if str(k) in FAN_NAMES:
+                    problem(
+                        ("vars", str(k)),
+                        f"{k!r} is set for each parameter and cannot be a var",
+                        "rename the var",
+                    )
+                vars_[str(k)] = float(v)
+    vars_.update(variables or {})
+    rules: list[Rule] = []
+    raw_rules = data.get("rules")
+    if isinstance(raw_rules, list):
+        for i, raw in enumerate(raw_rules):
+            if isinstance(raw, dict):
+                rule = _parse_rule(doc, i, raw, vars_, problem)
+                if rule is not None:
+                    rules.append(rule)
+    if problems:
+        raise RulesError(problems)
+    seed = data.get("seed")
+    return RuleSet(
+        rules=tuple(rules),
+        seed=int(seed) if isinstance(seed, int) else None,
+        vars=vars_,
+        unmatched=Unmatched(data.get("unmatched", "keep")),
+        source=doc.file,
+        text=text,
+    )
+
+
+def _schema_hint(path: DocPath, message: str) -> str | None:
+    if path == () and "rules" in message:
+        return "add a `rules:` list; see configs/xavier.yaml"
+    if message.startswith("unknown key"):
+        return "remove or rename it"
+    return None
+
+
+def _parse_rule(
+    doc: Located,
+    i: int,
+    raw: Mapping[str, Any],
+    vars_: Mapping[str, float],
+    problem: _Collector,
+) -> Rule | None:
+    base: DocPath = ("rules", i)
+    before = len(problem.problems)
+    init_raw = raw.get("init")
+    init: str | None = None
+    fn: InitFunction | None = None
+    if isinstance(init_raw, str):
+        init, fn = _init_name(init_raw)
+        if init is None:
+            known = [*(f.short for f in init_functions().values()), *SPECIAL_INITS]
+            problem(
+                (*base, "init"),
+                f"unknown init {init_raw!r}{did_you_mean(init_raw.removesuffix('_'), known)}",
+                f"use a torch.nn.init function ({', '.join(known[:-2])}) or default or keep",
+            )
+    args: dict[str, ArgValue] = {}
+    arg_paths: dict[str, str] = {}
+    extra = [str(k) for k in raw if k not in (*MATCH_KEYS, "init")]
+    if init is not None:
+        allowed = list(fn.args) if fn is not None else []
+        for key in extra:
+            path = (*base, key)
+            if key not in allowed:
+                what = f"{init} takes no arguments" if not allowed else None
+                problem(
+                    path,
+                    f"unknown key {key!r}"
+                    + (f"; {what}" if what else f" for {init}")
+                    + did_you_mean(key, [*allowed, *MATCH_KEYS]),
+                    "match keys are type, name, param, ndim"
+                    + (f"; {init} takes {', '.join(allowed)}" if allowed else ""),
+                )
+                continue
+            assert fn is not None
+            value = _parse_arg(fn.args[key], raw[key], vars_, path, problem)
+            if value is not None:
+                args[key] = value
+                arg_paths[key] = doc.where(path)
+        if fn is not None:
+            for a in fn.args.values():
+                if a.required and a.name not in raw:
+                    problem(
+                        base,
+                        f"{init} needs {a.name!r}",
+                        f"add `{a.name}: ...` to the rule (torch.nn.init.{init} has no "
+                        "default for it)",
+                    )
+    type_names, type_classes = _parse_types(raw.get("type"), (*base, "type"), problem)
+    name = raw.get("name")
+    if isinstance(name, str) and name.startswith("re:"):
+        try:
+            re.compile(name[3:])
+        except re.error as exc:
+            problem((*base, "name"), f"invalid regular expression {name[3:]!r}: {exc}")
+    ndim_raw = raw.get("ndim")
+    ndim: tuple[int, int] | None = None
+    if isinstance(ndim_raw, int) and not isinstance(ndim_raw, bool):
+        ndim = (ndim_raw, ndim_raw)
+    elif isinstance(ndim_raw, list) and len(ndim_raw) == 2:
+        lo, hi = ndim_raw
+        if isinstance(lo, int) and isinstance(hi, int):
+            ndim = (lo, hi)
+            if lo > hi:
+                problem((*base, "ndim"), f"[{lo}, {hi}] is empty", "write [min, max]")
+    if len(problem.problems) > before or init is None:
+        return None
+    line = doc.marks.get(base, (0, 0))[0]
+    param = raw.get("param", "*")
+    return Rule(
+        index=i,
+        line=line,
+        where=doc.where(base),
+        init=init,
+        args=args,
+        type_names=type_names,
+        type_classes=type_classes,
+        name=name if isinstance(name, str) else None,
+        param=param if isinstance(param, str) else "*",
+        ndim=ndim,
+        arg_paths=arg_paths,
+    )
+
+
+def _init_name(text: str) -> tuple[str | None, InitFunction | None]:
+    if text in SPECIAL_INITS:
+        return text, None
+    fns = init_functions()
+    name = text if text.endswith("_") else f"{text}_"
+    if name in fns:
+        return name, fns[name]
+    return None, None
+
+
+def _parse_arg(
+    arg: InitArg, value: Any, vars_: Mapping[str, float], path: DocPath, problem: _Collector
+) -> ArgValue | None:
+    if isinstance(value, bool) or value is None:
+        problem(path, f"expected a number for {arg.name}, got {value!r}")
+        return None
+    if arg.kind == "choice":
+        if isinstance(value, str) and value in arg.choices:
+            return value
+        problem(
+            path,
+            f"{value!r} is not a valid {arg.name}"
+            + (did_you_mean(value, arg.choices) if isinstance(value, str) else ""),
+            f"use one of {', '.join(arg.choices)}",
+        )
+        return None
+    if arg.kind == "int":
+        if isinstance(value, int):
+            return value
+        problem(path, f"expected an integer for {arg.name}, got {value!r}")
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str):
+        problem(path, f"expected a number or an expression for {arg.name}, got {value!r}")
+        return None
+    if arg.name == "gain":
+        gain = _gain_name(value)
+        if gain is not None:
+            return gain
+    try:
+        expr = parse_expression(value)
+    except ExpressionError as exc:
+        hint = "numbers, vars, fan_in, fan_out, numel, + - * / ** and sqrt()/log() only"
+        if arg.name == "gain":
+            hint = f"a number, an expression, or a calculate_gain name: {', '.join(gain_names())}"
+            close = did_you_mean(value.split(":")[0], gain_names())
+            if close:
+                problem(path, f"unknown gain {value!r}{close}", hint)
+                return None
+        problem(path, f"{exc.message}", hint)
+        return None
+    unknown = sorted(expr.names - set(vars_) - set(FAN_NAMES))
+    for n in unknown:
+        choices = [*vars_, *FAN_NAMES]
+        if arg.name == "gain":
+            choices += list(gain_names())
+        problem(
+            path,
+            f"unknown name {n!r} in {value!r}{did_you_mean(n, choices)}",
+            "define it under `vars:`, or use fan_in, fan_out or numel",
+        )
+    if unknown:
+        return None
+    if not expr.names:
+        try:
+            return expr.evaluate({})
+        except ExpressionError as exc:
+            problem(path, exc.message)
+            return None
+    return expr
+
+
+def _gain_name(text: str) -> float | None:
+    """``relu`` → calculate_gain('relu'); ``leaky_relu:0.2`` → calculate_gain('leaky_relu',
+    0.2); None when ``text`` is not a gain name."""
+    name, _, param = text.partition(":")
+    if name.strip() not in gain_names():
+        return None
+    p: float | None = None
+    if param.strip():
+        try:
+            p = float(param)
+        except ValueError:
+            return None
+    return float(torch.nn.init.calculate_gain(name.strip(), p))  # type: ignore[arg-type]
+
+
+def _parse_types(
+    raw: Any, path: DocPath, problem: _Collector
+) -> tuple[tuple[str, ...], tuple[type, ...]]:
+    items = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    names: list[str] = []
+    classes: list[type] = []
+    for j, item in enumerate(items):
+        if not isinstance(item, str):
+            continue
+        at = path if isinstance(raw, str) else (*path, j)
+        if "." in item or ":" in item:
+            cls = _import_class(item)
+            if isinstance(cls, str):
+                problem(at, cls, "write a class name (Conv2d) or an importable path")
+            else:
+                classes.append(cls)
+        else:
+            names.append(item)
+    return tuple(names), tuple(classes)
+
+
+def _import_class(ref: str) -> type | str:
+    """The class ``ref`` names (``torch.nn.Conv2d``, ``nn.Conv2d``, ``pkg.mod:Cls``), or a
+    message saying why not."""
+    from initscope.errors import TargetError
+    from initscope.targets import import_ref
+
+    text = ref if ":" in ref else ":".join(ref.rsplit(".", 1))
+    try:
+        obj = import_ref(text)
+    except TargetError as exc:
+        return f"type {ref!r} names no class: {exc.message}"
+    if not isinstance(obj, type):
+        return f"type {ref!r} is a {type(obj).__name__}, not a class"
+    return obj
+
+
+def fan_env(shape: tuple[int, ...]) -> dict[str, float]:
+    """``fan_in``/``fan_out`` (when the tensor has them) and ``numel`` for expressions."""
+    from initscope.tracing import fans
+
+    env = {"numel": float(math.prod(shape))}
+    f = fans(shape)
+    if f is not None:
+        env["fan_in"], env["fan_out"] = float(f[0]), float(f[1])
+    return env

@@ -217,8 +217,10 @@ class _Problems:
     def problems(self) -> list[Problem]:
         out = []
         for (where, path, message, hint), names in self.groups.items():
-            more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-            out.append(Problem(where, path, message.replace("{name}", names[0] + more), hint))
+            shown = ", ".join(names[:3])
+            if len(names) > 3:
+                shown += f" and {len(names) - 3} more"
+            out.append(Problem(where, path, message.replace("{name}", shown), hint))
         return out
 
 
@@ -269,8 +271,10 @@ def make_plan(
                     "write a module class name such as Conv2d, or a dotted path",
                     "",
                 )
-    if found.groups:
-        raise RulesError(found.problems())
+    # Rules with an unusable type are left out of matching, so the problems of the other
+    # rules are found in the same run.
+    broken = {int(path.split("[")[1].split("]")[0]) for (_, path, _, _) in found.groups}
+    active = [r for r in rules.rules if r.index not in broken]
 
     used: set[int] = set()
     entries: list[PlanEntry] = []
@@ -281,7 +285,7 @@ def make_plan(
         rule = next(
             (
                 r
-                for r in rules.rules
+                for r in active
                 if r.matches_name(site.module, site.param, len(site.shape))
                 and r.matches_type(site.module_class)
             ),
@@ -348,9 +352,8 @@ def _resolve(
             rule.where,
             f"rules[{rule.index}].init",
             f"{rule.init.removesuffix('_')} cannot initialize {{name}}: {dims[2]}",
-            f"restrict the rule (param: weight, ndim: [2, 5]) and give "
-            f"{'biases' if site.param == 'bias' else 'such tensors'} a rule with init: zeros "
-            "or uniform",
+            "restrict the rule (param: weight, or ndim: [2, 5]) and give biases and other "
+            "1-D tensors a rule with init: zeros, ones or uniform",
             who,
         )
         return PlanEntry(site, Action.INIT, rule, rule.init)

@@ -398,14 +398,14 @@ def _parse_rule(
         for key in extra:
             path = (*base, key)
             if key not in allowed:
-                what = f"{init} takes no arguments" if not allowed else None
+                what = f"{init.removesuffix('_')} takes no arguments" if not allowed else None
                 problem(
                     path,
                     f"unknown key {key!r}"
-                    + (f"; {what}" if what else f" for {init}")
+                    + (f"; {what}" if what else f" for {init.removesuffix('_')}")
                     + did_you_mean(key, [*allowed, *MATCH_KEYS]),
                     "match keys are type, name, param, ndim"
-                    + (f"; {init} takes {', '.join(allowed)}" if allowed else ""),
+                    + (f"; {init.removesuffix('_')} takes {', '.join(allowed)}" if allowed else ""),
                 )
                 continue
             assert fn is not None
@@ -418,7 +418,7 @@ def _parse_rule(
                 if a.required and a.name not in raw:
                     problem(
                         base,
-                        f"{init} needs {a.name!r}",
+                        f"{init.removesuffix('_')} needs {a.name!r}",
                         f"add `{a.name}: ...` to the rule (torch.nn.init.{init} has no "
                         "default for it)",
                     )
@@ -501,7 +501,7 @@ def _parse_arg(
     try:
         expr = parse_expression(value)
     except ExpressionError as exc:
-        hint = "numbers, vars, fan_in, fan_out, numel, + - * / ** and sqrt()/log() only"
+        hint = "write arithmetic over numbers, vars, fan_in, fan_out and numel"
         if arg.name == "gain":
             hint = f"a number, an expression, or a calculate_gain name: {', '.join(gain_names())}"
             close = did_you_mean(value.split(":")[0], gain_names())

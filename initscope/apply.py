@@ -94,10 +94,17 @@ def strict_problems(plan: Plan) -> list[Problem]:
     return out
 
 
+def _reset_method(module: torch.nn.Module) -> Callable[[], None] | None:
+    # nn.MultiheadAttention and nn.Transformer name theirs _reset_parameters.
+    for name in ("reset_parameters", "_reset_parameters"):
+        method = getattr(module, name, None)
+        if callable(method):
+            return method  # type: ignore[no-any-return]
+    return None
+
+
 def _resettable(model: torch.nn.Module) -> dict[str, bool]:
-    return {
-        path: callable(getattr(m, "reset_parameters", None)) for path, m in model.named_modules()
-    }
+    return {path: _reset_method(m) is not None for path, m in model.named_modules()}
 
 
 def apply_rules(
@@ -199,7 +206,9 @@ def _reset(model: torch.nn.Module, site: ParamSite, seed: int) -> None:
     }
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(derive_seed(seed, site.name))
-        module.reset_parameters()  # type: ignore[operator]
+        reset = _reset_method(module)
+        assert reset is not None
+        reset()
         for n, t in [
             *module.named_parameters(recurse=False),
             *module.named_buffers(recurse=False),

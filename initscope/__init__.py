@@ -55,25 +55,58 @@ _EXPORTS = {
     "render_report": "initscope.render",
     "render_explanation": "initscope.render",
     "report_to_dict": "initscope.render",
+    "InitScopeWarning": "initscope.errors",
+    "ApplyOptions": "initscope.apply",
+    "ApplyResult": "initscope.apply",
+    "apply_rules": "initscope.apply",
+    "apply_target": "initscope.apply",
+    "derive_seed": "initscope.apply",
+    "plan_target": "initscope.apply",
+    "Rule": "initscope.rules",
+    "RuleSet": "initscope.rules",
+    "RulesError": "initscope.rules",
+    "Unmatched": "initscope.rules",
+    "load_rules": "initscope.rules",
+    "RULES_SCHEMA": "initscope.rules_schema",
+    "Action": "initscope.plan",
+    "Plan": "initscope.plan",
+    "PlanEntry": "initscope.plan",
+    "make_plan": "initscope.plan",
+    "Provenance": "initscope.saving",
+    "save_state_dict": "initscope.saving",
+    "render_apply": "initscope.render_plan",
+    "parse_expression": "initscope.expressions",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
+    from initscope.apply import (
+        ApplyOptions,
+        ApplyResult,
+        apply_rules,
+        apply_target,
+        derive_seed,
+        plan_target,
+    )
     from initscope.checkpoints import Checkpoint, TensorInfo, open_checkpoint
     from initscope.distributions import Distribution, Family
     from initscope.errors import (
         CheckpointError,
         InitScopeError,
+        InitScopeWarning,
         SpecError,
         TargetError,
         UnsafeLoadRequired,
     )
     from initscope.explain import Explanation, ParamExplanation, explain
+    from initscope.expressions import parse_expression
     from initscope.identify import Fit, Identification, identify
     from initscope.models import TracedModel, open_target, trace_model
     from initscope.output import OutputError, atomic_write
+    from initscope.plan import Action, Plan, PlanEntry, make_plan
     from initscope.render import OutputFormat, render_explanation, render_report, report_to_dict
+    from initscope.render_plan import render_apply
     from initscope.report import (
         ParameterReport,
         Report,
@@ -82,6 +115,9 @@ if TYPE_CHECKING:
         report_checkpoint,
         report_model,
     )
+    from initscope.rules import Rule, RulesError, RuleSet, Unmatched, load_rules
+    from initscope.rules_schema import RULES_SCHEMA
+    from initscope.saving import Provenance, save_state_dict
     from initscope.stats import RunningStats, TensorStats, tensor_stats
     from initscope.targets import (
         ModelSpec,

@@ -260,7 +260,7 @@ def presets_dir() -> Path:
     """The folder of bundled presets: ``configs/`` of the source tree, or the copy installed
     as package data."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs", here / "configs"):
+    for candidate in (here.parent / "configs", here / "presets"):
         if candidate.is_dir():
             return candidate
     return here.parent / "configs"

@@ -10,6 +10,7 @@ keeps its dtype and device. Parameters no rule changes, and every buffer, are no
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -139,12 +140,21 @@ def apply_rules(
 
 
 def apply_plan(
-    plan: Plan, tensors: Mapping[str, torch.Tensor], model: torch.nn.Module | None = None
+    plan: Plan,
+    tensors: Mapping[str, torch.Tensor],
+    model: torch.nn.Module | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Write the plan's values into ``tensors`` (by parameter name) in place."""
+    """Write the plan's values into ``tensors`` (by parameter name) in place.
+    ``progress(done, total)`` is called with element counts after each parameter."""
+    total = sum(math.prod(e.site.shape) for e in plan.entries if e.changes)
+    done = 0
     for entry in plan.entries:
         if not entry.changes:
             continue
+        if progress is not None:
+            progress(done, total)
+        done += math.prod(entry.site.shape)
         tensor = tensors[entry.site.name]
         if entry.action is Action.INIT:
             _init(entry, tensor, plan.seed)
@@ -156,6 +166,8 @@ def apply_plan(
             dist = entry.distribution
             g = _generator(plan.seed, entry.site.name)
             _fill(tensor, lambda w, d=dist, g=g: _draw(d, w, g))  # type: ignore[misc]
+    if progress is not None:
+        progress(total, total)
 
 
 def _fill(tensor: torch.Tensor, draw: Callable[[torch.Tensor], Any]) -> None:
@@ -332,6 +344,7 @@ def apply_target(
     rules: RulesSource,
     how: TargetOptions = TargetOptions(),
     options: ApplyOptions = ApplyOptions(),
+    progress: Callable[[int, int], None] | None = None,
 ) -> ApplyResult:
     """``initscope apply``: re-initialize TARGET by ``rules`` and write the result.
 
@@ -370,11 +383,11 @@ def apply_target(
         if output is None:
             return ApplyResult(target, plan, None, rs.source)
         if model is not None:
-            apply_plan(plan, tensors, model)
+            apply_plan(plan, tensors, model, progress)
             state = model.state_dict()
         else:
             assert ckpt is not None
-            state = _apply_bare(plan, ckpt)
+            state = _apply_bare(plan, ckpt, progress)
         if ckpt is not None and ckpt.provenance is not None and spec is None:
             record = ckpt.provenance.model
         else:
@@ -391,10 +404,14 @@ def apply_target(
     return ApplyResult(target, plan, output, rs.source)
 
 
-def _apply_bare(plan: Plan, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+def _apply_bare(
+    plan: Plan, ckpt: Checkpoint, progress: Callable[[int, int], None] | None = None
+) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under their saved names, changed ones as fresh tensors."""
     keys = ckpt.keyed()
     changed = {e.site.name: e for e in plan.entries if e.changes}
+    total = sum(ckpt.infos[k].numel for k in keys.values())
+    done = 0
     state: dict[str, torch.Tensor] = {}
     loaded: dict[str, torch.Tensor] = {}
     for name, key in keys.items():
@@ -402,6 +419,9 @@ def _apply_bare(plan: Plan, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
         if first is not None and first in loaded:
             state[key] = loaded[first]  # tied: the same tensor under both names
             continue
+        if progress is not None:
+            progress(done, total)
+        done += ckpt.infos[key].numel
         t = ckpt.load(key)
         if name in changed:
             t = t.clone()

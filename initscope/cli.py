@@ -162,7 +162,9 @@ def _width() -> int:
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+def _progress(
+    enabled: bool, what: str = "statistics"
+) -> Iterator[Callable[[int, int], None] | None]:
     """A transient rich progress bar on stderr, only when stderr is a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield None
@@ -177,7 +179,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     )
 
     columns = (
-        TextColumn("statistics"),
+        TextColumn(what),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("elements"),
@@ -424,6 +426,9 @@ def apply(
     spec: SpecOpt = None,
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Re-initialize TARGET's parameters by a YAML rules file and save the result."""
@@ -452,7 +457,8 @@ def apply(
             force=force,
             in_place=in_place,
         )
-        result = apply_target(target, rule_set, how, options)
+        with _progress(not quiet and not dry_run, "initializing") as progress:
+            result = apply_target(target, rule_set, how, options, progress)
         _warn(result.plan.warnings())
         text = render_apply(result, fmt.value)
     _emit(text, None, debug)

@@ -176,10 +176,13 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def sites_from_model(model: torch.nn.Module) -> list[ParamSite]:
-    """Every parameter of ``model`` in ``named_parameters`` order, tied names included."""
+    """Every floating-point parameter of ``model`` in ``named_parameters`` order, tied names
+    included (integer parameters, as in quantized models, are not initializable)."""
     first: dict[int, str] = {}
     sites: list[ParamSite] = []
     for name, p in model.named_parameters(remove_duplicate=False):
+        if not (p.dtype.is_floating_point or p.dtype.is_complex):
+            continue
         module, param = _split(name)
         cls = type(model.get_submodule(module))
         tied = first.get(id(p))

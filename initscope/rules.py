@@ -77,15 +77,19 @@ class Problem:
 
 
 class RulesError(SpecError):
-    """A rules file with one or more problems; every one is reported, one line each."""
+    """A rules (or expectations) file with one or more problems; every one is reported, one
+    line each, then a summary line."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(
+        self, problems: Sequence[Problem], summary: str = "in the rules; nothing was changed"
+    ) -> None:
         self.problems = tuple(problems)
+        self.summary = summary
         first = self.problems[0]
         super().__init__(first.one_line() if len(self.problems) == 1 else self._summary())
 
     def _summary(self) -> str:
-        return f"{len(self.problems)} problems in the rules; nothing was changed"
+        return f"{len(self.problems)} problems {self.summary}"
 
     def lines(self) -> list[str]:
         out = [p.one_line() for p in self.problems]
@@ -193,10 +197,11 @@ class Rule:
     param: str = "*"
     ndim: tuple[int, int] | None = None
     arg_paths: Mapping[str, str] = field(default_factory=dict)  # arg → file:line:col
+    section: str = "rules"  # "checks" for an expectations file
 
     @property
     def label(self) -> str:
-        return f"rules[{self.index}] (line {self.line})"
+        return f"{self.section}[{self.index}] (line {self.line})"
 
     @property
     def has_type(self) -> bool:
@@ -301,7 +306,7 @@ def load_rules(
     return parse_rules(doc, path.read_text(encoding="utf-8"), variables)
 
 
-class _Collector:
+class Collector:
     """Collects problems with their location in one document."""
 
     def __init__(self, doc: Located) -> None:
@@ -316,7 +321,7 @@ def parse_rules(
     doc: Located, text: str = "", variables: Mapping[str, float] | None = None
 ) -> RuleSet:
     """Check a parsed document; see :func:`load_rules`."""
-    problem = _Collector(doc)
+    problem = Collector(doc)
     problems = problem.problems
 
     data = doc.data
@@ -345,7 +350,7 @@ def parse_rules(
     if isinstance(raw_rules, list):
         for i, raw in enumerate(raw_rules):
             if isinstance(raw, dict):
-                rule = _parse_rule(doc, i, raw, vars_, problem)
+                rule = parse_rule(doc, ("rules", i), i, raw, vars_, problem)
                 if rule is not None:
                     rules.append(rule)
     if problems:
@@ -369,14 +374,16 @@ def _schema_hint(path: DocPath, message: str) -> str | None:
     return None
 
 
-def _parse_rule(
+def parse_rule(
     doc: Located,
+    base: DocPath,
     i: int,
     raw: Mapping[str, Any],
     vars_: Mapping[str, float],
-    problem: _Collector,
+    problem: Collector,
 ) -> Rule | None:
-    base: DocPath = ("rules", i)
+    """One rule at ``base`` in ``doc`` (match keys, init and its arguments), or None when it
+    has problems (added to ``problem``)."""
     before = len(problem.problems)
     init_raw = raw.get("init")
     init: str | None = None
@@ -455,6 +462,7 @@ def _parse_rule(
         param=param if isinstance(param, str) else "*",
         ndim=ndim,
         arg_paths=arg_paths,
+        section=str(base[0]) if base else "rules",
     )
 
 
@@ -469,7 +477,7 @@ def _init_name(text: str) -> tuple[str | None, InitFunction | None]:
 
 
 def _parse_arg(
-    arg: InitArg, value: Any, vars_: Mapping[str, float], path: DocPath, problem: _Collector
+    arg: InitArg, value: Any, vars_: Mapping[str, float], path: DocPath, problem: Collector
 ) -> ArgValue | None:
     if isinstance(value, bool) or value is None:
         problem(path, f"expected a number for {arg.name}, got {value!r}")
@@ -547,7 +555,7 @@ def _gain_name(text: str) -> float | None:
 
 
 def _parse_types(
-    raw: Any, path: DocPath, problem: _Collector
+    raw: Any, path: DocPath, problem: Collector
 ) -> tuple[tuple[str, ...], tuple[type, ...]]:
     items = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
     names: list[str] = []

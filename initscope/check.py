@@ -1,0 +1,399 @@
+"""``initscope check``: a CI gate on a checkpoint's (or a fresh model's) statistics.
+
+Every tensor is read once, streamed in chunks as ``report`` does. Three kinds of checks:
+
+- health, always (each can be turned off or tuned in an expectations file): no NaN/Inf, no
+  weight of ≥ 2 dims all zeros, ``|value|`` below a bound, no uninitialized-memory patterns,
+  no two untied parameters of ≥ 1,000 elements exactly equal;
+- ``rules``: a parameter a rule covers follows that rule's distribution, with the rule's
+  resolved numbers; one no rule covers follows its traced default;
+- ``expect``: per-match bounds on std/mean/abs_max and a ``follows`` init.
+
+"Follows" is decided by :func:`initscope.identify.identify` against the expected distribution:
+a goodness-of-fit test on a bounded sample, so a tensor too small to tell is counted as
+inconclusive, never as a violation.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from initscope.distributions import format_number
+from initscope.expect import Check, Expectations, Health
+from initscope.identify import identify
+from initscope.models import open_target
+from initscope.plan import Action, ParamSite, PlanEntry, make_plan, sites_from_tensors
+from initscope.rules import RuleSet, Unmatched
+from initscope.stats import RunningStats, TensorStats, dense, running_stats
+from initscope.targets import TargetOptions
+from initscope.tracing import DefaultInit, InitCall, _init_distribution
+
+__all__ = ["CheckOptions", "CheckResult", "Violation", "check_target"]
+
+# Values torch.empty / skip_init leave behind are reinterpreted bit patterns: their exponents
+# spread over the whole float range. No initializer produces magnitudes ≥ 1e29 or nonzero
+# values below 1e-30 (the float32 normal range ends at 1.18e-38), so a sample where ≥ 1% of
+# values are that tiny, or any value that large, is flagged.
+_GARBAGE_HIGH = 1e29
+_GARBAGE_LOW = 1e-30
+_GARBAGE_FRACTION = 0.01
+# Below this many elements, two equal tensors are plausibly equal by design (a small constant
+# bias in every layer); the issue names 1,000.
+_IDENTICAL_MIN = 1000
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One failed check: ``<parameter>: <check>: observed <x>, expected <y>``."""
+
+    parameter: str
+    check: str
+    observed: str
+    expected: str
+    severity: str = "error"
+    source: str | None = None  # which rule/check/health setting asked for it
+
+    def line(self) -> str:
+        return f"{self.parameter}: {self.check}: observed {self.observed}, expected {self.expected}"
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """What to check besides health: rules (and whether uncovered parameters must be at
+    their default), and expectations."""
+
+    rules: RuleSet | None = None
+    expect: Expectations | None = None
+    default_check: bool = True
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Every checked parameter, the violations, and the follows-checks too small to decide."""
+
+    target: str
+    parameters: tuple[str, ...]
+    violations: tuple[Violation, ...]
+    inconclusive: tuple[str, ...] = ()
+    checks_run: int = 0
+    has_model: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not any(v.severity == "error" for v in self.violations)
+
+
+# -- one tensor ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    site: ParamSite
+    stats: TensorStats
+    rs: RunningStats
+    tensor: torch.Tensor
+
+
+def _fmt(x: float | None) -> str:
+    return format_number(x, "-")
+
+
+def _range_text(lo: float | None, hi: float | None) -> str:
+    return f"[{_fmt(lo) if lo is not None else '-inf'}, {_fmt(hi) if hi is not None else 'inf'}]"
+
+
+def _health(t: _Tensor, health: Health) -> Iterator[Violation]:
+    s, name = t.stats, t.site.name
+    if health.nonfinite and (s.nan_count or s.inf_count):
+        yield Violation(
+            name,
+            "nonfinite",
+            f"{s.nan_count} NaN, {s.inf_count} Inf",
+            "0",
+            source="health.nonfinite",
+        )
+    if health.zeros and len(t.site.shape) >= 2 and s.numel and s.zero_fraction == 1.0:
+        yield Violation(
+            name, "zeros", "all zeros", "a weight of ≥ 2 dims not all zeros", source="health.zeros"
+        )
+    if health.abs_max is not None and s.abs_max is not None and s.abs_max >= health.abs_max:
+        yield Violation(
+            name, "abs_max", _fmt(s.abs_max), f"< {_fmt(health.abs_max)}", source="health.abs_max"
+        )
+    if health.uninitialized:
+        sample = t.rs.sample()
+        sample = sample[torch.isfinite(sample)]
+        if sample.numel():
+            a = sample.abs()
+            tiny = int(((a > 0) & (a < _GARBAGE_LOW)).sum())
+            huge = s.abs_max is not None and s.abs_max >= _GARBAGE_HIGH
+            if huge or tiny >= max(1, _GARBAGE_FRACTION * sample.numel()):
+                observed = (
+                    f"|max| {_fmt(s.abs_max)}"
+                    if huge
+                    else f"{tiny} of {sample.numel()} sampled values nonzero below 1e-30"
+                )
+                yield Violation(
+                    name,
+                    "uninitialized",
+                    observed,
+                    "values an initializer draws (torch.empty/skip_init leave memory as is)",
+                    source="health.uninitialized",
+                )
+
+
+def _follows(
+    t: _Tensor, expected: DefaultInit, label: str, source: str
+) -> tuple[Violation | None, bool]:
+    """(the violation, if any; whether it was inconclusive)."""
+    found = identify(t.rs, t.site.shape, expected, t.tensor)
+    if found.matches_default is None:
+        return None, True
+    if found.matches_default:
+        return None, False
+    return (
+        Violation(t.site.name, "follows", found.fit.label, label, source=source),
+        False,
+    )
+
+
+def _expected_of(entry: PlanEntry, defaults: Mapping[str, DefaultInit]) -> DefaultInit | None:
+    if entry.action is Action.INIT and entry.distribution is not None:
+        call = InitCall(entry.init or "init", dict(entry.args))
+        return DefaultInit(call, entry.distribution)
+    if entry.action in (Action.DEFAULT, Action.UNMATCHED):
+        d = defaults.get(entry.site.name)
+        return d if d is not None and d.is_known else None
+    return None
+
+
+def _expected_label(entry: PlanEntry, expected: DefaultInit) -> str:
+    if entry.action is Action.INIT:
+        return entry.describe()
+    return f"its default {expected.call.signature()} → {expected.distribution.label()}"
+
+
+def _check_expect(
+    t: _Tensor, check: Check, defaults: Mapping[str, DefaultInit], env: Mapping[str, float]
+) -> tuple[list[Violation], bool]:
+    out: list[Violation] = []
+    s = t.stats
+    src = check.label
+    for key, value in (("std", s.std), ("mean", s.mean), ("abs_max", s.abs_max)):
+        bounds = getattr(check, key)
+        if bounds is None or value is None:
+            continue
+        lo, hi = bounds
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            out.append(Violation(t.site.name, key, _fmt(value), _range_text(lo, hi), source=src))
+    inconclusive = False
+    if check.follows is not None:
+        expected = _follows_expected(check, t.site, defaults, env)
+        if expected is None:
+            out.append(
+                Violation(
+                    t.site.name,
+                    "follows",
+                    "no default known",
+                    check.follows_text or "default",
+                    severity="warning",
+                    source=src,
+                )
+            )
+        else:
+            label = f"{check.follows_text} → {expected.distribution.label()}"
+            v, inconclusive = _follows(t, expected, label, src)
+            if v is not None:
+                out.append(v)
+    return out, inconclusive
+
+
+def _follows_expected(
+    check: Check, site: ParamSite, defaults: Mapping[str, DefaultInit], env: Mapping[str, float]
+) -> DefaultInit | None:
+    rule = check.follows
+    assert rule is not None
+    if rule.init == "default":
+        d = defaults.get(site.name)
+        return d if d is not None and d.is_known else None
+    from initscope.expressions import Expression
+    from initscope.rules import fan_env
+
+    values = {**env, **fan_env(site.shape)}
+    args: dict[str, Any] = {}
+    for k, v in rule.args.items():
+        args[k] = v.evaluate(values) if isinstance(v, Expression) else v
+    dist = _init_distribution(rule.init, args, site.shape)
+    if dist is None:
+        return None
+    return DefaultInit(InitCall(rule.init, args), dist)
+
+
+# -- the whole target -----------------------------------------------------------------------
+
+
+def _sites_and_loader(
+    traced: Any, ckpt: Any
+) -> tuple[list[ParamSite], Callable[[str], torch.Tensor], list[set[str]]]:
+    """The parameters to check, how to read each one's values, and the tied groups."""
+    if traced is not None:
+        from initscope.plan import sites_from_model
+
+        model = traced.model
+        sites = [s for s in sites_from_model(model) if s.tied_to is None]
+        groups: dict[int, set[str]] = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            groups.setdefault(id(p), set()).add(n)
+        tied = [g for g in groups.values() if len(g) > 1]
+        if ckpt is None:
+            params = dict(model.named_parameters())
+            return sites, lambda n: params[n].detach(), tied
+        keys = ckpt.keyed(model.state_dict().keys())
+        from initscope.report import _check_fits
+
+        _check_fits(model, {n: ckpt.infos[k] for n, k in keys.items()}, ckpt.path)
+
+        def load(name: str) -> torch.Tensor:
+            if name in keys:
+                return ckpt.load(keys[name])  # type: ignore[no-any-return]
+            group = next(g for g in tied if name in g)
+            return ckpt.load(keys[next(n for n in group if n in keys)])  # type: ignore[no-any-return]
+
+        return sites, load, tied
+    keys = ckpt.keyed()
+    name_of = {k: n for n, k in keys.items()}
+    infos = {n: (ckpt.infos[k].shape, ckpt.infos[k].dtype) for n, k in keys.items()}
+    aliases = {name_of[a]: name_of[f] for a, f in ckpt.aliases.items()}
+    sites = [s for s in sites_from_tensors(infos, aliases) if s.tied_to is None]
+    tied_groups: dict[str, set[str]] = {}
+    for a, f in aliases.items():
+        tied_groups.setdefault(f, {f}).add(a)
+    return sites, lambda n: ckpt.load(keys[n]), list(tied_groups.values())
+
+
+def check_target(
+    target: str,
+    how: TargetOptions = TargetOptions(),
+    options: CheckOptions = CheckOptions(),
+    progress: Callable[[int, int], None] | None = None,
+) -> CheckResult:
+    """Run every check on TARGET (a checkpoint, or a model built fresh)."""
+    health = options.expect.health if options.expect is not None else Health()
+    with open_target(target, how) as (traced, ckpt):
+        sites, load, tied = _sites_and_loader(traced, ckpt)
+        defaults: Mapping[str, DefaultInit] = traced.defaults if traced is not None else {}
+        plan_entries: dict[str, PlanEntry] = {}
+        if options.rules is not None:
+            plan = make_plan(
+                sites,
+                options.rules,
+                unmatched=Unmatched.KEEP,
+                defaults=defaults,
+                resettable={s.module: True for s in sites} if traced is not None else None,
+                bare=traced is None,
+            )
+            plan_entries = {e.site.name: e for e in plan.entries}
+        env = dict(options.expect.vars) if options.expect is not None else {}
+        checks = options.expect.checks if options.expect is not None else ()
+        violations: list[Violation] = []
+        inconclusive: list[str] = []
+        fingerprints: dict[tuple[Any, ...], list[str]] = {}
+        total = sum(math.prod(s.shape) for s in sites)
+        done = 0
+        count = 0
+        for site in sites:
+            if progress is not None:
+                progress(done, total)
+            done += math.prod(site.shape)
+            raw = load(site.name)
+            if raw.device.type == "meta":
+                continue
+            values = dense(raw)
+            rs = running_stats(values, seed=zlib.crc32(site.name.encode()))
+            t = _Tensor(site, rs.result(), rs, values)
+            found = list(_health(t, health))
+            count += 4
+            entry = plan_entries.get(site.name)
+            if entry is not None and (
+                entry.action is not Action.UNMATCHED or options.default_check
+            ):
+                expected = _expected_of(entry, defaults)
+                if expected is not None:
+                    source = entry.rule.label if entry.rule is not None else "traced default"
+                    v, unsure = _follows(t, expected, _expected_label(entry, expected), source)
+                    count += 1
+                    if v is not None:
+                        found.append(v)
+                    if unsure:
+                        inconclusive.append(site.name)
+                # A rule that asks for zeros is not an all-zeros accident.
+                if _is_zero_init(entry):
+                    found = [v for v in found if v.check != "zeros"]
+            for check in checks:
+                if check.match.matches_name(
+                    site.module, site.param, len(site.shape)
+                ) and check.match.matches_type(site.module_class):
+                    vs, unsure = _check_expect(t, check, defaults, env)
+                    count += 1
+                    found += vs
+                    if unsure:
+                        inconclusive.append(site.name)
+                    if check.follows is not None and check.follows.init in ("zeros_", "constant_"):
+                        found = [v for v in found if v.check != "zeros"]
+            violations += found
+            s = t.stats
+            if health.identical and s.numel >= _IDENTICAL_MIN and s.mean is not None:
+                key = (site.shape, str(raw.dtype), s.mean, s.std, s.min, s.max, s.nan_count)
+                fingerprints.setdefault(key, []).append(site.name)
+        if progress is not None:
+            progress(total, total)
+        if health.identical:
+            violations += _identical(fingerprints, load, tied)
+        return CheckResult(
+            target,
+            tuple(s.name for s in sites),
+            tuple(violations),
+            tuple(dict.fromkeys(inconclusive)),
+            count,
+            traced is not None,
+        )
+
+
+def _is_zero_init(entry: PlanEntry) -> bool:
+    d = entry.distribution
+    return d is not None and d.value == 0.0 and d.std == 0.0
+
+
+def _identical(
+    fingerprints: Mapping[tuple[Any, ...], Sequence[str]],
+    load: Callable[[str], torch.Tensor],
+    tied: Sequence[set[str]],
+) -> list[Violation]:
+    """Parameters with equal statistics, confirmed equal value by value (and not tied)."""
+    out: list[Violation] = []
+    for names in fingerprints.values():
+        if len(names) < 2:
+            continue
+        first = names[0]
+        a = load(first)
+        for other in names[1:]:
+            if any(first in g and other in g for g in tied):
+                continue
+            if torch.equal(a, load(other)):
+                out.append(
+                    Violation(
+                        other,
+                        "identical",
+                        f"equal to {first}",
+                        "independently initialized values (not a copy)",
+                        source="health.identical",
+                    )
+                )
+    return out

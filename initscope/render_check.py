@@ -1,0 +1,128 @@
+"""Rendering ``initscope check`` results: text, JSON, JUnit XML and GitHub annotations.
+
+- text: one line per violation, ``<parameter>: <check>: observed <x>, expected <y>``, then a
+  summary;
+- json (schema ``initscope.check/1``): ``violations`` with ``parameter``, ``check``,
+  ``observed``, ``expected``, ``severity`` (and ``source``), plus the summary;
+- junit: one ``<testcase>`` per checked parameter, a ``<failure>`` per violation, for CI test
+  tabs;
+- github: GitHub Actions workflow commands, ``::error title=...::message``.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from typing import Any
+
+from initscope.check import CheckResult, Violation
+
+__all__ = ["CHECK_SCHEMA", "check_to_dict", "render_check"]
+
+CHECK_SCHEMA = "initscope.check/1"
+
+
+def check_to_dict(result: CheckResult) -> dict[str, Any]:
+    errors = [v for v in result.violations if v.severity == "error"]
+    return {
+        "schema": CHECK_SCHEMA,
+        "target": result.target,
+        "ok": result.ok,
+        "violations": [
+            {
+                "parameter": v.parameter,
+                "check": v.check,
+                "observed": v.observed,
+                "expected": v.expected,
+                "severity": v.severity,
+                "source": v.source,
+            }
+            for v in result.violations
+        ],
+        "summary": {
+            "parameters": len(result.parameters),
+            "checks": result.checks_run,
+            "errors": len(errors),
+            "warnings": len(result.violations) - len(errors),
+            "failed_parameters": len({v.parameter for v in errors}),
+            "inconclusive": list(result.inconclusive),
+        },
+    }
+
+
+def _summary(result: CheckResult) -> str:
+    errors = [v for v in result.violations if v.severity == "error"]
+    bad = len({v.parameter for v in errors})
+    n = len(result.parameters)
+    text = f"{n} parameter{'s' if n != 1 else ''} checked: " + (
+        "all checks pass" if not errors else f"{len(errors)} violation(s) in {bad}"
+    )
+    warnings = len(result.violations) - len(errors)
+    if warnings:
+        text += f", {warnings} warning(s)"
+    if result.inconclusive:
+        text += f"; {len(result.inconclusive)} too small to tell which init they follow"
+    return text
+
+
+def _escape_data(text: str) -> str:
+    # GitHub workflow commands: %, CR and LF are escaped in the message...
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    # ...and additionally ':' and ',' in properties (actions/toolkit, command.ts).
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _github(result: CheckResult) -> str:
+    lines = []
+    for v in result.violations:
+        level = "error" if v.severity == "error" else "warning"
+        title = _escape_property(f"initscope check: {v.check}")
+        lines.append(f"::{level} title={title}::{_escape_data(v.line())}")
+    lines.append(f"::notice title=initscope check::{_escape_data(_summary(result))}")
+    return "\n".join(lines) + "\n"
+
+
+def _junit(result: CheckResult) -> str:
+    by_param: dict[str, list[Violation]] = defaultdict(list)
+    for v in result.violations:
+        by_param[v.parameter].append(v)
+    errors = sum(1 for v in result.violations if v.severity == "error")
+    suite = ET.Element(
+        "testsuite",
+        name=f"initscope check {result.target}",
+        tests=str(len(result.parameters)),
+        failures=str(len({v.parameter for v in result.violations if v.severity == "error"})),
+        errors="0",
+        skipped="0",
+    )
+    for name in result.parameters:
+        case = ET.SubElement(suite, "testcase", classname=result.target, name=name)
+        for v in by_param.get(name, []):
+            if v.severity == "error":
+                failure = ET.SubElement(case, "failure", message=v.line(), type=v.check)
+                failure.text = f"{v.line()}\n(from {v.source})" if v.source else v.line()
+            else:
+                out = ET.SubElement(case, "system-out")
+                out.text = f"warning: {v.line()}"
+    root = ET.Element("testsuites", tests=str(len(result.parameters)), failures=str(errors))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"
+
+
+def render_check(result: CheckResult, fmt: str = "text") -> str:
+    if fmt == "json":
+        return json.dumps(check_to_dict(result), indent=2) + "\n"
+    if fmt == "junit":
+        return _junit(result)
+    if fmt == "github":
+        return _github(result)
+    lines = [
+        v.line() if v.severity == "error" else f"warning: {v.line()}" for v in result.violations
+    ]
+    lines.append(_summary(result))
+    return "\n".join(lines) + "\n"

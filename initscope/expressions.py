@@ -56,7 +56,9 @@ class Expression:
         except ValueError as exc:
             if isinstance(exc, ExpressionError):
                 raise
-            raise ExpressionError(f"{self.text!r}: math domain error ({exc})") from None
+            raise ExpressionError(
+                f"{self.text!r} is outside the domain of sqrt/log (a negative or zero argument)"
+            ) from None
         if isinstance(value, complex) or not math.isfinite(value):
             raise ExpressionError(f"{self.text!r} is not a finite real number ({value})")
         return float(value)
@@ -89,6 +91,12 @@ def _check(node: ast.AST, names: set[str]) -> None:
     col = getattr(node, "col_offset", None)
     at = None if col is None else col + 1
     if isinstance(node, ast.Constant):
+        if isinstance(node.value, str):
+            raise ExpressionError(
+                f"a quoted string ({node.value!r}) is not allowed in an expression; "
+                "write numbers without quotes",
+                at,
+            )
         if isinstance(node.value, bool) or not isinstance(node.value, int | float):
             raise ExpressionError(f"{node.value!r} is not a number", at)
         return
@@ -104,8 +112,8 @@ def _check(node: ast.AST, names: set[str]) -> None:
         _check(node.left, names)
         _check(node.right, names)
         return
-    if isinstance(node, ast.Call):
-        func = node.func.id if isinstance(node.func, ast.Name) else None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        func = node.func.id
         if func not in FUNCTIONS:
             raise ExpressionError(
                 f"unknown function {ast.unparse(node.func)!r}; only sqrt and log are allowed", at
@@ -133,7 +141,8 @@ def parse_expression(text: str) -> Expression:
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
-        raise ExpressionError(f"invalid expression {text!r}", exc.offset) from None
+        why = f": {exc.msg}" if exc.msg and exc.msg != "invalid syntax" else ""
+        raise ExpressionError(f"invalid expression {text!r}{why}", exc.offset) from None
     except (ValueError, RecursionError, MemoryError):
         raise ExpressionError(f"invalid expression {text!r}") from None
     names: set[str] = set()

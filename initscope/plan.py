@@ -9,6 +9,7 @@ in one go. Nothing here changes a tensor.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from initscope.rules import (
     RulesError,
     RuleSet,
     Unmatched,
+    arg_constraints,
     fan_env,
     init_functions,
 )
@@ -44,16 +46,31 @@ __all__ = [
 
 # torch/nn/init.py: _calculate_fan_in_and_fan_out raises below 2 dims; orthogonal_ needs ≥ 2,
 # eye_ and sparse_ exactly 2, dirac_ 3 to 5 ("Only tensors with 3, 4, or 5 dimensions").
-_DIMS: Mapping[str, tuple[int, int, str]] = {
-    "xavier_uniform_": (2, 99, "fan_in/fan_out need ≥ 2 dims"),
-    "xavier_normal_": (2, 99, "fan_in/fan_out need ≥ 2 dims"),
-    "kaiming_uniform_": (2, 99, "fan_in/fan_out need ≥ 2 dims"),
-    "kaiming_normal_": (2, 99, "fan_in/fan_out need ≥ 2 dims"),
-    "orthogonal_": (2, 99, "orthogonal_ needs ≥ 2 dims"),
-    "eye_": (2, 2, "eye_ needs exactly 2 dims"),
-    "sparse_": (2, 2, "sparse_ needs exactly 2 dims"),
-    "dirac_": (3, 5, "dirac_ needs 3 to 5 dims"),
+_FAN_HINT = (
+    "restrict the rule (param: weight, or ndim: [2, 5]) and give biases and other 1-D "
+    "tensors a rule with init: zeros, ones or uniform"
+)
+_DIMS: Mapping[str, tuple[int, int, str, str]] = {
+    "xavier_uniform_": (2, 99, "fan_in/fan_out need ≥ 2 dims", _FAN_HINT),
+    "xavier_normal_": (2, 99, "fan_in/fan_out need ≥ 2 dims", _FAN_HINT),
+    "kaiming_uniform_": (2, 99, "fan_in/fan_out need ≥ 2 dims", _FAN_HINT),
+    "kaiming_normal_": (2, 99, "fan_in/fan_out need ≥ 2 dims", _FAN_HINT),
+    "orthogonal_": (2, 99, "orthogonal needs ≥ 2 dims", _FAN_HINT),
+    "eye_": (
+        2,
+        2,
+        "eye needs exactly 2 dims",
+        "restrict the rule with ndim: 2; for conv weights, dirac is the identity",
+    ),
+    "sparse_": (2, 2, "sparse needs exactly 2 dims", "restrict the rule with ndim: 2"),
+    "dirac_": (
+        3,
+        5,
+        "dirac needs 3 to 5 dims (conv weights)",
+        "restrict the rule with ndim: [3, 5]; for matrices, eye is the identity",
+    ),
 }
+_BIAS_HINT = "for biases use init: zeros or uniform (inits built on fans need ≥ 2 dims)"
 
 
 class Action(str, Enum):
@@ -158,12 +175,23 @@ class Plan:
             for r in self.unused
         ]
         for c in self.conflicts:
-            mine = c.rule.label if c.rule else "no rule"
-            theirs = c.winner.label if c.winner else "no rule"
-            out.append(
-                f"{c.name} is tied to {c.tied_to}: {mine} would init it differently from "
-                f"{theirs}; the tensor is initialized once, by {theirs}"
-            )
+            if c.winner is None:
+                assert c.rule is not None
+                out.append(
+                    f"{c.name} is tied to {c.tied_to}, which no rule covers: {c.rule.label} "
+                    f"is not applied, since the shared tensor follows {c.tied_to}"
+                )
+            elif c.rule is None:
+                out.append(
+                    f"{c.name} is tied to {c.tied_to}: the shared tensor is initialized by "
+                    f"{c.winner.label}, though no rule matches {c.name}"
+                )
+            else:
+                out.append(
+                    f"{c.name} is tied to {c.tied_to}: {c.rule.label} would init it "
+                    f"differently from {c.winner.label}; the shared tensor is initialized "
+                    f"once, by {c.winner.label}"
+                )
         return out
 
 
@@ -213,13 +241,27 @@ class _Problems:
 
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str, str, str | None], list[str]] = {}
+        self.messages: dict[tuple[str, str, str, str | None], str] = {}
 
-    def add(self, where: str, path: str, message: str, hint: str | None, name: str) -> None:
-        self.groups.setdefault((where, path, message, hint), []).append(name)
+    def add(
+        self,
+        where: str,
+        path: str,
+        message: str,
+        hint: str | None,
+        name: str,
+        kind: str | None = None,
+    ) -> None:
+        """``kind`` groups messages that differ only in a number (the first one is shown)."""
+        key = (where, path, kind or message, hint)
+        self.messages.setdefault(key, message)
+        self.groups.setdefault(key, []).append(name)
 
     def problems(self) -> list[Problem]:
         out = []
-        for (where, path, message, hint), names in self.groups.items():
+        for key, names in self.groups.items():
+            where, path, _, hint = key
+            message = self.messages[key]
             shown = ", ".join(names[:3])
             if len(names) > 3:
                 shown += f" and {len(names) - 3} more"
@@ -256,9 +298,9 @@ def make_plan(
     for r in rules.rules:
         if bare and r.has_type:
             found.add(
-                r.where,
-                f"rules[{r.index}].type",
-                f"{r.label} matches by type, but the target is a bare state dict without "
+                r.at("type"),
+                f"{r.section}[{r.index}].type",
+                "this rule matches by type, but the target is a bare state dict without "
                 "module types",
                 "pass --model pkg.module:Class or --spec FILE so types are known, or match "
                 "by name/param/ndim",
@@ -268,8 +310,8 @@ def make_plan(
         for t in r.type_names:
             if t not in known:
                 found.add(
-                    r.where,
-                    f"rules[{r.index}].type",
+                    r.at("type"),
+                    f"{r.section}[{r.index}].type",
                     f"type {t!r} names no class in the model or torch.nn{did_you_mean(t, known)}",
                     "write a module class name such as Conv2d, or a dotted path",
                     "",
@@ -277,6 +319,7 @@ def make_plan(
     # Rules with an unusable type are left out of matching, so the problems of the other
     # rules are found in the same run.
     broken = {int(path.split("[")[1].split("]")[0]) for (_, path, _, _) in found.groups}
+    missed: list[str] = []
     active = [r for r in rules.rules if r.index not in broken]
 
     used: set[int] = set()
@@ -304,13 +347,7 @@ def make_plan(
             entry = PlanEntry(site, Action.TIED, rule)
         elif rule is None:
             if policy is Unmatched.ERROR:
-                found.add(
-                    "unmatched: error",
-                    "",
-                    "no rule matches {name}",
-                    "add a rule for it (or `init: keep`), or set unmatched: keep",
-                    f"{site.name} {site.shape}",
-                )
+                missed.append(f"{site.name} {_shape(site.shape)}")
                 entry = PlanEntry(site, Action.UNMATCHED)
             elif policy is Unmatched.DEFAULT:
                 entry = _default(site, None, defaults, resettable, found)
@@ -324,8 +361,21 @@ def make_plan(
             entry = _resolve(site, rule, rules.vars, found)
         entries.append(entry)
         by_name.setdefault(site.name, entry)
-    if found.groups:
-        raise RulesError(found.problems())
+    problems = found.problems()
+    if missed:
+        shown = ", ".join(missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
+        where = rules.unmatched_where if unmatched is None else "--unmatched error"
+        problems.append(
+            Problem(
+                where,
+                "unmatched" if unmatched is None else "",
+                f"no rule matches {len(missed)} parameter{'s' if len(missed) != 1 else ''}: "
+                f"{shown}",
+                "add rules for them (`init: keep` leaves one as it is), or set unmatched: keep",
+            )
+        )
+    if problems:
+        raise RulesError(problems)
     unused = tuple(r for r in rules.rules if r.index not in used)
     return Plan(
         tuple(entries),
@@ -350,13 +400,16 @@ def _resolve(
     shape = site.shape
     who = f"{site.name} {_shape(shape)}"
     dims = _DIMS.get(rule.init)
+    label = f"{rule.section}[{rule.index}]"
     if dims is not None and not dims[0] <= len(shape) <= dims[1]:
+        hint = dims[3]
+        if dims[3] is _FAN_HINT and rule.param != "*" and fnmatch.fnmatchcase("bias", rule.param):
+            hint = _BIAS_HINT
         found.add(
-            rule.where,
-            f"rules[{rule.index}].init",
+            rule.at("init"),
+            f"{label}.init",
             f"{rule.init.removesuffix('_')} cannot initialize {{name}}: {dims[2]}",
-            "restrict the rule (param: weight, or ndim: [2, 5]) and give biases and other "
-            "1-D tensors a rule with init: zeros, ones or uniform",
+            hint,
             who,
         )
         return PlanEntry(site, Action.INIT, rule, rule.init)
@@ -367,8 +420,8 @@ def _resolve(
             missing = sorted(value.names - set(env))
             if missing:
                 found.add(
-                    rule.arg_paths.get(key, rule.where),
-                    f"rules[{rule.index}].{key}",
+                    rule.at(key),
+                    f"{label}.{key}",
                     f"{value.text!r} uses {', '.join(missing)}, undefined for {{name}}: "
                     "fan_in/fan_out need ≥ 2 dims",
                     "restrict the rule (param: weight or ndim: [2, 5]) or use numel",
@@ -379,8 +432,8 @@ def _resolve(
                 args[key] = value.evaluate(env)
             except ExpressionError as exc:
                 found.add(
-                    rule.arg_paths.get(key, rule.where),
-                    f"rules[{rule.index}].{key}",
+                    rule.at(key),
+                    f"{label}.{key}",
                     f"{exc.message} for {{name}}",
                     "fix the expression",
                     who,
@@ -388,21 +441,24 @@ def _resolve(
                 return PlanEntry(site, Action.INIT, rule, rule.init)
         else:
             args[key] = value
-    # Whatever else torch itself refuses (std < 0, a > b, sparsity out of range...), found by
-    # running the real function on a meta tensor: no memory, no values, the same checks.
+    for key, message, hint in arg_constraints(rule.init, args):
+        found.add(rule.at(key), f"{label}.{key}", f"{message} for {{name}}", hint, who, key)
+        return PlanEntry(site, Action.INIT, rule, rule.init)
+    # Whatever else torch itself refuses, found by running the real function on a meta
+    # tensor: no memory, no values, the same checks (those it skips on meta are above).
     try:
         fn(torch.empty(shape, device="meta"), **args)
+        dist = _init_distribution(rule.init, args, shape)
     except Exception as exc:
         message = " ".join(str(exc).split())[:200]
         found.add(
-            rule.where,
-            f"rules[{rule.index}]",
+            rule.at("init"),
+            f"{label}",
             f"torch.nn.init.{rule.init} refuses {{name}}: {message}",
             "change the rule's arguments or restrict what it matches",
             who,
         )
         return PlanEntry(site, Action.INIT, rule, rule.init)
-    dist = _init_distribution(rule.init, args, shape)
     return PlanEntry(site, Action.INIT, rule, rule.init, args, dist)
 
 
@@ -435,8 +491,8 @@ def _default(
         )
     if (resettable or {}).get(site.module):
         return PlanEntry(site, Action.DEFAULT, rule, default_via="reset_parameters")
-    where = rule.where if rule is not None else "unmatched: default"
-    path = f"rules[{rule.index}].init" if rule is not None else ""
+    where = rule.at("init") if rule is not None else "unmatched: default"
+    path = f"{rule.section}[{rule.index}].init" if rule is not None else "unmatched"
     reason = (
         "the target is a bare state dict"
         if site.module_class is None

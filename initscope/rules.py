@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import json
+import keyword
 import math
 import re
 import typing
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 from initscope.errors import SpecError
-from initscope.expressions import Expression, ExpressionError, parse_expression
+from initscope.expressions import FUNCTIONS, Expression, ExpressionError, parse_expression
 from initscope.rules_schema import MATCH_KEYS, validate
 from initscope.yamlio import DocPath, Located, did_you_mean, load_yaml
 
@@ -196,8 +197,12 @@ class Rule:
     name: str | None = None
     param: str = "*"
     ndim: tuple[int, int] | None = None
-    arg_paths: Mapping[str, str] = field(default_factory=dict)  # arg → file:line:col
+    arg_paths: Mapping[str, str] = field(default_factory=dict)  # key → file:line:col
     section: str = "rules"  # "checks" for an expectations file
+
+    def at(self, key: str) -> str:
+        """``file:line:col`` of one of the rule's keys (the rule itself if absent)."""
+        return self.arg_paths.get(key, self.where)
 
     @property
     def label(self) -> str:
@@ -252,6 +257,7 @@ class RuleSet:
     unmatched: Unmatched = Unmatched.KEEP
     source: str = "<rules>"
     text: str = ""  # the file's content, recorded in the outputs apply writes
+    unmatched_where: str = "<rules>"  # where `unmatched:` is set (file:line:col)
 
     @property
     def uses_types(self) -> bool:
@@ -314,7 +320,12 @@ class Collector:
         self.problems: list[Problem] = []
 
     def __call__(self, path: DocPath, message: str, hint: str | None = None) -> None:
-        self.problems.append(Problem(self.doc.where(path), doc_path(path), message, hint))
+        # One problem per spot: a value the schema already refused is not refused again
+        # by the later checks (which would only restate it).
+        where, at = self.doc.where(path), doc_path(path)
+        if at and any(p.path == at for p in self.problems):
+            return
+        self.problems.append(Problem(where, at, message, hint))
 
 
 def parse_rules(
@@ -326,8 +337,14 @@ def parse_rules(
 
     data = doc.data
     if data is None:
-        problem((), "the rules file is empty", "add a `rules:` list; see configs/xavier.yaml")
+        problem((), "the rules file is empty", f"add a `rules:` list; {_EXAMPLES}")
         raise RulesError(problems)
+    for path, first, _ in doc.duplicates:
+        problem(
+            path,
+            f"duplicate key {path[-1]!r} (first at line {first}); YAML would keep only the last",
+            "remove one of them",
+        )
     for sp in validate(data):
         problem(sp.path, sp.message, _schema_hint(sp.path, sp.message))
     if not isinstance(data, dict):
@@ -341,6 +358,13 @@ def parse_rules(
                     problem(
                         ("vars", str(k)),
                         f"{k!r} is set for each parameter and cannot be a var",
+                        "rename the var",
+                    )
+                elif keyword.iskeyword(str(k)) or str(k) in FUNCTIONS:
+                    what = "a Python keyword" if keyword.iskeyword(str(k)) else "a function"
+                    problem(
+                        ("vars", str(k)),
+                        f"{k!r} is {what} and cannot be a var name",
                         "rename the var",
                     )
                 vars_[str(k)] = float(v)
@@ -363,14 +387,34 @@ def parse_rules(
         unmatched=Unmatched(data.get("unmatched", "keep")),
         source=doc.file,
         text=text,
+        unmatched_where=doc.where(("unmatched",)) if "unmatched" in data else doc.file,
     )
 
 
+_EXAMPLES = "see the presets: initscope rules presets"
+_INIT_HINT = "e.g. `init: xavier_uniform` (any torch.nn.init function), default or keep"
+
+
 def _schema_hint(path: DocPath, message: str) -> str | None:
+    last = path[-1] if path else None
     if path == () and "rules" in message:
-        return "add a `rules:` list; see configs/xavier.yaml"
+        return f"add a `rules:` list; {_EXAMPLES}"
+    if path == () and "expected a mapping" in message:
+        return f"a rules file is a mapping with a `rules:` list; {_EXAMPLES}"
+    if "got a boolean" in message:
+        return "YAML reads yes/no/on/off/true/false as booleans; write a number or quote it"
     if message.startswith("unknown key"):
         return "remove or rename it"
+    if message == "missing required key 'init'":
+        return f"add one: {_INIT_HINT}"
+    if last == "init":
+        return f"write {_INIT_HINT}"
+    if len(path) == 2 and path[0] == "rules" and "expected a mapping" in message:
+        return "write each rule as a mapping, e.g. `- init: xavier_uniform`"
+    if last == "unmatched":
+        return "keep leaves uncovered parameters as they are"
+    if last == "ndim":
+        return "write an integer ≥ 0 or [min, max]"
     return None
 
 
@@ -409,8 +453,9 @@ def parse_rule(
                 problem(
                     path,
                     f"unknown key {key!r}"
-                    + (f"; {what}" if what else f" for {init.removesuffix('_')}")
-                    + did_you_mean(key, [*allowed, *MATCH_KEYS]),
+                    + ("" if what else f" for {init.removesuffix('_')}")
+                    + did_you_mean(key, [*allowed, *MATCH_KEYS])
+                    + (f"; {what}" if what else ""),
                     "match keys are type, name, param, ndim"
                     + (f"; {init.removesuffix('_')} takes {', '.join(allowed)}" if allowed else ""),
                 )
@@ -446,8 +491,13 @@ def parse_rule(
             ndim = (lo, hi)
             if lo > hi:
                 problem((*base, "ndim"), f"[{lo}, {hi}] is empty", "write [min, max]")
+    if init is not None and fn is not None:
+        for key, message, hint in arg_constraints(init, args):
+            problem((*base, key), message, hint)
     if len(problem.problems) > before or init is None:
         return None
+    for key in raw:
+        arg_paths.setdefault(str(key), doc.where((*base, str(key))))
     line = doc.marks.get(base, (0, 0))[0]
     param = raw.get("param", "*")
     return Rule(
@@ -466,6 +516,48 @@ def parse_rule(
     )
 
 
+def arg_constraints(init: str, args: Mapping[str, ArgValue | float]) -> list[tuple[str, str, str]]:
+    """What torch's init functions require of their numbers, checked on the values known
+    (constants in the file, or every value once resolved for a parameter): (key, message,
+    hint) for each broken one. On meta tensors torch skips some of these checks."""
+    out: list[tuple[str, str, str]] = []
+
+    def num(key: str) -> float | None:
+        v = args.get(key)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    fn = init.removesuffix("_")
+    std = num("std")
+    if init in ("normal_", "trunc_normal_", "sparse_") and std is not None and std < 0:
+        out.append(("std", f"{fn} needs std ≥ 0, got {std:g}", "use a non-negative std"))
+    a, b = num("a"), num("b")
+    if init == "uniform_":
+        lo = a if a is not None else 0.0
+        hi = b if b is not None else 1.0
+        if lo > hi:
+            key = "a" if a is not None else "b"
+            out.append((key, f"uniform needs a ≤ b, got a={lo:g}, b={hi:g}", "swap a and b"))
+    if init == "trunc_normal_":
+        lo = a if a is not None else -2.0
+        hi = b if b is not None else 2.0
+        if lo >= hi:
+            key = "a" if a is not None else "b"
+            out.append((key, f"trunc_normal needs a < b, got a={lo:g}, b={hi:g}", "swap a and b"))
+    sparsity = num("sparsity")
+    if init == "sparse_" and sparsity is not None and not 0 <= sparsity <= 1:
+        out.append(
+            (
+                "sparsity",
+                f"sparse needs a sparsity from 0 to 1, got {sparsity:g}",
+                "write the fraction of zeros per column, e.g. sparsity: 0.1",
+            )
+        )
+    groups = num("groups")
+    if init == "dirac_" and groups is not None and groups < 1:
+        out.append(("groups", f"dirac needs groups ≥ 1, got {groups:g}", "use groups: 1"))
+    return out
+
+
 def _init_name(text: str) -> tuple[str | None, InitFunction | None]:
     if text in SPECIAL_INITS:
         return text, None
@@ -480,7 +572,11 @@ def _parse_arg(
     arg: InitArg, value: Any, vars_: Mapping[str, float], path: DocPath, problem: Collector
 ) -> ArgValue | None:
     if isinstance(value, bool) or value is None:
-        problem(path, f"expected a number for {arg.name}, got {value!r}")
+        problem(
+            path,
+            f"expected a number for {arg.name}, got {str(value).lower()}",
+            "YAML reads yes/no/on/off/true/false/null as non-numbers; write a number",
+        )
         return None
     if arg.kind == "choice":
         if isinstance(value, str) and value in arg.choices:
@@ -503,20 +599,28 @@ def _parse_arg(
         problem(path, f"expected a number or an expression for {arg.name}, got {value!r}")
         return None
     if arg.name == "gain":
-        gain = _gain_name(value)
-        if gain is not None:
-            return gain
+        name, colon, slope = value.partition(":")
+        gain_hint = (
+            f"write a number, an expression, or a calculate_gain name: {', '.join(gain_names())}"
+        )
+        if name.strip() in gain_names():
+            gain = _gain_name(value)
+            if gain is not None:
+                return gain
+            problem(
+                path,
+                f"the {name.strip()} slope {slope.strip()!r} is not a number",
+                f"write e.g. {name.strip()}:0.2",
+            )
+            return None
+        bare = name.strip()
+        if colon or (bare.isidentifier() and bare not in vars_ and bare not in FAN_NAMES):
+            problem(path, f"unknown gain {value!r}{did_you_mean(bare, gain_names())}", gain_hint)
+            return None
     try:
         expr = parse_expression(value)
     except ExpressionError as exc:
-        hint = "write arithmetic over numbers, vars, fan_in, fan_out and numel"
-        if arg.name == "gain":
-            hint = f"a number, an expression, or a calculate_gain name: {', '.join(gain_names())}"
-            close = did_you_mean(value.split(":")[0], gain_names())
-            if close:
-                problem(path, f"unknown gain {value!r}{close}", hint)
-                return None
-        problem(path, f"{exc.message}", hint)
+        problem(path, exc.message, "write arithmetic over numbers, vars, fan_in, fan_out, numel")
         return None
     unknown = sorted(expr.names - set(vars_) - set(FAN_NAMES))
     for n in unknown:
@@ -534,7 +638,7 @@ def _parse_arg(
         try:
             return expr.evaluate({})
         except ExpressionError as exc:
-            problem(path, exc.message)
+            problem(path, exc.message, "check the arithmetic")
             return None
     return expr
 

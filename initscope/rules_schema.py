@@ -228,12 +228,14 @@ def _validate(value: Any, schema: Mapping[str, Any], path: Path) -> Iterator[Sch
     if isinstance(value, int | float) and not isinstance(value, bool):
         lo = schema.get("minimum")
         if lo is not None and value < lo:
-            yield SchemaProblem(path, f"expected a number ≥ {lo}, got {value}")
+            kind = "an integer" if schema.get("type") == "integer" else "a number"
+            yield SchemaProblem(path, f"expected {kind} ≥ {lo}, got {value}")
     if isinstance(value, list):
         lo, hi = schema.get("minItems"), schema.get("maxItems")
         if (lo is not None and len(value) < lo) or (hi is not None and len(value) > hi):
             size = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
-            yield SchemaProblem(path, f"expected {size} item(s), got {len(value)}")
+            plural = "" if size == "1" or size == "at least 1" else "s"
+            yield SchemaProblem(path, f"expected a list of {size} item{plural}, got {len(value)}")
         if "items" in schema:
             for i, item in enumerate(value):
                 yield from _validate(item, schema["items"], (*path, i))

@@ -29,6 +29,9 @@ class Located:
     file: str
     data: Any
     marks: dict[DocPath, tuple[int, int]]
+    # A key given twice in one mapping: (its path, line of the first, line:col of the second).
+    # PyYAML keeps the last value silently; rules and expectations report it.
+    duplicates: tuple[tuple[DocPath, int, tuple[int, int]], ...] = ()
 
     def where(self, path: DocPath) -> str:
         """``file:line:col`` of ``path``, or of its nearest located ancestor."""
@@ -44,19 +47,29 @@ class Located:
         return SpecError(f"{where}: {at + ': ' if at else ''}{problem}", hint)
 
 
-def _walk(node: yaml.Node, path: DocPath, marks: dict[DocPath, tuple[int, int]]) -> None:
+def _walk(
+    node: yaml.Node,
+    path: DocPath,
+    marks: dict[DocPath, tuple[int, int]],
+    duplicates: list[tuple[DocPath, int, tuple[int, int]]],
+) -> None:
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key, value in node.value:
             k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
             sub = (*path, k)
-            _walk(value, sub, marks)
+            here = (key.start_mark.line + 1, key.start_mark.column + 1)
+            if k in seen:
+                duplicates.append((sub, seen[k], here))
+            seen.setdefault(k, here[0])
+            _walk(value, sub, marks, duplicates)
             # The key's own location, which is where "unknown key" errors should point.
             marks[sub] = (key.start_mark.line + 1, key.start_mark.column + 1)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             item_path = (*path, i)
-            _walk(item, item_path, marks)
+            _walk(item, item_path, marks, duplicates)
 
 
 def load_yaml(path: str | Path) -> Located:
@@ -79,14 +92,17 @@ def load_yaml(path: str | Path) -> Located:
         mark = exc.problem_mark
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
         raise SpecError(
-            f"{where}: invalid YAML: {exc.problem or exc}", "fix the syntax at that spot"
+            f"{where}: invalid YAML: {exc.problem or exc}",
+            "fix the syntax at that spot; check the indentation (spaces, not tabs) and quote "
+            "values that contain ': ' or start with a special character",
         ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{p}: invalid YAML: {exc}", "fix the syntax") from None
     marks: dict[DocPath, tuple[int, int]] = {}
+    duplicates: list[tuple[DocPath, int, tuple[int, int]]] = []
     if node is not None:
-        _walk(node, (), marks)
-    return Located(str(p), data, marks)
+        _walk(node, (), marks, duplicates)
+    return Located(str(p), data, marks, tuple(duplicates))
 
 
 def parse_scalar(text: str) -> Any:

@@ -34,8 +34,8 @@ def test_names_are_reported() -> None:
     [
         ("__import__('os')", "unknown function '__import__'"),
         ("os.system", "is not allowed"),
-        ("(lambda: 1)()", "unknown function"),
-        ("'a'", "'a' is not a number"),
+        ("(lambda: 1)()", "is not allowed"),
+        ("'a'", "a quoted string ('a') is not allowed"),
         ("1 < 2", "is not allowed"),
         ("7 // 2", "operator FloorDiv is not allowed"),
         ("sqrt", "sqrt is a function"),
@@ -56,8 +56,8 @@ def test_refuses(text: str, message: str) -> None:
     ("text", "env", "message"),
     [
         ("1 / (fan_in - fan_in)", {"fan_in": 3}, "divides by zero"),
-        ("sqrt(-1)", {}, "math domain error"),
-        ("log(0)", {}, "math domain error"),
+        ("sqrt(-1)", {}, "outside the domain of sqrt/log"),
+        ("log(0)", {}, "outside the domain of sqrt/log"),
         ("10.0 ** 400", {}, "overflows"),
         ("(-8) ** 0.5", {}, "not a finite real number"),
         ("y", {}, "unknown name 'y'"),

@@ -158,10 +158,12 @@ def _follows(
         return None, True
     if found.matches_default:
         return None, False
-    return (
-        Violation(t.site.name, "follows", found.fit.label, label, source=source),
-        False,
-    )
+    observed = found.fit.label
+    s = t.stats
+    if observed == "inconclusive" and s.min is not None:
+        # Too few values to name a scheme, but enough to see they are not the constant.
+        observed = f"values from {_fmt(s.min)} to {_fmt(s.max)}"
+    return Violation(t.site.name, "follows", observed, label, source=source), False
 
 
 def _expected_of(entry: PlanEntry, defaults: Mapping[str, DefaultInit]) -> DefaultInit | None:

@@ -19,7 +19,14 @@ from typing import Annotated, Optional
 import typer
 
 from initscope import __version__
-from initscope.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, InitScopeError
+from initscope.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_VIOLATIONS,
+    InitScopeError,
+)
 from initscope.render import TABLE_WIDTH, OutputFormat
 
 app = typer.Typer(
@@ -462,6 +469,150 @@ def apply(
         _warn(result.plan.warnings())
         text = render_apply(result, fmt.value)
     _emit(text, None, debug)
+
+
+class CheckFormat(str, Enum):
+    TEXT = "text"
+    JSON = "json"
+    JUNIT = "junit"
+    GITHUB = "github"
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A checkpoint (with --model/--spec for type-based checks, or bare), or a "
+            "model target built fresh."
+        ),
+    ],
+    rules: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--rules",
+            "-r",
+            help="Check that every parameter a rule covers follows it (file or preset name).",
+        ),
+    ] = None,
+    expect: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--expect", "-e", help="Expectations file (checks: and health:)."),
+    ] = None,
+    no_default_check: Annotated[
+        bool,
+        typer.Option(
+            "--no-default-check",
+            help="With --rules: do not require uncovered parameters to follow their default.",
+        ),
+    ] = False,
+    fmt: Annotated[
+        CheckFormat, typer.Option("--format", "-f", help="text, json, junit or github.")
+    ] = CheckFormat.TEXT,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--output", "-o", help="Write the result here (atomically), e.g. a JUnit file."
+        ),
+    ] = None,
+    var: VarOpt = None,
+    arg: ArgOpt = None,
+    args_file: ArgsFileOpt = None,
+    model: ModelOpt = None,
+    spec: SpecOpt = None,
+    input_shape: InputShapeOpt = None,
+    unsafe_load: UnsafeOpt = False,
+    seed: SeedOpt = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check TARGET's statistics: health always, --rules and --expect when given. Exit 0 if
+    every check passes, 1 on violations, 2 on bad input."""
+    debug = _debug(ctx, debug)
+    with _boundary(debug):
+        from initscope.check import CheckOptions, check_target
+        from initscope.expect import load_expectations
+        from initscope.output import check_writable
+        from initscope.render_check import render_check
+        from initscope.rules import load_rules
+        from initscope.targets import TargetOptions
+
+        if output is not None:
+            check_writable(output)
+        variables = _parse_vars(var)
+        rule_set = load_rules(rules, variables) if rules is not None else None
+        expectations = load_expectations(expect) if expect is not None else None
+        how = TargetOptions(
+            kwargs=_constructor_kwargs(arg, args_file),
+            model=model,
+            spec=spec,
+            input_shape=_parse_shape(input_shape),
+            unsafe_load=unsafe_load,
+            seed=seed,
+        )
+        options = CheckOptions(rule_set, expectations, not no_default_check)
+        with _progress(not quiet, "checking") as progress:
+            result = check_target(target, how, options, progress)
+        text = render_check(result, fmt.value)
+    _emit(text, output, debug)
+    if not result.ok:
+        raise typer.Exit(EXIT_VIOLATIONS)
+
+
+@app.command()
+def diff(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="Before: a checkpoint or a model target.")],
+    b: Annotated[str, typer.Argument(help="After: a checkpoint or a model target.")],
+    fmt: Annotated[
+        ApplyFormat, typer.Option("--format", "-f", help="table (text) or json.")
+    ] = ApplyFormat.TABLE,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Write to this file (atomically)."),
+    ] = None,
+    arg: ArgOpt = None,
+    args_file: ArgsFileOpt = None,
+    model: ModelOpt = None,
+    spec: SpecOpt = None,
+    input_shape: InputShapeOpt = None,
+    unsafe_load: UnsafeOpt = False,
+    seed: SeedOpt = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
+    ] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare two checkpoints (or a checkpoint and a fresh model), parameter by parameter."""
+    debug = _debug(ctx, debug)
+    with _boundary(debug):
+        from initscope.diff import diff_targets, render_diff
+        from initscope.output import check_writable
+        from initscope.targets import TargetOptions, is_checkpoint_path
+
+        if output is not None:
+            check_writable(output)
+        how = TargetOptions(
+            kwargs=_constructor_kwargs(arg, args_file),
+            model=model,
+            spec=spec,
+            input_shape=_parse_shape(input_shape),
+            unsafe_load=unsafe_load,
+            seed=seed,
+        )
+        # --model/--spec describe the checkpoints; a model target needs only its --arg.
+        plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)
+        if model is None and spec is None:
+            how = TargetOptions(unsafe_load=unsafe_load)  # a bare checkpoint takes no --arg
+        how_a = how if is_checkpoint_path(a) else plain
+        how_b = how if is_checkpoint_path(b) else plain
+        with _progress(not quiet, "comparing") as progress:
+            result = diff_targets(a, b, how_a, how_b, progress)
+        text = render_diff(result, fmt.value)
+    _emit(text, output, debug)
 
 
 rules_app = typer.Typer(

@@ -1,0 +1,265 @@
+"""``initscope diff A B``: how two checkpoints (or a checkpoint and a fresh model) differ,
+parameter by parameter.
+
+Tensor pairs are streamed: each pair is read, compared in float64 chunks, and dropped, so
+memory stays at about two tensors. Per name: relative L2 change ``‖b − a‖ / ‖a‖``, the largest
+absolute difference, cosine similarity, std before and after, and a status: ``unchanged``
+(bit-identical), ``changed``, ``added`` (only in B), ``removed`` (only in A),
+``shape_changed`` or ``dtype_changed``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from initscope.models import open_target
+from initscope.stats import CHUNK_ELEMENTS, dense
+from initscope.targets import TargetOptions
+
+__all__ = ["DiffEntry", "DiffResult", "Status", "diff_targets", "diff_tensors"]
+
+
+class Status(str, Enum):
+    UNCHANGED = "unchanged"
+    CHANGED = "changed"
+    ADDED = "added"
+    REMOVED = "removed"
+    SHAPE_CHANGED = "shape_changed"
+    DTYPE_CHANGED = "dtype_changed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class DiffEntry:
+    """One name's comparison; the numbers are None where they do not apply."""
+
+    name: str
+    status: Status
+    shape_a: tuple[int, ...] | None
+    shape_b: tuple[int, ...] | None
+    dtype_a: str | None
+    dtype_b: str | None
+    rel_l2: float | None = None
+    max_abs_diff: float | None = None
+    cosine: float | None = None
+    std_a: float | None = None
+    std_b: float | None = None
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    a: str
+    b: str
+    entries: tuple[DiffEntry, ...]
+
+    def count(self, status: Status) -> int:
+        return sum(1 for e in self.entries if e.status is status)
+
+    def largest_changes(self) -> list[DiffEntry]:
+        """Changed entries, largest relative change first."""
+        changed = [e for e in self.entries if e.status is Status.CHANGED]
+        return sorted(changed, key=lambda e: -(e.rel_l2 if e.rel_l2 is not None else math.inf))
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # torch.equal says NaN != NaN; bytes say whether anything changed at all.
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(
+            a.element_size()
+        )
+        if width is not None and not a.is_complex():
+            return torch.equal(a.contiguous().view(width), b.contiguous().view(width))
+    return torch.equal(a, b)
+
+
+def diff_tensors(name: str, a: torch.Tensor, b: torch.Tensor) -> DiffEntry:
+    """Compare two tensors of one name, in float64 chunks."""
+    shape_a, shape_b = tuple(a.shape), tuple(b.shape)
+    base = {"shape_a": shape_a, "shape_b": shape_b, "dtype_a": _dtype(a), "dtype_b": _dtype(b)}
+    if shape_a != shape_b:
+        return DiffEntry(name, Status.SHAPE_CHANGED, **base)  # type: ignore[arg-type]
+    a, b = dense(a), dense(b)
+    status = Status.DTYPE_CHANGED if a.dtype != b.dtype else None
+    if status is None and _bit_identical(a, b):
+        status = Status.UNCHANGED
+    if not (a.is_floating_point() or a.is_complex()) and a.dtype != torch.bool:
+        a, b = a.to(torch.float64), b.to(torch.float64)
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    n = fa.numel()
+    saa = sbb = sab = sdd = sa = sb = 0.0
+    max_abs = 0.0
+    with torch.no_grad():
+        for start in range(0, n, CHUNK_ELEMENTS):
+            x = fa[start : start + CHUNK_ELEMENTS].to(torch.float64)
+            y = fb[start : start + CHUNK_ELEMENTS].to(torch.float64)
+            if x.is_complex():
+                x, y = torch.view_as_real(x).reshape(-1), torch.view_as_real(y).reshape(-1)
+            d = y - x
+            saa += float((x * x).sum())
+            sbb += float((y * y).sum())
+            sab += float((x * y).sum())
+            sdd += float((d * d).sum())
+            sa += float(x.sum())
+            sb += float(y.sum())
+            if d.numel():
+                max_abs = max(max_abs, float(d.abs().max()))
+    norm_a, norm_b = math.sqrt(saa), math.sqrt(sbb)
+    rel = math.sqrt(sdd) / norm_a if norm_a > 0 else (0.0 if sdd == 0 else math.inf)
+    cosine = sab / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else None
+
+    def std(s: float, ss: float) -> float | None:
+        if n < 2:
+            return None
+        return math.sqrt(max((ss - s * s / n) / (n - 1), 0.0))
+
+    return DiffEntry(
+        name,
+        status or Status.CHANGED,
+        **base,  # type: ignore[arg-type]
+        rel_l2=rel,
+        max_abs_diff=max_abs,
+        cosine=cosine,
+        std_a=std(sa, saa),
+        std_b=std(sb, sbb),
+    )
+
+
+@contextmanager
+def _tensors(
+    target: str, how: TargetOptions
+) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
+    """The names (state-dict order) and a reader for one side: a checkpoint's tensors, or a
+    freshly built model's state dict."""
+    with open_target(target, how) as (traced, ckpt):
+        if ckpt is not None:
+            expected = traced.model.state_dict().keys() if traced is not None else None
+            keys = ckpt.keyed(expected)
+            yield list(keys), lambda n: ckpt.load(keys[n])
+            return
+        assert traced is not None
+        state = traced.model.state_dict()
+        yield list(state), lambda n: state[n].detach()
+
+
+def diff_targets(
+    a: str,
+    b: str,
+    how: TargetOptions = TargetOptions(),
+    how_b: TargetOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DiffResult:
+    """Compare A and B name by name (see the module docstring)."""
+    with ExitStack() as stack:
+        names_a, load_a = stack.enter_context(_tensors(a, how))
+        names_b, load_b = stack.enter_context(_tensors(b, how_b or how))
+        in_b = set(names_b)
+        in_a = set(names_a)
+        entries: list[DiffEntry] = []
+        total = len(names_a) + len(in_b - in_a)
+        for i, name in enumerate(names_a):
+            if progress is not None:
+                progress(i, total)
+            ta = load_a(name)
+            if name not in in_b:
+                entries.append(
+                    DiffEntry(name, Status.REMOVED, tuple(ta.shape), None, _dtype(ta), None)
+                )
+                continue
+            entries.append(diff_tensors(name, ta, load_b(name)))
+        for name in names_b:
+            if name not in in_a:
+                tb = load_b(name)
+                entries.append(
+                    DiffEntry(name, Status.ADDED, None, tuple(tb.shape), None, _dtype(tb))
+                )
+        if progress is not None:
+            progress(total, total)
+        return DiffResult(a, b, tuple(entries))
+
+
+def diff_to_dict(result: DiffResult) -> dict[str, object]:
+    def num(x: float | None) -> float | None:
+        return x if x is not None and math.isfinite(x) else None
+
+    return {
+        "schema": "initscope.diff/1",
+        "a": result.a,
+        "b": result.b,
+        "parameters": [
+            {
+                "name": e.name,
+                "status": e.status.value,
+                "shape_a": list(e.shape_a) if e.shape_a is not None else None,
+                "shape_b": list(e.shape_b) if e.shape_b is not None else None,
+                "dtype_a": e.dtype_a,
+                "dtype_b": e.dtype_b,
+                "rel_l2": num(e.rel_l2),
+                "max_abs_diff": num(e.max_abs_diff),
+                "cosine": num(e.cosine),
+                "std_a": num(e.std_a),
+                "std_b": num(e.std_b),
+            }
+            for e in result.entries
+        ],
+        "summary": {s.value: result.count(s) for s in Status},
+        "largest_changes": [e.name for e in result.largest_changes()[:10]],
+    }
+
+
+def _statuses(result: DiffResult) -> Mapping[str, int]:
+    return {s.value: result.count(s) for s in Status if result.count(s)}
+
+
+def render_diff(result: DiffResult, fmt: str = "table") -> str:
+    """A table, largest relative change first, then the summary; or JSON."""
+    import json
+
+    if fmt == "json":
+        return json.dumps(diff_to_dict(result), indent=2) + "\n"
+    from initscope.distributions import format_number as f
+
+    order = {Status.CHANGED: 0, Status.SHAPE_CHANGED: 1, Status.DTYPE_CHANGED: 1}
+    rows = sorted(
+        result.entries,
+        key=lambda e: (order.get(e.status, 2), -(e.rel_l2 or 0.0) if e.rel_l2 is not None else 0),
+    )
+    head = ("parameter", "status", "rel L2", "max |Δ|", "cosine", "std A", "std B")
+    cells = [
+        (
+            e.name,
+            e.status.value,
+            f(e.rel_l2, "-"),
+            f(e.max_abs_diff, "-"),
+            f(e.cosine, "-"),
+            f(e.std_a, "-"),
+            f(e.std_b, "-"),
+        )
+        for e in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+
+    def line(c: tuple[str, ...]) -> str:
+        parts = [f"{c[0]:<{widths[0]}}", f"{c[1]:<{widths[1]}}"]
+        parts += [f"{x:>{w}}" for x, w in zip(c[2:], widths[2:], strict=True)]
+        return "  ".join(parts).rstrip()
+
+    out = [f"{result.a}  →  {result.b}", "", line(head), "-" * len(line(head))]
+    out += [line(c) for c in cells]
+    n = len(result.entries)
+    counts = ", ".join(f"{v} {k}" for k, v in _statuses(result).items())
+    out += ["", f"{n} parameter{'s' if n != 1 else ''}: {counts}"]
+    return "\n".join(out) + "\n"

@@ -58,7 +58,12 @@ InputShapeOpt = Annotated[
         help="Shape of a random input, e.g. 1,3,64,64, to materialize Lazy modules.",
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for constructing the model.")]
+# torch.manual_seed takes at most 64 bits; 2**63 - 1 keeps it a signed int64.
+MAX_SEED = 2**63 - 1
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", min=0, max=MAX_SEED, help="Seed for constructing the model."),
+]
 
 
 def _version(value: bool) -> None:
@@ -411,7 +416,12 @@ def apply(
     ] = None,
     seed: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option("--seed", help="Seed (overrides the rules file's seed:; default 0)."),
+        typer.Option(
+            "--seed",
+            min=0,
+            max=MAX_SEED,
+            help="Seed (overrides the rules file's seed:; default 0).",
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; change and write nothing.")

@@ -481,6 +481,12 @@ def parse_rule(
             re.compile(name[3:])
         except re.error as exc:
             problem((*base, "name"), f"invalid regular expression {name[3:]!r}: {exc}")
+        except (OverflowError, RecursionError):
+            problem(
+                (*base, "name"),
+                f"regular expression {name[3:]!r} is too large or nested too deeply",
+                "simplify it",
+            )
     ndim_raw = raw.get("ndim")
     ndim: tuple[int, int] | None = None
     if isinstance(ndim_raw, int) and not isinstance(ndim_raw, bool):

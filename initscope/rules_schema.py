@@ -47,6 +47,8 @@ RULES_SCHEMA: dict[str, Any] = {
         "seed": {
             "type": "integer",
             "minimum": 0,
+            # torch.manual_seed takes at most 64 bits; 2**63 - 1 keeps it a signed int64.
+            "maximum": 9223372036854775807,
             "description": "Seed of every parameter's generator; --seed overrides it.",
         },
         "vars": {
@@ -124,6 +126,7 @@ SUPPORTED_KEYWORDS = frozenset(
         "minItems",
         "maxItems",
         "minimum",
+        "maximum",
         "minLength",
         "anyOf",
         "propertyNames",
@@ -226,10 +229,12 @@ def _validate(value: Any, schema: Mapping[str, Any], path: Path) -> Iterator[Sch
     if isinstance(value, str) and len(value) < schema.get("minLength", 0):
         yield SchemaProblem(path, "expected a non-empty string")
     if isinstance(value, int | float) and not isinstance(value, bool):
-        lo = schema.get("minimum")
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        kind = "an integer" if schema.get("type") == "integer" else "a number"
         if lo is not None and value < lo:
-            kind = "an integer" if schema.get("type") == "integer" else "a number"
             yield SchemaProblem(path, f"expected {kind} ≥ {lo}, got {value}")
+        elif hi is not None and value > hi:
+            yield SchemaProblem(path, f"expected {kind} ≤ {hi}, got {value}")
     if isinstance(value, list):
         lo, hi = schema.get("minItems"), schema.get("maxItems")
         if (lo is not None and len(value) < lo) or (hi is not None and len(value) > hi):

@@ -47,12 +47,20 @@ class Located:
         return SpecError(f"{where}: {at + ': ' if at else ''}{problem}", hint)
 
 
+# A configuration file a person writes has at most a few thousand nodes; YAML aliases can
+# make a few hundred bytes expand to billions ("billion laughs"), which every later walk over
+# the document would pay for. Past this many nodes the file is refused.
+MAX_NODES = 100_000
+
+
 def _walk(
     node: yaml.Node,
     path: DocPath,
     marks: dict[DocPath, tuple[int, int]],
     duplicates: list[tuple[DocPath, int, tuple[int, int]]],
 ) -> None:
+    if len(marks) >= MAX_NODES:
+        raise _TooLarge
     marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
@@ -72,6 +80,10 @@ def _walk(
             _walk(item, item_path, marks, duplicates)
 
 
+class _TooLarge(Exception):
+    pass
+
+
 def load_yaml(path: str | Path) -> Located:
     """Parse ``path``; a missing file or a syntax error raises :class:`SpecError`."""
     p = Path(path)
@@ -85,9 +97,18 @@ def load_yaml(path: str | Path) -> Located:
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
+            marks: dict[DocPath, tuple[int, int]] = {}
+            duplicates: list[tuple[DocPath, int, tuple[int, int]]] = []
+            if node is not None:
+                _walk(node, (), marks, duplicates)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except _TooLarge:
+        raise SpecError(
+            f"{p}: the document expands to more than {MAX_NODES} values (YAML aliases?)",
+            "write the values out; initscope files are small",
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
@@ -98,10 +119,15 @@ def load_yaml(path: str | Path) -> Located:
         ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{p}: invalid YAML: {exc}", "fix the syntax") from None
-    marks: dict[DocPath, tuple[int, int]] = {}
-    duplicates: list[tuple[DocPath, int, tuple[int, int]]] = []
-    if node is not None:
-        _walk(node, (), marks, duplicates)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors raise these on explicitly tagged bad scalars (!!float abc,
+        # !!int '', !!timestamp x) instead of a YAMLError.
+        raise SpecError(
+            f"{p}: invalid YAML value: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}",
+            "check explicitly tagged values (!!float, !!int, !!timestamp)",
+        ) from None
+    except RecursionError:
+        raise SpecError(f"{p}: the document is nested too deeply", "flatten it") from None
     return Located(str(p), data, marks, tuple(duplicates))
 
 

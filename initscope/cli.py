@@ -730,6 +730,10 @@ def _is(exc: BaseException, name: str) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: click's usage errors become one line too."""
+    import warnings
+
+    # torch warns on import when numpy is absent; initscope never needs numpy.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="initscope", standalone_mode=False)

@@ -135,20 +135,83 @@ def save_state_dict(
     fmt = output_format(target)
     with atomic_path(target) as tmp:
         if fmt == "safetensors":
-            from safetensors.torch import save_file
-
-            # safetensors refuses tensors that share memory (tied weights); each name gets
-            # its own contiguous copy, so the file loads with load_state_dict(strict=True).
-            seen: set[int] = set()
-            out: dict[str, torch.Tensor] = {}
-            for name, t in tensors.items():
-                t = t.detach().cpu()
-                key = t.untyped_storage().data_ptr()
-                out[name] = t.clone().contiguous() if key in seen else t.contiguous()
-                seen.add(key)
-            save_file(out, str(tmp), metadata={METADATA_KEY: provenance.to_json()})
+            write_safetensors(tmp, tensors, {METADATA_KEY: provenance.to_json()})
         else:
             state: dict[str, Any] = {k: v.detach().cpu() for k, v in tensors.items()}
             state[PROVENANCE_KEY] = provenance.to_json()
             torch.save(state, tmp)
     return target
+
+
+# The safetensors dtype codes (safetensors/src/tensor.rs, Dtype), for the torch dtypes a
+# state dict holds.
+_DTYPE_CODES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.uint16: "U16",
+    torch.uint32: "U32",
+    torch.uint64: "U64",
+}
+
+
+def write_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``tensors`` in the safetensors format, one tensor at a time.
+
+    The format (huggingface/safetensors, docs "Format"): an 8-byte little-endian header
+    length, a JSON header mapping each name to its dtype, shape and byte range (plus
+    ``__metadata__``, strings only), padded with spaces to a multiple of 8, then the raw
+    little-endian bytes. Written here rather than by ``safetensors.torch.save_file``, which
+    needs numpy and the whole state in memory at once; tied tensors are simply written
+    under each name.
+    """
+    import ctypes
+    import json
+    import sys
+
+    if sys.byteorder != "little":  # pragma: no cover - every platform torch ships on
+        raise OutputError("cannot write safetensors on a big-endian machine", "write .pt")
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    order: list[tuple[str, torch.Tensor]] = []
+    for name, t in tensors.items():
+        code = _DTYPE_CODES.get(t.dtype)
+        if code is None:
+            raise OutputError(
+                f"cannot write {name!r} ({t.dtype}) to safetensors",
+                "write a .pt output instead",
+            )
+        nbytes = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": code,
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+        order.append((name, t))
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for _, t in order:
+            data = t.detach().to("cpu").contiguous()
+            n = data.numel() * data.element_size()
+            if n:
+                # The tensor's own memory, written without a copy (and without numpy).
+                fh.write(memoryview((ctypes.c_ubyte * n).from_address(data.data_ptr())))

@@ -399,3 +399,27 @@ def test_plan_actions_cover_keep_and_tied() -> None:
     assert by_name["lm_head.weight"].action is Action.TIED
     assert by_name["lm_head.weight"].site.tied_to == "embed.weight"
     assert plan.conflicts and "tied to embed.weight" in plan.warnings()[0]
+
+
+def test_apply_check_report_work_without_numpy(tmp_path: Path) -> None:
+    # numpy is not a dependency (safetensors.torch.save_file would need it): block it.
+    import subprocess
+    import sys
+
+    out = tmp_path / "u.safetensors"
+    script = (
+        "import sys; sys.modules['numpy'] = None\n"
+        "from initscope.cli import main\n"
+        "for argv in (['apply', '--rules', 'xavier', 'initscope.examples:UNet', '-o', sys.argv[1]],"
+        " ['check', sys.argv[1], '--rules', 'xavier'], ['report', sys.argv[1]]):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code in (0, None), (argv, e.code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert "all checks pass" in done.stdout
+    assert "numpy" not in done.stderr.lower()

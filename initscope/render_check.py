@@ -80,7 +80,7 @@ def _github(result: CheckResult) -> str:
     lines = []
     for v in result.violations:
         level = "error" if v.severity == "error" else "warning"
-        title = _escape_property(f"initscope check: {v.check}")
+        title = _escape_property(f"initscope {v.check}")
         lines.append(f"::{level} title={title}::{_escape_data(v.line())}")
     lines.append(f"::notice title=initscope check::{_escape_data(_summary(result))}")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ keeps its dtype and device. Parameters no rule changes, and every buffer, are no
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -187,7 +188,11 @@ def _init(entry: PlanEntry, tensor: torch.Tensor, seed: int) -> None:
     kwargs: dict[str, Any] = dict(entry.args)
     if fn.takes_generator:
         kwargs["generator"] = _generator(seed, entry.site.name)
-    _fill(tensor, lambda w: fn(w, **kwargs))
+    # Some init functions also draw from the global RNG (sparse_ picks its zeros with
+    # torch.randperm): seed it per parameter too, and leave the caller's RNG as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, entry.site.name))
+        _fill(tensor, lambda w: fn(w, **kwargs))
 
 
 def _draw(dist: Distribution, w: torch.Tensor, g: torch.Generator) -> None:
@@ -208,25 +213,20 @@ def _draw(dist: Distribution, w: torch.Tensor, g: torch.Generator) -> None:
 
 
 def _reset(model: torch.nn.Module, site: ParamSite, seed: int) -> None:
-    """Re-run the module's ``reset_parameters()`` for one parameter: the module's other
-    parameters and its buffers (BatchNorm's running stats) are put back afterwards."""
+    """Re-run the module's ``reset_parameters()`` for one parameter, on a float32 (float64
+    stays float64) CPU copy of the module, and copy that one parameter back: the module's
+    other parameters and its buffers (BatchNorm's running stats) are never touched, and low
+    precision parameters get the float32 draw rounded, as every other init here."""
     module = model.get_submodule(site.module)
-    keep = {
-        n: t.detach().clone()
-        for n, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-        if n != site.param
-    }
+    target = getattr(module, site.param)
+    work_dtype = torch.float64 if target.dtype == torch.float64 else torch.float32
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(derive_seed(seed, site.name))
-        reset = _reset_method(module)
+        scratch = copy.deepcopy(module).to(device="cpu", dtype=work_dtype)
+        reset = _reset_method(scratch)
         assert reset is not None
         reset()
-        for n, t in [
-            *module.named_parameters(recurse=False),
-            *module.named_buffers(recurse=False),
-        ]:
-            if n in keep:
-                t.copy_(keep[n])
+        target.copy_(getattr(scratch, site.param))
 
 
 # -- targets -------------------------------------------------------------------------------

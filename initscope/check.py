@@ -28,8 +28,15 @@ from initscope.distributions import format_number
 from initscope.expect import Check, Expectations, Health
 from initscope.identify import identify
 from initscope.models import open_target
-from initscope.plan import Action, ParamSite, PlanEntry, make_plan, sites_from_tensors
-from initscope.rules import RuleSet, Unmatched
+from initscope.plan import (
+    Action,
+    ParamSite,
+    PlanEntry,
+    make_plan,
+    match_problems,
+    sites_from_tensors,
+)
+from initscope.rules import RulesError, RuleSet, Unmatched
 from initscope.stats import RunningStats, TensorStats, dense, running_stats
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, InitCall, _init_distribution
@@ -43,6 +50,10 @@ __all__ = ["CheckOptions", "CheckResult", "Violation", "check_target"]
 _GARBAGE_HIGH = 1e29
 _GARBAGE_LOW = 1e-30
 _GARBAGE_FRACTION = 0.01
+# float16 tops out at 65504, so its garbage never reaches 1e29: there, ≥ 1% of sampled values
+# at or above 1e3 (random float16 bits land there about one time in five; no initializer
+# comes near it) is the pattern. Its subnormals are legitimate small values, so no low test.
+_GARBAGE_HIGH_FP16 = 1e3
 # Below this many elements, two equal tensors are plausibly equal by design (a small constant
 # bias in every layer); the issue names 1,000.
 _IDENTICAL_MIN = 1000
@@ -106,7 +117,11 @@ def _fmt(x: float | None) -> str:
 
 
 def _range_text(lo: float | None, hi: float | None) -> str:
-    return f"[{_fmt(lo) if lo is not None else '-inf'}, {_fmt(hi) if hi is not None else 'inf'}]"
+    if lo is None:
+        return f"≤ {_fmt(hi)}"
+    if hi is None:
+        return f"≥ {_fmt(lo)}"
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def _health(t: _Tensor, health: Health) -> Iterator[Violation]:
@@ -132,11 +147,19 @@ def _health(t: _Tensor, health: Health) -> Iterator[Violation]:
         sample = sample[torch.isfinite(sample)]
         if sample.numel():
             a = sample.abs()
-            tiny = int(((a > 0) & (a < _GARBAGE_LOW)).sum())
-            huge = s.abs_max is not None and s.abs_max >= _GARBAGE_HIGH
-            if huge or tiny >= max(1, _GARBAGE_FRACTION * sample.numel()):
+            enough = max(1, _GARBAGE_FRACTION * sample.numel())
+            if t.site.dtype == torch.float16:
+                tiny = 0
+                count = int((a >= _GARBAGE_HIGH_FP16).sum())
+                huge = count >= enough
+                what = f"{count} of {sample.numel()} sampled values ≥ 1e3"
+            else:
+                tiny = int(((a > 0) & (a < _GARBAGE_LOW)).sum())
+                huge = s.abs_max is not None and s.abs_max >= _GARBAGE_HIGH
+                what = f"|max| {_fmt(s.abs_max)}"
+            if huge or tiny >= enough:
                 observed = (
-                    f"|max| {_fmt(s.abs_max)}"
+                    what
                     if huge
                     else f"{tiny} of {sample.numel()} sampled values nonzero below 1e-30"
                 )
@@ -293,17 +316,23 @@ def check_target(
         defaults: Mapping[str, DefaultInit] = traced.defaults if traced is not None else {}
         plan_entries: dict[str, PlanEntry] = {}
         if options.rules is not None:
-            plan = make_plan(
-                sites,
-                options.rules,
-                unmatched=Unmatched.KEEP,
-                defaults=defaults,
-                resettable={s.module: True for s in sites} if traced is not None else None,
-                bare=traced is None,
-            )
+            try:
+                plan = make_plan(
+                    sites,
+                    options.rules,
+                    unmatched=Unmatched.KEEP,
+                    defaults=defaults,
+                    resettable={s.module: True for s in sites} if traced is not None else None,
+                    bare=traced is None,
+                )
+            except RulesError as exc:
+                exc.summary = "in the rules; nothing was checked"
+                raise
             plan_entries = {e.site.name: e for e in plan.entries}
         env = dict(options.expect.vars) if options.expect is not None else {}
         checks = options.expect.checks if options.expect is not None else ()
+        _validate_checks(checks, sites, bare=traced is None)
+        matched: set[int] = set()
         violations: list[Violation] = []
         inconclusive: list[str] = []
         fingerprints: dict[tuple[Any, ...], list[str]] = {}
@@ -342,6 +371,7 @@ def check_target(
                 if check.match.matches_name(
                     site.module, site.param, len(site.shape)
                 ) and check.match.matches_type(site.module_class):
+                    matched.add(check.match.index)
                     vs, unsure = _check_expect(t, check, defaults, env)
                     count += 1
                     found += vs
@@ -351,13 +381,25 @@ def check_target(
                         found = [v for v in found if v.check != "zeros"]
             violations += found
             s = t.stats
-            if health.identical and s.numel >= _IDENTICAL_MIN and s.mean is not None:
+            # Constant tensors (norm weights of 1, zero biases) are equal by design.
+            if (
+                health.identical
+                and s.numel >= _IDENTICAL_MIN
+                and s.mean is not None
+                and s.min != s.max
+            ):
                 key = (site.shape, str(raw.dtype), s.mean, s.std, s.min, s.max, s.nan_count)
                 fingerprints.setdefault(key, []).append(site.name)
         if progress is not None:
             progress(total, total)
         if health.identical:
             violations += _identical(fingerprints, load, tied)
+        notes = tuple(
+            f"{c.match.where}: {c.label} matched no parameter; check its type/name/param "
+            "(usually a typo)"
+            for c in checks
+            if c.match.index not in matched
+        )
         return CheckResult(
             target,
             tuple(s.name for s in sites),
@@ -365,7 +407,31 @@ def check_target(
             tuple(dict.fromkeys(inconclusive)),
             count,
             traced is not None,
+            notes,
         )
+
+
+_NOTHING_CHECKED = "in the expectations; nothing was checked"
+
+
+def _validate_checks(checks: Sequence[Check], sites: Sequence[ParamSite], *, bare: bool) -> None:
+    """Expectations that cannot mean anything for this target: unknown type names, types
+    on a bare state dict, an init that cannot describe a tensor it matches."""
+    from dataclasses import replace
+
+    rules = []
+    for c in checks:
+        rule = c.match
+        if c.follows is not None:
+            rule = replace(
+                c.match,
+                init=c.follows.init,
+                arg_paths={**c.match.arg_paths, "init": c.follows.where},
+            )
+        rules.append(rule)
+    problems = match_problems(rules, sites, bare=bare)
+    if problems:
+        raise RulesError(problems, _NOTHING_CHECKED)
 
 
 def _is_zero_init(entry: PlanEntry) -> bool:

@@ -186,16 +186,25 @@ def _open_safetensors(p: Path) -> Checkpoint:
             "the file is truncated or corrupt, or not a safetensors file; "
             "re-save or re-download it",
         ) from exc
+    metadata = handle.metadata() or {}  # type: ignore[no-untyped-call]
+    # safetensors.torch.save_model stores a tied tensor once and records each dropped name
+    # in the metadata as {dropped: kept}; read those names back as aliases of the kept one.
+    aliases = {
+        k: v
+        for k, v in metadata.items()
+        if isinstance(v, str) and k not in infos and v in infos and k != METADATA_KEY
+    }
+    for alias, kept in aliases.items():
+        infos[alias] = TensorInfo(alias, infos[kept].shape, infos[kept].dtype)
     infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
 
     def load(name: str) -> torch.Tensor:
-        tensor: torch.Tensor = handle.get_tensor(name)  # type: ignore[no-untyped-call]
+        tensor: torch.Tensor = handle.get_tensor(aliases.get(name, name))  # type: ignore[no-untyped-call]
         return tensor
 
-    metadata = handle.metadata() or {}  # type: ignore[no-untyped-call]
     record = metadata.get(METADATA_KEY)
     provenance = Provenance.from_json(record) if isinstance(record, str) else None
-    return Checkpoint(p, infos, load, provenance=provenance)
+    return Checkpoint(p, infos, load, aliases=aliases, provenance=provenance)
 
 
 # Within one module, the order torch.nn layers create their parameters in.

@@ -547,13 +547,17 @@ def check(
         from initscope.expect import load_expectations
         from initscope.output import check_writable
         from initscope.render_check import render_check
-        from initscope.rules import load_rules
+        from initscope.rules import RulesError, load_rules
         from initscope.targets import TargetOptions
 
         if output is not None:
             check_writable(output)
         variables = _parse_vars(var)
-        rule_set = load_rules(rules, variables) if rules is not None else None
+        try:
+            rule_set = load_rules(rules, variables) if rules is not None else None
+        except RulesError as exc:
+            exc.summary = "in the rules; nothing was checked"
+            raise
         expectations = load_expectations(expect) if expect is not None else None
         how = TargetOptions(
             kwargs=_constructor_kwargs(arg, args_file),
@@ -566,6 +570,7 @@ def check(
         options = CheckOptions(rule_set, expectations, not no_default_check)
         with _progress(not quiet, "checking") as progress:
             result = check_target(target, how, options, progress)
+        _warn(list(result.notes))
         text = render_check(result, fmt.value)
     _emit(text, output, debug)
     if not result.ok:

@@ -116,10 +116,18 @@ def diff_tensors(name: str, a: torch.Tensor, b: torch.Tensor) -> DiffEntry:
             sa += float(x.sum())
             sb += float(y.sum())
             if d.numel():
-                max_abs = max(max_abs, float(d.abs().max()))
+                # torch's max propagates NaN; Python's max() would drop it.
+                m = float(d.abs().max())
+                max_abs = m if math.isnan(m) or math.isnan(max_abs) else max(max_abs, m)
     norm_a, norm_b = math.sqrt(saa), math.sqrt(sbb)
     rel = math.sqrt(sdd) / norm_a if norm_a > 0 else (0.0 if sdd == 0 else math.inf)
     cosine = sab / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else None
+    if cosine is not None and math.isfinite(cosine):
+        cosine = min(1.0, max(-1.0, cosine))  # rounding can step past ±1
+    if status is Status.UNCHANGED:
+        # Bit-identical: no change, even where NaN makes the arithmetic say otherwise.
+        rel, max_abs = 0.0, 0.0
+        cosine = 1.0 if norm_a > 0 and math.isfinite(norm_a) else cosine
 
     def std(s: float, ss: float) -> float | None:
         if n < 2:

@@ -278,6 +278,15 @@ def parse_expectations(doc: Located) -> Expectations:
         if check is not None:
             checks.append(check)
     health = _parse_health(data.get("health"))
+    raw_health = data.get("health")
+    if isinstance(raw_health, dict):
+        bound = raw_health.get("abs_max")
+        if isinstance(bound, int | float) and not isinstance(bound, bool) and bound <= 0:
+            problem(
+                ("health", "abs_max"),
+                f"expected a bound > 0, got {bound}",
+                "write e.g. abs_max: 100, or null to turn the check off",
+            )
     if problem.problems:
         raise RulesError(problem.problems, summary)
     return Expectations(tuple(checks), health, vars_, doc.file)

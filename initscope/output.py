@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from initscope.errors import InitScopeError
 
-__all__ = ["OutputError", "atomic_write", "check_writable"]
+__all__ = ["OutputError", "atomic_write", "check_writable", "output_mode"]
 
 
 class OutputError(InitScopeError):
@@ -34,6 +34,17 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def output_mode(target: Path) -> int:
+    """The permissions an output gets: the replaced file's, or what ``open()`` would give a
+    new file under the umask (mkstemp's 0600 would hide outputs from the group)."""
+    try:
+        return os.stat(target).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` and rename it over ``path`` on success."""
@@ -48,6 +59,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[A
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
+        os.chmod(tmp, output_mode(target))
         os.replace(tmp, target)
     except BaseException as exc:
         with suppress(OSError):

@@ -275,27 +275,14 @@ def _known_type_names(modules: Sequence[type]) -> set[str]:
     return names
 
 
-def make_plan(
-    sites: Sequence[ParamSite],
-    rules: RuleSet,
-    *,
-    seed: int | None = None,
-    unmatched: Unmatched | None = None,
-    defaults: Mapping[str, DefaultInit] | None = None,
-    resettable: Mapping[str, bool] | None = None,
-    bare: bool = False,
-) -> Plan:
-    """Decide every parameter's init; raise :class:`RulesError` with every problem.
-
-    ``defaults`` are the traced default inits (by parameter name) and ``resettable`` says
-    which module paths have ``reset_parameters``: together they decide whether ``default``
-    can be carried out. ``bare`` means the sites come from a state dict without a model.
-    """
-    policy = unmatched or rules.unmatched
-    found = _Problems()
+def _type_problems(
+    rules: Sequence[Rule], sites: Sequence[ParamSite], bare: bool, found: _Problems
+) -> None:
+    """Type names no class of the model (or torch.nn) has, and type rules on a bare state
+    dict."""
     classes = [s.module_class for s in sites if s.module_class is not None]
     known = _known_type_names(classes)
-    for r in rules.rules:
+    for r in rules:
         if bare and r.has_type:
             found.add(
                 r.at("type"),
@@ -316,6 +303,57 @@ def make_plan(
                     "write a module class name such as Conv2d, or a dotted path",
                     "",
                 )
+
+
+def match_problems(
+    rules: Sequence[Rule], sites: Sequence[ParamSite], *, bare: bool
+) -> list[Problem]:
+    """The problems of rules' match keys against a model: unknown type names, and types on a
+    bare state dict; also, for rules whose init is a torch function, inits that cannot
+    apply to a tensor they match (xavier on a bias). Used for expectations files."""
+    found = _Problems()
+    _type_problems(rules, sites, bare, found)
+    if found.groups:
+        return found.problems()
+    for r in rules:
+        dims = _DIMS.get(r.init)
+        if dims is None:
+            continue
+        for site in sites:
+            if (
+                r.matches_name(site.module, site.param, len(site.shape))
+                and r.matches_type(site.module_class)
+                and not dims[0] <= len(site.shape) <= dims[1]
+            ):
+                found.add(
+                    r.at("init"),
+                    f"{r.section}[{r.index}].follows",
+                    f"{r.init.removesuffix('_')} cannot describe {{name}}: {dims[2]}",
+                    "restrict the check (param: weight, or ndim), or expect zeros/uniform",
+                    f"{site.name} {_shape(site.shape)}",
+                )
+    return found.problems()
+
+
+def make_plan(
+    sites: Sequence[ParamSite],
+    rules: RuleSet,
+    *,
+    seed: int | None = None,
+    unmatched: Unmatched | None = None,
+    defaults: Mapping[str, DefaultInit] | None = None,
+    resettable: Mapping[str, bool] | None = None,
+    bare: bool = False,
+) -> Plan:
+    """Decide every parameter's init; raise :class:`RulesError` with every problem.
+
+    ``defaults`` are the traced default inits (by parameter name) and ``resettable`` says
+    which module paths have ``reset_parameters``: together they decide whether ``default``
+    can be carried out. ``bare`` means the sites come from a state dict without a model.
+    """
+    policy = unmatched or rules.unmatched
+    found = _Problems()
+    _type_problems(rules.rules, sites, bare, found)
     # Rules with an unusable type are left out of matching, so the problems of the other
     # rules are found in the same run.
     broken = {int(path.split("[")[1].split("]")[0]) for (_, path, _, _) in found.groups}

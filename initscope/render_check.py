@@ -90,7 +90,6 @@ def _junit(result: CheckResult) -> str:
     by_param: dict[str, list[Violation]] = defaultdict(list)
     for v in result.violations:
         by_param[v.parameter].append(v)
-    errors = sum(1 for v in result.violations if v.severity == "error")
     suite = ET.Element(
         "testsuite",
         name=f"initscope check {result.target}",
@@ -101,14 +100,24 @@ def _junit(result: CheckResult) -> str:
     )
     for name in result.parameters:
         case = ET.SubElement(suite, "testcase", classname=result.target, name=name)
-        for v in by_param.get(name, []):
-            if v.severity == "error":
-                failure = ET.SubElement(case, "failure", message=v.line(), type=v.check)
-                failure.text = f"{v.line()}\n(from {v.source})" if v.source else v.line()
-            else:
-                out = ET.SubElement(case, "system-out")
-                out.text = f"warning: {v.line()}"
-    root = ET.Element("testsuites", tests=str(len(result.parameters)), failures=str(errors))
+        found = by_param.get(name, [])
+        bad = [v for v in found if v.severity == "error"]
+        if bad:
+            # One <failure> per testcase (some CI readers accept no more), naming them all.
+            failure = ET.SubElement(
+                case,
+                "failure",
+                message="; ".join(v.line() for v in bad),
+                type=",".join(dict.fromkeys(v.check for v in bad)),
+            )
+            failure.text = "\n".join(
+                f"{v.line()} (from {v.source})" if v.source else v.line() for v in bad
+            )
+        notes = [f"warning: {v.line()}" for v in found if v.severity != "error"]
+        if notes:
+            ET.SubElement(case, "system-out").text = "\n".join(notes)
+    failed = len({v.parameter for v in result.violations if v.severity == "error"})
+    root = ET.Element("testsuites", tests=str(len(result.parameters)), failures=str(failed))
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"

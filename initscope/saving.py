@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from initscope.output import OutputError, check_writable
+from initscope.output import OutputError, check_writable, output_mode
 
 __all__ = [
     "PROVENANCE_FORMAT",
@@ -115,6 +115,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         # Flush to disk before the rename, so a crash cannot leave a renamed empty file.
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, output_mode(target))
         os.replace(tmp, target)
     except BaseException as exc:
         with suppress(OSError):
@@ -139,7 +140,11 @@ def save_state_dict(
         else:
             state: dict[str, Any] = {k: v.detach().cpu() for k, v in tensors.items()}
             state[PROVENANCE_KEY] = provenance.to_json()
-            torch.save(state, tmp)
+            # A file object, not the path: torch.save names the zip archive's root folder
+            # after a path's stem, which for a random temporary name would make two
+            # identical runs write different bytes.
+            with open(tmp, "wb") as fh:
+                torch.save(state, fh)
     return target
 
 

@@ -8,6 +8,7 @@ line and column, so validation can point at the exact spot.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,26 @@ class _TooLarge(Exception):
     pass
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e7`` and ``5e-3`` as floats. YAML 1.1 (PyYAML) insists
+    on a dot in the mantissa (``1.0e7``) and reads these as strings; YAML 1.2 and every
+    person writing ``std: 2e-2`` read a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_yaml(path: str | Path) -> Located:
     """Parse ``path``; a missing file or a syntax error raises :class:`SpecError`."""
     p = Path(path)
@@ -94,7 +115,7 @@ def load_yaml(path: str | Path) -> Located:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read {p}: {exc}", "check the file") from None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             marks: dict[DocPath, tuple[int, int]] = {}
@@ -134,7 +155,8 @@ def load_yaml(path: str | Path) -> Located:
 def parse_scalar(text: str) -> Any:
     """A command-line value read as YAML: ``3`` → 3, ``[3,5]`` → [3, 5], ``false`` → False."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        # _Loader is a SafeLoader: no Python objects are built from the text.
+        return yaml.load(text, Loader=_Loader) if text.strip() else ""
     except yaml.YAMLError:
         return text
 

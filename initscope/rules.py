@@ -281,13 +281,15 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
-def _find(path_or_name: str | Path) -> Path:
+def _find(path_or_name: str | Path) -> tuple[Path, str]:
+    """The file a --rules value names, and the name to show for it: the path as given, or
+    ``configs/NAME.yaml`` for a preset (the same on every machine)."""
     p = Path(path_or_name)
     if p.exists() or p.suffix or len(p.parts) > 1:
-        return p
+        return p, str(p)
     preset = presets_dir() / f"{p.name}.yaml"
     if preset.is_file():
-        return preset
+        return preset, f"configs/{p.name}.yaml"
     names = preset_names()
     raise SpecError(
         f"no rules file or preset named {str(path_or_name)!r}"
@@ -305,10 +307,10 @@ def load_rules(
     if isinstance(source, Mapping):
         doc = Located("<rules>", dict(source), {})
         return parse_rules(doc, json.dumps(source, sort_keys=True, default=str), variables)
-    path = _find(source)
+    path, shown = _find(source)
     if path.is_dir():
         raise SpecError(f"{path} is a directory, not a rules file", "give a .yaml file")
-    doc = load_yaml(path)
+    doc = load_yaml(path, shown)
     return parse_rules(doc, path.read_text(encoding="utf-8"), variables)
 
 

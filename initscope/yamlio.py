@@ -105,9 +105,11 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_yaml(path: str | Path) -> Located:
-    """Parse ``path``; a missing file or a syntax error raises :class:`SpecError`."""
+def load_yaml(path: str | Path, display: str | None = None) -> Located:
+    """Parse ``path``; a missing file or a syntax error raises :class:`SpecError`.
+    ``display`` is the name messages use for the file (default: the path as given)."""
     p = Path(path)
+    shown = display or str(p)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -127,29 +129,30 @@ def load_yaml(path: str | Path) -> Located:
             loader.dispose()
     except _TooLarge:
         raise SpecError(
-            f"{p}: the document expands to more than {MAX_NODES} values (YAML aliases?)",
+            f"{shown}: the document expands to more than {MAX_NODES} values (YAML aliases?)",
             "write the values out; initscope files are small",
         ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else shown
         raise SpecError(
             f"{where}: invalid YAML: {exc.problem or exc}",
             "fix the syntax at that spot; check the indentation (spaces, not tabs) and quote "
             "values that contain ': ' or start with a special character",
         ) from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"{p}: invalid YAML: {exc}", "fix the syntax") from None
+        raise SpecError(f"{shown}: invalid YAML: {exc}", "fix the syntax") from None
     except (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError) as exc:
         # PyYAML's constructors raise these on explicitly tagged bad scalars (!!float abc,
         # !!int '', !!timestamp x) instead of a YAMLError.
+        why = " ".join(str(exc).split())[:120]
         raise SpecError(
-            f"{p}: invalid YAML value: {type(exc).__name__}: {' '.join(str(exc).split())[:120]}",
+            f"{shown}: invalid YAML value: {type(exc).__name__}: {why}",
             "check explicitly tagged values (!!float, !!int, !!timestamp)",
         ) from None
     except RecursionError:
-        raise SpecError(f"{p}: the document is nested too deeply", "flatten it") from None
-    return Located(str(p), data, marks, tuple(duplicates))
+        raise SpecError(f"{shown}: the document is nested too deeply", "flatten it") from None
+    return Located(shown, data, marks, tuple(duplicates))
 
 
 def parse_scalar(text: str) -> Any:

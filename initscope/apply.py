@@ -268,6 +268,10 @@ def _check_output(target: str, input_path: Path | None, options: ApplyOptions) -
     output = options.output
     if output is None and options.in_place and input_path is not None:
         output = input_path
+    if options.in_place and output is not None and output.is_symlink():
+        # Replace the file the link points to (a Hugging Face cache entry is a link), not
+        # the link itself.
+        output = Path(os.path.realpath(output))
     if output is None:
         raise OutputError(
             "apply needs an output file",

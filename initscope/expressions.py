@@ -51,6 +51,9 @@ class Expression:
             value = _eval(self._tree, env)
         except ZeroDivisionError:
             raise ExpressionError(f"{self.text!r} divides by zero") from None
+        except TypeError:
+            # sqrt/log of a complex number ((-8) ** 0.5 is complex in Python).
+            raise ExpressionError(f"{self.text!r} is not a real number") from None
         except OverflowError:
             raise ExpressionError(f"{self.text!r} overflows") from None
         except ValueError as exc:

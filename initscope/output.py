@@ -31,6 +31,11 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
             f"cannot write {target}: directory {target.parent} does not exist",
             "create it first or choose another output path",
         )
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write {target}: directory {target.parent} is not writable",
+            "check its permissions or choose another output path",
+        )
     return target
 
 

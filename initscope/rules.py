@@ -206,7 +206,8 @@ class Rule:
 
     @property
     def label(self) -> str:
-        return f"{self.section}[{self.index}] (line {self.line})"
+        at = f" (line {self.line})" if self.line else ""
+        return f"{self.section}[{self.index}]{at}"
 
     @property
     def has_type(self) -> bool:
@@ -356,6 +357,11 @@ def parse_rules(
     if isinstance(raw_vars, dict):
         for k, v in raw_vars.items():
             if isinstance(v, int | float) and not isinstance(v, bool):
+                try:
+                    v = float(v)
+                except OverflowError:
+                    problem(("vars", str(k)), f"{k!r} is too large a number", "use a smaller one")
+                    continue
                 if str(k) in FAN_NAMES:
                     problem(
                         ("vars", str(k)),
@@ -535,22 +541,32 @@ def arg_constraints(init: str, args: Mapping[str, ArgValue | float]) -> list[tup
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
     fn = init.removesuffix("_")
+    for key in args:
+        v = num(key)
+        if v is not None and not (math.isfinite(v) and abs(v) <= _FLOAT32_MAX):
+            out.append(
+                (
+                    key,
+                    f"{fn} needs a finite {key} within float32 range, got {v:g}",
+                    f"write a number up to {_FLOAT32_MAX:.3g} in magnitude",
+                )
+            )
+    if out:
+        return out
     std = num("std")
-    if init in ("normal_", "trunc_normal_", "sparse_") and std is not None and std < 0:
+    if init in ("normal_", "sparse_") and std is not None and std < 0:
         out.append(("std", f"{fn} needs std ≥ 0, got {std:g}", "use a non-negative std"))
     a, b = num("a"), num("b")
     if init == "uniform_":
         lo = a if a is not None else 0.0
         hi = b if b is not None else 1.0
+        key = "a" if a is not None else "b"
         if lo > hi:
-            key = "a" if a is not None else "b"
             out.append((key, f"uniform needs a ≤ b, got a={lo:g}, b={hi:g}", "swap a and b"))
+        elif hi - lo > _FLOAT32_MAX:
+            out.append((key, f"uniform's range b - a = {hi - lo:g} overflows float32", "narrow it"))
     if init == "trunc_normal_":
-        lo = a if a is not None else -2.0
-        hi = b if b is not None else 2.0
-        if lo >= hi:
-            key = "a" if a is not None else "b"
-            out.append((key, f"trunc_normal needs a < b, got a={lo:g}, b={hi:g}", "swap a and b"))
+        out += _trunc_normal_constraints(num("mean"), std, a, b)
     sparsity = num("sparsity")
     if init == "sparse_" and sparsity is not None and not 0 <= sparsity <= 1:
         out.append(
@@ -564,6 +580,44 @@ def arg_constraints(init: str, args: Mapping[str, ArgValue | float]) -> list[tup
     if init == "dirac_" and groups is not None and groups < 1:
         out.append(("groups", f"dirac needs groups ≥ 1, got {groups:g}", "use groups: 1"))
     return out
+
+
+# torch.finfo(torch.float32).max: values are drawn in float32 (see apply._fill).
+_FLOAT32_MAX = 3.4028234663852886e38
+# torch.nn.init.trunc_normal_ samples by rejection; when [a, b] holds little of the normal's
+# mass (p ≤ 0.3, torch/nn/init.py _no_grad_trunc_normal_) the proposal is uniform on [a, b]
+# and each round accepts a fraction p·std·√(2π)/(b − a) of the values. Below this fraction a
+# run takes minutes to hours; it is refused.
+_MIN_ACCEPTANCE = 1e-3
+
+
+def _trunc_normal_constraints(
+    mean: float | None, std: float | None, a: float | None, b: float | None
+) -> list[tuple[str, str, str]]:
+    m = 0.0 if mean is None else mean
+    s = 1.0 if std is None else std
+    lo = -2.0 if a is None else a
+    hi = 2.0 if b is None else b
+    if s <= 0:
+        return [("std", f"trunc_normal needs std > 0, got {s:g}", "use a positive std")]
+    key = "b" if b is not None else "a"
+    if lo >= hi:
+        return [(key, f"trunc_normal needs a < b, got a={lo:g}, b={hi:g}", "swap a and b")]
+
+    def cdf(x: float) -> float:
+        return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+    p = cdf((hi - m) / s) - cdf((lo - m) / s)
+    if p <= 0.3 and p * s * math.sqrt(2 * math.pi) < _MIN_ACCEPTANCE * (hi - lo):
+        return [
+            (
+                key,
+                f"trunc_normal over [{lo:g}, {hi:g}] keeps {p:.2g} of N({m:g}, {s:g}) spread "
+                f"over {(hi - lo) / s:.3g} std: torch would sample it for a very long time",
+                "put [a, b] around the mean (a and b are absolute values, not multiples of std)",
+            )
+        ]
+    return []
 
 
 def _init_name(text: str) -> tuple[str | None, InitFunction | None]:
@@ -602,7 +656,11 @@ def _parse_arg(
         problem(path, f"expected an integer for {arg.name}, got {value!r}")
         return None
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            problem(path, f"{arg.name} is too large a number", "write a float32-sized number")
+            return None
     if not isinstance(value, str):
         problem(path, f"expected a number or an expression for {arg.name}, got {value!r}")
         return None
@@ -617,7 +675,7 @@ def _parse_arg(
                 return gain
             problem(
                 path,
-                f"the {name.strip()} slope {slope.strip()!r} is not a number",
+                f"the {name.strip()} slope {slope.strip()!r} is not a usable number",
                 f"write e.g. {name.strip()}:0.2",
             )
             return None
@@ -663,7 +721,11 @@ def _gain_name(text: str) -> float | None:
             p = float(param)
         except ValueError:
             return None
-    return float(torch.nn.init.calculate_gain(name.strip(), p))  # type: ignore[arg-type]
+    try:
+        gain = float(torch.nn.init.calculate_gain(name.strip(), p))  # type: ignore[arg-type]
+    except (OverflowError, ValueError):
+        return None
+    return gain if math.isfinite(gain) else None
 
 
 def _parse_types(

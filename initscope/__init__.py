@@ -76,6 +76,17 @@ _EXPORTS = {
     "save_state_dict": "initscope.saving",
     "render_apply": "initscope.render_plan",
     "parse_expression": "initscope.expressions",
+    "CheckOptions": "initscope.check",
+    "CheckResult": "initscope.check",
+    "Violation": "initscope.check",
+    "check_target": "initscope.check",
+    "Expectations": "initscope.expect",
+    "load_expectations": "initscope.expect",
+    "render_check": "initscope.render_check",
+    "DiffEntry": "initscope.diff",
+    "DiffResult": "initscope.diff",
+    "diff_targets": "initscope.diff",
+    "render_diff": "initscope.diff",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -89,7 +100,9 @@ if TYPE_CHECKING:
         derive_seed,
         plan_target,
     )
+    from initscope.check import CheckOptions, CheckResult, Violation, check_target
     from initscope.checkpoints import Checkpoint, TensorInfo, open_checkpoint
+    from initscope.diff import DiffEntry, DiffResult, diff_targets, render_diff
     from initscope.distributions import Distribution, Family
     from initscope.errors import (
         CheckpointError,
@@ -99,6 +112,7 @@ if TYPE_CHECKING:
         TargetError,
         UnsafeLoadRequired,
     )
+    from initscope.expect import Expectations, load_expectations
     from initscope.explain import Explanation, ParamExplanation, explain
     from initscope.expressions import parse_expression
     from initscope.identify import Fit, Identification, identify
@@ -106,6 +120,7 @@ if TYPE_CHECKING:
     from initscope.output import OutputError, atomic_write
     from initscope.plan import Action, Plan, PlanEntry, make_plan
     from initscope.render import OutputFormat, render_explanation, render_report, report_to_dict
+    from initscope.render_check import render_check
     from initscope.render_plan import render_apply
     from initscope.report import (
         ParameterReport,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -28,6 +28,9 @@ from initscope.errors import (
     InitScopeError,
 )
 from initscope.render import TABLE_WIDTH, OutputFormat
+
+if TYPE_CHECKING:
+    from initscope.targets import TargetOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -64,6 +67,9 @@ SeedOpt = Annotated[
     int,
     typer.Option("--seed", min=0, max=MAX_SEED, help="Seed for constructing the model."),
 ]
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")]
 
 
 def _version(value: bool) -> None:
@@ -167,6 +173,31 @@ def _constructor_kwargs(arg: list[str] | None, args_file: Path | None) -> dict[s
     return kwargs
 
 
+def _how(
+    arg: list[str] | None,
+    args_file: Path | None,
+    model: str | None,
+    spec: Path | None,
+    input_shape: str | None,
+    unsafe_load: bool,
+    *,
+    seed: int = 0,
+    meta: bool = False,
+) -> TargetOptions:
+    """How to read TARGET, from the options every target-taking command shares."""
+    from initscope.targets import TargetOptions
+
+    return TargetOptions(
+        kwargs=_constructor_kwargs(arg, args_file),
+        model=model,
+        spec=spec,
+        input_shape=_parse_shape(input_shape),
+        unsafe_load=unsafe_load,
+        seed=seed,
+        meta=meta,
+    )
+
+
 def _width() -> int:
     if sys.stdout.isatty():
         return shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
@@ -268,9 +299,7 @@ def report(
             "--meta", help="Build on the meta device: defaults only, no memory for weights."
         ),
     ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
-    ] = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show every parameter's default init (traced from torch), next to its actual statistics."""
@@ -279,21 +308,12 @@ def report(
         from initscope.output import check_writable
         from initscope.render import render_report
         from initscope.report import ReportOptions, build_report
-        from initscope.targets import TargetOptions
 
         if output is not None:
             check_writable(output)  # before the model is built, not after
         options = ReportOptions(buffers=buffers, types=tuple(type_ or ()), names=tuple(name or ()))
         with _progress(not quiet) as progress:
-            how = TargetOptions(
-                kwargs=_constructor_kwargs(arg, args_file),
-                model=model,
-                spec=spec,
-                input_shape=_parse_shape(input_shape),
-                unsafe_load=unsafe_load,
-                seed=seed,
-                meta=meta,
-            )
+            how = _how(arg, args_file, model, spec, input_shape, unsafe_load, meta=meta, seed=seed)
             result = build_report(target, how, options, progress)
         text = render_report(result, fmt, _width() if output is None else TABLE_WIDTH)
     _emit(text, output, debug)
@@ -443,9 +463,7 @@ def apply(
     spec: SpecOpt = None,
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
-    ] = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Re-initialize TARGET's parameters by a YAML rules file and save the result."""
@@ -454,15 +472,15 @@ def apply(
         from initscope.apply import ApplyOptions, apply_target
         from initscope.render_plan import render_apply
         from initscope.rules import Unmatched, load_rules
-        from initscope.targets import TargetOptions
 
         rule_set = load_rules(rules, _parse_vars(var))
-        how = TargetOptions(
-            kwargs=_constructor_kwargs(arg, args_file),
-            model=model,
-            spec=spec,
-            input_shape=_parse_shape(input_shape),
-            unsafe_load=unsafe_load,
+        how = _how(
+            arg,
+            args_file,
+            model,
+            spec,
+            input_shape,
+            unsafe_load,
             seed=seed if seed is not None else (rule_set.seed or 0),
         )
         options = ApplyOptions(
@@ -534,9 +552,7 @@ def check(
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
     seed: SeedOpt = 0,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
-    ] = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Check TARGET's statistics: health always, --rules and --expect when given. Exit 0 if
@@ -548,7 +564,6 @@ def check(
         from initscope.output import check_writable
         from initscope.render_check import render_check
         from initscope.rules import RulesError, load_rules
-        from initscope.targets import TargetOptions
 
         if output is not None:
             check_writable(output)
@@ -559,14 +574,7 @@ def check(
             exc.summary = "in the rules; nothing was checked"
             raise
         expectations = load_expectations(expect) if expect is not None else None
-        how = TargetOptions(
-            kwargs=_constructor_kwargs(arg, args_file),
-            model=model,
-            spec=spec,
-            input_shape=_parse_shape(input_shape),
-            unsafe_load=unsafe_load,
-            seed=seed,
-        )
+        how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
         options = CheckOptions(rule_set, expectations, not no_default_check)
         with _progress(not quiet, "checking") as progress:
             result = check_target(target, how, options, progress)
@@ -596,9 +604,7 @@ def diff(
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
     seed: SeedOpt = 0,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")
-    ] = False,
+    quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Compare two checkpoints (or a checkpoint and a fresh model), parameter by parameter."""
@@ -610,14 +616,7 @@ def diff(
 
         if output is not None:
             check_writable(output)
-        how = TargetOptions(
-            kwargs=_constructor_kwargs(arg, args_file),
-            model=model,
-            spec=spec,
-            input_shape=_parse_shape(input_shape),
-            unsafe_load=unsafe_load,
-            seed=seed,
-        )
+        how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
         # --model/--spec describe the checkpoints; a model target needs only its --arg.
         plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)
         if model is None and spec is None:
@@ -667,7 +666,6 @@ def rules_validate(
         from initscope.apply import ApplyOptions, plan_target
         from initscope.render_plan import apply_to_dict, summary_lines
         from initscope.rules import Unmatched, load_rules
-        from initscope.targets import TargetOptions
 
         rule_set = load_rules(file, _parse_vars(var))
         if target is None:
@@ -682,13 +680,8 @@ def rules_validate(
                 n = len(rule_set.rules)
                 text = f"{rule_set.source}: ok, {n} rule{'s' if n != 1 else ''}\n"
         else:
-            how = TargetOptions(
-                kwargs=_constructor_kwargs(arg, args_file),
-                model=model,
-                spec=spec,
-                input_shape=_parse_shape(input_shape),
-                unsafe_load=unsafe_load,
-                seed=rule_set.seed or 0,
+            how = _how(
+                arg, args_file, model, spec, input_shape, unsafe_load, seed=rule_set.seed or 0
             )
             options = ApplyOptions(
                 unmatched=Unmatched(unmatched.value) if unmatched else None, strict=strict

@@ -33,7 +33,7 @@ from initscope.rules import (
     init_functions,
     parse_rule,
 )
-from initscope.rules_schema import MATCH_KEYS, SchemaProblem, validate
+from initscope.rules_schema import MATCH_KEYS, MATCH_PROPERTIES, SchemaProblem, validate
 from initscope.yamlio import Located, load_yaml
 
 __all__ = [
@@ -52,29 +52,6 @@ _RANGE = {
     "items": {"type": ["number", "null"]},
     "description": "[min, max], inclusive; null for an open end.",
 }
-_MATCH = {
-    "type": {
-        "anyOf": [
-            {"type": "string", "minLength": 1},
-            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
-        ],
-        "description": "Module class name or dotted path; subclasses match.",
-    },
-    "name": {"type": "string", "description": 'Glob on the module path, or "re:<regex>".'},
-    "param": {"type": "string", "description": "Glob on the parameter's own name."},
-    "ndim": {
-        "anyOf": [
-            {"type": "integer", "minimum": 0},
-            {
-                "type": "array",
-                "items": {"type": "integer", "minimum": 0},
-                "minItems": 2,
-                "maxItems": 2,
-            },
-        ]
-    },
-}
-
 EXPECT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://initscope.dev/schema/expect.schema.json",
@@ -95,7 +72,7 @@ EXPECT_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    **_MATCH,
+                    **MATCH_PROPERTIES,
                     "std": _RANGE,
                     "mean": _RANGE,
                     "abs_max": _RANGE,

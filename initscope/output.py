@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from initscope.errors import InitScopeError
 
-__all__ = ["OutputError", "atomic_write", "check_writable", "output_mode"]
+__all__ = ["OutputError", "atomic_path", "atomic_write", "check_writable", "output_mode"]
 
 
 class OutputError(InitScopeError):
@@ -51,19 +51,23 @@ def output_mode(target: Path) -> int:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Write to a temporary file beside ``path`` and rename it over ``path`` on success."""
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed over it when the block succeeds and
+    removed when it fails."""
     target = check_writable(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
     except OSError as exc:
         raise OutputError(
             f"cannot write {target}: {exc.strerror or exc}",
             "check the directory's permissions and free space",
         ) from exc
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
+        yield Path(tmp)
+        # Flush to disk before the rename, so a crash cannot leave a renamed empty file.
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.chmod(tmp, output_mode(target))
         os.replace(tmp, target)
     except BaseException as exc:
@@ -75,3 +79,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[A
                 "check the path, its permissions and free space",
             ) from exc
         raise
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside ``path`` and rename it over ``path`` on success."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh

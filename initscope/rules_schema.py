@@ -17,7 +17,14 @@ from typing import Any
 
 from initscope.yamlio import did_you_mean
 
-__all__ = ["MATCH_KEYS", "RULES_SCHEMA", "SUPPORTED_KEYWORDS", "SchemaProblem", "validate"]
+__all__ = [
+    "MATCH_KEYS",
+    "MATCH_PROPERTIES",
+    "RULES_SCHEMA",
+    "SUPPORTED_KEYWORDS",
+    "SchemaProblem",
+    "validate",
+]
 
 MATCH_KEYS = ("type", "name", "param", "ndim")
 _STR_OR_LIST = {
@@ -31,6 +38,37 @@ _ARG_VALUE = {
     "gain (relu, tanh, leaky_relu:0.2), a choice such as fan_out, or an arithmetic "
     "expression over numbers, vars, fan_in, fan_out and numel with sqrt() and log().",
     "type": ["number", "string"],
+}
+
+# The match keys, shared by rules files and expectations files.
+MATCH_PROPERTIES: dict[str, Any] = {
+    "type": {
+        **_STR_OR_LIST,
+        "description": "Module class name (Conv2d) or dotted path (torch.nn.Conv2d); "
+        "subclasses match.",
+    },
+    "name": {
+        "type": "string",
+        "description": 'Glob on the module path ("encoder.*"), or "re:<regex>" for a regular '
+        "expression.",
+    },
+    "param": {
+        "type": "string",
+        "description": 'Glob on the parameter\'s own name ("weight", "bias", "*_proj_weight"); '
+        'default "*".',
+    },
+    "ndim": {
+        "anyOf": [
+            {"type": "integer", "minimum": 0},
+            {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        ],
+        "description": "Number of dims, or [min, max] inclusive.",
+    },
 }
 
 RULES_SCHEMA: dict[str, Any] = {
@@ -70,33 +108,7 @@ RULES_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "required": ["init"],
                 "properties": {
-                    "type": {
-                        **_STR_OR_LIST,
-                        "description": "Module class name (Conv2d) or dotted path "
-                        "(torch.nn.Conv2d); subclasses match.",
-                    },
-                    "name": {
-                        "type": "string",
-                        "description": 'Glob on the module path ("encoder.*"), or '
-                        '"re:<regex>" for a regular expression.',
-                    },
-                    "param": {
-                        "type": "string",
-                        "description": 'Glob on the parameter\'s own name ("weight", '
-                        '"bias", "*_proj_weight"); default "*".',
-                    },
-                    "ndim": {
-                        "anyOf": [
-                            {"type": "integer", "minimum": 0},
-                            {
-                                "type": "array",
-                                "items": {"type": "integer", "minimum": 0},
-                                "minItems": 2,
-                                "maxItems": 2,
-                            },
-                        ],
-                        "description": "Number of dims, or [min, max] inclusive.",
-                    },
+                    **MATCH_PROPERTIES,
                     "init": {
                         "type": "string",
                         "description": "A torch.nn.init function (trailing _ optional): "

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from initscope.output import OutputError, check_writable, output_mode
+from initscope.output import OutputError, atomic_path
 
 __all__ = [
     "PROVENANCE_FORMAT",
@@ -95,37 +93,6 @@ def output_format(path: Path) -> str:
         f"cannot tell the format of {path} from {suffix or 'no extension'!r}",
         "name the output .safetensors, .pt or .pth",
     )
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed over it when the block succeeds and
-    removed when it fails."""
-    target = check_writable(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write {target}: {exc.strerror or exc}",
-            "check the directory's permissions and free space",
-        ) from exc
-    try:
-        yield Path(tmp)
-        # Flush to disk before the rename, so a crash cannot leave a renamed empty file.
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, output_mode(target))
-        os.replace(tmp, target)
-    except BaseException as exc:
-        with suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise OutputError(
-                f"cannot write {target}: {exc.strerror or exc}",
-                "check the path, its permissions and free space",
-            ) from exc
-        raise
 
 
 def save_state_dict(

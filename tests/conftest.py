@@ -68,3 +68,13 @@ def tiny_safetensors(tmp_path: Path) -> Path:
 def _seeded() -> Iterator[None]:
     torch.manual_seed(1234)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """torch with one thread: for modules of small tensors, where the thread pool only costs
+    time (several times over when other processes share the CPUs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -21,37 +21,6 @@ from initscope.rules_schema import RULES_SCHEMA
 from initscope.tracing import fans
 
 ROOT = Path(__file__).resolve().parent.parent
-transformers = pytest.importorskip("transformers")
-
-
-def tiny_gpt2() -> torch.nn.Module:
-    config = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=300)
-    return transformers.GPT2LMHeadModel(config)
-
-
-def tiny_bert() -> torch.nn.Module:
-    config = transformers.BertConfig(
-        vocab_size=300,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    return transformers.BertModel(config)
-
-
-def tiny_vit() -> torch.nn.Module:
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        num_labels=10,
-    )
-    return transformers.ViTForImageClassification(config)
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -181,9 +150,9 @@ PRESET_TARGETS = {
         "initscope.examples:LSTMTagger",
     ],
     "orthogonal-rnn": ["initscope.examples:LSTMTagger"],
-    "gpt2": ["tests.test_apply:tiny_gpt2"],
-    "bert": ["tests.test_apply:tiny_bert"],
-    "vit-timm": ["tests.test_apply:tiny_vit"],
+    "gpt2": ["tests.fixtures.hf_models:tiny_gpt2"],
+    "bert": ["tests.fixtures.hf_models:tiny_bert"],
+    "vit-timm": ["tests.fixtures.hf_models:tiny_vit"],
 }
 
 

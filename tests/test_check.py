@@ -8,7 +8,7 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from initscope.cli import app
 from initscope.distributions import format_number
 from initscope.examples import TinyTransformer, UNet
 from initscope.render_check import render_check
+from tests.fixtures.hf_models import tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 XAVIER = str(ROOT / "configs" / "xavier.yaml")
@@ -36,30 +37,10 @@ BARE_UNET = 48
 CLEAN_BARE = f"{BARE_UNET} parameters checked: all checks pass"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # The tensors here are small; torch's thread pool only costs time (several times over
-    # when other processes share the CPUs).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- models named as targets ----------------------------------------------------------------
-
-
-def tiny_bert() -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=300,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    return transformers.BertModel(config)
 
 
 class IndependentTransformer(TinyTransformer):
@@ -455,7 +436,7 @@ def test_uncovered_parameters_must_keep_their_default(
 
 # -- --expect ----------------------------------------------------------------------------------
 
-BERT = "tests.test_check:tiny_bert"
+BERT = "tests.fixtures.hf_models:tiny_bert"
 
 # Every check matching a parameter applies: the first five hold on all of BERT (its
 # _init_weights draws N(0, 0.02), zero biases, LayerNorm ones); the last two ask the pooler

@@ -538,16 +538,23 @@ def arg_constraints(init: str, args: Mapping[str, ArgValue | float]) -> list[tup
 
     def num(key: str) -> float | None:
         v = args.get(key)
-        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            return None
+        try:
+            return float(v)
+        except OverflowError:  # an integer beyond float range
+            return math.inf
 
     fn = init.removesuffix("_")
     for key in args:
         v = num(key)
         if v is not None and not (math.isfinite(v) and abs(v) <= _FLOAT32_MAX):
+            raw = args[key]
+            got = f"an integer of {len(str(raw))} digits" if isinstance(raw, int) else f"{v:g}"
             out.append(
                 (
                     key,
-                    f"{fn} needs a finite {key} within float32 range, got {v:g}",
+                    f"{fn} needs a finite {key} within float32 range, got {got}",
                     f"write a number up to {_FLOAT32_MAX:.3g} in magnitude",
                 )
             )

@@ -379,11 +379,13 @@ def identify(
     shape: tuple[int, ...],
     default: DefaultInit | None,
     tensor: torch.Tensor | None = None,
+    alpha: float = ALPHA,
 ) -> Identification:
     """Name what the values of one tensor follow, and whether that is its traced default.
 
     ``rs`` holds the full-tensor statistics and the bounded sample; ``tensor`` (optional) is
-    used only for the structured checks (orthogonal) on matrices.
+    used only for the structured checks (orthogonal) on matrices. ``alpha`` is the false
+    rejection rate of each decision; ``check`` lowers it to bound the rate over a whole run.
     """
     s = rs.result()
     sample = rs.sample()
@@ -422,13 +424,13 @@ def identify(
         tensor is not None
         and not (default is not None and default.partial)  # a zeroed padding row is structure
         and (p_rows := _p_rows(tensor)) is not None
-        and p_rows < ALPHA
+        and p_rows < alpha
     ):
         return Identification(Fit("unknown", None), None if known_default is None else False)
     matches_default: bool | None = None
     if known_default is not None and known_default.is_continuous:
         p = _p_candidate(known_default, s, sample, eps)
-        matches_default = p > ALPHA
+        matches_default = p > alpha
         if matches_default:
             assert default is not None
             return Identification(
@@ -440,12 +442,12 @@ def identify(
     best: tuple[float, str, Distribution] | None = None
     for label, d in _named(shape):
         p = _p_candidate(d, s, sample, eps)
-        if p > ALPHA and (best is None or p > best[0]):
+        if p > alpha and (best is None or p > best[0]):
             best = (p, label, d)
     if best is None:
         for label, d in _estimated(s):
             p = _p_candidate(d, s, sample, eps)
-            if p > ALPHA:
+            if p > alpha:
                 best = (p, label, d)
                 break
     if best is None:

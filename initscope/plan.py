@@ -70,6 +70,26 @@ _DIMS: Mapping[str, tuple[int, int, str, str]] = {
         "restrict the rule with ndim: [3, 5]; for matrices, eye is the identity",
     ),
 }
+# The torch.nn.init functions whose every refusal is checked here (dims, argument values,
+# dirac's groups) rather than by trying them.
+_CHECKED = frozenset(
+    {
+        "uniform_",
+        "normal_",
+        "trunc_normal_",
+        "constant_",
+        "ones_",
+        "zeros_",
+        "eye_",
+        "dirac_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "orthogonal_",
+        "sparse_",
+    }
+)
 _BIAS_HINT = "for biases use init: zeros or uniform (inits built on fans need ≥ 2 dims)"
 
 
@@ -482,10 +502,24 @@ def _resolve(
     for key, message, hint in arg_constraints(rule.init, args):
         found.add(rule.at(key), f"{label}.{key}", f"{message} for {{name}}", hint, who, key)
         return PlanEntry(site, Action.INIT, rule, rule.init)
-    # Whatever else torch itself refuses, found by running the real function on a meta
-    # tensor: no memory, no values, the same checks (those it skips on meta are above).
+    if rule.init == "dirac_" and shape[0] % int(args.get("groups", 1)) != 0:
+        # torch/nn/init.py dirac_: "dim 0 must be divisible by groups".
+        found.add(
+            rule.at("groups"),
+            f"{label}.groups",
+            "dirac needs dim 0 divisible by groups, not so for {name}",
+            "use a groups that divides the output channels",
+            who,
+        )
+        return PlanEntry(site, Action.INIT, rule, rule.init)
+    # Whatever else torch itself refuses: the functions checked above are run for real on
+    # empty tensors only (they return at once); any other init function (a newer torch's)
+    # on a meta tensor of the same shape. (On meta, torch imports its Python decompositions,
+    # seconds on first use, and skips the value checks done above.)
     try:
-        fn(torch.empty(shape, device="meta"), **args)
+        if rule.init not in _CHECKED or math.prod(shape) == 0:
+            device = "cpu" if math.prod(shape) == 0 else "meta"
+            fn(torch.empty(shape, device=device), **args)
         dist = _init_distribution(rule.init, args, shape)
     except Exception as exc:
         message = " ".join(str(exc).split())[:200]

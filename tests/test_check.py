@@ -422,7 +422,9 @@ def test_uncovered_parameters_must_keep_their_default(
     result = check(runner, str(unet_xavier), "--rules", str(rules), "-f", "json")
     assert result.exit_code == 1
     failed = {v["parameter"] for v in json.loads(result.stdout)["violations"]}
-    assert failed == _conv_sites() - {"down1.0.weight", "down1.3.weight"}
+    # The stem's xavier bound U(±0.1873) lies 2.7% inside its default U(±0.1925): 432 values
+    # inside both ranges cannot tell them apart at the run's error rate, so it passes.
+    assert failed == _conv_sites() - {"down1.0.weight", "down1.3.weight", "stem.weight"}
     loose = check(runner, str(unet_xavier), "--rules", str(rules), "--no-default-check")
     assert loose.exit_code == 0, loose.output
     # name-only rules work on a bare checkpoint: the two down1 convs are not xavier
@@ -519,14 +521,13 @@ def test_expect_follows_forms_on_torch_models(
     assert applied.exit_code == 1
     doc = json.loads(applied.stdout)
     failed = {v["parameter"] for v in doc["violations"] if v["severity"] == "error"}
-    assert failed == _conv_sites()
-    stem = [v for v in doc["violations"] if v["parameter"] == "stem.weight"]
-    assert {(v["observed"], v["expected"]) for v in stem} == {
-        ("xavier_uniform(gain=1)", "kaiming_uniform(a=sqrt(5)) → U(±0.1925)"),
-        (
-            "xavier_uniform(gain=1)",
-            "default → U(±0.1925)",
-        ),
+    # The stem's xavier bound lies 2.7% inside its default's: too close to tell apart from
+    # 432 values at the run's error rate (see test_uncovered_parameters_must_keep_their_default)
+    assert failed == _conv_sites() - {"stem.weight"}
+    head = [v for v in doc["violations"] if v["parameter"] == "down1.0.weight"]
+    assert {(v["observed"], v["expected"]) for v in head} == {
+        ("xavier_uniform(gain=1)", "kaiming_uniform(a=sqrt(5)) → U(±0.08333)"),
+        ("xavier_uniform(gain=1)", "default → U(±0.08333)"),
     }
 
 

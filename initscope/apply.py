@@ -278,6 +278,14 @@ def _check_output(target: str, input_path: Path | None, options: ApplyOptions) -
             "add -o out.safetensors (or --dry-run to see the plan, or --in-place to "
             "rewrite the input checkpoint)",
         )
+    if options.output is None and options.in_place:
+        try:
+            output_format(output)
+        except OutputError:
+            raise OutputError(
+                f"--in-place cannot rewrite {output}: apply writes .safetensors, .pt or .pth",
+                "give an output with -o out.safetensors",
+            ) from None
     output_format(output)
     check_writable(output)
     if input_path is not None and _same_file(output, input_path):
@@ -312,7 +320,8 @@ def _load_into(model: torch.nn.Module, ckpt: Checkpoint) -> None:
     with torch.no_grad():
         for name, t in state.items():
             if name in keys:
-                t.copy_(ckpt.load(keys[name]))
+                # .data, not copy_: the checkpoint's dtype (bf16) is kept, not the model's.
+                t.data = ckpt.load(keys[name]).to(t.device).clone()
 
 
 @contextmanager
@@ -359,6 +368,13 @@ def apply_target(
     input_path = _checkpoint_path(target, how)
     output = _check_output(target, input_path, options)
     with _opened(target, how) as (traced, ckpt, spec):
+        if options.in_place and output is not None and ckpt is not None and ckpt.extra:
+            shown = ", ".join(ckpt.extra[:4]) + (" ..." if len(ckpt.extra) > 4 else "")
+            raise OutputError(
+                f"{ckpt.path} holds more than a state dict ({shown}); --in-place would "
+                "replace it with the state dict alone",
+                "write the result to another file with -o",
+            )
         model = traced.model if traced is not None else (ckpt.module if ckpt else None)
         if traced is not None and ckpt is not None:
             _load_into(traced.model, ckpt)
@@ -396,6 +412,9 @@ def apply_target(
             record = ckpt.provenance.model
         else:
             record = _spec_record(spec)
+        # Tied names, so readers of a .safetensors (which stores each name in full) know
+        # the copies are one tensor.
+        ties = {e.site.name: e.site.tied_to for e in plan.entries if e.site.tied_to}
         provenance = Provenance(
             version=__version__,
             model=record,
@@ -403,6 +422,7 @@ def apply_target(
             rules_file=rs.source,
             rules=rs.text,
             seed=plan.seed,
+            extra={"ties": ties} if ties else {},
         )
         save_state_dict(state, output, provenance)
     return ApplyResult(target, plan, output, rs.source)

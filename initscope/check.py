@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from initscope.distributions import format_number
+from initscope.distributions import Distribution, Family, format_number
 from initscope.expect import Check, Expectations, Health
 from initscope.identify import identify
 from initscope.models import open_target
@@ -193,10 +193,24 @@ def _follows(
     return Violation(t.site.name, "follows", observed, label, source=source), False
 
 
+def _degenerate(d: Distribution) -> Distribution:
+    """normal(std=0), uniform(a, a): a constant, which is how the values look."""
+    if d.family in (Family.NORMAL, Family.UNIFORM, Family.TRUNC_NORMAL) and d.std == 0:
+        return Distribution.constant(d.mean if d.mean is not None else 0.0)
+    return d
+
+
+# Inits whose values are a fixed structure (eye_, dirac_) are compared exactly; sparse_'s
+# zero pattern has no distribution to test against, so its follows-check is skipped.
+_EXACT = ("eye_", "dirac_")
+
+
 def _expected_of(entry: PlanEntry, defaults: Mapping[str, DefaultInit]) -> DefaultInit | None:
     if entry.action is Action.INIT and entry.distribution is not None:
+        if entry.init in _EXACT or entry.distribution.family is Family.SPARSE:
+            return None
         call = InitCall(entry.init or "init", dict(entry.args))
-        return DefaultInit(call, entry.distribution)
+        return DefaultInit(call, _degenerate(entry.distribution))
     if entry.action in (Action.DEFAULT, Action.UNMATCHED):
         d = defaults.get(entry.site.name)
         return d if d is not None and d.is_known else None
@@ -256,13 +270,29 @@ def _follows_expected(
     if rule.init == "default":
         d = defaults.get(site.name)
         return d if d is not None and d.is_known else None
-    from initscope.expressions import Expression
-    from initscope.rules import fan_env
+    from initscope.expressions import Expression, ExpressionError
+    from initscope.rules import Problem, arg_constraints, fan_env
 
     values = {**env, **fan_env(site.shape)}
     args: dict[str, Any] = {}
+    problems: list[Problem] = []
     for k, v in rule.args.items():
-        args[k] = v.evaluate(values) if isinstance(v, Expression) else v
+        try:
+            args[k] = v.evaluate(values) if isinstance(v, Expression) else v
+        except ExpressionError as exc:
+            missing = "fan_in/fan_out need ≥ 2 dims; " if "fan_" in exc.message else ""
+            problems.append(
+                Problem(
+                    rule.at(k),
+                    f"checks[{rule.index}].follows.{k}",
+                    f"{exc.message} for {site.name}",
+                    f"{missing}restrict the check or fix the expression",
+                )
+            )
+    for key, message, hint in arg_constraints(rule.init, args) if not problems else []:
+        problems.append(Problem(rule.at(key), f"checks[{rule.index}].follows.{key}", message, hint))
+    if problems:
+        raise RulesError(problems, _NOTHING_CHECKED)
     dist = _init_distribution(rule.init, args, site.shape)
     if dist is None:
         return None
@@ -371,6 +401,11 @@ def check_target(
                 entry.action is not Action.UNMATCHED or options.default_check
             ):
                 expected = _expected_of(entry, defaults)
+                if entry.action is Action.INIT and entry.init in _EXACT:
+                    count += 1
+                    v = _exact(t, entry, entry.rule.label if entry.rule else "rules")
+                    if v is not None:
+                        found.append(v)
                 if expected is not None:
                     source = entry.rule.label if entry.rule is not None else "traced default"
                     v, unsure = _follows(
@@ -396,6 +431,14 @@ def check_target(
                         inconclusive.append(site.name)
                     if check.follows is not None and check.follows.init in ("zeros_", "constant_"):
                         found = [v for v in found if v.check != "zeros"]
+            traced_default = defaults.get(site.name)
+            if (
+                traced_default is not None
+                and traced_default.is_known
+                and _degenerate(traced_default.distribution).value == 0.0
+            ):
+                # The model's own code zeroes this weight (a zero-initialized projection).
+                found = [v for v in found if v.check != "zeros"]
             violations += found
             s = t.stats
             # Constant tensors (norm weights of 1, zero biases) are equal by design.
@@ -453,7 +496,20 @@ def _validate_checks(checks: Sequence[Check], sites: Sequence[ParamSite], *, bar
 
 def _is_zero_init(entry: PlanEntry) -> bool:
     d = entry.distribution
-    return d is not None and d.value == 0.0 and d.std == 0.0
+    if entry.init == "sparse_":
+        return True  # sparsity 1 zeroes everything, on purpose
+    return d is not None and _degenerate(d).value == 0.0
+
+
+def _exact(t: _Tensor, entry: PlanEntry, source: str) -> Violation | None:
+    """eye_/dirac_: the values must be exactly what the function writes."""
+    assert entry.init is not None
+    from initscope.rules import init_functions
+
+    want = init_functions()[entry.init](torch.empty(t.site.shape), **dict(entry.args))
+    if torch.equal(t.tensor.to(torch.float32), want):
+        return None
+    return Violation(t.site.name, "follows", "other values", entry.describe(), source=source)
 
 
 def _identical(

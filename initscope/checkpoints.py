@@ -84,8 +84,12 @@ class Checkpoint:
         aliases: Mapping[str, str] | None = None,
         closer: Callable[[], None] | None = None,
         provenance: Provenance | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.path = path
+        # What the file holds besides the state dict (a training checkpoint's "epoch",
+        # "optimizer", ...): a rewrite of the state dict alone would lose them.
+        self.extra = extra
         # What made the file, when initscope wrote it (see initscope.saving).
         self.provenance = provenance
         self.infos = dict(infos)
@@ -204,6 +208,12 @@ def _open_safetensors(p: Path) -> Checkpoint:
 
     record = metadata.get(METADATA_KEY)
     provenance = Provenance.from_json(record) if isinstance(record, str) else None
+    # A file initscope wrote stores tied tensors under each name and lists the ties.
+    ties = provenance.extra.get("ties") if provenance is not None else None
+    if isinstance(ties, dict):
+        for alias, kept in ties.items():
+            if alias in infos and kept in infos and alias not in aliases:
+                aliases[str(alias)] = str(kept)
     return Checkpoint(p, infos, load, aliases=aliases, provenance=provenance)
 
 
@@ -295,6 +305,9 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
         )
     infos = {k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in tensors.items()}
     record = state.get(PROVENANCE_KEY)
+    extra = [str(k) for k, v in state.items() if k != PROVENANCE_KEY and k not in tensors]
+    if isinstance(obj, Mapping) and obj is not state:
+        extra += [str(k) for k, v in obj.items() if v is not state and k not in tensors]
     return Checkpoint(
         p,
         infos,
@@ -302,6 +315,7 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
         module=module,
         aliases=_shared_storage_aliases(tensors),
         provenance=Provenance.from_json(record) if isinstance(record, str) else None,
+        extra=tuple(extra),
     )
 
 
@@ -349,11 +363,16 @@ def _strip_prefixes(keys: list[str]) -> list[str] | None:
 
 
 def _shared_storage_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    first: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    first: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}
     aliases: dict[str, str] = {}
     for name, t in tensors.items():
         try:
-            key = (int(t.untyped_storage()._cdata), int(t.storage_offset()), tuple(t.shape))
+            key = (
+                int(t.untyped_storage()._cdata),
+                int(t.storage_offset()),
+                tuple(t.shape),
+                tuple(t.stride()),  # w and w.t() share storage but are not one tensor
+            )
         except Exception:
             continue
         if key in first:

@@ -173,6 +173,27 @@ def _constructor_kwargs(arg: list[str] | None, args_file: Path | None) -> dict[s
     return kwargs
 
 
+def _not_an_input(output: Path | None, *inputs: object) -> None:
+    """Refuse an ``-o`` that names one of the command's own input files."""
+    import os
+
+    if output is None or not output.exists():
+        return
+    for item in inputs:
+        if item is None:
+            continue
+        path = Path(str(item))
+        try:
+            same = path.exists() and os.path.samefile(path, output)
+        except OSError:
+            same = False
+        if same:
+            raise InitScopeError(
+                f"--output {output} is one of the inputs ({item})",
+                "write the result to another file",
+            )
+
+
 def _how(
     arg: list[str] | None,
     args_file: Path | None,
@@ -311,6 +332,7 @@ def report(
 
         if output is not None:
             check_writable(output)  # before the model is built, not after
+            _not_an_input(output, target, spec, args_file)
         options = ReportOptions(buffers=buffers, types=tuple(type_ or ()), names=tuple(name or ()))
         with _progress(not quiet) as progress:
             how = _how(arg, args_file, model, spec, input_shape, unsafe_load, meta=meta, seed=seed)
@@ -567,6 +589,7 @@ def check(
 
         if output is not None:
             check_writable(output)
+            _not_an_input(output, target, rules, expect, spec, args_file)
         variables = _parse_vars(var)
         try:
             rule_set = load_rules(rules, variables) if rules is not None else None
@@ -616,6 +639,7 @@ def diff(
 
         if output is not None:
             check_writable(output)
+            _not_an_input(output, a, b, spec, args_file)
         how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
         # --model/--spec describe the checkpoints; a model target needs only its --arg.
         plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)

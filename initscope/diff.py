@@ -104,10 +104,11 @@ def diff_tensors(name: str, a: torch.Tensor, b: torch.Tensor) -> DiffEntry:
     max_abs = 0.0
     with torch.no_grad():
         for start in range(0, n, CHUNK_ELEMENTS):
-            x = fa[start : start + CHUNK_ELEMENTS].to(torch.float64)
-            y = fb[start : start + CHUNK_ELEMENTS].to(torch.float64)
-            if x.is_complex():
+            x = fa[start : start + CHUNK_ELEMENTS]
+            y = fb[start : start + CHUNK_ELEMENTS]
+            if x.is_complex():  # both parts count: compare (re, im) pairs
                 x, y = torch.view_as_real(x).reshape(-1), torch.view_as_real(y).reshape(-1)
+            x, y = x.to(torch.float64), y.to(torch.float64)
             d = y - x
             saa += float((x * x).sum())
             sbb += float((y * y).sum())

@@ -172,7 +172,11 @@ def _split_args(inner: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _number(text: str) -> float | str:
+def _number(text: str) -> float | int | str:
+    try:
+        return int(text)
+    except ValueError:
+        pass
     try:
         return float(text)
     except ValueError:
@@ -241,11 +245,14 @@ def parse_expectations(doc: Located) -> Expectations:
         problem(sp.path, sp.message, _hint(sp))
     if not isinstance(data, dict):
         raise RulesError(problem.problems, summary)
-    vars_ = {
-        str(k): float(v)
-        for k, v in (data.get("vars") or {}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    vars_: dict[str, float] = {}
+    raw_vars = data.get("vars")
+    for k, v in (raw_vars if isinstance(raw_vars, dict) else {}).items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            try:
+                vars_[str(k)] = float(v)
+            except OverflowError:
+                problem(("vars", str(k)), f"{k!r} is too large a number", "use a smaller one")
     checks: list[Check] = []
     raw_checks = data.get("checks")
     for i, raw in enumerate(raw_checks if isinstance(raw_checks, list) else []):
@@ -278,7 +285,13 @@ def _range(
 ) -> tuple[float | None, float | None] | None:
     if not (isinstance(raw, list) and len(raw) == 2):
         return None
-    lo, hi = (None if v is None else float(v) for v in raw)
+    if not all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in raw):
+        return None  # the schema has said what is wrong
+    try:
+        lo, hi = (None if v is None else float(v) for v in raw)
+    except OverflowError:
+        problem(path, "a bound is too large a number", "write a float-sized number")
+        return None
     if lo is not None and hi is not None and lo > hi:
         problem(path, f"[{raw[0]}, {raw[1]}] is empty", "write [min, max]")
     return lo, hi
@@ -328,13 +341,16 @@ def _parse_health(raw: Any) -> Health:
     if not isinstance(raw, dict):
         return Health()
     abs_max = raw.get("abs_max", DEFAULT_ABS_MAX)
-    bound = (
-        None
-        if abs_max is None or abs_max is False
-        else DEFAULT_ABS_MAX
-        if abs_max is True
-        else float(abs_max)
-    )
+    bound: float | None
+    if abs_max is None or abs_max is False:
+        bound = None
+    elif isinstance(abs_max, int | float) and not isinstance(abs_max, bool):
+        try:
+            bound = float(abs_max)
+        except OverflowError:
+            bound = None
+    else:
+        bound = DEFAULT_ABS_MAX  # true, or a value the schema has already refused
     return Health(
         nonfinite=bool(raw.get("nonfinite", True)),
         zeros=bool(raw.get("zeros", True)),

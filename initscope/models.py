@@ -81,7 +81,59 @@ def open_target(
     with open_checkpoint(ckpt_path, unsafe_load=how.unsafe_load) as ckpt:
         if spec is None and ckpt.module is None and ckpt.provenance is not None:
             spec = spec_from_provenance(ckpt.provenance.model, ckpt_path, how)
+            if spec is not None and not _fits_on_meta(spec, ckpt):
+                spec = None
         yield (trace_model(spec, seed=how.seed, meta=how.meta) if spec is not None else None), ckpt
+
+
+def _warn_bare(path: Path, why: str) -> None:
+    warnings.warn(
+        InitScopeWarning(
+            f"{path} records the model that made it, but {why}; reading it as a bare state "
+            "dict (pass --model or --spec to use a model)"
+        ),
+        stacklevel=3,
+    )
+
+
+def _fits_on_meta(spec: ModelSpec, ckpt: Checkpoint) -> bool:
+    """Whether the recorded model, built on the meta device (no memory, so a record asking
+    for a huge model costs nothing), has the checkpoint's names and shapes."""
+    try:
+        traced = trace_model(spec, seed=0, meta=True)
+    except Exception as exc:  # a stale or foreign record: any failure means "do not use it"
+        _warn_bare(ckpt.path, f"it cannot be built here ({type(exc).__name__}: {exc})"[:300])
+        return False
+    state = traced.model.state_dict()
+    keys = ckpt.keyed(state.keys())
+    have = {n: ckpt.infos[k].shape for n, k in keys.items()}
+    if any(have.get(n) != tuple(t.shape) for n, t in state.items() if n in have) or not (
+        set(have) <= set(state)
+    ):
+        _warn_bare(ckpt.path, "its names or shapes do not match the file's")
+        return False
+    return True
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module``'s top-level package is found without the current directory: an
+    installed (or editable-installed) package, not a file lying beside the checkpoint."""
+    import importlib.util
+    import os
+    import sys
+
+    top = module.split(".")[0]
+    if top in sys.modules:
+        return True
+    here = {"", ".", os.getcwd()}
+    saved = sys.path[:]
+    try:
+        sys.path[:] = [p for p in sys.path if p not in here]
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+    finally:
+        sys.path[:] = saved
 
 
 def _has_nested_spec(value: object) -> bool:
@@ -122,17 +174,22 @@ def spec_from_provenance(
             stacklevel=2,
         )
         return None
+    # Importing a module runs its code. Without --unsafe-load only installed packages are
+    # imported for a record (not a .py beside the file, nor the record's base_dir).
     base_dir = Path(base) if isinstance(base, str) and Path(base).is_dir() else None
+    if not how.unsafe_load:
+        base_dir = None
+        if not _installed(ref.split(":")[0]):
+            _warn_bare(
+                path,
+                f"{ref} is not an installed package (importing it would run code the "
+                "record names; --unsafe-load trusts it)",
+            )
+            return None
     try:
         factory = import_ref(ref, base_dir)
     except TargetError as exc:
-        warnings.warn(
-            InitScopeWarning(
-                f"{path} was made from {ref}, which cannot be imported here ({exc.message}); "
-                "reading it as a bare state dict (pass --model or --spec to use a model)"
-            ),
-            stacklevel=2,
-        )
+        _warn_bare(path, f"{ref} cannot be imported here ({exc.message})")
         return None
     if not (isinstance(factory, type) and issubclass(factory, torch.nn.Module)):
         warnings.warn(

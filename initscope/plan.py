@@ -531,7 +531,35 @@ def _resolve(
             who,
         )
         return PlanEntry(site, Action.INIT, rule, rule.init)
+    reach = _reach(dist)
+    if reach is not None and site.dtype.is_floating_point:
+        limit = torch.finfo(site.dtype).max
+        if reach > limit:
+            found.add(
+                rule.at("init"),
+                f"{label}",
+                f"{rule.init.removesuffix('_')} would write values up to {reach:.3g} into "
+                f"{{name}}, beyond {str(site.dtype).removeprefix('torch.')}'s {limit:.3g}",
+                "use smaller numbers (they would become inf)",
+                who,
+                "reach",
+            )
+            return PlanEntry(site, Action.INIT, rule, rule.init)
     return PlanEntry(site, Action.INIT, rule, rule.init, args, dist)
+
+
+def _reach(d: Distribution | None) -> float | None:
+    """How far from 0 the values may land: the bounds, or 10 std beyond the mean for a
+    normal (a draw past 10σ has probability 1.5e-23)."""
+    if d is None:
+        return None
+    if d.low is not None and d.high is not None:
+        return max(abs(d.low), abs(d.high))
+    if d.value is not None and d.family is Family.CONSTANT:
+        return abs(d.value)
+    if d.mean is not None and d.std is not None:
+        return abs(d.mean) + 10 * d.std
+    return None
 
 
 # The families a traced default can be re-drawn from with a torch.nn.init function.
@@ -575,7 +603,9 @@ def _default(
         where,
         path,
         f"no default init is known for {{name}}: {reason}",
-        "give it an explicit init, or pass --model/--spec so the default can be traced",
+        "give it an explicit init, or pass --model/--spec so the default can be traced"
+        if site.module_class is None
+        else "give it an explicit init",
         f"{site.name} {_shape(site.shape)}",
     )
     return PlanEntry(site, Action.DEFAULT, rule)

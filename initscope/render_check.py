@@ -86,20 +86,28 @@ def _github(result: CheckResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+# XML 1.0 allows no control characters but tab, LF and CR, even escaped.
+_XML_BAD = dict.fromkeys([*range(0, 9), 11, 12, *range(14, 32)], "\N{REPLACEMENT CHARACTER}")
+
+
+def _xml(text: str) -> str:
+    return text.translate(_XML_BAD)
+
+
 def _junit(result: CheckResult) -> str:
     by_param: dict[str, list[Violation]] = defaultdict(list)
     for v in result.violations:
         by_param[v.parameter].append(v)
     suite = ET.Element(
         "testsuite",
-        name=f"initscope check {result.target}",
+        name=_xml(f"initscope check {result.target}"),
         tests=str(len(result.parameters)),
         failures=str(len({v.parameter for v in result.violations if v.severity == "error"})),
         errors="0",
         skipped="0",
     )
     for name in result.parameters:
-        case = ET.SubElement(suite, "testcase", classname=result.target, name=name)
+        case = ET.SubElement(suite, "testcase", classname=_xml(result.target), name=_xml(name))
         found = by_param.get(name, [])
         bad = [v for v in found if v.severity == "error"]
         if bad:
@@ -107,15 +115,15 @@ def _junit(result: CheckResult) -> str:
             failure = ET.SubElement(
                 case,
                 "failure",
-                message="; ".join(v.line() for v in bad),
+                message=_xml("; ".join(v.line() for v in bad)),
                 type=",".join(dict.fromkeys(v.check for v in bad)),
             )
-            failure.text = "\n".join(
-                f"{v.line()} (from {v.source})" if v.source else v.line() for v in bad
+            failure.text = _xml(
+                "\n".join(f"{v.line()} (from {v.source})" if v.source else v.line() for v in bad)
             )
         notes = [f"warning: {v.line()}" for v in found if v.severity != "error"]
         if notes:
-            ET.SubElement(case, "system-out").text = "\n".join(notes)
+            ET.SubElement(case, "system-out").text = _xml("\n".join(notes))
     failed = len({v.parameter for v in result.violations if v.severity == "error"})
     root = ET.Element("testsuites", tests=str(len(result.parameters)), failures=str(failed))
     root.append(suite)

@@ -680,6 +680,13 @@ def _parse_arg(
             gain = _gain_name(value)
             if gain is not None:
                 return gain
+            if name.strip() != "leaky_relu":
+                problem(
+                    path,
+                    f"only leaky_relu takes a slope, not {name.strip()}",
+                    f"write gain: {name.strip()}",
+                )
+                return None
             problem(
                 path,
                 f"the {name.strip()} slope {slope.strip()!r} is not a usable number",
@@ -719,14 +726,19 @@ def _parse_arg(
 def _gain_name(text: str) -> float | None:
     """``relu`` → calculate_gain('relu'); ``leaky_relu:0.2`` → calculate_gain('leaky_relu',
     0.2); None when ``text`` is not a gain name."""
-    name, _, param = text.partition(":")
+    name, colon, param = text.partition(":")
     if name.strip() not in gain_names():
         return None
     p: float | None = None
-    if param.strip():
+    if colon:
+        # Only leaky_relu takes a slope (torch.nn.init.calculate_gain); it must be finite.
+        if name.strip() != "leaky_relu":
+            return None
         try:
             p = float(param)
         except ValueError:
+            return None
+        if not math.isfinite(p):
             return None
     try:
         gain = float(torch.nn.init.calculate_gain(name.strip(), p))  # type: ignore[arg-type]

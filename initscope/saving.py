@@ -162,6 +162,12 @@ def write_safetensors(
     offset = 0
     order: list[tuple[str, torch.Tensor]] = []
     for name, t in tensors.items():
+        if name == "__metadata__":
+            raise OutputError(
+                "a tensor named '__metadata__' cannot be written to safetensors (the name is "
+                "reserved for the header's metadata)",
+                "write a .pt output instead",
+            )
         code = _DTYPE_CODES.get(t.dtype)
         if code is None:
             raise OutputError(

@@ -148,10 +148,9 @@ def open_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False) 
     if not p.exists():
         raise CheckpointError(f"no such file: {p}", "check the path")
     if p.is_dir():
-        raise CheckpointError(
-            f"{p} is a directory, not a checkpoint file",
-            f"pass one of its {', '.join(CHECKPOINT_SUFFIXES)} files",
-        )
+        return _open_directory(p, unsafe_load)
+    if p.name.lower().endswith(".index.json"):
+        return _open_index(p, unsafe_load)
     suffix = p.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         return _open_safetensors(p)
@@ -161,6 +160,144 @@ def open_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False) 
         f"unsupported file type {p.suffix or '(none)'!r} for {p}",
         f"initscope reads {', '.join(CHECKPOINT_SUFFIXES)} checkpoints and .yaml specs",
     )
+
+
+# -- sharded checkpoints: a folder of shards, an index, a DCP folder -------------------------
+
+
+def _open_directory(p: Path, unsafe_load: bool) -> Checkpoint:
+    if (p / ".metadata").is_file():
+        return _open_dcp(p)
+    indexes = sorted(p.glob("*.index.json"), key=lambda f: "safetensors" not in f.name)
+    if indexes:
+        return _open_index(indexes[0], unsafe_load)
+    files = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in CHECKPOINT_SUFFIXES]
+    # A Hugging Face folder often holds the same weights twice (.safetensors and .bin).
+    safetensors = [f for f in files if f.suffix.lower() in SAFETENSORS_SUFFIXES]
+    files = sorted(safetensors or files, key=lambda f: _natural_key(f.name))
+    if not files:
+        raise CheckpointError(
+            f"{p} holds no checkpoint files",
+            f"point at a folder of {', '.join(CHECKPOINT_SUFFIXES)} shards, a *.index.json, "
+            "or a torch.distributed.checkpoint folder (with .metadata)",
+        )
+    return _open_shards(p, files, unsafe_load)
+
+
+def _open_index(p: Path, unsafe_load: bool) -> Checkpoint:
+    """A transformers ``*.index.json``: ``{"weight_map": {name: shard file}}``."""
+    import json
+
+    try:
+        weight_map = json.loads(p.read_text(encoding="utf-8"))["weight_map"]
+        assert isinstance(weight_map, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise CheckpointError(
+            f"cannot read {p} as a shard index: {_reason(exc)}",
+            'an index is JSON with a "weight_map" of tensor name to shard file',
+        ) from None
+    names = dict.fromkeys(str(f) for f in weight_map.values())
+    files = [p.parent / f for f in names]
+    for f in files:
+        if not f.is_file():
+            raise CheckpointError(
+                f"shard {f.name} listed in {p.name} is missing", "download or copy every shard"
+            )
+    ckpt = _open_shards(p, files, unsafe_load)
+    missing = [k for k in weight_map if k not in ckpt.infos]
+    if missing:
+        ckpt.close()
+        raise CheckpointError(
+            f"{p.name} lists {len(missing)} tensor(s) its shards lack ({missing[0]!r} in "
+            f"{weight_map[missing[0]]})",
+            "the index and the shards come from different saves; re-download them",
+        )
+    return ckpt
+
+
+def _open_shards(p: Path, files: list[Path], unsafe_load: bool) -> Checkpoint:
+    """One checkpoint over several files; each shard stays open, read tensor by tensor."""
+    parts: list[Checkpoint] = []
+    try:
+        for f in files:
+            parts.append(open_checkpoint(f, unsafe_load=unsafe_load))
+    except BaseException:
+        for part in parts:
+            part.close()
+        raise
+    infos: dict[str, TensorInfo] = {}
+    owner: dict[str, Checkpoint] = {}
+    aliases: dict[str, str] = {}
+    for part in parts:
+        for name, info in part.infos.items():
+            if name in owner:
+                for q in parts:
+                    q.close()
+                raise CheckpointError(
+                    f"tensor {name!r} is in both {owner[name].path.name} and {part.path.name}",
+                    "the folder mixes two checkpoints; keep one set of shards",
+                )
+            infos[name] = info
+            owner[name] = part
+        aliases.update(part.aliases)
+
+    def close() -> None:
+        for part in parts:
+            part.close()
+
+    infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
+    return Checkpoint(
+        p,
+        infos,
+        lambda name: owner[name].load(name),
+        aliases=aliases,
+        closer=close,
+        provenance=parts[0].provenance if parts else None,
+        extra=tuple(e for part in parts for e in part.extra),
+    )
+
+
+def _open_dcp(p: Path) -> Checkpoint:
+    """A ``torch.distributed.checkpoint`` folder, read with its own reader and no process
+    group (``no_dist=True``), one tensor per ``load`` call so only its chunks are read."""
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+
+    try:
+        metadata = FileSystemReader(str(p)).read_metadata()
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read {p} as a torch.distributed.checkpoint folder: {_reason(exc)}",
+            "the .metadata file is damaged; re-save the checkpoint",
+        ) from exc
+    infos: dict[str, TensorInfo] = {}
+    for fqn, md in metadata.state_dict_metadata.items():
+        if isinstance(md, TensorStorageMetadata):
+            infos[fqn] = TensorInfo(fqn, tuple(int(x) for x in md.size), md.properties.dtype)
+    # Training loops save {"model": ..., "optim": ...}: the model's tensors are the report.
+    extra: tuple[str, ...] = ()
+    saved = {fqn: fqn for fqn in infos}
+    everything = list(metadata.state_dict_metadata)
+    if any(k.startswith("model.") for k in infos) and not all(
+        k.startswith("model.") for k in everything
+    ):
+        extra = tuple(sorted({k.split(".")[0] for k in everything if not k.startswith("model.")}))
+        saved = {k.removeprefix("model."): k for k in infos if k.startswith("model.")}
+        infos = {n: TensorInfo(n, infos[k].shape, infos[k].dtype) for n, k in saved.items()}
+    if not infos:
+        raise CheckpointError(f"{p} holds no tensors", "point at a model checkpoint")
+
+    def load(name: str) -> torch.Tensor:
+        info = infos[name]
+        tensor = torch.empty(info.shape, dtype=info.dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dcp_load({saved[name]: tensor}, storage_reader=FileSystemReader(str(p)), no_dist=True)
+        return tensor
+
+    infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
+    return Checkpoint(p, infos, load, extra=extra)
 
 
 # -- safetensors ---------------------------------------------------------------------------

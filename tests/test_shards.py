@@ -1,0 +1,119 @@
+"""Sharded checkpoints: a folder of shards, a transformers index, a torch.distributed.checkpoint
+folder. Each must give the same report as the single file holding the same tensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from initscope.cli import app
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _state() -> dict[str, torch.Tensor]:
+    from initscope.examples import UNet
+
+    torch.manual_seed(0)
+    return {k: v.contiguous() for k, v in UNet(width=4).state_dict().items()}
+
+
+def _split(state: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    names = list(state)
+    return [{n: state[n] for n in names[i::parts]} for i in range(parts)]
+
+
+def _report(runner: CliRunner, target: str, *extra: str) -> list[dict[str, object]]:
+    result = runner.invoke(app, ["report", target, "-f", "json", "-q", "--buffers", *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["parameters"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def single(tmp_path: Path) -> Path:
+    path = tmp_path / "single.safetensors"
+    save_file(_state(), str(path))
+    return path
+
+
+def test_folder_of_shards(runner: CliRunner, tmp_path: Path, single: Path) -> None:
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i, part in enumerate(_split(_state(), 3)):
+        save_file(part, str(folder / f"model-{i + 1:05d}-of-00003.safetensors"))
+    assert _report(runner, str(folder)) == _report(runner, str(single))
+
+
+def test_transformers_index(runner: CliRunner, tmp_path: Path, single: Path) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    weight_map = {}
+    for i, part in enumerate(_split(_state(), 2)):
+        name = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+        torch.save(part, folder / name)
+        weight_map.update(dict.fromkeys(part, name))
+    index = folder / "pytorch_model.bin.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    expected = _report(runner, str(single))
+    assert _report(runner, str(index)) == expected
+    assert _report(runner, str(folder)) == expected  # the folder finds its index
+    # with the model: types and defaults too
+    model = ["--model", "initscope.examples:UNet", "--arg", "width=4"]
+    assert _report(runner, str(index), *model) == _report(runner, str(single), *model)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_dcp_folder(runner: CliRunner, tmp_path: Path, single: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "dcp"
+    dcp.save({"model": _state(), "step": 3}, checkpoint_id=str(folder), no_dist=True)  # type: ignore[attr-defined]
+    assert _report(runner, str(folder)) == _report(runner, str(single))
+
+
+def test_a_corrupt_shard_is_named(runner: CliRunner, tmp_path: Path) -> None:
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    parts = _split(_state(), 2)
+    save_file(parts[0], str(folder / "a.safetensors"))
+    save_file(parts[1], str(folder / "b.safetensors"))
+    bad = folder / "b.safetensors"
+    bad.write_bytes(bad.read_bytes()[:100])
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2
+    assert "b.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_index_naming_a_missing_shard(runner: CliRunner, tmp_path: Path) -> None:
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "model-00001-of-00002.safetensors"}}))
+    result = runner.invoke(app, ["report", str(index)])
+    assert result.exit_code == 2
+    assert "shard model-00001-of-00002.safetensors listed in" in result.stderr
+
+
+def test_a_tensor_in_two_shards(runner: CliRunner, tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    save_file({"w": torch.zeros(2)}, str(folder / "a.safetensors"))
+    save_file({"w": torch.ones(2)}, str(folder / "b.safetensors"))
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2
+    assert "tensor 'w' is in both a.safetensors and b.safetensors" in result.stderr
+
+
+def test_check_and_diff_on_shards(runner: CliRunner, tmp_path: Path, single: Path) -> None:
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for i, part in enumerate(_split(_state(), 2)):
+        save_file(part, str(folder / f"part{i}.safetensors"))
+    checked = runner.invoke(app, ["check", str(folder), "-q"])
+    assert checked.exit_code == 0, checked.output
+    diffed = runner.invoke(app, ["diff", str(single), str(folder), "-q", "-f", "json"])
+    assert diffed.exit_code == 0, diffed.output
+    assert {p["status"] for p in json.loads(diffed.stdout)["parameters"]} == {"unchanged"}

@@ -37,7 +37,14 @@ from initscope.plan import (
     sites_from_tensors,
 )
 from initscope.rules import RulesError, RuleSet, Unmatched
-from initscope.stats import RunningStats, TensorStats, dense, running_stats
+from initscope.stats import (
+    DEFAULT_MAX_MEMORY,
+    RunningStats,
+    TensorStats,
+    dense,
+    running_stats,
+    stream_stats,
+)
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, InitCall, _init_distribution
 
@@ -86,6 +93,7 @@ class CheckOptions:
     rules: RuleSet | None = None
     expect: Expectations | None = None
     default_check: bool = True
+    max_memory: int = DEFAULT_MAX_MEMORY  # a tensor above it is read in blocks of rows
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,7 @@ class _Tensor:
     site: ParamSite
     stats: TensorStats
     rs: RunningStats
-    tensor: torch.Tensor
+    tensor: torch.Tensor | None  # None when it was read in pieces (over --max-memory)
 
 
 def _fmt(x: float | None) -> str:
@@ -304,7 +312,7 @@ def _follows_expected(
 
 def _sites_and_loader(
     traced: Any, ckpt: Any
-) -> tuple[list[ParamSite], Callable[[str], torch.Tensor], list[set[str]]]:
+) -> tuple[list[ParamSite], Callable[[str], torch.Tensor], list[set[str]], Callable[[str], str]]:
     """The parameters to check, how to read each one's values, and the tied groups."""
     if traced is not None:
         from initscope.plan import sites_from_model
@@ -317,7 +325,7 @@ def _sites_and_loader(
         tied = [g for g in groups.values() if len(g) > 1]
         if ckpt is None:
             params = dict(model.named_parameters())
-            return sites, lambda n: params[n].detach(), tied
+            return sites, lambda n: params[n].detach(), tied, lambda n: ""
         keys = ckpt.keyed(model.state_dict().keys())
         from initscope.report import _check_fits
 
@@ -329,7 +337,13 @@ def _sites_and_loader(
             group = next(g for g in tied if name in g)
             return ckpt.load(keys[next(n for n in group if n in keys)])  # type: ignore[no-any-return]
 
-        return sites, load, tied
+        def key_of(name: str) -> str:
+            if name in keys:
+                return str(keys[name])
+            group = next(g for g in tied if name in g)
+            return str(keys[next(n for n in group if n in keys)])
+
+        return sites, load, tied, key_of
     keys = ckpt.keyed()
     name_of = {k: n for n, k in keys.items()}
     infos = {n: (ckpt.infos[k].shape, ckpt.infos[k].dtype) for n, k in keys.items()}
@@ -338,7 +352,7 @@ def _sites_and_loader(
     tied_groups: dict[str, set[str]] = {}
     for a, f in aliases.items():
         tied_groups.setdefault(f, {f}).add(a)
-    return sites, lambda n: ckpt.load(keys[n]), list(tied_groups.values())
+    return sites, lambda n: ckpt.load(keys[n]), list(tied_groups.values()), keys.__getitem__
 
 
 def check_target(
@@ -350,7 +364,7 @@ def check_target(
     """Run every check on TARGET (a checkpoint, or a model built fresh)."""
     health = options.expect.health if options.expect is not None else Health()
     with open_target(target, how) as (traced, ckpt):
-        sites, load, tied = _sites_and_loader(traced, ckpt)
+        sites, load, tied, key_of = _sites_and_loader(traced, ckpt)
         defaults: Mapping[str, DefaultInit] = traced.defaults if traced is not None else {}
         plan_entries: dict[str, PlanEntry] = {}
         if options.rules is not None:
@@ -388,11 +402,22 @@ def check_target(
             if progress is not None:
                 progress(done, total)
             done += math.prod(site.shape)
-            raw = load(site.name)
-            if raw.device.type == "meta":
-                continue
-            values = dense(raw)
-            rs = running_stats(values, seed=zlib.crc32(site.name.encode()))
+            seed = zlib.crc32(site.name.encode())
+            itemsize = torch.empty((), dtype=site.dtype).element_size()
+            values: torch.Tensor | None
+            if ckpt is not None and math.prod(site.shape) * itemsize > options.max_memory:
+                # Over the budget: statistics from blocks of rows, one at a time.
+                key = key_of(site.name)
+                rs = stream_stats(ckpt.chunks(key, options.max_memory), math.prod(site.shape), seed)
+                values = None
+                dtype_name = str(ckpt.infos[key].dtype)
+            else:
+                raw = load(site.name)
+                if raw.device.type == "meta":
+                    continue
+                values = dense(raw)
+                rs = running_stats(values, seed=seed)
+                dtype_name = str(raw.dtype)
             t = _Tensor(site, rs.result(), rs, values)
             found = list(_health(t, health))
             count += 4
@@ -448,8 +473,8 @@ def check_target(
                 and s.mean is not None
                 and s.min != s.max
             ):
-                key = (site.shape, str(raw.dtype), s.mean, s.std, s.min, s.max, s.nan_count)
-                fingerprints.setdefault(key, []).append(site.name)
+                fingerprint = (site.shape, dtype_name, s.mean, s.std, s.min, s.max, s.nan_count)
+                fingerprints.setdefault(fingerprint, []).append(site.name)
         if progress is not None:
             progress(total, total)
         if health.identical:
@@ -506,6 +531,8 @@ def _exact(t: _Tensor, entry: PlanEntry, source: str) -> Violation | None:
     assert entry.init is not None
     from initscope.rules import init_functions
 
+    if t.tensor is None:
+        return None  # read in pieces: too large to hold twice
     want = init_functions()[entry.init](torch.empty(t.site.shape), **dict(entry.args))
     if torch.equal(t.tensor.to(torch.float32), want):
         return None

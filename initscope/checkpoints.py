@@ -13,7 +13,7 @@ import os
 import pickle
 import re
 import warnings
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +85,12 @@ class Checkpoint:
         closer: Callable[[], None] | None = None,
         provenance: Provenance | None = None,
         extra: tuple[str, ...] = (),
+        rows: Callable[[str, int, int], torch.Tensor] | None = None,
     ) -> None:
         self.path = path
+        # Reads rows [start, stop) of a tensor without the rest (safetensors slices, views
+        # on a mapped .pt); None: only whole tensors can be read.
+        self._rows = rows
         # What the file holds besides the state dict (a training checkpoint's "epoch",
         # "optimizer", ...): a rewrite of the state dict alone would lose them.
         self.extra = extra
@@ -122,6 +126,33 @@ class Checkpoint:
                 "the file is truncated or corrupt; re-save or re-download it",
             ) from exc
 
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of ``name``: only those when the format allows it."""
+        if self._rows is not None:
+            return self._rows(name, start, stop)
+        return self.load(name)[start:stop]
+
+    def chunks(self, name: str, budget: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """The tensor ``name`` as flat pieces of at most about ``budget`` bytes, each with
+        its flat offset: the whole tensor at once when it fits, else blocks of rows."""
+        info = self.infos[name]
+        nbytes = info.numel * _itemsize(info.dtype)
+        if nbytes <= budget or self._rows is None or len(info.shape) == 0 or info.numel == 0:
+            yield 0, self.load(name).reshape(-1)
+            return
+        per_row = info.numel // info.shape[0]
+        step = max(1, budget // max(per_row * _itemsize(info.dtype), 1))
+        for start in range(0, info.shape[0], step):
+            stop = min(start + step, info.shape[0])
+            try:
+                block = self._rows(name, start, stop)
+            except Exception as exc:
+                raise CheckpointError(
+                    f"cannot read tensor {name!r} from {self.path}: {_reason(exc)}",
+                    "the file is truncated or corrupt; re-save or re-download it",
+                ) from exc
+            yield start * per_row, block.reshape(-1)
+
     def close(self) -> None:
         if self._closer is not None:
             self._closer()
@@ -132,6 +163,10 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _reason(exc: BaseException) -> str:
@@ -254,6 +289,7 @@ def _open_shards(p: Path, files: list[Path], unsafe_load: bool) -> Checkpoint:
         closer=close,
         provenance=parts[0].provenance if parts else None,
         extra=tuple(e for part in parts for e in part.extra),
+        rows=lambda name, start, stop: owner[name].read_rows(name, start, stop),
     )
 
 
@@ -343,6 +379,10 @@ def _open_safetensors(p: Path) -> Checkpoint:
         tensor: torch.Tensor = handle.get_tensor(aliases.get(name, name))  # type: ignore[no-untyped-call]
         return tensor
 
+    def rows(name: str, start: int, stop: int) -> torch.Tensor:
+        sliced: torch.Tensor = handle.get_slice(aliases.get(name, name))[start:stop]  # type: ignore[no-untyped-call]
+        return sliced
+
     record = metadata.get(METADATA_KEY)
     provenance = Provenance.from_json(record) if isinstance(record, str) else None
     # A file initscope wrote stores tied tensors under each name and lists the ties.
@@ -351,7 +391,7 @@ def _open_safetensors(p: Path) -> Checkpoint:
         for alias, kept in ties.items():
             if alias in infos and kept in infos and alias not in aliases:
                 aliases[str(alias)] = str(kept)
-    return Checkpoint(p, infos, load, aliases=aliases, provenance=provenance)
+    return Checkpoint(p, infos, load, aliases=aliases, provenance=provenance, rows=rows)
 
 
 # Within one module, the order torch.nn layers create their parameters in.
@@ -453,6 +493,7 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
         aliases=_shared_storage_aliases(tensors),
         provenance=Provenance.from_json(record) if isinstance(record, str) else None,
         extra=tuple(extra),
+        rows=lambda name, start, stop: tensors[name][start:stop],
     )
 
 

@@ -69,6 +69,14 @@ SeedOpt = Annotated[
 ]
 
 
+MaxMemoryOpt = Annotated[
+    str,
+    typer.Option(
+        "--max-memory",
+        help="Largest tensor read whole (e.g. 2GiB, 512MB); a larger one is read in blocks "
+        "of rows.",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")]
 
 
@@ -194,6 +202,22 @@ def _not_an_input(output: Path | None, *inputs: object) -> None:
             )
 
 
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10}
+_UNITS |= {"m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def _parse_size(text: str) -> int:
+    """``2GiB`` → 2147483648; ``512MB``, ``1.5G``, ``4096`` (bytes) too."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise InitScopeError(
+            f"--max-memory {text!r} is not a size", "write e.g. 2GiB, 512MB or 1.5G"
+        )
+    return max(1, int(float(match.group(1)) * _UNITS[unit]))
+
+
 def _how(
     arg: list[str] | None,
     args_file: Path | None,
@@ -314,6 +338,7 @@ def report(
         ),
     ] = False,
     seed: SeedOpt = 0,
+    max_memory: MaxMemoryOpt = "2GiB",
     meta: Annotated[
         bool,
         typer.Option(
@@ -333,7 +358,12 @@ def report(
         if output is not None:
             check_writable(output)  # before the model is built, not after
             _not_an_input(output, target, spec, args_file)
-        options = ReportOptions(buffers=buffers, types=tuple(type_ or ()), names=tuple(name or ()))
+        options = ReportOptions(
+            buffers=buffers,
+            types=tuple(type_ or ()),
+            names=tuple(name or ()),
+            max_memory=_parse_size(max_memory),
+        )
         with _progress(not quiet) as progress:
             how = _how(arg, args_file, model, spec, input_shape, unsafe_load, meta=meta, seed=seed)
             result = build_report(target, how, options, progress)
@@ -574,6 +604,7 @@ def check(
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
     seed: SeedOpt = 0,
+    max_memory: MaxMemoryOpt = "2GiB",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -598,7 +629,9 @@ def check(
             raise
         expectations = load_expectations(expect) if expect is not None else None
         how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
-        options = CheckOptions(rule_set, expectations, not no_default_check)
+        options = CheckOptions(
+            rule_set, expectations, not no_default_check, _parse_size(max_memory)
+        )
         with _progress(not quiet, "checking") as progress:
             result = check_target(target, how, options, progress)
         _warn(list(result.notes))

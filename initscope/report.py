@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from initscope.checkpoints import Checkpoint, TensorInfo
 from initscope.errors import CheckpointError, TargetError
 from initscope.identify import Fit, Identification, identify
 from initscope.models import TracedModel, open_target
-from initscope.stats import TensorStats, dense, running_stats
+from initscope.stats import DEFAULT_MAX_MEMORY, TensorStats, dense, running_stats, stream_stats
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, fans
 from initscope.yamlio import did_you_mean
@@ -115,6 +115,19 @@ class ReportOptions:
     buffers: bool = False
     types: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
+    # A tensor larger than this is read from a checkpoint in blocks of rows (the structured
+    # tests, orthogonal and row independence, are then skipped for it).
+    max_memory: int = DEFAULT_MAX_MEMORY
+
+
+def _read(
+    ckpt: Checkpoint, key: str, budget: int
+) -> torch.Tensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]]:
+    """A checkpoint tensor whole, or (its metadata, its pieces) when it exceeds ``budget``."""
+    info = ckpt.infos[key]
+    if info.numel * torch.empty((), dtype=info.dtype).element_size() <= budget:
+        return ckpt.load(key)
+    return info, ckpt.chunks(key, budget)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -173,7 +186,7 @@ def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
 def _parameter(
     name: str,
     module: torch.nn.Module | None,
-    tensor: torch.Tensor,
+    tensor: torch.Tensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]],
     *,
     tied_to: Sequence[str],
     default: DefaultInit | None,
@@ -181,11 +194,17 @@ def _parameter(
 ) -> ParameterReport:
     """One parameter's entry: its metadata, statistics, and what its values follow."""
     module_path, param = _split(name)
-    shape = tuple(int(s) for s in tensor.shape)
-    f_in, f_out = _tensor_fans(shape)
     stats: TensorStats | None = None
     found: Identification | None = None
-    if tensor.device.type != "meta":
+    if isinstance(tensor, tuple):  # a tensor over the memory budget, in pieces
+        info, pieces = tensor
+        rs = stream_stats(pieces, info.numel, seed=zlib.crc32(name.encode()))
+        stats, found = rs.result(), identify(rs, info.shape, default, None)
+        shape, dtype, numel = info.shape, info.dtype, info.numel
+    else:
+        shape, dtype, numel = tuple(int(s) for s in tensor.shape), tensor.dtype, tensor.numel()
+    f_in, f_out = _tensor_fans(shape)
+    if not isinstance(tensor, tuple) and tensor.device.type != "meta":
         values = dense(tensor)
         # The sample's positions depend on the name only, so reports are reproducible.
         rs = running_stats(values, seed=zlib.crc32(name.encode()))
@@ -197,8 +216,8 @@ def _parameter(
         module_type=_qualname(type(module)) if module is not None else None,
         param=param,
         shape=shape,
-        dtype=_dtype_name(tensor.dtype),
-        numel=tensor.numel(),
+        dtype=_dtype_name(dtype),
+        numel=numel,
         fan_in=f_in,
         fan_out=f_out,
         tied_to=tuple(tied_to),
@@ -265,7 +284,11 @@ def report_model(
     tick = _ticker(progress, sum(t.numel() for _, t, _ in entries))
     out: list[ParameterReport] = []
     for name, t, is_buffer in entries:
-        source = checkpoint.load(keys[name]) if checkpoint is not None and name in keys else t
+        source = (
+            _read(checkpoint, keys[name], options.max_memory)
+            if checkpoint is not None and name in keys
+            else t
+        )
         out.append(
             _parameter(
                 name,
@@ -276,7 +299,7 @@ def report_model(
                 is_buffer=is_buffer,
             )
         )
-        tick(source.numel())
+        tick(out[-1].numel)
     return Report(target=target, parameters=tuple(out))
 
 
@@ -345,7 +368,7 @@ def report_checkpoint(
             _parameter(
                 name,
                 modules.get(_split(name)[0]),
-                ckpt.load(keys[name]),
+                _read(ckpt, keys[name], options.max_memory),
                 tied_to=tied.get(name, ()),
                 default=None,
             )

@@ -35,6 +35,8 @@ CHUNK_ELEMENTS = 1 << 22
 # Enough for a KS test to tell apart distributions whose CDFs differ by ~2.5% (the 5% critical
 # value of the KS statistic is 1.36/sqrt(n) = 0.021 at n = 4096).
 SAMPLE_SIZE = 4096
+# What a single tensor may occupy in memory before it is read in blocks of rows (--max-memory).
+DEFAULT_MAX_MEMORY = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,19 @@ def running_stats(
     with torch.no_grad():
         for offset, part in chunks(t.detach(), chunk):
             rs.update(part, offset)
+    return rs
+
+
+def stream_stats(
+    pieces: Iterable[tuple[int, torch.Tensor]], numel: int, seed: int = 0
+) -> RunningStats:
+    """Accumulate a tensor given as flat pieces with their offsets (see
+    :meth:`initscope.checkpoints.Checkpoint.chunks`): memory is one piece at a time."""
+    rs = RunningStats(positions=sample_positions(numel, SAMPLE_SIZE, seed))
+    with torch.no_grad():
+        for offset, piece in pieces:
+            for sub_offset, part in chunks(dense(piece)):
+                rs.update(part, offset + sub_offset)
     return rs
 
 

@@ -117,3 +117,44 @@ def test_check_and_diff_on_shards(runner: CliRunner, tmp_path: Path, single: Pat
     diffed = runner.invoke(app, ["diff", str(single), str(folder), "-q", "-f", "json"])
     assert diffed.exit_code == 0, diffed.output
     assert {p["status"] for p in json.loads(diffed.stdout)["parameters"]} == {"unchanged"}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_tensors_over_the_budget_are_read_in_rows(
+    runner: CliRunner, tmp_path: Path, suffix: str
+) -> None:
+    torch.manual_seed(0)
+    state = {"big.weight": torch.randn(300, 200) * 0.02, "small.bias": torch.zeros(10)}
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".pt":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    whole = _report(runner, str(path))
+    # 4 KiB: the 240 KB weight is read 5 rows (4 KB) at a time
+    pieces = _report(runner, str(path), "--max-memory", "4KiB")
+    for a, b in zip(whole, pieces, strict=True):
+        assert a["fit"]["label"] == b["fit"]["label"] and a["shape"] == b["shape"]
+        assert a["fit"]["p_value"] == pytest.approx(b["fit"]["p_value"], rel=1e-9)
+        for key in ("mean", "std", "min", "max"):
+            assert a["stats"][key] == pytest.approx(b["stats"][key], rel=1e-12, abs=1e-15)
+    checked = runner.invoke(app, ["check", str(path), "-q", "--max-memory", "4KiB"])
+    assert checked.exit_code == 0, checked.output
+
+
+def test_chunks_cover_the_tensor_once(tmp_path: Path) -> None:
+    from initscope.checkpoints import open_checkpoint
+
+    t = torch.arange(7 * 5, dtype=torch.float32).reshape(7, 5)
+    path = tmp_path / "t.safetensors"
+    save_file({"t": t}, str(path))
+    with open_checkpoint(path) as ckpt:
+        pieces = list(ckpt.chunks("t", budget=2 * 5 * 4))  # two rows at a time
+    assert [o for o, _ in pieces] == [0, 10, 20, 30]
+    assert torch.equal(torch.cat([p for _, p in pieces]), t.reshape(-1))
+
+
+def test_max_memory_must_be_a_size(runner: CliRunner, linear_pt: Path) -> None:
+    result = runner.invoke(app, ["report", str(linear_pt), "--max-memory", "lots"])
+    assert result.exit_code == 2
+    assert "--max-memory 'lots' is not a size" in result.stderr

@@ -660,6 +660,7 @@ def diff(
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
     seed: SeedOpt = 0,
+    max_memory: MaxMemoryOpt = "2GiB",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -681,7 +682,7 @@ def diff(
         how_a = how if is_checkpoint_path(a) else plain
         how_b = how if is_checkpoint_path(b) else plain
         with _progress(not quiet, "comparing") as progress:
-            result = diff_targets(a, b, how_a, how_b, progress)
+            result = diff_targets(a, b, how_a, how_b, progress, _parse_size(max_memory))
         text = render_diff(result, fmt.value)
     _emit(text, output, debug)
 

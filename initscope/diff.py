@@ -11,7 +11,7 @@ absolute difference, cosine similarity, std before and after, and a status: ``un
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -19,7 +19,7 @@ from enum import Enum
 import torch
 
 from initscope.models import open_target
-from initscope.stats import CHUNK_ELEMENTS, dense
+from initscope.stats import CHUNK_ELEMENTS, DEFAULT_MAX_MEMORY, dense
 from initscope.targets import TargetOptions
 
 __all__ = ["DiffEntry", "DiffResult", "Status", "diff_targets", "diff_tensors"]
@@ -70,7 +70,11 @@ class DiffResult:
 
 
 def _dtype(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
+    return _dtype_name(t.dtype)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -89,37 +93,58 @@ def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
 def diff_tensors(name: str, a: torch.Tensor, b: torch.Tensor) -> DiffEntry:
     """Compare two tensors of one name, in float64 chunks."""
     shape_a, shape_b = tuple(a.shape), tuple(b.shape)
-    base = {"shape_a": shape_a, "shape_b": shape_b, "dtype_a": _dtype(a), "dtype_b": _dtype(b)}
+    base: dict[str, object] = {
+        "shape_a": shape_a,
+        "shape_b": shape_b,
+        "dtype_a": _dtype(a),
+        "dtype_b": _dtype(b),
+    }
     if shape_a != shape_b:
         return DiffEntry(name, Status.SHAPE_CHANGED, **base)  # type: ignore[arg-type]
-    a, b = dense(a), dense(b)
-    status = Status.DTYPE_CHANGED if a.dtype != b.dtype else None
-    if status is None and _bit_identical(a, b):
-        status = Status.UNCHANGED
-    if not (a.is_floating_point() or a.is_complex()) and a.dtype != torch.bool:
-        a, b = a.to(torch.float64), b.to(torch.float64)
-    fa, fb = a.reshape(-1), b.reshape(-1)
-    n = fa.numel()
+    return diff_blocks(name, base, [(dense(a), dense(b))])
+
+
+def diff_blocks(
+    name: str, base: dict[str, object], blocks: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> DiffEntry:
+    """Compare one name given as aligned pairs of blocks (the whole tensors, or the same rows
+    of each), in float64 chunks; memory is one pair of blocks at a time."""
+    identical = base["dtype_a"] == base["dtype_b"]
+    n = 0
     saa = sbb = sab = sdd = sa = sb = 0.0
     max_abs = 0.0
     with torch.no_grad():
-        for start in range(0, n, CHUNK_ELEMENTS):
-            x = fa[start : start + CHUNK_ELEMENTS]
-            y = fb[start : start + CHUNK_ELEMENTS]
-            if x.is_complex():  # both parts count: compare (re, im) pairs
-                x, y = torch.view_as_real(x).reshape(-1), torch.view_as_real(y).reshape(-1)
-            x, y = x.to(torch.float64), y.to(torch.float64)
-            d = y - x
-            saa += float((x * x).sum())
-            sbb += float((y * y).sum())
-            sab += float((x * y).sum())
-            sdd += float((d * d).sum())
-            sa += float(x.sum())
-            sb += float(y.sum())
-            if d.numel():
-                # torch's max propagates NaN; Python's max() would drop it.
-                m = float(d.abs().max())
-                max_abs = m if math.isnan(m) or math.isnan(max_abs) else max(max_abs, m)
+        for block_a, block_b in blocks:
+            a, b = dense(block_a), dense(block_b)
+            identical = identical and _bit_identical(a, b)
+            if not (a.is_floating_point() or a.is_complex()) and a.dtype != torch.bool:
+                a, b = a.to(torch.float64), b.to(torch.float64)
+            fa, fb = a.reshape(-1), b.reshape(-1)
+            for start in range(0, fa.numel(), CHUNK_ELEMENTS):
+                x = fa[start : start + CHUNK_ELEMENTS]
+                y = fb[start : start + CHUNK_ELEMENTS]
+                if x.is_complex():  # both parts count: compare (re, im) pairs
+                    x, y = torch.view_as_real(x).reshape(-1), torch.view_as_real(y).reshape(-1)
+                x, y = x.to(torch.float64), y.to(torch.float64)
+                d = y - x
+                n += x.numel()
+                saa += float((x * x).sum())
+                sbb += float((y * y).sum())
+                sab += float((x * y).sum())
+                sdd += float((d * d).sum())
+                sa += float(x.sum())
+                sb += float(y.sum())
+                if d.numel():
+                    # torch's max propagates NaN; Python's max() would drop it.
+                    m = float(d.abs().max())
+                    max_abs = m if math.isnan(m) or math.isnan(max_abs) else max(max_abs, m)
+    status = (
+        Status.DTYPE_CHANGED
+        if base["dtype_a"] != base["dtype_b"]
+        else Status.UNCHANGED
+        if identical
+        else Status.CHANGED
+    )
     norm_a, norm_b = math.sqrt(saa), math.sqrt(sbb)
     rel = math.sqrt(sdd) / norm_a if norm_a > 0 else (0.0 if sdd == 0 else math.inf)
     cosine = sab / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else None
@@ -137,7 +162,7 @@ def diff_tensors(name: str, a: torch.Tensor, b: torch.Tensor) -> DiffEntry:
 
     return DiffEntry(
         name,
-        status or Status.CHANGED,
+        status,
         **base,  # type: ignore[arg-type]
         rel_l2=rel,
         max_abs_diff=max_abs,
@@ -147,21 +172,40 @@ def diff_tensors(name: str, a: torch.Tensor, b: torch.Tensor) -> DiffEntry:
     )
 
 
+@dataclass(frozen=True)
+class _Side:
+    """One side of a diff: its names, their shape and dtype, and readers."""
+
+    names: list[str]
+    info: Callable[[str], tuple[tuple[int, ...], torch.dtype]]
+    load: Callable[[str], torch.Tensor]
+    rows: Callable[[str, int, int], torch.Tensor]
+
+
 @contextmanager
-def _tensors(
-    target: str, how: TargetOptions
-) -> Iterator[tuple[list[str], Callable[[str], torch.Tensor]]]:
-    """The names (state-dict order) and a reader for one side: a checkpoint's tensors, or a
-    freshly built model's state dict."""
+def _side(target: str, how: TargetOptions) -> Iterator[_Side]:
+    """A checkpoint's tensors (read on demand, by rows when large), or a freshly built
+    model's state dict."""
     with open_target(target, how) as (traced, ckpt):
         if ckpt is not None:
             expected = traced.model.state_dict().keys() if traced is not None else None
             keys = ckpt.keyed(expected)
-            yield list(keys), lambda n: ckpt.load(keys[n])
+            infos = ckpt.infos
+            yield _Side(
+                list(keys),
+                lambda n: (infos[keys[n]].shape, infos[keys[n]].dtype),
+                lambda n: ckpt.load(keys[n]),
+                lambda n, start, stop: ckpt.read_rows(keys[n], start, stop),
+            )
             return
         assert traced is not None
-        state = traced.model.state_dict()
-        yield list(state), lambda n: state[n].detach()
+        state = {k: v.detach() for k, v in traced.model.state_dict().items()}
+        yield _Side(
+            list(state),
+            lambda n: (tuple(state[n].shape), state[n].dtype),
+            state.__getitem__,
+            lambda n, start, stop: state[n][start:stop],
+        )
 
 
 def diff_targets(
@@ -170,34 +214,71 @@ def diff_targets(
     how: TargetOptions = TargetOptions(),
     how_b: TargetOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> DiffResult:
     """Compare A and B name by name (see the module docstring)."""
     with ExitStack() as stack:
-        names_a, load_a = stack.enter_context(_tensors(a, how))
-        names_b, load_b = stack.enter_context(_tensors(b, how_b or how))
-        in_b = set(names_b)
-        in_a = set(names_a)
+        side_a = stack.enter_context(_side(a, how))
+        side_b = stack.enter_context(_side(b, how_b or how))
+        in_a, in_b = set(side_a.names), set(side_b.names)
         entries: list[DiffEntry] = []
-        total = len(names_a) + len(in_b - in_a)
-        for i, name in enumerate(names_a):
+        total = len(side_a.names) + len(in_b - in_a)
+        for i, name in enumerate(side_a.names):
             if progress is not None:
                 progress(i, total)
-            ta = load_a(name)
+            shape_a, dtype_a = side_a.info(name)
             if name not in in_b:
                 entries.append(
-                    DiffEntry(name, Status.REMOVED, tuple(ta.shape), None, _dtype(ta), None)
+                    DiffEntry(name, Status.REMOVED, shape_a, None, _dtype_name(dtype_a), None)
                 )
                 continue
-            entries.append(diff_tensors(name, ta, load_b(name)))
-        for name in names_b:
+            shape_b, dtype_b = side_b.info(name)
+            entries.append(
+                _compare(name, side_a, side_b, shape_a, dtype_a, shape_b, dtype_b, max_memory)
+            )
+        for name in side_b.names:
             if name not in in_a:
-                tb = load_b(name)
+                shape_b, dtype_b = side_b.info(name)
                 entries.append(
-                    DiffEntry(name, Status.ADDED, None, tuple(tb.shape), None, _dtype(tb))
+                    DiffEntry(name, Status.ADDED, None, shape_b, None, _dtype_name(dtype_b))
                 )
         if progress is not None:
             progress(total, total)
         return DiffResult(a, b, tuple(entries))
+
+
+def _compare(
+    name: str,
+    side_a: _Side,
+    side_b: _Side,
+    shape_a: tuple[int, ...],
+    dtype_a: torch.dtype,
+    shape_b: tuple[int, ...],
+    dtype_b: torch.dtype,
+    budget: int,
+) -> DiffEntry:
+    base: dict[str, object] = {
+        "shape_a": shape_a,
+        "shape_b": shape_b,
+        "dtype_a": _dtype_name(dtype_a),
+        "dtype_b": _dtype_name(dtype_b),
+    }
+    if shape_a != shape_b:
+        return DiffEntry(name, Status.SHAPE_CHANGED, **base)  # type: ignore[arg-type]
+    numel = math.prod(shape_a)
+    width = max(torch.empty((), dtype=d).element_size() for d in (dtype_a, dtype_b))
+    if numel * width * 2 <= budget or not shape_a or numel == 0:
+        return diff_blocks(name, base, [(dense(side_a.load(name)), dense(side_b.load(name)))])
+    # Over the budget: the same rows of both, a block at a time (two blocks fit the budget).
+    step = max(1, budget // 2 // max(numel // shape_a[0] * width, 1))
+    blocks = (
+        (
+            side_a.rows(name, r, min(r + step, shape_a[0])),
+            side_b.rows(name, r, min(r + step, shape_a[0])),
+        )
+        for r in range(0, shape_a[0], step)
+    )
+    return diff_blocks(name, base, blocks)
 
 
 def diff_to_dict(result: DiffResult) -> dict[str, object]:

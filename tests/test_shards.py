@@ -158,3 +158,22 @@ def test_max_memory_must_be_a_size(runner: CliRunner, linear_pt: Path) -> None:
     result = runner.invoke(app, ["report", str(linear_pt), "--max-memory", "lots"])
     assert result.exit_code == 2
     assert "--max-memory 'lots' is not a size" in result.stderr
+
+
+def test_diff_over_the_budget_compares_rows(runner: CliRunner, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    a = {"w": torch.randn(300, 200), "same": torch.ones(50, 50)}
+    b = {"w": a["w"] + 0.1 * torch.randn(300, 200), "same": torch.ones(50, 50)}
+    pa, pb = tmp_path / "a.safetensors", tmp_path / "b.pt"
+    save_file(a, str(pa))
+    torch.save(b, pb)
+
+    def rows(*extra: str) -> dict[str, dict[str, object]]:
+        result = runner.invoke(app, ["diff", str(pa), str(pb), "-q", "-f", "json", *extra])
+        assert result.exit_code == 0, result.output
+        return {p["name"]: p for p in json.loads(result.stdout)["parameters"]}
+
+    whole, pieces = rows(), rows("--max-memory", "8KiB")  # w: 5 rows of each side at a time
+    assert pieces["same"]["status"] == "unchanged" and pieces["w"]["status"] == "changed"
+    for key in ("rel_l2", "max_abs_diff", "cosine", "std_a", "std_b"):
+        assert pieces["w"][key] == pytest.approx(whole["w"][key], rel=1e-12)

@@ -69,10 +69,6 @@ class DiffResult:
         return sorted(changed, key=lambda e: -(e.rel_l2 if e.rel_l2 is not None else math.inf))
 
 
-def _dtype(t: torch.Tensor) -> str:
-    return _dtype_name(t.dtype)
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -90,15 +86,21 @@ def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
+def _base(
+    shape_a: tuple[int, ...], dtype_a: torch.dtype, shape_b: tuple[int, ...], dtype_b: torch.dtype
+) -> dict[str, object]:
+    return {
+        "shape_a": shape_a,
+        "shape_b": shape_b,
+        "dtype_a": _dtype_name(dtype_a),
+        "dtype_b": _dtype_name(dtype_b),
+    }
+
+
 def diff_tensors(name: str, a: torch.Tensor, b: torch.Tensor) -> DiffEntry:
     """Compare two tensors of one name, in float64 chunks."""
     shape_a, shape_b = tuple(a.shape), tuple(b.shape)
-    base: dict[str, object] = {
-        "shape_a": shape_a,
-        "shape_b": shape_b,
-        "dtype_a": _dtype(a),
-        "dtype_b": _dtype(b),
-    }
+    base = _base(shape_a, a.dtype, shape_b, b.dtype)
     if shape_a != shape_b:
         return DiffEntry(name, Status.SHAPE_CHANGED, **base)  # type: ignore[arg-type]
     return diff_blocks(name, base, [(dense(a), dense(b))])
@@ -257,12 +259,7 @@ def _compare(
     dtype_b: torch.dtype,
     budget: int,
 ) -> DiffEntry:
-    base: dict[str, object] = {
-        "shape_a": shape_a,
-        "shape_b": shape_b,
-        "dtype_a": _dtype_name(dtype_a),
-        "dtype_b": _dtype_name(dtype_b),
-    }
+    base = _base(shape_a, dtype_a, shape_b, dtype_b)
     if shape_a != shape_b:
         return DiffEntry(name, Status.SHAPE_CHANGED, **base)  # type: ignore[arg-type]
     numel = math.prod(shape_a)

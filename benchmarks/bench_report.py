@@ -7,6 +7,7 @@ INITSCOPE_BENCH_MB (default 256).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -75,6 +76,66 @@ def cli_report(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def make_shards(path: Path, folder: Path, parts: int) -> None:
+    """The same tensors as ``path``, split over ``parts`` files with a transformers index."""
+    folder.mkdir(exist_ok=True)
+    tensors = load_file(str(path))
+    names = list(tensors)
+    weight_map = {}
+    for i in range(parts):
+        shard = f"model-{i + 1:05d}-of-{parts:05d}.safetensors"
+        chunk = {n: tensors[n] for n in names[i::parts]}
+        save_file(chunk, str(folder / shard))
+        weight_map.update(dict.fromkeys(chunk, shard))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def make_dcp(path: Path, folder: Path) -> None:
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": load_file(str(path))}, checkpoint_id=str(folder), no_dist=True)  # type: ignore[attr-defined]
+
+
+def make_bf16(path: Path, megabytes: int) -> None:
+    """LLM-like shapes in bfloat16, written a layer at a time (bounded memory here too)."""
+    from initscope.saving import write_safetensors
+
+    d = 1024
+    g = torch.Generator().manual_seed(1)
+    tensors: dict[str, torch.Tensor] = {}
+    layer = 0
+    while sum(t.numel() * 2 for t in tensors.values()) < megabytes * 2**20:
+        p = f"layers.{layer}."
+        for name in ("q", "k", "v", "o"):
+            tensors[p + f"attn.{name}.weight"] = (torch.randn(d, d, generator=g) * 0.02).bfloat16()
+        tensors[p + "mlp.up.weight"] = (torch.randn(4 * d, d, generator=g) * 0.02).bfloat16()
+        tensors[p + "mlp.down.weight"] = (torch.randn(d, 4 * d, generator=g) * 0.02).bfloat16()
+        layer += 1
+    write_safetensors(path, tensors)
+
+
+def peak_rss(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB) of ``initscope ARGS`` as /usr/bin/time -v reports."""
+    exe = Path(sys.executable).parent / "initscope"
+    start = time.perf_counter()
+    done = subprocess.run(
+        ["/usr/bin/time", "-v", str(exe), *args],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    kb = next(
+        int(line.split(":")[1]) for line in done.stderr.splitlines() if "Maximum resident" in line
+    )
+    return wall, kb / 1024
+
+
 def main() -> None:
     megabytes = int(os.environ.get("INITSCOPE_BENCH_MB", "256"))
     DATA.mkdir(exist_ok=True)
@@ -97,6 +158,38 @@ def main() -> None:
     print(
         f"  ratio report/obvious = {r / b:.2f} (target ≤ 0.8), report/floor = {r / f:.2f} (≤ 1.5)"
     )
+    results: dict[str, object] = {
+        "machine": f"{os.cpu_count()} cores, torch {torch.__version__}",
+        "checkpoint_mib": round(size),
+        "seconds": {k: round(v, 3) for k, v in runs.items()},
+        "cli_seconds": round(cli, 3),
+        "ratio_obvious": round(r / b, 2),
+        "ratio_floor": round(r / f, 2),
+    }
+
+    shards = DATA / f"llm-{megabytes}mb-4-shards"
+    if not shards.exists():
+        make_shards(path, shards, 4)
+    dcp_dir = DATA / f"llm-{megabytes}mb-dcp"
+    if not dcp_dir.exists():
+        make_dcp(path, dcp_dir)
+    for label, target in (("4 shards + index", shards), ("DCP folder", dcp_dir)):
+        seconds = min(library_report(target) for _ in range(2))
+        print(f"  {label:48s} {seconds:7.3f} s  (x{seconds / r:.2f} the single file)")
+        results[f"seconds_{label}"] = round(seconds, 3)
+
+    bf16_mb = int(os.environ.get("INITSCOPE_BENCH_BF16_MB", "1024"))
+    bf16 = DATA / f"llm-{bf16_mb}mb-bf16.safetensors"
+    if not bf16.exists():
+        make_bf16(bf16, bf16_mb)
+    wall, rss = peak_rss(["report", str(bf16), "--format", "json", "-q"])
+    print(f"  report on {bf16_mb} MiB bf16: {wall:.1f} s, peak RSS {rss:.0f} MiB (target ≤ 1536)")
+    results["bf16"] = {"mib": bf16_mb, "seconds": round(wall, 1), "peak_rss_mib": round(rss)}
+
+    out = ROOT / "bench" / "results.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"  figures written to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

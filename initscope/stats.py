@@ -61,7 +61,7 @@ def sample_positions(numel: int, size: int, seed: int) -> torch.Tensor:
     if numel <= size:
         return torch.arange(numel)
     g = torch.Generator().manual_seed(seed)
-    if numel <= 64 * size:
+    if numel <= 16 * size:
         return torch.randperm(numel, generator=g)[:size].sort().values
     # Sparse draw for big tensors: O(size) instead of a permutation of numel elements.
     picks: torch.Tensor = torch.unique(torch.randint(0, numel, (size + size // 8,), generator=g))

@@ -8,6 +8,7 @@ from the file runs, and tensors are views on the mapped file, paged in only when
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -375,13 +376,38 @@ def _open_safetensors(p: Path) -> Checkpoint:
         infos[alias] = TensorInfo(alias, infos[kept].shape, infos[kept].dtype)
     infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
 
+    # Data is read with pread, not through safe_open's memory map: mapped pages stay resident
+    # (and count in RSS) until the file is closed, so a 4 GB file would cost 4 GB; a read
+    # costs one tensor (or one block of rows), freed after use.
+    fh = open(p, "rb")  # noqa: SIM115 - closed by the Checkpoint
+    header_len = int.from_bytes(fh.read(8), "little")
+    offsets = {
+        k: (8 + header_len + int(v["data_offsets"][0]), 8 + header_len + int(v["data_offsets"][1]))
+        for k, v in json.loads(fh.read(header_len)).items()
+        if k != "__metadata__"
+    }
+
+    def read(name: str, first_row: int, last_row: int | None) -> torch.Tensor:
+        info = infos[name]
+        begin, end = offsets[aliases.get(name, name)]
+        shape = list(info.shape)
+        if last_row is not None and shape:
+            row_bytes = (end - begin) // max(shape[0], 1)
+            last_row = min(last_row, shape[0])
+            begin, end = begin + first_row * row_bytes, begin + last_row * row_bytes
+            shape[0] = max(last_row - first_row, 0)
+        if end <= begin:
+            return torch.empty(shape, dtype=info.dtype)
+        data = bytearray(os.pread(fh.fileno(), end - begin, begin))
+        if len(data) != end - begin:
+            raise OSError(f"read {len(data)} of {end - begin} bytes")
+        return torch.frombuffer(data, dtype=info.dtype).reshape(shape)
+
     def load(name: str) -> torch.Tensor:
-        tensor: torch.Tensor = handle.get_tensor(aliases.get(name, name))  # type: ignore[no-untyped-call]
-        return tensor
+        return read(name, 0, None)
 
     def rows(name: str, start: int, stop: int) -> torch.Tensor:
-        sliced: torch.Tensor = handle.get_slice(aliases.get(name, name))[start:stop]  # type: ignore[no-untyped-call]
-        return sliced
+        return read(name, start, stop)
 
     record = metadata.get(METADATA_KEY)
     provenance = Provenance.from_json(record) if isinstance(record, str) else None
@@ -391,7 +417,9 @@ def _open_safetensors(p: Path) -> Checkpoint:
         for alias, kept in ties.items():
             if alias in infos and kept in infos and alias not in aliases:
                 aliases[str(alias)] = str(kept)
-    return Checkpoint(p, infos, load, aliases=aliases, provenance=provenance, rows=rows)
+    return Checkpoint(
+        p, infos, load, aliases=aliases, provenance=provenance, rows=rows, closer=fh.close
+    )
 
 
 # Within one module, the order torch.nn layers create their parameters in.

@@ -167,6 +167,18 @@ def main() -> None:
         "ratio_floor": round(r / f, 2),
     }
 
+    def timed(workers: int) -> float:
+        from initscope.report import ReportOptions, build_report
+        from initscope.targets import TargetOptions
+
+        start = time.perf_counter()
+        build_report(str(path), TargetOptions(), ReportOptions(workers=workers))
+        return time.perf_counter() - start
+
+    w1, w2 = min(timed(1) for _ in range(2)), min(timed(2) for _ in range(2))
+    print(f"  --workers 1 / --workers 2: {w1:.3f} s / {w2:.3f} s (speed-up x{w1 / w2:.2f})")
+    results["workers_1_2_seconds"] = [round(w1, 3), round(w2, 3)]
+
     shards = DATA / f"llm-{megabytes}mb-4-shards"
     if not shards.exists():
         make_shards(path, shards, 4)

@@ -77,6 +77,15 @@ MaxMemoryOpt = Annotated[
         "of rows.",
     ),
 ]
+WorkersOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Processes for the statistics (default: one per core when the work is large "
+        "enough, as many as --max-memory holds).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")]
 
 
@@ -339,6 +348,7 @@ def report(
     ] = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
+    workers: WorkersOpt = None,
     meta: Annotated[
         bool,
         typer.Option(
@@ -363,6 +373,7 @@ def report(
             types=tuple(type_ or ()),
             names=tuple(name or ()),
             max_memory=_parse_size(max_memory),
+            workers=workers,
         )
         with _progress(not quiet) as progress:
             how = _how(arg, args_file, model, spec, input_shape, unsafe_load, meta=meta, seed=seed)

@@ -7,6 +7,8 @@ library never prints and never exits.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_VIOLATIONS = 1
 EXIT_USAGE = 2
@@ -21,6 +23,10 @@ class InitScopeError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt with its hint when it crosses a process boundary (--workers).
+        return (type(self), (self.message, self.hint))
 
     def one_line(self) -> str:
         text = self.message if self.hint is None else f"{self.message}; {self.hint}"

@@ -21,6 +21,7 @@ from initscope.models import TracedModel, open_target
 from initscope.stats import DEFAULT_MAX_MEMORY, TensorStats, dense, running_stats, stream_stats
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, fans
+from initscope.workers import auto_workers, parallel_map
 from initscope.yamlio import did_you_mean
 
 __all__ = [
@@ -118,6 +119,7 @@ class ReportOptions:
     # A tensor larger than this is read from a checkpoint in blocks of rows (the structured
     # tests, orthogonal and row independence, are then skipped for it).
     max_memory: int = DEFAULT_MAX_MEMORY
+    workers: int | None = None  # processes for the statistics; None: one per core when worth it
 
 
 def _read(
@@ -282,25 +284,36 @@ def report_model(
     # Grouped by module, in named_modules() order; a module's buffers after its parameters.
     entries.sort(key=lambda e: (order.get(_split(e[0])[0], len(order)), e[2]))
     tick = _ticker(progress, sum(t.numel() for _, t, _ in entries))
-    out: list[ParameterReport] = []
-    for name, t, is_buffer in entries:
+
+    def one(i: int) -> ParameterReport:
+        name, t, is_buffer = entries[i]
         source = (
             _read(checkpoint, keys[name], options.max_memory)
             if checkpoint is not None and name in keys
             else t
         )
-        out.append(
-            _parameter(
-                name,
-                modules.get(_split(name)[0]),
-                source,
-                tied_to=tied[name],
-                default=traced.defaults.get(name),
-                is_buffer=is_buffer,
-            )
+        return _parameter(
+            name,
+            modules.get(_split(name)[0]),
+            source,
+            tied_to=tied[name],
+            default=traced.defaults.get(name),
+            is_buffer=is_buffer,
         )
-        tick(out[-1].numel)
+
+    sizes = [
+        checkpoint.infos[keys[n]].numel if checkpoint is not None and n in keys else t.numel()
+        for n, t, _ in entries
+    ]
+    out = parallel_map(one, sizes, _workers(options, entries, sizes), tick)
     return Report(target=target, parameters=tuple(out))
+
+
+def _workers(options: ReportOptions, entries: Sequence[object], sizes: Sequence[int]) -> int:
+    if options.workers is not None:
+        return options.workers
+    # fp32 as the estimate of bytes: the decision only needs the order of magnitude.
+    return auto_workers(4 * sum(sizes), 4 * max(sizes, default=0), options.max_memory)
 
 
 def _check_fits(model: torch.nn.Module, have: Mapping[str, TensorInfo], path: Path) -> None:
@@ -362,18 +375,19 @@ def report_checkpoint(
         if key not in ckpt.aliases and _selected(name, modules.get(_split(name)[0]), options)
     ]
     tick = _ticker(progress, sum(ckpt.infos[keys[n]].numel for n in selected))
-    out: list[ParameterReport] = []
-    for name in selected:
-        out.append(
-            _parameter(
-                name,
-                modules.get(_split(name)[0]),
-                _read(ckpt, keys[name], options.max_memory),
-                tied_to=tied.get(name, ()),
-                default=None,
-            )
+
+    def one(i: int) -> ParameterReport:
+        name = selected[i]
+        return _parameter(
+            name,
+            modules.get(_split(name)[0]),
+            _read(ckpt, keys[name], options.max_memory),
+            tied_to=tied.get(name, ()),
+            default=None,
         )
-        tick(ckpt.infos[keys[name]].numel)
+
+    sizes = [ckpt.infos[keys[n]].numel for n in selected]
+    out = parallel_map(one, sizes, _workers(options, selected, sizes), tick)
     return Report(target=target, parameters=tuple(out), has_model=ckpt.module is not None)
 
 

@@ -70,6 +70,9 @@ class InitCall:
         # Frozen all the way down: a read-only copy of the arguments.
         object.__setattr__(self, "args", MappingProxyType(dict(self.args)))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # a mappingproxy does not pickle
+        return (InitCall, (self.name, dict(self.args), self.source))
+
     def signature(self) -> str:
         inner = ", ".join(f"{k}={_fmt_arg(v)}" for k, v in self.args.items())
         return f"{self.name}({inner})"

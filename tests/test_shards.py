@@ -177,3 +177,33 @@ def test_diff_over_the_budget_compares_rows(runner: CliRunner, tmp_path: Path) -
     assert pieces["same"]["status"] == "unchanged" and pieces["w"]["status"] == "changed"
     for key in ("rel_l2", "max_abs_diff", "cosine", "std_a", "std_b"):
         assert pieces["w"][key] == pytest.approx(whole["w"][key], rel=1e-12)
+
+
+def test_workers_give_the_single_process_report(runner: CliRunner, single: Path) -> None:
+    one = _report(runner, str(single), "--workers", "1")
+    two = _report(runner, str(single), "--workers", "2")
+    assert [p["name"] for p in one] == [p["name"] for p in two]
+    for a, b in zip(one, two, strict=True):
+        assert a["fit"]["label"] == b["fit"]["label"], a["name"]
+        for key in ("mean", "std", "min", "max"):  # one thread per worker: last-bit rounding
+            assert a["stats"][key] == pytest.approx(b["stats"][key], rel=1e-12, abs=1e-15)
+    model = ["--model", "initscope.examples:UNet", "--arg", "width=4"]
+    assert [p["matches_default"] for p in _report(runner, str(single), *model, "--workers", "2")]
+
+
+def test_an_error_in_a_worker_keeps_its_hint() -> None:
+    from initscope.errors import CheckpointError
+    from initscope.workers import can_fork, parallel_map
+
+    if not can_fork():
+        pytest.skip("workers fork, on Linux only")
+
+    def task(i: int) -> int:
+        if i == 3:
+            raise CheckpointError(f"cannot read tensor {i}", "re-download it")
+        return i * i
+
+    with pytest.raises(CheckpointError) as info:
+        parallel_map(task, [1, 2, 3, 4, 5], workers=2)
+    assert info.value.one_line() == "cannot read tensor 3; re-download it"
+    assert parallel_map(lambda i: i * i, [5, 1, 9, 2], workers=2) == [0, 1, 4, 9]

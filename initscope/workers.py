@@ -1,0 +1,83 @@
+"""Spreading per-tensor work over processes on one machine (``--workers N``).
+
+Workers are forked, so they share the parent's open checkpoint (reads are ``pread``s or views
+on a read-only map, safe to share) and its traced model, and nothing is pickled on the way in
+but an index. Each worker runs torch on one thread: a forked child must not touch the
+parent's OpenMP pool (the rule PyTorch's own DataLoader workers follow), and the processes
+themselves are the parallelism. Tensors are handed out largest first, one at a time, so the
+work balances; results come back in input order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["auto_workers", "parallel_map"]
+
+T = TypeVar("T")
+
+# Below this much data, starting processes costs more than it saves.
+MIN_PARALLEL_BYTES = 64 * 2**20
+
+_TASK: Callable[[int], Any] | None = None
+
+
+def _init() -> None:
+    torch.set_num_threads(1)
+
+
+def _call(i: int) -> tuple[int, Any]:
+    assert _TASK is not None
+    return i, _TASK(i)
+
+
+def can_fork() -> bool:
+    # fork is the start method that shares the open files; macOS and Windows lack it or
+    # make it unsafe with threads.
+    return sys.platform.startswith("linux")
+
+
+def auto_workers(total_bytes: int, largest_bytes: int, max_memory: int) -> int:
+    """The default: one per core, as many as the memory budget holds of the largest
+    tensor, and one when there is too little work to share."""
+    if total_bytes < MIN_PARALLEL_BYTES or not can_fork():
+        return 1
+    fit = max(1, max_memory // max(largest_bytes, 1))
+    return max(1, min(os.cpu_count() or 1, fit))
+
+
+def parallel_map(
+    task: Callable[[int], T],
+    weights: Sequence[int],
+    workers: int,
+    tick: Callable[[int], None] | None = None,
+) -> list[T]:
+    """``[task(i) for i in range(len(weights))]``, over ``workers`` forked processes when
+    there are several; ``tick(weight)`` after each."""
+    count = len(weights)
+    if workers <= 1 or count < 2 or not can_fork():
+        out = []
+        for i in range(count):
+            out.append(task(i))
+            if tick is not None:
+                tick(weights[i])
+        return out
+    global _TASK
+    _TASK = task
+    results: list[Any] = [None] * count
+    order = sorted(range(count), key=lambda i: -weights[i])
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, count), _init) as pool:
+            for i, value in pool.imap_unordered(_call, order, chunksize=1):
+                results[i] = value
+                if tick is not None:
+                    tick(weights[i])
+    finally:
+        _TASK = None
+    return results

@@ -349,6 +349,13 @@ def report(
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     workers: WorkersOpt = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Spread the tensors over the ranks of a torchrun job (gloo); rank 0 prints.",
+        ),
+    ] = False,
     meta: Annotated[
         bool,
         typer.Option(
@@ -361,6 +368,7 @@ def report(
     """Show every parameter's default init (traced from torch), next to its actual statistics."""
     debug = _debug(ctx, debug)
     with _boundary(debug):
+        from initscope.distributed import init_from_env
         from initscope.output import check_writable
         from initscope.render import render_report
         from initscope.report import ReportOptions, build_report
@@ -374,12 +382,14 @@ def report(
             names=tuple(name or ()),
             max_memory=_parse_size(max_memory),
             workers=workers,
+            group=init_from_env() if distributed else None,
         )
         with _progress(not quiet) as progress:
             how = _how(arg, args_file, model, spec, input_shape, unsafe_load, meta=meta, seed=seed)
             result = build_report(target, how, options, progress)
         text = render_report(result, fmt, _width() if output is None else TABLE_WIDTH)
-    _emit(text, output, debug)
+    if options.group is None or options.group.leader:  # under torchrun, rank 0 speaks
+        _emit(text, output, debug)
 
 
 @app.command()

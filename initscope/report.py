@@ -15,6 +15,7 @@ import torch
 
 from initscope import __version__
 from initscope.checkpoints import Checkpoint, TensorInfo
+from initscope.distributed import Group, map_over_ranks
 from initscope.errors import CheckpointError, TargetError
 from initscope.identify import Fit, Identification, identify
 from initscope.models import TracedModel, open_target
@@ -120,6 +121,7 @@ class ReportOptions:
     # tests, orthogonal and row independence, are then skipped for it).
     max_memory: int = DEFAULT_MAX_MEMORY
     workers: int | None = None  # processes for the statistics; None: one per core when worth it
+    group: Group | None = None  # with --distributed: this rank's place in the torchrun job
 
 
 def _read(
@@ -305,11 +307,28 @@ def report_model(
         checkpoint.infos[keys[n]].numel if checkpoint is not None and n in keys else t.numel()
         for n, t, _ in entries
     ]
-    out = parallel_map(one, sizes, _workers(options, entries, sizes), tick)
+    out = _map(one, sizes, options, tick)
     return Report(target=target, parameters=tuple(out))
 
 
-def _workers(options: ReportOptions, entries: Sequence[object], sizes: Sequence[int]) -> int:
+def _map(
+    one: Callable[[int], ParameterReport],
+    sizes: Sequence[int],
+    options: ReportOptions,
+    tick: Callable[[int], None],
+) -> list[ParameterReport]:
+    """Every entry's report: over --workers processes, and over the ranks of a torchrun job
+    with --distributed."""
+
+    def local(task: Callable[[int], ParameterReport], part: Sequence[int]) -> list[ParameterReport]:
+        return parallel_map(task, part, _workers(options, part), tick)
+
+    if options.group is None or options.group.world == 1:
+        return local(one, sizes)
+    return map_over_ranks(one, sizes, options.group, local)
+
+
+def _workers(options: ReportOptions, sizes: Sequence[int]) -> int:
     if options.workers is not None:
         return options.workers
     # fp32 as the estimate of bytes: the decision only needs the order of magnitude.
@@ -387,7 +406,7 @@ def report_checkpoint(
         )
 
     sizes = [ckpt.infos[keys[n]].numel for n in selected]
-    out = parallel_map(one, sizes, _workers(options, selected, sizes), tick)
+    out = _map(one, sizes, options, tick)
     return Report(target=target, parameters=tuple(out), has_model=ckpt.module is not None)
 
 

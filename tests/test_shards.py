@@ -207,3 +207,59 @@ def test_an_error_in_a_worker_keeps_its_hint() -> None:
         parallel_map(task, [1, 2, 3, 4, 5], workers=2)
     assert info.value.one_line() == "cannot read tensor 3; re-download it"
     assert parallel_map(lambda i: i * i, [5, 1, 9, 2], workers=2) == [0, 1, 4, 9]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_torchrun_two_ranks_equal_one_process(runner: CliRunner, single: Path) -> None:
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    exe = Path(sys.executable).parent / "initscope"
+    if not torchrun.exists() or not exe.exists():
+        pytest.skip("torchrun or the initscope script is not installed beside this python")
+    args = ["report", str(single), "-f", "json", "-q", "--workers", "1"]
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            str(exe),
+            *args,
+            "--distributed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranked = json.loads(done.stdout)["parameters"]  # rank 0 alone printed: one document
+    alone = _report(runner, str(single), "--workers", "1")
+    assert [p["name"] for p in ranked] == [p["name"] for p in alone]
+    for a, b in zip(alone, ranked, strict=True):
+        assert a["fit"]["label"] == b["fit"]["label"]
+        assert a["stats"]["std"] == pytest.approx(b["stats"]["std"], rel=1e-12)
+
+
+def test_distributed_without_torchrun_says_how(runner: CliRunner, single: Path) -> None:
+    result = runner.invoke(app, ["report", str(single), "--distributed"])
+    assert result.exit_code == 2
+    assert "--distributed needs torchrun's environment" in result.stderr
+
+
+def test_assign_balances_largest_first() -> None:
+    from initscope.distributed import assign
+
+    owner = assign([100, 1, 60, 50, 10], world=2)
+    load = [
+        sum(s for s, r in zip([100, 1, 60, 50, 10], owner, strict=True) if r == k) for k in (0, 1)
+    ]
+    assert owner[0] != owner[2] and sorted(load) == [110, 111]

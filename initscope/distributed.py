@@ -1,0 +1,82 @@
+"""``--distributed``: the per-tensor work of a run spread over the ranks of a ``torchrun``
+job (any number of nodes), with PyTorch's own engine.
+
+Every rank builds the same model and opens the same checkpoint, takes the tensors
+:func:`assign` gives it (largest first, each to the least loaded rank), reads only those,
+and the mergeable results are gathered with ``all_gather_object`` over a ``gloo`` process
+group initialized from torchrun's environment. Rank 0 renders; the others print nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from initscope.errors import InitScopeError
+
+__all__ = ["Group", "assign", "init_from_env", "map_over_ranks"]
+
+T = TypeVar("T")
+_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in the job."""
+
+    rank: int
+    world: int
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+def init_from_env() -> Group:
+    """Join the torchrun job (``gloo``, so CPUs suffice), or say how to start one."""
+    missing = [k for k in _ENV if k not in os.environ]
+    if missing:
+        raise InitScopeError(
+            f"--distributed needs torchrun's environment ({', '.join(missing)} not set)",
+            "start it as: torchrun --nproc_per_node=2 $(which initscope) report TARGET "
+            "--distributed",
+        )
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return Group(dist.get_rank(), dist.get_world_size())
+
+
+def assign(sizes: Sequence[int], world: int) -> list[int]:
+    """The rank of each item: largest first, each to the rank with the least so far."""
+    load = [0] * world
+    owner = [0] * len(sizes)
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        owner[i] = rank
+        load[rank] += sizes[i]
+    return owner
+
+
+def map_over_ranks(
+    task: Callable[[int], T],
+    sizes: Sequence[int],
+    group: Group,
+    local_map: Callable[[Callable[[int], T], Sequence[int]], list[T]],
+) -> list[T]:
+    """``[task(i) ...]`` with each rank computing its share (through ``local_map``, which
+    may use --workers) and every rank receiving all results, in order."""
+    import torch.distributed as dist
+
+    owner = assign(sizes, group.world)
+    mine = [i for i in range(len(sizes)) if owner[i] == group.rank]
+    values = local_map(lambda j: task(mine[j]), [sizes[i] for i in mine])
+    gathered: list[Any] = [None] * group.world
+    dist.all_gather_object(gathered, dict(zip(mine, values, strict=True)))
+    merged: dict[int, T] = {}
+    for part in gathered:
+        merged.update(part)
+    return [merged[i] for i in range(len(sizes))]

@@ -303,8 +303,11 @@ def report_model(
             is_buffer=is_buffer,
         )
 
+    # What each entry reads: nothing for a tensor on the meta device (no values).
     sizes = [
-        checkpoint.infos[keys[n]].numel if checkpoint is not None and n in keys else t.numel()
+        checkpoint.infos[keys[n]].numel
+        if checkpoint is not None and n in keys
+        else (0 if t.device.type == "meta" else t.numel())
         for n, t, _ in entries
     ]
     out = _map(one, sizes, options, tick)

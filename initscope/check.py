@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from initscope.distributed import Group, map_over_ranks
 from initscope.distributions import Distribution, Family, format_number
 from initscope.expect import Check, Expectations, Health
 from initscope.identify import identify
@@ -47,6 +48,7 @@ from initscope.stats import (
 )
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, InitCall, _init_distribution
+from initscope.workers import auto_workers, parallel_map
 
 __all__ = ["CheckOptions", "CheckResult", "Violation", "check_target"]
 
@@ -86,6 +88,17 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class _SiteResult:
+    """What checking one tensor found: mergeable across processes and ranks."""
+
+    violations: tuple[Violation, ...] = ()
+    inconclusive: bool = False
+    fingerprint: tuple[Any, ...] | None = None
+    count: int = 0
+    matched: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
 class CheckOptions:
     """What to check besides health: rules (and whether uncovered parameters must be at
     their default), and expectations."""
@@ -94,6 +107,8 @@ class CheckOptions:
     expect: Expectations | None = None
     default_check: bool = True
     max_memory: int = DEFAULT_MAX_MEMORY  # a tensor above it is read in blocks of rows
+    workers: int | None = None  # processes; None: one per core when the work is large
+    group: Group | None = None  # with --distributed: this rank's place in the torchrun job
 
 
 @dataclass(frozen=True)
@@ -395,13 +410,9 @@ def check_target(
         violations: list[Violation] = []
         inconclusive: list[str] = []
         fingerprints: dict[tuple[Any, ...], list[str]] = {}
-        total = sum(math.prod(s.shape) for s in sites)
-        done = 0
-        count = 0
-        for site in sites:
-            if progress is not None:
-                progress(done, total)
-            done += math.prod(site.shape)
+
+        def one(i: int) -> _SiteResult:
+            site = sites[i]
             seed = zlib.crc32(site.name.encode())
             itemsize = torch.empty((), dtype=site.dtype).element_size()
             values: torch.Tensor | None
@@ -414,13 +425,15 @@ def check_target(
             else:
                 raw = load(site.name)
                 if raw.device.type == "meta":
-                    continue
+                    return _SiteResult()
                 values = dense(raw)
                 rs = running_stats(values, seed=seed)
                 dtype_name = str(raw.dtype)
             t = _Tensor(site, rs.result(), rs, values)
             found = list(_health(t, health))
-            count += 4
+            count = 4
+            unsure_any = False
+            matched_here: set[int] = set()
             entry = plan_entries.get(site.name)
             if entry is not None and (
                 entry.action is not Action.UNMATCHED or options.default_check
@@ -439,8 +452,7 @@ def check_target(
                     count += 1
                     if v is not None:
                         found.append(v)
-                    if unsure:
-                        inconclusive.append(site.name)
+                    unsure_any = unsure_any or unsure
                 # A rule that asks for zeros is not an all-zeros accident.
                 if _is_zero_init(entry):
                     found = [v for v in found if v.check != "zeros"]
@@ -448,12 +460,11 @@ def check_target(
                 if check.match.matches_name(
                     site.module, site.param, len(site.shape)
                 ) and check.match.matches_type(site.module_class):
-                    matched.add(check.match.index)
+                    matched_here.add(check.match.index)
                     vs, unsure = _check_expect(t, check, defaults, env, alpha)
                     count += 1
                     found += vs
-                    if unsure:
-                        inconclusive.append(site.name)
+                    unsure_any = unsure_any or unsure
                     if check.follows is not None and check.follows.init in ("zeros_", "constant_"):
                         found = [v for v in found if v.check != "zeros"]
             traced_default = defaults.get(site.name)
@@ -464,8 +475,8 @@ def check_target(
             ):
                 # The model's own code zeroes this weight (a zero-initialized projection).
                 found = [v for v in found if v.check != "zeros"]
-            violations += found
             s = t.stats
+            fingerprint: tuple[Any, ...] | None = None
             # Constant tensors (norm weights of 1, zero biases) are equal by design.
             if (
                 health.identical
@@ -474,7 +485,41 @@ def check_target(
                 and s.min != s.max
             ):
                 fingerprint = (site.shape, dtype_name, s.mean, s.std, s.min, s.max, s.nan_count)
-                fingerprints.setdefault(fingerprint, []).append(site.name)
+            return _SiteResult(
+                tuple(found), unsure_any, fingerprint, count, frozenset(matched_here)
+            )
+
+        total = sum(math.prod(s.shape) for s in sites)
+        ticked = 0
+
+        def tick(n: int) -> None:
+            nonlocal ticked
+            ticked += n
+            if progress is not None:
+                progress(ticked, total)
+
+        sizes = [math.prod(s.shape) for s in sites]
+
+        def local(task: Callable[[int], _SiteResult], part: Sequence[int]) -> list[_SiteResult]:
+            workers = options.workers
+            if workers is None:
+                largest = max(part, default=0) * 4
+                workers = auto_workers(4 * sum(part), largest, options.max_memory)
+            return parallel_map(task, part, workers, tick)
+
+        if options.group is not None and options.group.world > 1:
+            results = map_over_ranks(one, sizes, options.group, local)
+        else:
+            results = local(one, sizes)
+        count = 0
+        for site, result in zip(sites, results, strict=True):
+            violations += result.violations
+            count += result.count
+            matched |= result.matched
+            if result.inconclusive:
+                inconclusive.append(site.name)
+            if result.fingerprint is not None:
+                fingerprints.setdefault(result.fingerprint, []).append(site.name)
         if progress is not None:
             progress(total, total)
         if health.identical:

@@ -86,6 +86,13 @@ WorkersOpt = Annotated[
         "enough, as many as --max-memory holds).",
     ),
 ]
+DistributedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="Spread the tensors over the ranks of a torchrun job (gloo); rank 0 prints.",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")]
 
 
@@ -349,13 +356,7 @@ def report(
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     workers: WorkersOpt = None,
-    distributed: Annotated[
-        bool,
-        typer.Option(
-            "--distributed",
-            help="Spread the tensors over the ranks of a torchrun job (gloo); rank 0 prints.",
-        ),
-    ] = False,
+    distributed: DistributedOpt = False,
     meta: Annotated[
         bool,
         typer.Option(
@@ -626,6 +627,8 @@ def check(
     unsafe_load: UnsafeOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
+    workers: WorkersOpt = None,
+    distributed: DistributedOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -650,14 +653,24 @@ def check(
             raise
         expectations = load_expectations(expect) if expect is not None else None
         how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
+        from initscope.distributed import init_from_env
+
         options = CheckOptions(
-            rule_set, expectations, not no_default_check, _parse_size(max_memory)
+            rule_set,
+            expectations,
+            not no_default_check,
+            _parse_size(max_memory),
+            workers,
+            init_from_env() if distributed else None,
         )
         with _progress(not quiet, "checking") as progress:
             result = check_target(target, how, options, progress)
-        _warn(list(result.notes))
+        leader = options.group is None or options.group.leader  # under torchrun, rank 0 speaks
+        if leader:
+            _warn(list(result.notes))
         text = render_check(result, fmt.value)
-    _emit(text, output, debug)
+    if leader:
+        _emit(text, output, debug)
     if not result.ok:
         raise typer.Exit(EXIT_VIOLATIONS)
 

@@ -249,6 +249,45 @@ def test_torchrun_two_ranks_equal_one_process(runner: CliRunner, single: Path) -
         assert a["stats"]["std"] == pytest.approx(b["stats"]["std"], rel=1e-12)
 
 
+def test_check_with_workers_and_ranks_equals_one_process(
+    runner: CliRunner, single: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    broken = _state()
+    broken["down1.0.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "broken.safetensors"
+    save_file(broken, str(path))
+    args = ["check", str(path), "-q", "-f", "json"]
+    one = runner.invoke(app, [*args, "--workers", "1"])
+    two = runner.invoke(app, [*args, "--workers", "2"])
+    assert one.exit_code == two.exit_code == 1, one.output
+    assert json.loads(one.stdout) == json.loads(two.stdout)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    exe = Path(sys.executable).parent / "initscope"
+    if not torchrun.exists() or not exe.exists():
+        return
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            str(exe),
+            *args,
+            "--workers",
+            "1",
+            "--distributed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode != 0  # torchrun reports the ranks' exit 1 as a failure
+    assert json.loads(done.stdout) == json.loads(one.stdout)
+
+
 def test_distributed_without_torchrun_says_how(runner: CliRunner, single: Path) -> None:
     result = runner.invoke(app, ["report", str(single), "--distributed"])
     assert result.exit_code == 2

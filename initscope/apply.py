@@ -156,19 +156,25 @@ def apply_plan(
         if progress is not None:
             progress(done, total)
         done += math.prod(entry.site.shape)
-        tensor = tensors[entry.site.name]
-        if entry.action is Action.INIT:
-            _init(entry, tensor, plan.seed)
-        elif entry.default_via == "reset_parameters":
-            assert model is not None
-            _reset(model, entry.site, plan.seed)
-        else:
-            assert entry.distribution is not None
-            dist = entry.distribution
-            g = _generator(plan.seed, entry.site.name)
-            _fill(tensor, lambda w, d=dist, g=g: _draw(d, w, g))  # type: ignore[misc]
+        _apply_entry(entry, tensors[entry.site.name], plan.seed, model)
     if progress is not None:
         progress(total, total)
+
+
+def _apply_entry(
+    entry: PlanEntry, tensor: torch.Tensor, seed: int, model: torch.nn.Module | None
+) -> None:
+    """One parameter's new values, written into ``tensor``."""
+    if entry.action is Action.INIT:
+        _init(entry, tensor, seed)
+    elif entry.default_via == "reset_parameters":
+        assert model is not None
+        _reset(model, entry.site, seed)
+    else:
+        dist = entry.distribution
+        assert dist is not None
+        g = _generator(seed, entry.site.name)
+        _fill(tensor, lambda w: _draw(dist, w, g))
 
 
 def _fill(tensor: torch.Tensor, draw: Callable[[torch.Tensor], Any]) -> None:
@@ -449,21 +455,18 @@ def _apply_bare(
         t = ckpt.load(key)
         if name in changed:
             t = t.clone()
-            sub = Plan((changed[name],), plan.rules, plan.seed, plan.unmatched_policy, ())
-            apply_plan(sub, {name: t})
+            _apply_entry(changed[name], t, plan.seed, None)
         loaded[key] = t
         state[key] = t
     return state
 
 
 def _checkpoint_path(target: str, how: TargetOptions) -> Path | None:
-    from initscope.targets import is_checkpoint_path, is_spec_path, load_spec
+    """The checkpoint TARGET reads, if any (a spec's problems are reported when it is
+    opened, after the output is checked)."""
+    from initscope.targets import resolve_target
 
-    if is_checkpoint_path(target):
-        return Path(target)
-    if is_spec_path(target):
-        try:
-            return load_spec(target).checkpoint
-        except InitScopeError:
-            return None
-    return None
+    try:
+        return resolve_target(target, how)[1]
+    except InitScopeError:
+        return None

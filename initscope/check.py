@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from initscope.distributed import Group, map_over_ranks
+from initscope.distributed import Group
 from initscope.distributions import Distribution, Family, format_number
 from initscope.expect import Check, Expectations, Health
 from initscope.identify import identify
@@ -48,7 +48,7 @@ from initscope.stats import (
 )
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, InitCall, _init_distribution
-from initscope.workers import auto_workers, parallel_map
+from initscope.workers import spread, ticker
 
 __all__ = ["CheckOptions", "CheckResult", "Violation", "check_target"]
 
@@ -346,17 +346,15 @@ def _sites_and_loader(
 
         _check_fits(model, {n: ckpt.infos[k] for n, k in keys.items()}, ckpt.path)
 
-        def load(name: str) -> torch.Tensor:
-            if name in keys:
-                return ckpt.load(keys[name])  # type: ignore[no-any-return]
-            group = next(g for g in tied if name in g)
-            return ckpt.load(keys[next(n for n in group if n in keys)])  # type: ignore[no-any-return]
-
         def key_of(name: str) -> str:
+            # A tied name saved under another of its names reads that one.
             if name in keys:
                 return str(keys[name])
             group = next(g for g in tied if name in g)
             return str(keys[next(n for n in group if n in keys)])
+
+        def load(name: str) -> torch.Tensor:
+            return ckpt.load(key_of(name))  # type: ignore[no-any-return]
 
         return sites, load, tied, key_of
     keys = ckpt.keyed()
@@ -414,9 +412,11 @@ def check_target(
         def one(i: int) -> _SiteResult:
             site = sites[i]
             seed = zlib.crc32(site.name.encode())
-            itemsize = torch.empty((), dtype=site.dtype).element_size()
             values: torch.Tensor | None
-            if ckpt is not None and math.prod(site.shape) * itemsize > options.max_memory:
+            if (
+                ckpt is not None
+                and math.prod(site.shape) * site.dtype.itemsize > options.max_memory
+            ):
                 # Over the budget: statistics from blocks of rows, one at a time.
                 key = key_of(site.name)
                 rs = stream_stats(ckpt.chunks(key, options.max_memory), math.prod(site.shape), seed)
@@ -489,28 +489,15 @@ def check_target(
                 tuple(found), unsure_any, fingerprint, count, frozenset(matched_here)
             )
 
-        total = sum(math.prod(s.shape) for s in sites)
-        ticked = 0
-
-        def tick(n: int) -> None:
-            nonlocal ticked
-            ticked += n
-            if progress is not None:
-                progress(ticked, total)
-
-        sizes = [math.prod(s.shape) for s in sites]
-
-        def local(task: Callable[[int], _SiteResult], part: Sequence[int]) -> list[_SiteResult]:
-            workers = options.workers
-            if workers is None:
-                largest = max(part, default=0) * 4
-                workers = auto_workers(4 * sum(part), largest, options.max_memory)
-            return parallel_map(task, part, workers, tick)
-
-        if options.group is not None and options.group.world > 1:
-            results = map_over_ranks(one, sizes, options.group, local)
-        else:
-            results = local(one, sizes)
+        tick = ticker(progress, sum(math.prod(s.shape) for s in sites))
+        results = spread(
+            one,
+            [math.prod(s.shape) for s in sites],
+            workers=options.workers,
+            max_memory=options.max_memory,
+            group=options.group,
+            tick=tick,
+        )
         count = 0
         for site, result in zip(sites, results, strict=True):
             violations += result.violations
@@ -520,8 +507,6 @@ def check_target(
                 inconclusive.append(site.name)
             if result.fingerprint is not None:
                 fingerprints.setdefault(result.fingerprint, []).append(site.name)
-        if progress is not None:
-            progress(total, total)
         if health.identical:
             violations += _identical(fingerprints, load, tied)
         notes = tuple(

@@ -137,12 +137,12 @@ class Checkpoint:
         """The tensor ``name`` as flat pieces of at most about ``budget`` bytes, each with
         its flat offset: the whole tensor at once when it fits, else blocks of rows."""
         info = self.infos[name]
-        nbytes = info.numel * _itemsize(info.dtype)
+        nbytes = info.numel * info.dtype.itemsize
         if nbytes <= budget or self._rows is None or len(info.shape) == 0 or info.numel == 0:
             yield 0, self.load(name).reshape(-1)
             return
         per_row = info.numel // info.shape[0]
-        step = max(1, budget // max(per_row * _itemsize(info.dtype), 1))
+        step = max(1, budget // max(per_row * info.dtype.itemsize, 1))
         for start in range(0, info.shape[0], step):
             stop = min(start + step, info.shape[0])
             try:
@@ -164,10 +164,6 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def _reason(exc: BaseException) -> str:

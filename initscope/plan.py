@@ -297,9 +297,10 @@ def _known_type_names(modules: Sequence[type]) -> set[str]:
 
 def _type_problems(
     rules: Sequence[Rule], sites: Sequence[ParamSite], bare: bool, found: _Problems
-) -> None:
+) -> set[int]:
     """Type names no class of the model (or torch.nn) has, and type rules on a bare state
-    dict."""
+    dict: added to ``found``; the indices of the rules they make unusable returned."""
+    broken: set[int] = set()
     classes = [s.module_class for s in sites if s.module_class is not None]
     known = _known_type_names(classes)
     for r in rules:
@@ -313,6 +314,7 @@ def _type_problems(
                 "by name/param/ndim",
                 "",
             )
+            broken.add(r.index)
             continue
         for t in r.type_names:
             if t not in known:
@@ -323,6 +325,8 @@ def _type_problems(
                     "write a module class name such as Conv2d, or a dotted path",
                     "",
                 )
+                broken.add(r.index)
+    return broken
 
 
 def match_problems(
@@ -373,10 +377,9 @@ def make_plan(
     """
     policy = unmatched or rules.unmatched
     found = _Problems()
-    _type_problems(rules.rules, sites, bare, found)
+    broken = _type_problems(rules.rules, sites, bare, found)
     # Rules with an unusable type are left out of matching, so the problems of the other
     # rules are found in the same run.
-    broken = {int(path.split("[")[1].split("]")[0]) for (_, path, _, _) in found.groups}
     missed: list[str] = []
     active = [r for r in rules.rules if r.index not in broken]
 

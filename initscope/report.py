@@ -15,14 +15,14 @@ import torch
 
 from initscope import __version__
 from initscope.checkpoints import Checkpoint, TensorInfo
-from initscope.distributed import Group, map_over_ranks
+from initscope.distributed import Group
 from initscope.errors import CheckpointError, TargetError
 from initscope.identify import Fit, Identification, identify
 from initscope.models import TracedModel, open_target
 from initscope.stats import DEFAULT_MAX_MEMORY, TensorStats, dense, running_stats, stream_stats
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, fans
-from initscope.workers import auto_workers, parallel_map
+from initscope.workers import spread, ticker
 from initscope.yamlio import did_you_mean
 
 __all__ = [
@@ -129,7 +129,7 @@ def _read(
 ) -> torch.Tensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]]:
     """A checkpoint tensor whole, or (its metadata, its pieces) when it exceeds ``budget``."""
     info = ckpt.infos[key]
-    if info.numel * torch.empty((), dtype=info.dtype).element_size() <= budget:
+    if info.numel * info.dtype.itemsize <= budget:
         return ckpt.load(key)
     return info, ckpt.chunks(key, budget)
 
@@ -163,18 +163,6 @@ def _selected(name: str, module: torch.nn.Module | None, options: ReportOptions)
     return _type_matches(module, options.types) and _name_matches(
         name, _split(name)[0], options.names
     )
-
-
-def _ticker(progress: Progress | None, total: int) -> Callable[[int], None]:
-    done = 0
-
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
-
-    return tick
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -285,7 +273,7 @@ def report_model(
             entries.append((name, t, is_buffer))
     # Grouped by module, in named_modules() order; a module's buffers after its parameters.
     entries.sort(key=lambda e: (order.get(_split(e[0])[0], len(order)), e[2]))
-    tick = _ticker(progress, sum(t.numel() for _, t, _ in entries))
+    tick = ticker(progress, sum(t.numel() for _, t, _ in entries))
 
     def one(i: int) -> ParameterReport:
         name, t, is_buffer = entries[i]
@@ -310,32 +298,15 @@ def report_model(
         else (0 if t.device.type == "meta" else t.numel())
         for n, t, _ in entries
     ]
-    out = _map(one, sizes, options, tick)
+    out = spread(
+        one,
+        sizes,
+        workers=options.workers,
+        max_memory=options.max_memory,
+        group=options.group,
+        tick=tick,
+    )
     return Report(target=target, parameters=tuple(out))
-
-
-def _map(
-    one: Callable[[int], ParameterReport],
-    sizes: Sequence[int],
-    options: ReportOptions,
-    tick: Callable[[int], None],
-) -> list[ParameterReport]:
-    """Every entry's report: over --workers processes, and over the ranks of a torchrun job
-    with --distributed."""
-
-    def local(task: Callable[[int], ParameterReport], part: Sequence[int]) -> list[ParameterReport]:
-        return parallel_map(task, part, _workers(options, part), tick)
-
-    if options.group is None or options.group.world == 1:
-        return local(one, sizes)
-    return map_over_ranks(one, sizes, options.group, local)
-
-
-def _workers(options: ReportOptions, sizes: Sequence[int]) -> int:
-    if options.workers is not None:
-        return options.workers
-    # fp32 as the estimate of bytes: the decision only needs the order of magnitude.
-    return auto_workers(4 * sum(sizes), 4 * max(sizes, default=0), options.max_memory)
 
 
 def _check_fits(model: torch.nn.Module, have: Mapping[str, TensorInfo], path: Path) -> None:
@@ -396,7 +367,7 @@ def report_checkpoint(
         for name, key in keys.items()
         if key not in ckpt.aliases and _selected(name, modules.get(_split(name)[0]), options)
     ]
-    tick = _ticker(progress, sum(ckpt.infos[keys[n]].numel for n in selected))
+    tick = ticker(progress, sum(ckpt.infos[keys[n]].numel for n in selected))
 
     def one(i: int) -> ParameterReport:
         name = selected[i]
@@ -409,7 +380,14 @@ def report_checkpoint(
         )
 
     sizes = [ckpt.infos[keys[n]].numel for n in selected]
-    out = _map(one, sizes, options, tick)
+    out = spread(
+        one,
+        sizes,
+        workers=options.workers,
+        max_memory=options.max_memory,
+        group=options.group,
+        tick=tick,
+    )
     return Report(target=target, parameters=tuple(out), has_model=ckpt.module is not None)
 
 

@@ -450,7 +450,6 @@ def parse_rule(
                 f"use a torch.nn.init function ({', '.join(known[:-2])}) or default or keep",
             )
     args: dict[str, ArgValue] = {}
-    arg_paths: dict[str, str] = {}
     extra = [str(k) for k in raw if k not in (*MATCH_KEYS, "init")]
     if init is not None:
         allowed = list(fn.args) if fn is not None else []
@@ -472,7 +471,6 @@ def parse_rule(
             value = _parse_arg(fn.args[key], raw[key], vars_, path, problem)
             if value is not None:
                 args[key] = value
-                arg_paths[key] = doc.where(path)
         if fn is not None:
             for a in fn.args.values():
                 if a.required and a.name not in raw:
@@ -510,8 +508,8 @@ def parse_rule(
             problem((*base, key), message, hint)
     if len(problem.problems) > before or init is None:
         return None
-    for key in raw:
-        arg_paths.setdefault(str(key), doc.where((*base, str(key))))
+    # Where each of the rule's keys is, for the problems found later against a model.
+    arg_paths = {str(key): doc.where((*base, str(key))) for key in raw}
     line = doc.marks.get(base, (0, 0))[0]
     param = raw.get("param", "*")
     return Rule(

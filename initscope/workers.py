@@ -14,11 +14,14 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
-__all__ = ["auto_workers", "parallel_map"]
+if TYPE_CHECKING:
+    from initscope.distributed import Group
+
+__all__ = ["auto_workers", "parallel_map", "spread", "ticker"]
 
 T = TypeVar("T")
 
@@ -81,3 +84,43 @@ def parallel_map(
     finally:
         _TASK = None
     return results
+
+
+def ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """``tick(n)``: n more of ``total`` done, reported to ``progress(done, total)``."""
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    return tick
+
+
+def spread(
+    task: Callable[[int], T],
+    sizes: Sequence[int],
+    *,
+    workers: int | None,
+    max_memory: int,
+    group: Group | None = None,
+    tick: Callable[[int], None] | None = None,
+) -> list[T]:
+    """``task(i)`` for every tensor (``sizes`` in elements): over the ranks of a torchrun job
+    when ``group`` has several, and over ``workers`` processes on each (None: see
+    :func:`auto_workers`)."""
+
+    def local(part_task: Callable[[int], T], part: Sequence[int]) -> list[T]:
+        n = workers
+        if n is None:
+            # fp32 as the estimate of bytes: the decision only needs the order of magnitude.
+            n = auto_workers(4 * sum(part), 4 * max(part, default=0), max_memory)
+        return parallel_map(part_task, part, n, tick)
+
+    if group is None or group.world == 1:
+        return local(task, sizes)
+    from initscope.distributed import map_over_ranks
+
+    return map_over_ranks(task, sizes, group, local)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,6 +59,10 @@ class ParameterReport:
     is_buffer: bool = False
     fit: Fit | None = None  # what the values follow (None on the meta device)
     matches_default: bool | None = None  # null: no known default, or too few values
+    # The bounded sample the identification used (float64, flat-position order; every value
+    # for tensors up to SAMPLE_SIZE elements): what histograms are drawn from. Not rendered
+    # in JSON and not compared, so reports from 1 or N processes stay equal.
+    sample: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -188,10 +192,12 @@ def _parameter(
     module_path, param = _split(name)
     stats: TensorStats | None = None
     found: Identification | None = None
+    sample: torch.Tensor | None = None
     if isinstance(tensor, tuple):  # a tensor over the memory budget, in pieces
         info, pieces = tensor
         rs = stream_stats(pieces, info.numel, seed=zlib.crc32(name.encode()))
         stats, found = rs.result(), identify(rs, info.shape, default, None)
+        sample = rs.sample()
         shape, dtype, numel = info.shape, info.dtype, info.numel
     else:
         shape, dtype, numel = tuple(int(s) for s in tensor.shape), tensor.dtype, tensor.numel()
@@ -202,6 +208,7 @@ def _parameter(
         rs = running_stats(values, seed=zlib.crc32(name.encode()))
         stats = rs.result()
         found = identify(rs, shape, default, values)
+        sample = rs.sample()
     return ParameterReport(
         name=name,
         module=module_path,
@@ -218,6 +225,7 @@ def _parameter(
         is_buffer=is_buffer,
         fit=found.fit if found else None,
         matches_default=found.matches_default if found else None,
+        sample=sample,
     )
 
 

@@ -14,6 +14,7 @@ O(sample), not O(numel).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,16 @@ __all__ = [
 # 4 Mi elements: a 32 MiB float64 working copy per chunk, large enough that per-call overhead
 # is negligible next to the arithmetic.
 CHUNK_ELEMENTS = 1 << 22
+# The fast path's working block: 1 Mi elements (4 MiB of float32 for the deviations) stays in
+# cache between the passes over it, and is big enough that torch splits each op over cores.
+FAST_ELEMENTS = 1 << 20
+# Float dtypes the fast path takes, and those it reads without widening first.
+_NATIVE = frozenset({torch.float32, torch.float64})
+_FAST = frozenset(
+    _NATIVE
+    | {torch.float16, torch.bfloat16}
+    | {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n)}
+)
 # Enough for a KS test to tell apart distributions whose CDFs differ by ~2.5% (the 5% critical
 # value of the KS statistic is 1.36/sqrt(n) = 0.021 at n = 4096).
 SAMPLE_SIZE = 4096
@@ -72,6 +83,22 @@ def sample_positions(numel: int, size: int, seed: int) -> torch.Tensor:
     return chosen.sort().values
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(dtype: torch.dtype, n: int, slot: int = 0) -> torch.Tensor:
+    """A reused working buffer of ``n`` elements (at most FAST_ELEMENTS), one per thread,
+    dtype and slot: the fast path writes its deviations here instead of allocating."""
+    key = (dtype, slot)
+    buffers: dict[tuple[torch.dtype, int], torch.Tensor] = _SCRATCH.__dict__.setdefault(
+        "buffers", {}
+    )
+    buf = buffers.get(key)
+    if buf is None:
+        buf = buffers[key] = torch.empty(FAST_ELEMENTS, dtype=dtype)
+    return buf[:n]
+
+
 @dataclass
 class RunningStats:
     """Accumulates statistics over chunks of one tensor; ``merge`` combines two of them."""
@@ -98,9 +125,64 @@ class RunningStats:
         n_all = c.numel()
         if n_all == 0:
             return
+        self.seen += n_all
+        if c.dtype in _FAST:
+            for start in range(0, n_all, FAST_ELEMENTS):
+                self._update_float(c[start : start + FAST_ELEMENTS], offset + start)
+            return
         c = c.to(torch.float64)
         self._take_sample(c, offset)
-        self.seen += n_all
+        self._update_exact(c)
+
+    def _update_float(self, c: torch.Tensor, offset: int) -> None:
+        """A finite float block in as few passes as torch allows; anything else falls back to
+        :meth:`_update_exact`.
+
+        The obvious way (``std_mean``, ``aminmax``, ``(t == 0).sum()``, ``isnan().sum()``,
+        ``isinf().sum()``) is slow for three reasons this avoids: torch's var kernel updates
+        Welford's mean and M2 per element; each comparison allocates a boolean tensor of the
+        whole tensor; and ``count_nonzero`` branches per element (8 ms per Mi elements with
+        zeros in them, measured). Instead, per cache-sized block, with reused buffers:
+
+        - ``aminmax``: min and max propagate NaN and ±inf, so finite extremes prove there is
+          neither, and the NaN/inf counts cost nothing;
+        - zeros as n − Σ sign(x)², whose 0/1 terms add exactly in float32 below 2^24;
+        - the mean and the sum of squared deviations in float64, through torch's cascade
+          ``sum`` (``dot`` and ``vector_norm`` are faster but accumulate in float32 lanes:
+          1e-3 relative error on 50M values, measured).
+        """
+        n = c.numel()
+        if c.dtype not in _NATIVE:
+            # bf16/fp16/fp8 widen exactly to float32 (copy_ into a reused buffer: 5x faster
+            # than .float(), which allocates); sign has no out= of another dtype, and torch
+            # has no aminmax for fp8.
+            c = _scratch(torch.float32, n, slot=1).copy_(c)
+        self._take_sample(c, offset)
+        lo, hi = (float(v) for v in torch.aminmax(c))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            self._update_exact(c.to(torch.float64))
+            return
+        if lo == hi:  # a constant block (a zero bias, a norm's ones): nothing more to read
+            self.zeros += n if lo == 0 else 0
+            self._combine(n, lo, 0.0, lo, hi)
+            return
+        if lo <= 0 <= hi:
+            wide = torch.float64 if c.dtype == torch.float64 else torch.float32
+            s = torch.sign(c, out=_scratch(wide, n, slot=2))
+            self.zeros += n - round(float(torch.dot(s, s)))
+        # The moments in float64 throughout: the block widened into a reused float64 buffer
+        # (one cache-resident copy; float32 deviations lost ~1e-8 of the mean to rounding),
+        # the mean, then the deviations in place. Their own sum corrects the mean's rounding,
+        # which otherwise showed on 50M values of mean 1 and std 1e-4.
+        d = _scratch(torch.float64, n).copy_(c)
+        mean = float(d.sum()) / n
+        shift = float(d.sub_(mean).sum())
+        m2 = max(float(d.square_().sum()) - shift * shift / n, 0.0)
+        mean += shift / n
+        self._combine(n, mean, m2, lo, hi)
+
+    def _update_exact(self, c: torch.Tensor) -> None:
+        """A float64 chunk, NaN and inf included: counted, then left out of the moments."""
         finite = torch.isfinite(c)
         n_finite = int(finite.sum())
         if n_finite != c.numel():
@@ -124,7 +206,7 @@ class RunningStats:
         if hi > lo:
             at = self.positions[lo:hi]
             self.sample_at.append(at)
-            self.sample_values.append(c[at - offset].clone())
+            self.sample_values.append(c[at - offset].to(torch.float64))
 
     def _combine(self, n: int, mean: float, m2: float, lo: float, hi: float) -> None:
         # Chan, Golub & LeVeque (1979): pairwise update of count, mean and M2.

@@ -25,13 +25,21 @@ def test_matches_torch_across_chunks() -> None:
     assert s.abs_max == float(d.abs().max())
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int8, torch.float64])
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2, torch.int8]
+    + [torch.float32, torch.float64],
+)
 def test_low_precision_and_integer_dtypes_accumulate_in_float64(dtype: torch.dtype) -> None:
     t = (torch.randn(4096) * 20).to(dtype)
+    t[::9] = 0
     s = tensor_stats(t)
+    d = t.double()
     assert s is not None
-    assert s.mean == pytest.approx(float(t.double().mean()), rel=1e-9, abs=1e-9)
-    assert s.std == pytest.approx(float(t.double().std()), rel=1e-9)
+    assert s.mean == pytest.approx(float(d.mean()), rel=1e-12, abs=1e-12)
+    assert s.std == pytest.approx(float(d.std()), rel=1e-12)
+    assert (s.min, s.max) == (float(d.min()), float(d.max()))
+    assert s.zero_fraction == float((d == 0).double().mean())
 
 
 @settings(max_examples=50, deadline=None)
@@ -69,6 +77,35 @@ def test_sample_is_bounded_and_distinct() -> None:
     assert int(p.min()) >= 0 and int(p.max()) < 10_000_000
     assert torch.equal(p, sample_positions(10_000_000, 4096, seed=1))
     assert sample_positions(10, 4096, seed=1).tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shift", [0.0, 1.0, 1000.0])
+def test_fast_path_is_accurate_when_mean_dwarfs_std(dtype: torch.dtype, shift: float) -> None:
+    # LayerNorm-like weights (1 ± 1e-3) and offset data: the shifted second pass keeps the
+    # mean and std accurate where a naive sum of squares would cancel catastrophically.
+    g = torch.Generator().manual_seed(3)
+    t = (shift + torch.randn(3_000_000, generator=g, dtype=torch.float64) * 1e-3).to(dtype)
+    s = tensor_stats(t)
+    d = t.double()
+    assert s is not None
+    std = float(d.std())
+    assert abs(s.mean - float(d.mean())) <= 1e-9 * max(std, 1e-300)
+    assert s.std == pytest.approx(std, rel=1e-9, abs=1e-300)
+    assert (s.min, s.max) == (float(d.min()), float(d.max()))
+    assert s.zero_fraction == float((d == 0).double().mean())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_fast_path_falls_back_on_a_block_with_nan_or_inf(bad: float) -> None:
+    t = torch.randn(3_000_000)
+    t[2_500_000] = bad  # in the third 1 Mi block
+    s = tensor_stats(t)
+    clean = torch.cat([t[:2_500_000], t[2_500_001:]]).double()
+    assert s is not None
+    assert (s.nan_count, s.inf_count) == ((1, 0) if bad != bad else (0, 1))
+    assert s.mean == pytest.approx(float(clean.mean()), rel=1e-9, abs=1e-12)
+    assert s.std == pytest.approx(float(clean.std()), rel=1e-9)
 
 
 def test_nan_inf_excluded_from_moments() -> None:

@@ -27,8 +27,15 @@ def test_matches_torch_across_chunks() -> None:
 
 @pytest.mark.parametrize(
     "dtype",
-    [torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2, torch.int8]
-    + [torch.float32, torch.float64],
+    [
+        torch.bfloat16,
+        torch.float16,
+        torch.float8_e4m3fn,
+        torch.float8_e5m2,
+        torch.int8,
+        torch.float32,
+        torch.float64,
+    ],
 )
 def test_low_precision_and_integer_dtypes_accumulate_in_float64(dtype: torch.dtype) -> None:
     t = (torch.randn(4096) * 20).to(dtype)

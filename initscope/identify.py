@@ -147,8 +147,9 @@ class _Sample:
         b2 = None
         if x.numel():
             c = x - x.mean()
-            m2 = float((c * c).mean())
-            b2 = float((c**4).mean()) / (m2 * m2) if m2 > 0 else None
+            c2 = c * c
+            m2 = float(c2.mean())
+            b2 = float((c2 * c2).mean()) / (m2 * m2) if m2 > 0 else None
         return cls(x.sort().values, b2)
 
 
@@ -216,24 +217,21 @@ def _chi2_sf(x: float, k: int) -> float:
     )
 
 
-def _p_rows(t: torch.Tensor) -> float | None:
+def _p_rows(rows: torch.Tensor) -> float | None:
     """Independence across rows, on up to 64 random rows (O(64 · cols)): under any iid init
     their means and variances spread only as much as sampling allows (χ² tests). Trained
     weights (row offsets, rescaled rows, low rank plus noise) spread far more."""
-    if t.dim() < 2:
-        return None
-    rows = _sample_rows(t)
-    if rows is None:
-        return None
     count, cols = rows.shape
     x = rows - rows.mean()
-    s2 = float((x**2).mean())
+    x2 = x * x  # products, not pow: torch's generic pow is several times slower
+    s2 = float(x2.mean())
     if s2 == 0:
         return None
-    mu4 = float((x**4).mean())
-    means = rows.mean(1)
+    mu4 = float((x2 * x2).mean())
+    means = x.mean(1)
     p_mean = _chi2_sf(float(((means - means.mean()) ** 2).sum()) / (s2 / cols), count - 1)
-    variances = rows.var(1)
+    # Each row's sample variance (Bessel-corrected, as torch.var), from the centred values.
+    variances = (x2.sum(1) - cols * means * means) / (cols - 1)
     # Var of a row's sample variance: (μ4 − σ⁴(c − 3)/(c − 1)) / c
     v0 = (mu4 - s2 * s2 * (cols - 3) / (cols - 1)) / cols
     if v0 <= 0:
@@ -369,20 +367,20 @@ def _constant(value: float) -> Fit:
     return Fit(f"constant({value:g})", Family.CONSTANT, {"value": value}, 1.0)
 
 
-def _orthogonal(t: torch.Tensor) -> Fit | None:
+def _orthogonal(rows: torch.Tensor) -> Fit | None:
     """Rows (or columns, for tall matrices) orthonormal up to a common gain; checked on up to
     64 random rows so the cost stays O(64² · cols)."""
-    if t.dim() < 2 or t.numel() < MIN_ELEMENTS:
-        return None
-    rows = _sample_rows(t)
-    if rows is None:
+    # float32 orthogonality holds to ~1e-6 relative; random rows are off by ~1/√cols. Two rows
+    # settle most tensors before the whole Gram matrix is formed.
+    r0, r1 = rows[0], rows[1]
+    n0 = float(r0 @ r0)
+    if n0 <= 0 or abs(float(r0 @ r1)) >= 1e-4 * n0:
         return None
     gram = rows @ rows.T
     gain2 = float(gram.diagonal().mean())
     if gain2 <= 0:
         return None
     off = gram - torch.diag(gram.diagonal())
-    # float32 orthogonality holds to ~1e-6 relative; random matrices are off by ~1/√cols.
     if (
         float(off.abs().max()) < 1e-4 * gain2
         and float((gram.diagonal() / gain2 - 1).abs().max()) < 1e-4
@@ -438,8 +436,10 @@ def identify(
         # Values that are not all equal certainly differ from a constant default.
         differs = known_default is not None and known_default.family is Family.CONSTANT
         return Identification(Fit("inconclusive", None), False if differs else None)
-    if tensor is not None:
-        ortho = _orthogonal(tensor)
+    # Random rows of the matrix view, shared by the two structured tests.
+    rows = _sample_rows(tensor) if tensor is not None and s.numel >= MIN_ELEMENTS else None
+    if rows is not None:
+        ortho = _orthogonal(rows)
         if ortho is not None:
             matches = None
             if known_default is not None:
@@ -450,9 +450,9 @@ def identify(
                 )
             return Identification(ortho, matches)
     if (
-        tensor is not None
+        rows is not None
         and not (default is not None and default.partial)  # a zeroed padding row is structure
-        and (p_rows := _p_rows(tensor)) is not None
+        and (p_rows := _p_rows(rows)) is not None
         and p_rows < alpha
     ):
         return Identification(Fit("unknown", None), None if known_default is None else False)

@@ -234,9 +234,15 @@ class RunningStats:
         """The sampled values (float64) in flat-position order."""
         if not self.sample_values:
             return torch.empty(0, dtype=torch.float64)
-        at = torch.cat(self.sample_at)
-        values = torch.cat(self.sample_values)
-        return values[at.argsort()]
+        if len(self.sample_values) > 1:
+            # Fold the pieces into one, so that asking again costs nothing.
+            at = torch.cat(self.sample_at)
+            values = torch.cat(self.sample_values)
+            if bool((at[1:] < at[:-1]).any()):  # pieces merged out of order
+                order = at.argsort()
+                at, values = at[order], values[order]
+            self.sample_at, self.sample_values = [at], [values]
+        return self.sample_values[0]
 
     def result(self) -> TensorStats:
         if self.count == 0:

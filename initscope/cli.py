@@ -695,6 +695,8 @@ def diff(
     unsafe_load: UnsafeOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
+    workers: WorkersOpt = None,
+    distributed: DistributedOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -715,10 +717,16 @@ def diff(
             how = TargetOptions(unsafe_load=unsafe_load)  # a bare checkpoint takes no --arg
         how_a = how if is_checkpoint_path(a) else plain
         how_b = how if is_checkpoint_path(b) else plain
+        from initscope.distributed import init_from_env
+
+        group = init_from_env() if distributed else None
         with _progress(not quiet, "comparing") as progress:
-            result = diff_targets(a, b, how_a, how_b, progress, _parse_size(max_memory))
+            result = diff_targets(
+                a, b, how_a, how_b, progress, _parse_size(max_memory), workers, group
+            )
         text = render_diff(result, fmt.value)
-    _emit(text, output, debug)
+    if group is None or group.leader:  # under torchrun, rank 0 speaks
+        _emit(text, output, debug)
 
 
 rules_app = typer.Typer(

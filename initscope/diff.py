@@ -18,9 +18,11 @@ from enum import Enum
 
 import torch
 
+from initscope.distributed import Group
 from initscope.models import open_target
 from initscope.stats import CHUNK_ELEMENTS, DEFAULT_MAX_MEMORY, dense
 from initscope.targets import TargetOptions
+from initscope.workers import spread, ticker
 
 __all__ = ["DiffEntry", "DiffResult", "Status", "diff_targets", "diff_tensors"]
 
@@ -217,26 +219,47 @@ def diff_targets(
     how_b: TargetOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    workers: int | None = None,
+    group: Group | None = None,
 ) -> DiffResult:
-    """Compare A and B name by name (see the module docstring)."""
+    """Compare A and B name by name (see the module docstring). The pairs are compared over
+    ``workers`` processes (None: one per core when worth it) and, with ``group``, over the
+    ranks of a torchrun job; the result is the same as in one process."""
     with ExitStack() as stack:
         side_a = stack.enter_context(_side(a, how))
         side_b = stack.enter_context(_side(b, how_b or how))
         in_a, in_b = set(side_a.names), set(side_b.names)
+        both = [n for n in side_a.names if n in in_b]
+        infos = {n: (side_a.info(n), side_b.info(n)) for n in both}
+        # Elements read per pair, for balancing and progress: nothing when shapes differ.
+        sizes = [math.prod(infos[n][0][0]) if infos[n][0][0] == infos[n][1][0] else 0 for n in both]
+
+        def one(i: int) -> DiffEntry:
+            (shape_a, dtype_a), (shape_b, dtype_b) = infos[both[i]]
+            return _compare(both[i], side_a, side_b, shape_a, dtype_a, shape_b, dtype_b, max_memory)
+
+        compared = dict(
+            zip(
+                both,
+                spread(
+                    one,
+                    sizes,
+                    workers=workers,
+                    max_memory=max_memory,
+                    group=group,
+                    tick=ticker(progress, sum(sizes)),
+                ),
+                strict=True,
+            )
+        )
         entries: list[DiffEntry] = []
-        total = len(side_a.names) + len(in_b - in_a)
-        for i, name in enumerate(side_a.names):
-            if progress is not None:
-                progress(i, total)
-            shape_a, dtype_a = side_a.info(name)
-            if name not in in_b:
-                entries.append(
-                    DiffEntry(name, Status.REMOVED, shape_a, None, _dtype_name(dtype_a), None)
-                )
+        for name in side_a.names:
+            if name in compared:
+                entries.append(compared[name])
                 continue
-            shape_b, dtype_b = side_b.info(name)
+            shape_a, dtype_a = side_a.info(name)
             entries.append(
-                _compare(name, side_a, side_b, shape_a, dtype_a, shape_b, dtype_b, max_memory)
+                DiffEntry(name, Status.REMOVED, shape_a, None, _dtype_name(dtype_a), None)
             )
         for name in side_b.names:
             if name not in in_a:
@@ -244,8 +267,6 @@ def diff_targets(
                 entries.append(
                     DiffEntry(name, Status.ADDED, None, shape_b, None, _dtype_name(dtype_b))
                 )
-        if progress is not None:
-            progress(total, total)
         return DiffResult(a, b, tuple(entries))
 
 

@@ -288,6 +288,49 @@ def test_check_with_workers_and_ranks_equals_one_process(
     assert json.loads(done.stdout) == json.loads(one.stdout)
 
 
+def test_diff_with_workers_and_ranks_equals_one_process(
+    runner: CliRunner, single: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    changed = _state()
+    changed["down1.0.weight"] *= 1.5
+    changed["up.weight"] = torch.zeros(3)  # a shape change and an added name
+    del changed[next(iter(changed))]  # a removed name
+    after = tmp_path / "after.safetensors"
+    save_file(changed, str(after))
+    args = ["diff", str(single), str(after), "-q", "-f", "json"]
+    one = runner.invoke(app, [*args, "--workers", "1"])
+    two = runner.invoke(app, [*args, "--workers", "2"])
+    assert one.exit_code == two.exit_code == 0, one.output
+    want = json.loads(one.stdout)
+    assert {"changed", "removed"} <= {k for k, v in want["summary"].items() if v}
+    assert json.loads(two.stdout) == want
+    torchrun = Path(sys.executable).parent / "torchrun"
+    exe = Path(sys.executable).parent / "initscope"
+    if not torchrun.exists() or not exe.exists():
+        pytest.skip("torchrun or the initscope script is not installed beside this python")
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}",
+            str(exe),
+            *args,
+            "--workers",
+            "1",
+            "--distributed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == want  # rank 0 alone printed, the same document
+
+
 def test_distributed_without_torchrun_says_how(runner: CliRunner, single: Path) -> None:
     result = runner.invoke(app, ["report", str(single), "--distributed"])
     assert result.exit_code == 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ from initscope.rules import Problem, RulesError, RuleSet, Unmatched, init_functi
 from initscope.saving import Provenance, output_format, save_state_dict
 from initscope.targets import ModelSpec, TargetOptions
 from initscope.tracing import DefaultInit
+from initscope.workers import ProgressFn, ticker
 
 __all__ = [
     "ApplyOptions",
@@ -144,21 +144,17 @@ def apply_plan(
     plan: Plan,
     tensors: Mapping[str, torch.Tensor],
     model: torch.nn.Module | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> None:
     """Write the plan's values into ``tensors`` (by parameter name) in place.
-    ``progress(done, total)`` is called with element counts after each parameter."""
-    total = sum(math.prod(e.site.shape) for e in plan.entries if e.changes)
-    done = 0
-    for entry in plan.entries:
-        if not entry.changes:
-            continue
-        if progress is not None:
-            progress(done, total)
-        done += math.prod(entry.site.shape)
+    ``progress`` hears the bytes and parameters written after each parameter."""
+    changing = [e for e in plan.entries if e.changes]
+    tick = ticker(
+        progress, [tensors[e.site.name].numel() * tensors[e.site.name].itemsize for e in changing]
+    )
+    for i, entry in enumerate(changing):
         _apply_entry(entry, tensors[entry.site.name], plan.seed, model)
-    if progress is not None:
-        progress(total, total)
+        tick(i)
 
 
 def _apply_entry(
@@ -363,7 +359,7 @@ def apply_target(
     rules: RulesSource,
     how: TargetOptions = TargetOptions(),
     options: ApplyOptions = ApplyOptions(),
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> ApplyResult:
     """``initscope apply``: re-initialize TARGET by ``rules`` and write the result.
 
@@ -435,29 +431,29 @@ def apply_target(
 
 
 def _apply_bare(
-    plan: Plan, ckpt: Checkpoint, progress: Callable[[int, int], None] | None = None
+    plan: Plan, ckpt: Checkpoint, progress: ProgressFn | None = None
 ) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under their saved names, changed ones as fresh tensors."""
     keys = ckpt.keyed()
     changed = {e.site.name: e for e in plan.entries if e.changes}
-    total = sum(ckpt.infos[k].numel for k in keys.values())
-    done = 0
+    tick = ticker(
+        progress, [ckpt.infos[k].numel * ckpt.infos[k].dtype.itemsize for k in keys.values()]
+    )
     state: dict[str, torch.Tensor] = {}
     loaded: dict[str, torch.Tensor] = {}
-    for name, key in keys.items():
+    for i, (name, key) in enumerate(keys.items()):
         first = ckpt.aliases.get(key)
         if first is not None and first in loaded:
             state[key] = loaded[first]  # tied: the same tensor under both names
+            tick(i)
             continue
-        if progress is not None:
-            progress(done, total)
-        done += ckpt.infos[key].numel
         t = ckpt.load(key)
         if name in changed:
             t = t.clone()
             _apply_entry(changed[name], t, plan.seed, None)
         loaded[key] = t
         state[key] = t
+        tick(i)
     return state
 
 

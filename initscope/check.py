@@ -48,7 +48,7 @@ from initscope.stats import (
 )
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, InitCall, _init_distribution
-from initscope.workers import spread, ticker
+from initscope.workers import ProgressFn, spread
 
 __all__ = ["CheckOptions", "CheckResult", "Violation", "check_target"]
 
@@ -372,7 +372,7 @@ def check_target(
     target: str,
     how: TargetOptions = TargetOptions(),
     options: CheckOptions = CheckOptions(),
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> CheckResult:
     """Run every check on TARGET (a checkpoint, or a model built fresh)."""
     health = options.expect.health if options.expect is not None else Health()
@@ -489,14 +489,14 @@ def check_target(
                 tuple(found), unsure_any, fingerprint, count, frozenset(matched_here)
             )
 
-        tick = ticker(progress, sum(math.prod(s.shape) for s in sites))
         results = spread(
             one,
             [math.prod(s.shape) for s in sites],
             workers=options.workers,
             max_memory=options.max_memory,
             group=options.group,
-            tick=tick,
+            nbytes=[math.prod(s.shape) * s.dtype.itemsize for s in sites],
+            progress=progress,
         )
         count = 0
         for site, result in zip(sites, results, strict=True):

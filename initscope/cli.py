@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from enum import Enum
 from pathlib import Path
@@ -31,6 +32,10 @@ from initscope.render import TABLE_WIDTH, OutputFormat
 
 if TYPE_CHECKING:
     from initscope.targets import TargetOptions
+    from initscope.workers import Advance, ProgressFn
+
+# A run shorter than this shows no progress bar at all (a bar that flashes is noise).
+PROGRESS_AFTER = 0.5
 
 app = typer.Typer(
     add_completion=False,
@@ -266,36 +271,53 @@ def _width() -> int:
 
 
 @contextmanager
-def _progress(
-    enabled: bool, what: str = "statistics"
-) -> Iterator[Callable[[int, int], None] | None]:
-    """A transient rich progress bar on stderr, only when stderr is a terminal."""
+def _progress(enabled: bool, what: str = "statistics") -> Iterator[ProgressFn | None]:
+    """A transient rich progress bar on stderr (bytes and tensors, rate and ETA), only when
+    stderr is a terminal, and only once the work has run for PROGRESS_AFTER seconds: a quick
+    run prints nothing."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
-        MofNCompleteColumn,
+        DownloadColumn,
         Progress,
+        TaskID,
         TextColumn,
         TimeRemainingColumn,
+        TransferSpeedColumn,
     )
 
-    columns = (
+    bar = Progress(
         TextColumn(what),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("elements"),
+        DownloadColumn(),
+        TextColumn("{task.fields[tensors]} tensors"),
+        TransferSpeedColumn(),
         TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("statistics", total=None)
+    start = time.monotonic()
+    task: TaskID | None = None
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    def update(at: Advance) -> None:
+        nonlocal task
+        if task is None:
+            if time.monotonic() - start < PROGRESS_AFTER or at.done_bytes >= at.total_bytes:
+                return
+            bar.start()
+            # The bar's rate and ETA count from here; what was done before shows at once.
+            task = bar.add_task(what, total=at.total_bytes, completed=at.done_bytes, tensors="")
+        tensors = f"{at.done_tensors}/{at.total_tensors}"
+        bar.update(task, completed=at.done_bytes, total=at.total_bytes, tensors=tensors)
 
+    try:
         yield update
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 def _emit(text: str, output: Path | None, debug: bool) -> None:

@@ -22,7 +22,7 @@ from initscope.distributed import Group
 from initscope.models import open_target
 from initscope.stats import CHUNK_ELEMENTS, DEFAULT_MAX_MEMORY, dense
 from initscope.targets import TargetOptions
-from initscope.workers import spread, ticker
+from initscope.workers import ProgressFn, spread
 
 __all__ = ["DiffEntry", "DiffResult", "Status", "diff_targets", "diff_tensors"]
 
@@ -217,7 +217,7 @@ def diff_targets(
     b: str,
     how: TargetOptions = TargetOptions(),
     how_b: TargetOptions | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressFn | None = None,
     max_memory: int = DEFAULT_MAX_MEMORY,
     workers: int | None = None,
     group: Group | None = None,
@@ -231,8 +231,13 @@ def diff_targets(
         in_a, in_b = set(side_a.names), set(side_b.names)
         both = [n for n in side_a.names if n in in_b]
         infos = {n: (side_a.info(n), side_b.info(n)) for n in both}
-        # Elements read per pair, for balancing and progress: nothing when shapes differ.
+        # Elements read per pair, for balancing, and bytes, for progress: nothing when the
+        # shapes differ.
         sizes = [math.prod(infos[n][0][0]) if infos[n][0][0] == infos[n][1][0] else 0 for n in both]
+        nbytes = [
+            size * (infos[n][0][1].itemsize + infos[n][1][1].itemsize)
+            for n, size in zip(both, sizes, strict=True)
+        ]
 
         def one(i: int) -> DiffEntry:
             (shape_a, dtype_a), (shape_b, dtype_b) = infos[both[i]]
@@ -247,7 +252,8 @@ def diff_targets(
                     workers=workers,
                     max_memory=max_memory,
                     group=group,
-                    tick=ticker(progress, sum(sizes)),
+                    nbytes=nbytes,
+                    progress=progress,
                 ),
                 strict=True,
             )

@@ -67,13 +67,14 @@ def map_over_ranks(
     group: Group,
     local_map: Callable[[Callable[[int], T], Sequence[int]], list[T]],
 ) -> list[T]:
-    """``[task(i) ...]`` with each rank computing its share (through ``local_map``, which
-    may use --workers) and every rank receiving all results, in order."""
+    """``[task(i) ...]`` with each rank computing its share (through ``local_map``, given
+    the share's indices; it may use --workers) and every rank receiving all results, in
+    order."""
     import torch.distributed as dist
 
     owner = assign(sizes, group.world)
     mine = [i for i in range(len(sizes)) if owner[i] == group.rank]
-    values = local_map(lambda j: task(mine[j]), [sizes[i] for i in mine])
+    values = local_map(lambda j: task(mine[j]), mine)
     gathered: list[Any] = [None] * group.world
     dist.all_gather_object(gathered, dict(zip(mine, values, strict=True)))
     merged: dict[int, T] = {}

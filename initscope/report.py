@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from initscope.models import TracedModel, open_target
 from initscope.stats import DEFAULT_MAX_MEMORY, TensorStats, dense, running_stats, stream_stats
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, fans
-from initscope.workers import spread, ticker
+from initscope.workers import ProgressFn, spread
 from initscope.yamlio import did_you_mean
 
 __all__ = [
@@ -36,8 +36,8 @@ __all__ = [
 
 SCHEMA = "initscope.report/1"
 
-# Called after each tensor's statistics with (elements done, elements in all).
-Progress = Callable[[int, int], None]
+# Called after each tensor's statistics with the bytes and tensors done (workers.Advance).
+Progress = ProgressFn
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,6 @@ def report_model(
             entries.append((name, t, is_buffer))
     # Grouped by module, in named_modules() order; a module's buffers after its parameters.
     entries.sort(key=lambda e: (order.get(_split(e[0])[0], len(order)), e[2]))
-    tick = ticker(progress, sum(t.numel() for _, t, _ in entries))
 
     def one(i: int) -> ParameterReport:
         name, t, is_buffer = entries[i]
@@ -300,19 +299,20 @@ def report_model(
         )
 
     # What each entry reads: nothing for a tensor on the meta device (no values).
-    sizes = [
-        checkpoint.infos[keys[n]].numel
+    read = [
+        (checkpoint.infos[keys[n]].numel, checkpoint.infos[keys[n]].dtype.itemsize)
         if checkpoint is not None and n in keys
-        else (0 if t.device.type == "meta" else t.numel())
+        else (0 if t.device.type == "meta" else t.numel(), t.dtype.itemsize)
         for n, t, _ in entries
     ]
     out = spread(
         one,
-        sizes,
+        [n for n, _ in read],
         workers=options.workers,
         max_memory=options.max_memory,
         group=options.group,
-        tick=tick,
+        nbytes=[n * width for n, width in read],
+        progress=progress,
     )
     return Report(target=target, parameters=tuple(out))
 
@@ -375,7 +375,6 @@ def report_checkpoint(
         for name, key in keys.items()
         if key not in ckpt.aliases and _selected(name, modules.get(_split(name)[0]), options)
     ]
-    tick = ticker(progress, sum(ckpt.infos[keys[n]].numel for n in selected))
 
     def one(i: int) -> ParameterReport:
         name = selected[i]
@@ -387,14 +386,15 @@ def report_checkpoint(
             default=None,
         )
 
-    sizes = [ckpt.infos[keys[n]].numel for n in selected]
+    infos = [ckpt.infos[keys[n]] for n in selected]
     out = spread(
         one,
-        sizes,
+        [i.numel for i in infos],
         workers=options.workers,
         max_memory=options.max_memory,
         group=options.group,
-        tick=tick,
+        nbytes=[i.numel * i.dtype.itemsize for i in infos],
+        progress=progress,
     )
     return Report(target=target, parameters=tuple(out), has_model=ckpt.module is not None)
 

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -21,7 +22,7 @@ import torch
 if TYPE_CHECKING:
     from initscope.distributed import Group
 
-__all__ = ["auto_workers", "parallel_map", "spread", "ticker"]
+__all__ = ["Advance", "ProgressFn", "auto_workers", "parallel_map", "spread", "ticker"]
 
 T = TypeVar("T")
 
@@ -62,14 +63,14 @@ def parallel_map(
     tick: Callable[[int], None] | None = None,
 ) -> list[T]:
     """``[task(i) for i in range(len(weights))]``, over ``workers`` forked processes when
-    there are several; ``tick(weight)`` after each."""
+    there are several, largest weight first; ``tick(i)`` after each."""
     count = len(weights)
     if workers <= 1 or count < 2 or not can_fork():
         out = []
         for i in range(count):
             out.append(task(i))
             if tick is not None:
-                tick(weights[i])
+                tick(i)
         return out
     global _TASK
     _TASK = task
@@ -80,21 +81,40 @@ def parallel_map(
             for i, value in pool.imap_unordered(_call, order, chunksize=1):
                 results[i] = value
                 if tick is not None:
-                    tick(weights[i])
+                    tick(i)
     finally:
         _TASK = None
     return results
 
 
-def ticker(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
-    """``tick(n)``: n more of ``total`` done, reported to ``progress(done, total)``."""
-    done = 0
+@dataclass(frozen=True)
+class Advance:
+    """Where a run stands, after each tensor: what a progress bar shows."""
 
-    def tick(n: int) -> None:
-        nonlocal done
-        done += n
+    done_bytes: int
+    total_bytes: int
+    done_tensors: int
+    total_tensors: int
+
+
+# Called after each tensor (and once at the start) with where the run stands.
+ProgressFn = Callable[[Advance], None]
+
+
+def ticker(progress: ProgressFn | None, nbytes: Sequence[int]) -> Callable[[int], None]:
+    """``tick(i)``: item ``i`` (of ``nbytes[i]`` bytes) is done; reported to ``progress``,
+    which first hears the totals with nothing done."""
+    total = sum(nbytes)
+    done = count = 0
+    if progress is not None:
+        progress(Advance(0, total, 0, len(nbytes)))
+
+    def tick(i: int) -> None:
+        nonlocal done, count
+        done += nbytes[i]
+        count += 1
         if progress is not None:
-            progress(done, total)
+            progress(Advance(done, total, count, len(nbytes)))
 
     return tick
 
@@ -106,21 +126,25 @@ def spread(
     workers: int | None,
     max_memory: int,
     group: Group | None = None,
-    tick: Callable[[int], None] | None = None,
+    nbytes: Sequence[int] | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[T]:
-    """``task(i)`` for every tensor (``sizes`` in elements): over the ranks of a torchrun job
-    when ``group`` has several, and over ``workers`` processes on each (None: see
-    :func:`auto_workers`)."""
+    """``task(i)`` for every tensor (``sizes`` in elements, ``nbytes`` in bytes read, for
+    progress; default: the sizes): over the ranks of a torchrun job when ``group`` has
+    several, and over ``workers`` processes on each (None: see :func:`auto_workers`). The
+    progress is this process's share: on a rank, the tensors that rank reads."""
+    weights = nbytes if nbytes is not None else sizes
 
-    def local(part_task: Callable[[int], T], part: Sequence[int]) -> list[T]:
+    def local(part_task: Callable[[int], T], ids: Sequence[int]) -> list[T]:
+        part = [sizes[i] for i in ids]
         n = workers
         if n is None:
             # fp32 as the estimate of bytes: the decision only needs the order of magnitude.
             n = auto_workers(4 * sum(part), 4 * max(part, default=0), max_memory)
-        return parallel_map(part_task, part, n, tick)
+        return parallel_map(part_task, part, n, ticker(progress, [weights[i] for i in ids]))
 
     if group is None or group.world == 1:
-        return local(task, sizes)
+        return local(task, range(len(sizes)))
     from initscope.distributed import map_over_ranks
 
     return map_over_ranks(task, sizes, group, local)

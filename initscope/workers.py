@@ -10,8 +10,12 @@ work balances; results come back in input order.
 
 from __future__ import annotations
 
+import copyreg
+import ctypes
+import io
 import multiprocessing
 import os
+import pickle
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,9 +40,35 @@ def _init() -> None:
     torch.set_num_threads(1)
 
 
-def _call(i: int) -> tuple[int, Any]:
+def _tensor(data: bytearray, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if not data:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _reduce_tensor(t: torch.Tensor) -> Any:
+    if t.device.type != "cpu" or t.layout != torch.strided or t.is_quantized or t.requires_grad:
+        return t.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[no-untyped-call]
+    t = t.contiguous()
+    raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size()) if t.numel() else b""
+    return _tensor, (bytearray(raw), t.dtype, tuple(t.shape))
+
+
+def _dumps(value: Any) -> bytes:
+    """Pickle a result by value. multiprocessing's own pickler (torch registers reducers with
+    it) moves every tensor through a shared-memory file, 5 ms each, measured, and plain
+    pickle goes through torch.save, 0.15 ms; the raw bytes of a report's 32 KiB sample cost a
+    few microseconds."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = {**copyreg.dispatch_table, torch.Tensor: _reduce_tensor}
+    pickler.dump(value)
+    return out.getvalue()
+
+
+def _call(i: int) -> tuple[int, bytes]:
     assert _TASK is not None
-    return i, _TASK(i)
+    return i, _dumps(_TASK(i))
 
 
 def can_fork() -> bool:
@@ -79,7 +109,7 @@ def parallel_map(
     try:
         with multiprocessing.get_context("fork").Pool(min(workers, count), _init) as pool:
             for i, value in pool.imap_unordered(_call, order, chunksize=1):
-                results[i] = value
+                results[i] = pickle.loads(value)
                 if tick is not None:
                     tick(i)
     finally:

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # resolving an unpinned torch to a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install run test lint bench bench-identify clean
+.PHONY: help install run test lint bench bench-identify docs clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -32,9 +32,13 @@ lint: $(STAMP)  ## ruff + mypy
 
 bench: $(STAMP)  ## run the speed benchmark (not a timed test)
 	$(PY) benchmarks/bench_report.py
+	$(PY) benchmarks/bench_html.py
 
 bench-identify: $(STAMP)  ## measure identification accuracy on a labelled corpus
 	$(PY) benchmarks/bench_identify.py
+
+docs: $(STAMP)  ## regenerate docs/report.png (the example UNet's HTML report, in Chromium)
+	$(PY) docs/make_screenshot.py
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -87,6 +87,17 @@ _EXPORTS = {
     "DiffResult": "initscope.diff",
     "diff_targets": "initscope.diff",
     "render_diff": "initscope.diff",
+    "plot": "initscope.plotting",
+    "ImageFormat": "initscope.plotting",
+    "MissingDependency": "initscope.plotting",
+    "render_html": "initscope.html_report",
+    "Expected": "initscope.expected",
+    "expectations": "initscope.expected",
+    "Panel": "initscope.panels",
+    "make_panels": "initscope.panels",
+    "Histogram": "initscope.histogram",
+    "Density": "initscope.histogram",
+    "sparkline": "initscope.histogram",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -113,12 +124,17 @@ if TYPE_CHECKING:
         UnsafeLoadRequired,
     )
     from initscope.expect import Expectations, load_expectations
+    from initscope.expected import Expected, expectations
     from initscope.explain import Explanation, ParamExplanation, explain
     from initscope.expressions import parse_expression
+    from initscope.histogram import Density, Histogram, sparkline
+    from initscope.html_report import render_html
     from initscope.identify import Fit, Identification, identify
     from initscope.models import TracedModel, open_target, trace_model
     from initscope.output import OutputError, atomic_write
+    from initscope.panels import Panel, make_panels
     from initscope.plan import Action, Plan, PlanEntry, make_plan
+    from initscope.plotting import ImageFormat, MissingDependency, plot
     from initscope.render import OutputFormat, render_explanation, render_report, report_to_dict
     from initscope.render_check import render_check
     from initscope.render_plan import render_apply

@@ -31,6 +31,7 @@ from initscope.errors import (
 from initscope.render import TABLE_WIDTH, OutputFormat
 
 if TYPE_CHECKING:
+    from initscope.rules import RuleSet
     from initscope.targets import TargetOptions
     from initscope.workers import Advance, ProgressFn
 
@@ -99,6 +100,29 @@ DistributedOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")]
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--model", "-m", help="pkg.module:Class to load a checkpoint TARGET into."),
+]
+SpecOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--spec", help="YAML spec of the model to load a checkpoint TARGET into."),
+]
+UnsafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-load",
+        help="Allow loading pickled objects (runs code from the file; only for trusted files).",
+    ),
+]
+AgainstOpt = Annotated[
+    str,
+    typer.Option(
+        "--against",
+        help="What the panels compare each parameter with: 'default' (its traced default) or "
+        "a rules file / preset name (the distribution its rule resolves to, as check --rules).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -331,6 +355,20 @@ def _emit(text: str, output: Path | None, debug: bool) -> None:
             fh.write(text)
 
 
+def _against_rules(against: str, var: list[str] | None) -> RuleSet | None:
+    """``--against``: None for the traced default, else the rules file (its errors with
+    file:line, as the rules loader gives them)."""
+    if against == "default":
+        return None
+    from initscope.rules import RulesError, load_rules
+
+    try:
+        return load_rules(against, _parse_vars(var))
+    except RulesError as exc:
+        exc.summary = "in the rules; nothing was drawn"
+        raise
+
+
 @app.command()
 def report(
     ctx: typer.Context,
@@ -385,6 +423,20 @@ def report(
             "--meta", help="Build on the meta device: defaults only, no memory for weights."
         ),
     ] = False,
+    html: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--html",
+            help="Also write the report as one self-contained HTML page (summary, table, a "
+            "histogram panel per parameter), atomically.",
+        ),
+    ] = None,
+    hist: Annotated[
+        bool,
+        typer.Option("--hist", help="Add a one-line histogram of each parameter's values (table)."),
+    ] = False,
+    against: AgainstOpt = "default",
+    var: VarOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -396,9 +448,22 @@ def report(
         from initscope.render import render_report
         from initscope.report import ReportOptions, build_report
 
+        if hist and fmt is not OutputFormat.TABLE:
+            raise InitScopeError(
+                f"--hist adds a column to the table format, not to {fmt.value}",
+                "drop --hist or use --format table",
+            )
         if output is not None:
             check_writable(output)  # before the model is built, not after
             _not_an_input(output, target, spec, args_file)
+        if html is not None:
+            check_writable(html)
+            _not_an_input(html, target, spec, args_file, against)
+        if against != "default" and html is None:
+            raise InitScopeError(
+                "--against sets what the --html panels compare with", "add --html FILE"
+            )
+        rule_set = _against_rules(against, var)
         options = ReportOptions(
             buffers=buffers,
             types=tuple(type_ or ()),
@@ -410,9 +475,108 @@ def report(
         with _progress(not quiet) as progress:
             how = _how(arg, args_file, model, spec, input_shape, unsafe_load, meta=meta, seed=seed)
             result = build_report(target, how, options, progress)
-        text = render_report(result, fmt, _width() if output is None else TABLE_WIDTH)
+        text = render_report(result, fmt, _width() if output is None else TABLE_WIDTH, hist)
+        page = None
+        if html is not None and (options.group is None or options.group.leader):
+            from initscope.html_report import render_html
+
+            page = render_html(result, rule_set)
     if options.group is None or options.group.leader:  # under torchrun, rank 0 speaks
+        if html is not None and page is not None:
+            _emit(page, html, debug)
         _emit(text, output, debug)
+
+
+@app.command()
+def plot(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="pkg.module:Class (with --arg), a .yaml spec, or a checkpoint "
+            "(.pt/.pth/.bin/.safetensors)."
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Image to write: .png, .svg or .pdf (paged when large)."
+        ),
+    ],
+    name: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--name", help="Only parameters whose name or module matches this glob."),
+    ] = None,
+    type_: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--type", help="Only modules of this class (subclasses match). Repeatable."),
+    ] = None,
+    against: AgainstOpt = "default",
+    var: VarOpt = None,
+    max_panels: Annotated[
+        int,
+        typer.Option(
+            "--max-panels",
+            min=1,
+            help="Panels per file; more go to OUT-1.png, OUT-2.png, ... (names on stderr).",
+        ),
+    ] = 48,
+    columns: Annotated[int, typer.Option("--columns", min=1, help="Panels per row.")] = 6,
+    dpi: Annotated[int, typer.Option("--dpi", min=10, max=600, help="PNG resolution.")] = 100,
+    buffers: Annotated[bool, typer.Option("--buffers", help="Include buffers.")] = False,
+    arg: ArgOpt = None,
+    args_file: ArgsFileOpt = None,
+    model: ModelOpt = None,
+    spec: SpecOpt = None,
+    input_shape: InputShapeOpt = None,
+    unsafe_load: UnsafeOpt = False,
+    seed: SeedOpt = 0,
+    max_memory: MaxMemoryOpt = "2GiB",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Draw each parameter's histogram with the density it should follow (its default, or
+    --against rules.yaml) over it: a grid of panels, marked where the values differ."""
+    debug = _debug(ctx, debug)
+    with _boundary(debug):
+        from initscope.output import check_writable
+        from initscope.panels import make_panels
+        from initscope.plotting import image_format, require_matplotlib, save_pages, title_for
+        from initscope.report import ReportOptions, build_report
+
+        image_format(output)  # a bad extension, and a missing matplotlib, before any work
+        require_matplotlib()
+        check_writable(output)
+        _not_an_input(output, target, spec, args_file, against)
+        rule_set = _against_rules(against, var)
+        options = ReportOptions(
+            buffers=buffers,
+            types=tuple(type_ or ()),
+            names=tuple(name or ()),
+            max_memory=_parse_size(max_memory),
+        )
+        with _progress(not quiet) as progress:
+            how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
+            result = build_report(target, how, options, progress)
+        panels = make_panels(result, rule_set)
+        if not panels:
+            raise InitScopeError(
+                f"nothing to plot: {target} has no parameter selected by --name/--type",
+                "widen the selection",
+            )
+        label = "default" if rule_set is None else rule_set.source
+        pages = save_pages(
+            panels,
+            output,
+            title=title_for(result, panels, label),
+            max_panels=max_panels,
+            columns=columns,
+            dpi=dpi,
+        )
+    for page in pages:
+        sys.stderr.write(
+            f"wrote {page.path}: panels {page.first + 1}-{page.end} of {len(panels)}\n"
+        )
 
 
 @app.command()
@@ -466,21 +630,6 @@ RulesOpt = Annotated[
 VarOpt = Annotated[
     Optional[list[str]],  # noqa: UP045
     typer.Option("--var", help="Set a rules var, name=number (overrides vars:). Repeatable."),
-]
-ModelOpt = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--model", "-m", help="pkg.module:Class to load a checkpoint TARGET into."),
-]
-SpecOpt = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--spec", help="YAML spec of the model to load a checkpoint TARGET into."),
-]
-UnsafeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--unsafe-load",
-        help="Allow loading pickled objects (runs code from the file; only for trusted files).",
-    ),
 ]
 StrictOpt = Annotated[
     bool,

@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 TABLE_WIDTH = 100
+# Bars of the table's one-line histogram (--hist).
+HIST_WIDTH = 10
 # Calls whose numbers the distribution label already shows in full.
 _PLAIN_CALLS = {"uniform_", "normal_", "constant_", "zeros_", "ones_", "fill_", "zero_"}
 # Calls longer than this are cut with an ellipsis in tables; JSON keeps them whole.
@@ -190,12 +192,14 @@ def _type_name(module_type: str | None) -> str:
 # -- renderers -------------------------------------------------------------------------------
 
 
-def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
+def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -> str:
     """Parameters grouped under a heading line per module. "default init" is the traced call
     and its distribution (folded onto a second line when the row would not fit); "follows"
     is what the values follow ("default" when that is the default); "= default?" marks
-    whether they match it (✓, ✗, ? when too few values, - when no default is known)."""
+    whether they match it (✓, ✗, ? when too few values, - when no default is known). With
+    ``hist``, a last column draws each parameter's sampled values as a one-line histogram."""
     rows: list[tuple[str, ...]] = []
+    sparks: list[str] = []
     for p in report.parameters:
         s = p.stats
         name = f"  {p.param}" + (" (buffer)" if p.is_buffer else "")
@@ -204,12 +208,17 @@ def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
         if s is not None and (s.nan_count or s.inf_count):
             std += f" nan={s.nan_count} inf={s.inf_count}"
         rows.append((name, _shape(p.shape), call, label, *_follows(p), std))
+        if hist:
+            from initscope.histogram import sparkline
+
+            sparks.append(sparkline(p.sample, HIST_WIDTH))
+    w_hist = max([len("histogram"), *(len(h) for h in sparks)]) if hist else 0
     w_name = max([len("parameter"), *(len(r[0]) for r in rows)])
     w_shape = max([len("shape"), *(len(r[1]) for r in rows)])
     w_follows = max([len("follows"), *(len(r[4]) for r in rows)])
     w_mark = len("= default?")
     w_std = max([9, *(len(r[6]) for r in rows)])
-    fixed = w_name + w_shape + w_follows + w_mark + w_std + 10
+    fixed = w_name + w_shape + w_follows + w_mark + w_std + 10 + (w_hist + 2 if hist else 0)
     # The default-init column gets what the others leave of the width (at least 24).
     budget = max(width - fixed, 24)
     rows = [(r[0], r[1], _cut(r[2], budget), _cut(r[3], budget), *r[4:]) for r in rows]
@@ -220,19 +229,25 @@ def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
     aligned = fixed + w_call + 1 + w_label <= width
     w_default = w_call + 1 + w_label if aligned else max(width - fixed, w_call, w_label)
 
-    def line(name: str, shape: str, default: str, follows: str, mark: str, std: str) -> str:
-        return (
+    def line(
+        name: str, shape: str, default: str, follows: str, mark: str, std: str, spark: str = ""
+    ) -> str:
+        text = (
             f"{name:<{w_name}}  {shape:<{w_shape}}  {default:<{w_default}}  "
             f"{follows:<{w_follows}}  {mark:^{w_mark}}  {std:>{w_std}}"
-        ).rstrip()
+        )
+        if hist:
+            text += f"  {spark:<{w_hist}}"
+        return text.rstrip()
 
     out = [f"{report.target}  (torch {report.torch_version})", ""]
-    header = line("parameter", "shape", "default init", "follows", "= default?", "std")
+    header = line("parameter", "shape", "default init", "follows", "= default?", "std", "histogram")
     out += [header, "-" * len(header)]
     current: str | None = None
-    for p, (name, shape, call, label, follows, mark, std) in zip(
-        report.parameters, rows, strict=True
+    for i, (p, (name, shape, call, label, follows, mark, std)) in enumerate(
+        zip(report.parameters, rows, strict=True)
     ):
+        spark = sparks[i] if hist else ""
         if p.module != current:
             current = p.module
             head = p.module or "(root)"
@@ -243,9 +258,9 @@ def render_table(report: Report, width: int = TABLE_WIDTH) -> str:
                 out += [head, f"  ({kind})"] if kind else [head]
         inline = f"{call:<{w_call}} {label}" if aligned else f"{call} {label}"
         if len(inline.rstrip()) <= w_default:
-            out.append(line(name, shape, inline.rstrip(), follows, mark, std))
+            out.append(line(name, shape, inline.rstrip(), follows, mark, std, spark))
         else:
-            out.append(line(name, shape, call, follows, mark, std))
+            out.append(line(name, shape, call, follows, mark, std, spark))
             if label:
                 out.append(line("", "", label, "", "", ""))
         if p.tied_to:
@@ -399,14 +414,19 @@ def render_csv(report: Report) -> str:
     return buf.getvalue()
 
 
-def render_report(report: Report, fmt: OutputFormat, width: int = TABLE_WIDTH) -> str:
+def render_report(
+    report: Report, fmt: OutputFormat, width: int = TABLE_WIDTH, hist: bool = False
+) -> str:
+    """``hist`` (table only) adds a one-line histogram of each parameter's values."""
+    if hist and fmt is not OutputFormat.TABLE:
+        raise ValueError(f"hist is a column of the table format, not of {fmt.value}")
     if fmt is OutputFormat.JSON:
         return json.dumps(report_to_dict(report), indent=2) + "\n"
     if fmt is OutputFormat.MARKDOWN:
         return render_markdown(report)
     if fmt is OutputFormat.CSV:
         return render_csv(report)
-    return render_table(report, width)
+    return render_table(report, width, hist)
 
 
 # -- explain ---------------------------------------------------------------------------------

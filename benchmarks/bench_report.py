@@ -154,9 +154,9 @@ def torchrun_vs_single(path: Path) -> tuple[float, float | None]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.perf_counter()
+    launch = [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1"]
     subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1"]
-        + [f"--master_port={port}", str(exe), *args, "--distributed"],
+        [*launch, f"--master_port={port}", str(exe), *args, "--distributed"],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -237,6 +237,18 @@ def main() -> None:
     wall, rss = peak_rss(["report", "tests.test_meta:llama_7b", "--meta", "-f", "json", "-q"])
     print(f"  report --meta on a LLaMA-7B-sized config: {wall:.1f} s, peak RSS {rss:.0f} MiB")
     results["llama_7b_meta"] = {"seconds": round(wall, 1), "peak_rss_mib": round(rss)}
+
+    exe = Path(sys.executable).parent / "initscope"
+
+    def start_up(args: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run([str(exe), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    version = min(start_up(["--version"]) for _ in range(5))
+    usage = min(start_up(["report", "x.pt", "--frobnicate"]) for _ in range(5))
+    print(f"  start-up: --version {version:.3f} s, a usage error {usage:.3f} s (target < 0.3)")
+    results["start_up_seconds"] = {"version": round(version, 3), "usage_error": round(usage, 3)}
 
     out = ROOT / "bench" / "results.json"
     out.parent.mkdir(exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -222,29 +223,36 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_torchrun_two_ranks_equal_one_process(runner: CliRunner, single: Path) -> None:
-    import subprocess
-    import sys
-
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node=2 initscope ARGS --workers 1 --distributed`` on localhost
+    (skips where torchrun is not installed; a port taken in the meantime is retried once)."""
     torchrun = Path(sys.executable).parent / "torchrun"
     exe = Path(sys.executable).parent / "initscope"
     if not torchrun.exists() or not exe.exists():
         pytest.skip("torchrun or the initscope script is not installed beside this python")
-    args = ["report", str(single), "-f", "json", "-q", "--workers", "1"]
-    done = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node=2",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-            str(exe),
-            *args,
-            "--distributed",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    launch = [str(torchrun), "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    for _ in range(2):
+        done = subprocess.run(
+            [
+                *launch,
+                f"--master_port={_free_port()}",
+                str(exe),
+                *args,
+                "--workers",
+                "1",
+                "--distributed",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        if "Address already in use" not in done.stderr:
+            break
+    return done
+
+
+def test_torchrun_two_ranks_equal_one_process(runner: CliRunner, single: Path) -> None:
+    done = _torchrun("report", str(single), "-f", "json", "-q")
     assert done.returncode == 0, done.stderr[-2000:]
     ranked = json.loads(done.stdout)["parameters"]  # rank 0 alone printed: one document
     alone = _report(runner, str(single), "--workers", "1")
@@ -257,9 +265,6 @@ def test_torchrun_two_ranks_equal_one_process(runner: CliRunner, single: Path) -
 def test_check_with_workers_and_ranks_equals_one_process(
     runner: CliRunner, single: Path, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
     broken = _state()
     broken["down1.0.weight"][0, 0, 0, 0] = float("nan")
     path = tmp_path / "broken.safetensors"
@@ -269,26 +274,7 @@ def test_check_with_workers_and_ranks_equals_one_process(
     two = runner.invoke(app, [*args, "--workers", "2"])
     assert one.exit_code == two.exit_code == 1, one.output
     assert json.loads(one.stdout) == json.loads(two.stdout)
-    torchrun = Path(sys.executable).parent / "torchrun"
-    exe = Path(sys.executable).parent / "initscope"
-    if not torchrun.exists() or not exe.exists():
-        return
-    done = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node=2",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-            str(exe),
-            *args,
-            "--workers",
-            "1",
-            "--distributed",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = _torchrun(*args)
     assert done.returncode != 0  # torchrun reports the ranks' exit 1 as a failure
     assert json.loads(done.stdout) == json.loads(one.stdout)
 
@@ -296,9 +282,6 @@ def test_check_with_workers_and_ranks_equals_one_process(
 def test_diff_with_workers_and_ranks_equals_one_process(
     runner: CliRunner, single: Path, tmp_path: Path
 ) -> None:
-    import subprocess
-    import sys
-
     changed = _state()
     changed["down1.0.weight"] *= 1.5
     changed["up.weight"] = torch.zeros(3)  # a shape change and an added name
@@ -312,26 +295,7 @@ def test_diff_with_workers_and_ranks_equals_one_process(
     want = json.loads(one.stdout)
     assert {"changed", "removed"} <= {k for k, v in want["summary"].items() if v}
     assert json.loads(two.stdout) == want
-    torchrun = Path(sys.executable).parent / "torchrun"
-    exe = Path(sys.executable).parent / "initscope"
-    if not torchrun.exists() or not exe.exists():
-        pytest.skip("torchrun or the initscope script is not installed beside this python")
-    done = subprocess.run(
-        [
-            str(torchrun),
-            "--nproc_per_node=2",
-            "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
-            str(exe),
-            *args,
-            "--workers",
-            "1",
-            "--distributed",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = _torchrun(*args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == want  # rank 0 alone printed, the same document
 

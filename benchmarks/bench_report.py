@@ -15,6 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+# As initscope's CLI does (cli.main): torch's allocator asks for transparent huge pages, so
+# the in-process figures are those of `initscope report`. Set before torch allocates.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 import torch
 from safetensors.torch import load_file, save_file
 

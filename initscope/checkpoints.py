@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-import mmap
 import os
 import pickle
 import re
@@ -338,27 +337,18 @@ def _open_dcp(p: Path) -> Checkpoint:
 # -- safetensors ---------------------------------------------------------------------------
 
 
-# Tensors of at least this many bytes are mapped rather than read (see _map).
-_MAP_BYTES = 1 << 20
-
-
-def _map(fd: int, size: int, offset: int) -> torch.Tensor:
-    """``size`` bytes of the file at ``offset`` as a uint8 tensor over a private mapping of
-    just that range: no copy, the pages come straight from the page cache. Reading into
-    fresh memory instead cost 0.76 s of a 1.2 GB report (page faults on new memory plus the
-    copy), measured, against 0.06 s for one torch.sum over safetensors' own mapping. The
-    mapping lives as long as the tensor (``torch.frombuffer`` keeps it) and is unmapped with
-    it, so resident memory stays one tensor at a time, as with a read; it is private
-    (copy-on-write), so a write to the tensor can never reach the file."""
-    start = offset - offset % mmap.ALLOCATIONGRANULARITY
-    view = mmap.mmap(fd, offset + size - start, offset=start, access=mmap.ACCESS_COPY)
-    return torch.frombuffer(view, dtype=torch.uint8, offset=offset - start, count=size)
-
-
 def _read_into(fd: int, size: int, offset: int) -> torch.Tensor:
     """``size`` bytes of the file at ``offset``, read straight into a fresh uint8 tensor: one
     copy from the page cache (``bytearray(os.pread(...))`` made two, 2.1 ms against 1.3 ms
-    per 4 MiB, measured)."""
+    per 4 MiB, measured).
+
+    Not a memory map of the range, though that is faster: a mapped file truncated or
+    rewritten in place while it is read (a trainer saving over the checkpoint) kills the
+    process with SIGBUS and no message, and each mapping holds a file descriptor while its
+    tensor lives (a kept state dict of thousands of tensors ran out of them). Most of the
+    cost of a read is the page faults of fresh memory, which the CLI cuts by letting torch's
+    allocator ask for transparent huge pages (THP_MEM_ALLOC_ENABLE, see cli.main): 1.02 s
+    against 0.36 s to read 1.2 GB here, measured."""
     data = torch.empty(size, dtype=torch.uint8)
     view = (ctypes.c_char * size).from_address(data.data_ptr())
     done = 0
@@ -406,10 +396,10 @@ def _open_safetensors(p: Path) -> Checkpoint:
         infos[alias] = TensorInfo(alias, infos[kept].shape, infos[kept].dtype)
     infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
 
-    # Data is read per tensor (a mapping of its own range, or pread for small ones), not
-    # through safe_open's memory map of the whole file: mapped pages stay resident (and count
-    # in RSS) until the file is closed, so a 4 GB file would cost 4 GB; a tensor's own range
-    # costs one tensor (or one block of rows), released after use.
+    # Data is read per tensor (see _read_into), not through safe_open's memory map of the
+    # whole file: mapped pages stay resident (and count in RSS) until the file is closed, so a
+    # 4 GB file would cost 4 GB; a read costs one tensor (or one block of rows), freed after
+    # use.
     fh = open(p, "rb")  # noqa: SIM115 - closed by the Checkpoint
     header_len = int.from_bytes(fh.read(8), "little")
     offsets = {
@@ -429,10 +419,7 @@ def _open_safetensors(p: Path) -> Checkpoint:
             shape[0] = max(last_row - first_row, 0)
         if end <= begin:
             return torch.empty(shape, dtype=info.dtype)
-        if end - begin >= _MAP_BYTES:
-            data = _map(fh.fileno(), end - begin, begin)
-        else:
-            data = _read_into(fh.fileno(), end - begin, begin)
+        data = _read_into(fh.fileno(), end - begin, begin)
         return data.view(info.dtype).reshape(shape)
 
     def load(name: str) -> torch.Tensor:

@@ -224,7 +224,8 @@ def diff_targets(
 ) -> DiffResult:
     """Compare A and B name by name (see the module docstring). The pairs are compared over
     ``workers`` processes (None: one per core when worth it) and, with ``group``, over the
-    ranks of a torchrun job; the result is the same as in one process."""
+    ranks of a torchrun job; the result is one process's, to the last bit of rounding
+    (workers run torch on one thread)."""
     with ExitStack() as stack:
         side_a = stack.enter_context(_side(a, how))
         side_b = stack.enter_context(_side(b, how_b or how))

@@ -169,8 +169,14 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
             out[p.name] = Expected(entry.distribution, why, source, None)
             continue
         rs = _running(p)
+        # The structured tests' result from the report, and the stored dtype's resolution:
+        # the decision check --rules makes on the tensor itself.
         follows = (
-            identify(rs, p.shape, expected, None, alpha).matches_default if rs is not None else None
+            identify(
+                rs, p.shape, expected, None, alpha, structure=p.structure, dtype=_dtype(p.dtype)
+            ).matches_default
+            if rs is not None
+            else None
         )
         out[p.name] = Expected(
             expected.distribution, _expected_label(entry, expected), source, follows

@@ -178,7 +178,7 @@ def padded(span: tuple[float, float]) -> tuple[float, float]:
     if high <= low:
         pad = max(abs(low) * 0.5, 1.0)
         return low - pad, high + pad
-    pad = (high - low) * 0.04
+    pad = high * 0.04 - low * 0.04  # (high - low) * 0.04 overflows near ±float64 max
     return low - pad, high + pad
 
 

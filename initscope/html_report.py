@@ -125,9 +125,8 @@ def _panel_svg(panel: Panel) -> str:
         )
     h = panel.histogram
     if panel.span is None or h is None:
-        out.append(
-            f'<text x="{_W / 2}" y="80" font-size="11" text-anchor="middle">no values</text>'
-        )
+        why = _e(panel.density.note or "no values")
+        out.append(f'<text x="{_W / 2}" y="80" font-size="11" text-anchor="middle">{why}</text>')
         out.append("</svg>")
         return "".join(out)
     lo, hi = panel.span

@@ -71,9 +71,21 @@ class Fit:
 
 
 @dataclass(frozen=True)
+class Structure:
+    """What the structured tests found on a matrix's sampled rows: their common gain when
+    they are orthonormal up to one, else the p-value of row independence (None: too small
+    to tell). Kept with a report, so that a later judgement against another expectation
+    (``report --html --against rules``) reaches the same decision as ``check``."""
+
+    orthogonal: Fit | None
+    p_rows: float | None
+
+
+@dataclass(frozen=True)
 class Identification:
     fit: Fit
     matches_default: bool | None
+    structure: Structure | None = None
 
 
 # -- the tests ---------------------------------------------------------------------------------
@@ -405,10 +417,23 @@ def _orthogonal(rows: torch.Tensor) -> Fit | None:
     return None
 
 
-def _resolution(t: torch.Tensor | None) -> float:
-    if t is not None and t.is_floating_point():
-        return float(torch.finfo(t.dtype).eps)
+def _resolution(t: torch.Tensor | torch.dtype | None) -> float:
+    dtype = t.dtype if isinstance(t, torch.Tensor) else t
+    if dtype is not None and dtype.is_floating_point:
+        return float(torch.finfo(dtype).eps)
     return float(torch.finfo(torch.float32).eps)
+
+
+def structure_of(tensor: torch.Tensor) -> Structure | None:
+    """The structured tests on up to 64 random rows of ``tensor``'s matrix view; None below
+    8 × 8 or for fewer than MIN_ELEMENTS values."""
+    if tensor.numel() < MIN_ELEMENTS:
+        return None
+    rows = _sample_rows(tensor)
+    if rows is None:
+        return None
+    ortho = _orthogonal(rows)
+    return Structure(ortho, None if ortho is not None else _p_rows(rows))
 
 
 def identify(
@@ -417,19 +442,24 @@ def identify(
     default: DefaultInit | None,
     tensor: torch.Tensor | None = None,
     alpha: float = ALPHA,
+    *,
+    structure: Structure | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Identification:
     """Name what the values of one tensor follow, and whether that is its traced default.
 
     ``rs`` holds the full-tensor statistics and the bounded sample; ``tensor`` (optional) is
-    used only for the structured checks (orthogonal) on matrices. ``alpha`` is the false
-    rejection rate of each decision; ``check`` lowers it to bound the rate over a whole run.
+    used only for the structured checks (orthogonal, row independence) on matrices, whose
+    result can be given instead as ``structure`` (and is returned for that use), with the
+    stored ``dtype`` for the resolution of the range test. ``alpha`` is the false rejection
+    rate of each decision; ``check`` lowers it to bound the rate over a whole run.
     """
     s = rs.result()
     sample = _Sample.of(rs.sample())
     known_default = default.distribution if default is not None and default.is_known else None
     if s.nan_count or s.inf_count or s.min is None or s.max is None:
         return Identification(Fit("unknown", None), None if known_default is None else False)
-    eps = _resolution(tensor)
+    eps = _resolution(tensor if tensor is not None else dtype)
     if s.numel < 2:
         return Identification(Fit("inconclusive", None), None)
     if s.min == s.max:
@@ -446,26 +476,26 @@ def identify(
         # Values that are not all equal certainly differ from a constant default.
         differs = known_default is not None and known_default.family is Family.CONSTANT
         return Identification(Fit("inconclusive", None), False if differs else None)
-    # Random rows of the matrix view, shared by the two structured tests.
-    rows = _sample_rows(tensor) if tensor is not None and s.numel >= MIN_ELEMENTS else None
-    if rows is not None:
-        ortho = _orthogonal(rows)
-        if ortho is not None:
-            matches = None
-            if known_default is not None:
-                matches = (
-                    known_default.family is Family.ORTHOGONAL
-                    and known_default.gain is not None
-                    and math.isclose(abs(known_default.gain), ortho.params["gain"], rel_tol=1e-3)
-                )
-            return Identification(ortho, matches)
+    if structure is None and tensor is not None:
+        structure = structure_of(tensor)
+    if structure is not None and structure.orthogonal is not None:
+        ortho = structure.orthogonal
+        matches = None
+        if known_default is not None:
+            matches = (
+                known_default.family is Family.ORTHOGONAL
+                and known_default.gain is not None
+                and math.isclose(abs(known_default.gain), ortho.params["gain"], rel_tol=1e-3)
+            )
+        return Identification(ortho, matches, structure)
     if (
-        rows is not None
+        structure is not None
         and not (default is not None and default.partial)  # a zeroed padding row is structure
-        and (p_rows := _p_rows(rows)) is not None
-        and p_rows < alpha
+        and structure.p_rows is not None
+        and structure.p_rows < alpha
     ):
-        return Identification(Fit("unknown", None), None if known_default is None else False)
+        unknown = Fit("unknown", None)
+        return Identification(unknown, None if known_default is None else False, structure)
     matches_default: bool | None = None
     if known_default is not None and known_default.is_continuous:
         p = _p_candidate(known_default, s, sample, eps)
@@ -475,6 +505,7 @@ def identify(
             return Identification(
                 Fit(_default_label(default), known_default.family, _estimate(known_default, s), p),
                 True,
+                structure,
             )
     elif known_default is not None:
         matches_default = False  # a constant/structured default, and the values are neither
@@ -490,9 +521,9 @@ def identify(
                 best = (p, label, d)
                 break
     if best is None:
-        return Identification(Fit("unknown", None), matches_default)
+        return Identification(Fit("unknown", None), matches_default, structure)
     p, label, d = best
-    return Identification(Fit(label, d.family, _estimate(d, s), p), matches_default)
+    return Identification(Fit(label, d.family, _estimate(d, s), p), matches_default, structure)
 
 
 def _estimate(d: Distribution, s: TensorStats) -> dict[str, float]:

@@ -8,6 +8,7 @@ Both renderers draw from this: :mod:`initscope.plotting` with matplotlib (PNG, S
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -132,8 +133,13 @@ def _panel(p: ParameterReport, e: Expected, bins: int, against_rules: bool) -> P
     # Bars over the values and the expected support; the axis a margin wider.
     bars = value_range(p.sample, e.distribution)
     span = padded(bars) if bars is not None else None
+    note = "no values"
+    if span is not None and not math.isfinite(span[1] - span[0]):
+        # Values near ±float64 max (a -inf mask stored as finfo.min): no axis can hold them.
+        bars = span = None
+        note = "range too wide to draw"
     hist = histogram(p.sample, bins, bars) if p.sample is not None and bars else None
-    dens = density(e.distribution, span) if span is not None else Density(note="no values")
+    dens = density(e.distribution, span) if span is not None else Density(note=note)
     return Panel(
         name=p.name,
         shape=p.shape,

@@ -115,7 +115,9 @@ def _num(x: float) -> str:
 
 
 def _draw(ax: Axes, panel: Panel) -> None:
-    """One panel: bars in density units, the expected density over them, title and marks."""
+    """One panel: bars in density units, the expected density over them, title and marks.
+    Text that carries names is drawn with ``parse_math=False``: a ``$`` in a parameter or
+    file name is not mathtext (it crashed the parser or turned a name into math italic)."""
     ax.tick_params(labelsize=6, length=2, pad=1)
     ax.set_yticks([])
     ax.set_title(
@@ -123,11 +125,17 @@ def _draw(ax: Axes, panel: Panel) -> None:
         fontsize=7,
         color=_RED if panel.marked else "black",
         loc="left",
+        parse_math=False,
     )
-    ax.set_xlabel(_cut(f"expected {panel.expected.label}", 58), fontsize=5.5, labelpad=1)
+    ax.set_xlabel(
+        _cut(f"expected {panel.expected.label}", 58), fontsize=5.5, labelpad=1, parse_math=False
+    )
     h = panel.histogram
     if panel.span is None or h is None:
-        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, panel.density.note or "no values", ha="center", va="center",
+            transform=ax.transAxes,
+        )  # fmt: skip
         ax.set_xticks([])
         return
     ax.set_xlim(*panel.span)
@@ -152,7 +160,7 @@ def _draw(ax: Axes, panel: Panel) -> None:
     if notes:
         ax.text(
             0.02, 0.97, "\n".join(notes), transform=ax.transAxes, fontsize=5.5, va="top",
-            color="#37474f",
+            color="#37474f", parse_math=False,
         )  # fmt: skip
     ax.set_ylim(bottom=0)
     if panel.marked:
@@ -204,6 +212,7 @@ def figure(
             ha="left",
             y=1 - 0.08 / height,
             va="top",
+            parse_math=False,
         )
     grid = fig.add_gridspec(rows, cols)
     for i, panel in enumerate(panels):

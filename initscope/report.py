@@ -17,7 +17,7 @@ from initscope import __version__
 from initscope.checkpoints import Checkpoint, TensorInfo
 from initscope.distributed import Group
 from initscope.errors import CheckpointError, TargetError
-from initscope.identify import Fit, Identification, identify
+from initscope.identify import Fit, Identification, Structure, identify
 from initscope.models import TracedModel, open_target
 from initscope.stats import DEFAULT_MAX_MEMORY, TensorStats, dense, running_stats, stream_stats
 from initscope.targets import TargetOptions
@@ -63,6 +63,9 @@ class ParameterReport:
     # for tensors up to SAMPLE_SIZE elements): what histograms are drawn from. Not rendered
     # in JSON and not compared, so reports from 1 or N processes stay equal.
     sample: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    # The structured tests' result on the tensor itself (orthogonal rows, row independence):
+    # what a later judgement against another expectation needs besides the sample.
+    structure: Structure | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ def _parameter(
         fit=found.fit if found else None,
         matches_default=found.matches_default if found else None,
         sample=sample,
+        structure=found.structure if found else None,
     )
 
 

@@ -179,7 +179,10 @@ class RunningStats:
         d = _scratch(torch.float64, n).copy_(c)
         mean = float(d.sum()) / n
         shift = float(d.sub_(mean).sum())
-        m2 = max(float(d.square_().sum()) - shift * shift / n, 0.0)
+        squares = float(d.square_().sum())
+        # Deviations beyond ~1e154 square to inf: the spread is then reported as inf, not
+        # as the NaN that inf - inf would give.
+        m2 = max(squares - shift * shift / n, 0.0) if math.isfinite(squares) else squares
         mean += shift / n
         self._combine(n, mean, m2, lo, hi)
 
@@ -211,11 +214,16 @@ class RunningStats:
             self.sample_values.append(c[at - offset].to(torch.float64))
 
     def _combine(self, n: int, mean: float, m2: float, lo: float, hi: float) -> None:
-        # Chan, Golub & LeVeque (1979): pairwise update of count, mean and M2.
+        # Chan, Golub & LeVeque (1979): pairwise update of count, mean and M2. The first part
+        # is taken as it is, and the weights are formed before they multiply: delta * n
+        # overflowed for float64 values near the type's maximum.
         total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
+        if self.count == 0:
+            self.mean, self.m2 = mean, m2
+        else:
+            delta = mean - self.mean
+            self.mean += delta * (n / total)
+            self.m2 += m2 + delta * delta * (self.count * n / total)
         self.count = total
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)

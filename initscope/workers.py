@@ -49,7 +49,8 @@ def _tensor(data: bytearray, dtype: torch.dtype, shape: tuple[int, ...]) -> torc
 def _reduce_tensor(t: torch.Tensor) -> Any:
     if t.device.type != "cpu" or t.layout != torch.strided or t.is_quantized or t.requires_grad:
         return t.__reduce_ex__(pickle.HIGHEST_PROTOCOL)  # type: ignore[no-untyped-call]
-    t = t.contiguous()
+    # resolve_*: a lazily conjugated or negated view's bytes are those of its base.
+    t = t.resolve_conj().resolve_neg().contiguous()
     raw = ctypes.string_at(t.data_ptr(), t.numel() * t.element_size()) if t.numel() else b""
     return _tensor, (bytearray(raw), t.dtype, tuple(t.shape))
 

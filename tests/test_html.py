@@ -217,3 +217,36 @@ def test_chromium_filter_script_works(tmp_path: Path) -> None:
         finally:
             browser.close()
     assert errors == []
+
+
+def test_against_rules_judges_structure_as_check_does(tmp_path: Path) -> None:
+    # N(0, 0.02) with a small offset per row: the values pass every test of the sample, but
+    # the row-independence test on the tensor itself says "unknown". check --rules fails it,
+    # so the page must mark it too (the report keeps the structured tests' result).
+    from initscope.check import CheckOptions, check_target
+    from initscope.expected import expectations
+    from initscope.targets import TargetOptions
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(256, 256, generator=g) * 0.02 + torch.randn(256, 1, generator=g) * 0.01
+    path = tmp_path / "rows.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"fc.weight": weight.contiguous(), "fc.bias": torch.zeros(256)}, str(path))
+    rules_file = tmp_path / "rn.yaml"
+    rules_file.write_text("rules:\n  - param: weight\n    init: normal\n    std: 0.02\n")
+    rules = load_rules(str(rules_file))
+    checked = check_target(str(path), TargetOptions(), CheckOptions(rules=rules))
+    assert [(v.parameter, v.check) for v in checked.violations] == [("fc.weight", "follows")]
+    report = initscope.build_report(str(path))
+    assert expectations(report, rules)["fc.weight"].follows is False
+
+
+def test_report_html_and_output_must_differ(runner: CliRunner, tmp_path: Path) -> None:
+    same = tmp_path / "same.out"
+    result = runner.invoke(
+        app, ["report", "initscope.examples:UNet", "--html", str(same), "-o", str(same), "-q"]
+    )
+    assert result.exit_code == 2
+    assert "--html and --output are the same file" in result.stderr
+    assert not same.exists()

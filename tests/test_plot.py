@@ -338,3 +338,22 @@ def test_api_plot_selects_and_takes_targets_and_modules() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
     fig = initscope.plot(model, types=["LayerNorm"])
     assert [ax.get_title(loc="left").splitlines()[1] for ax in fig.axes] == ["ones", "zeros"]
+
+
+def test_plot_draws_names_with_dollars_and_values_near_float64_max(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # A "$" in a name is text, not mathtext (it crashed the parser); a range wider than
+    # float64 can hold is said, not drawn (its axis limits were inf).
+    from safetensors.torch import save_file
+
+    mask = torch.zeros(1000, dtype=torch.float64)
+    mask[0] = torch.finfo(torch.float64).min
+    source = tmp_path / "run_$HOME$.safetensors"
+    save_file({"g$\\frac{1}$.weight": torch.randn(64, 64), "mask": mask}, str(source))
+    out = tmp_path / "odd.svg"
+    result = runner.invoke(app, ["plot", str(source), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    _, words = svg_panels(out)
+    assert "g$\\frac{1}$.weight" in words
+    assert "range too wide to draw" in words

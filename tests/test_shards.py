@@ -369,3 +369,17 @@ def test_progress_reaches_the_totals_through_workers(single: Path) -> None:
     assert seen[0] == Advance(0, size, 0, len(_state()))
     assert seen[-1] == Advance(size, size, len(_state()), len(_state()))
     assert [a.done_bytes for a in seen] == sorted(a.done_bytes for a in seen)
+
+
+def test_worker_results_keep_lazy_conjugate_and_negative_views() -> None:
+    import pickle
+
+    from initscope.workers import _dumps
+
+    z = torch.randn(4, dtype=torch.complex64)
+    x = torch.randn(4)
+    m = torch.randn(3, 5)
+    back = pickle.loads(_dumps([z.conj(), torch._neg_view(x), m.T]))
+    assert torch.equal(back[0], z.conj().resolve_conj())
+    assert torch.equal(back[1], -x)
+    assert torch.equal(back[2], m.T)

@@ -160,3 +160,12 @@ def test_complex_sparse_and_quantized_tensors() -> None:
     )
     qs = tensor_stats(q)
     assert qs is not None and qs.mean == 0.75
+
+
+def test_float64_values_near_the_maximum_keep_a_finite_mean() -> None:
+    t = torch.zeros(100, dtype=torch.float64)
+    t[0] = torch.finfo(torch.float64).min
+    s = tensor_stats(t)
+    assert s is not None
+    assert s.mean == pytest.approx(torch.finfo(torch.float64).min / 100, rel=1e-12)
+    assert s.std == math.inf  # the squares overflow: inf, not NaN

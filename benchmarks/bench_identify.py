@@ -36,7 +36,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from initscope.identify import Identification, identify
+from initscope.identification import Identification, identify
 from initscope.stats import running_stats
 from initscope.tracing import DefaultInit, InitTracer, fans
 

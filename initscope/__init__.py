@@ -28,9 +28,9 @@ _EXPORTS = {
     "InitCall": "initscope.tracing",
     "InitTracer": "initscope.tracing",
     "fans": "initscope.tracing",
-    "Fit": "initscope.identify",
-    "Identification": "initscope.identify",
-    "identify": "initscope.identify",
+    "Fit": "initscope.identification",
+    "Identification": "initscope.identification",
+    "identify": "initscope.identification",
     "TracedModel": "initscope.models",
     "trace_model": "initscope.models",
     "ModelSpec": "initscope.targets",
@@ -48,9 +48,9 @@ _EXPORTS = {
     "build_report": "initscope.report",
     "report_checkpoint": "initscope.report",
     "report_model": "initscope.report",
-    "Explanation": "initscope.explain",
-    "ParamExplanation": "initscope.explain",
-    "explain": "initscope.explain",
+    "Explanation": "initscope.explanation",
+    "ParamExplanation": "initscope.explanation",
+    "explain": "initscope.explanation",
     "OutputFormat": "initscope.render",
     "render_report": "initscope.render",
     "render_explanation": "initscope.render",
@@ -125,11 +125,11 @@ if TYPE_CHECKING:
     )
     from initscope.expect import Expectations, load_expectations
     from initscope.expected import Expected, expectations
-    from initscope.explain import Explanation, ParamExplanation, explain
+    from initscope.explanation import Explanation, ParamExplanation, explain
     from initscope.expressions import parse_expression
     from initscope.histogram import Density, Histogram, sparkline
     from initscope.html_report import render_html
-    from initscope.identify import Fit, Identification, identify
+    from initscope.identification import Fit, Identification, identify
     from initscope.models import TracedModel, open_target, trace_model
     from initscope.output import OutputError, atomic_write
     from initscope.panels import Panel, make_panels

@@ -9,9 +9,9 @@ Every tensor is read once, streamed in chunks as ``report`` does. Three kinds of
   resolved numbers; one no rule covers follows its traced default;
 - ``expect``: per-match bounds on std/mean/abs_max and a ``follows`` init.
 
-"Follows" is decided by :func:`initscope.identify.identify` against the expected distribution:
-a goodness-of-fit test on a bounded sample, so a tensor too small to tell is counted as
-inconclusive, never as a violation.
+"Follows" is decided by :func:`initscope.identification.identify` against the expected
+distribution: a goodness-of-fit test on a bounded sample, so a tensor too small to tell is
+counted as inconclusive, never as a violation.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from initscope.distributed import Group
 from initscope.distributions import Distribution, Family, format_number
 from initscope.expect import Check, Expectations, Health
-from initscope.identify import identify
+from initscope.identification import identify
 from initscope.models import open_target
 from initscope.plan import (
     Action,

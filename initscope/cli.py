@@ -607,7 +607,7 @@ def explain(
     """Explain one layer type's default init: the call, the numbers, the formula and the source."""
     debug = _debug(ctx, debug)
     with _boundary(debug):
-        from initscope.explain import explain as explain_layer
+        from initscope.explanation import explain as explain_layer
         from initscope.render import render_explanation
 
         kwargs = _constructor_kwargs(arg, args_file)

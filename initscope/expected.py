@@ -121,7 +121,7 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
     if rules is None:
         return {p.name: _from_default(p) for p in report.parameters}
     from initscope.check import _EXACT, _RUN_ALPHA, _expected_label, _expected_of
-    from initscope.identify import identify
+    from initscope.identification import identify
 
     sites: list[ParamSite] = []
     for p in report.parameters:

@@ -16,7 +16,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from initscope.explain import Explanation
+    from initscope.explanation import Explanation
     from initscope.report import ParameterReport, Report
     from initscope.tracing import DefaultInit
 

@@ -17,7 +17,7 @@ from initscope import __version__
 from initscope.checkpoints import Checkpoint, TensorInfo
 from initscope.distributed import Group
 from initscope.errors import CheckpointError, TargetError
-from initscope.identify import Fit, Identification, Structure, identify
+from initscope.identification import Fit, Identification, Structure, identify
 from initscope.models import TracedModel, open_target
 from initscope.stats import DEFAULT_MAX_MEMORY, TensorStats, dense, running_stats, stream_stats
 from initscope.targets import TargetOptions

@@ -116,3 +116,16 @@ def test_file_like_target_that_does_not_exist(runner: CliRunner) -> None:
     result = runner.invoke(app, ["report", "model.onnx"])
     assert result.exit_code == 2, result.output
     assert result.stderr == "initscope: error: no such file: model.onnx; check the path\n"
+
+
+def test_api_functions_stay_functions_after_their_modules_load() -> None:
+    # A submodule named like the function it exports (initscope.identify) replaced the
+    # function on the package as soon as anything imported it.
+    import initscope
+
+    initscope.build_report(
+        "torch.nn:Linear", initscope.TargetOptions(kwargs={"in_features": 3, "out_features": 4})
+    )
+    initscope.explain("nn.Linear")
+    for name in ("identify", "explain", "plot", "diff_targets", "check_target", "render_html"):
+        assert callable(getattr(initscope, name)), name

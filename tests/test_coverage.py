@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from initscope.distributions import Distribution, Family
-from initscope.explain import explain
+from initscope.explanation import explain
 from initscope.goodness import ks_test
 from initscope.models import trace_model
 from initscope.targets import ModelSpec, construct

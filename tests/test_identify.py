@@ -13,7 +13,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.identify import identify
+from initscope.identification import identify
 from initscope.stats import running_stats
 from initscope.tracing import InitTracer
 

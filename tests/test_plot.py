@@ -233,26 +233,31 @@ def test_plot_without_matplotlib(
     )
 
 
-def test_plot_bad_rules_give_file_and_line(runner: CliRunner, tmp_path: Path) -> None:
-    rules = tmp_path / "bad.yaml"
-    rules.write_text("rules:\n  - type: Conv2d\n    init: kaiming_uniform\n    mode: fanout\n")
-    result = runner.invoke(
-        app, ["plot", UNET, "-o", str(tmp_path / "x.png"), "--against", str(rules)]
-    )
+@pytest.mark.parametrize(
+    ("text", "where", "needle"),
+    [
+        (  # a typo in an argument value, found in the file alone
+            "rules:\n  - type: Conv2d\n    init: kaiming_uniform\n    mode: fanout\n",
+            4,
+            "did you mean 'fan_out'?",
+        ),
+        (  # a scheme that cannot apply to what the rule matches (the biases)
+            "rules:\n  - init: xavier_uniform\n",
+            2,
+            "fan_in/fan_out need ≥ 2 dims",
+        ),
+    ],
+)
+def test_plot_bad_rules_say_where_and_write_nothing(
+    runner: CliRunner, tmp_path: Path, text: str, where: int, needle: str
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text)
+    out = tmp_path / "x.png"
+    result = runner.invoke(app, ["plot", UNET, "-o", str(out), "--against", str(rules)])
     assert result.exit_code == 2
-    assert result.stderr.startswith(f"initscope: error: {rules}:4:")
-    assert "did you mean 'fan_out'?" in result.stderr
-    assert not (tmp_path / "x.png").exists()
-
-
-def test_plot_rules_that_cannot_apply_say_so(runner: CliRunner, tmp_path: Path) -> None:
-    rules = tmp_path / "everything.yaml"
-    rules.write_text("rules:\n  - init: xavier_uniform\n")
-    result = runner.invoke(
-        app, ["plot", UNET, "-o", str(tmp_path / "x.png"), "--against", str(rules)]
-    )
-    assert result.exit_code == 2
-    assert f"{rules}:2:" in result.stderr and "fan_in/fan_out need ≥ 2 dims" in result.stderr
+    assert f"{rules}:{where}:" in result.stderr and needle in result.stderr
+    assert not out.exists()
 
 
 def test_plot_refuses_to_overwrite_its_input(runner: CliRunner, tmp_path: Path) -> None:

@@ -554,7 +554,13 @@ def plot(
     with _boundary(debug):
         from initscope.output import check_writable
         from initscope.panels import make_panels
-        from initscope.plotting import image_format, require_matplotlib, save_pages, title_for
+        from initscope.plotting import (
+            image_format,
+            page_paths,
+            require_matplotlib,
+            save_pages,
+            title_for,
+        )
         from initscope.report import ReportOptions, build_report
 
         image_format(output)  # a bad extension, and a missing matplotlib, before any work
@@ -577,6 +583,10 @@ def plot(
                 f"nothing to plot: {target} has no parameter selected by --name/--type",
                 "widen the selection",
             )
+        # A paged plot writes OUT-1.png, OUT-2.png, ...: none of them may be an input.
+        for page in page_paths(output, len(panels), max_panels):
+            check_writable(page.path)
+            _not_an_input(page.path, target, spec, args_file, against)
         label = "default" if rule_set is None else rule_set.source
         pages = save_pages(
             panels,

@@ -269,6 +269,20 @@ def test_plot_refuses_to_overwrite_its_input(runner: CliRunner, tmp_path: Path) 
     assert rules.read_text() == "rules: []\n"
 
 
+def test_plot_pages_may_not_be_inputs(runner: CliRunner, tmp_path: Path) -> None:
+    # 32 panels at 10 a page are out-1.svg ... out-4.svg; out-2.svg is the rules file.
+    rules = tmp_path / "out-2.svg"
+    text = "rules:\n  - param: bias\n    init: zeros\n"
+    rules.write_text(text)
+    out = tmp_path / "out.svg"
+    args = ["plot", UNET, "-o", str(out), "--max-panels", "10", "--against", str(rules)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "is one of the inputs" in result.stderr
+    assert rules.read_text() == text
+    assert not (tmp_path / "out-1.svg").exists()
+
+
 def test_plot_empty_selection(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(app, ["plot", UNET, "-o", str(tmp_path / "x.png"), "--name", "nope"])
     assert result.exit_code == 2

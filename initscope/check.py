@@ -50,7 +50,16 @@ from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, InitCall, _init_distribution
 from initscope.workers import ProgressFn, spread
 
-__all__ = ["CheckOptions", "CheckResult", "Violation", "check_target"]
+__all__ = [
+    "EXACT_INITS",
+    "RUN_ALPHA",
+    "CheckOptions",
+    "CheckResult",
+    "Violation",
+    "check_target",
+    "expected_label",
+    "expected_of",
+]
 
 # Values torch.empty / skip_init leave behind are reinterpreted bit patterns: their exponents
 # spread over the whole float range. No initializer produces magnitudes ≥ 1e29 or nonzero
@@ -69,7 +78,7 @@ _IDENTICAL_MIN = 1000
 # The chance that a run over a correctly initialized model reports any "follows" violation.
 # Wrong inits are rejected with p-values far below any such level once a tensor has a few
 # hundred values (see README, "Which init do the values actually follow?").
-_RUN_ALPHA = 1e-3
+RUN_ALPHA = 1e-3
 
 
 @dataclass(frozen=True)
@@ -225,12 +234,16 @@ def _degenerate(d: Distribution) -> Distribution:
 
 # Inits whose values are a fixed structure (eye_, dirac_) are compared exactly; sparse_'s
 # zero pattern has no distribution to test against, so its follows-check is skipped.
-_EXACT = ("eye_", "dirac_")
+EXACT_INITS = ("eye_", "dirac_")
 
 
-def _expected_of(entry: PlanEntry, defaults: Mapping[str, DefaultInit]) -> DefaultInit | None:
+def expected_of(entry: PlanEntry, defaults: Mapping[str, DefaultInit]) -> DefaultInit | None:
+    """What a planned parameter's values must follow, as a DefaultInit: the rule's resolved
+    distribution, or the traced default for ``default``/uncovered entries; None when there is
+    no distribution to test against (``keep``, exact or sparse inits, no known default).
+    Shared with the pictures (:mod:`initscope.expected`), so both judge alike."""
     if entry.action is Action.INIT and entry.distribution is not None:
-        if entry.init in _EXACT or entry.distribution.family is Family.SPARSE:
+        if entry.init in EXACT_INITS or entry.distribution.family is Family.SPARSE:
             return None
         call = InitCall(entry.init or "init", dict(entry.args))
         return DefaultInit(call, _degenerate(entry.distribution))
@@ -240,7 +253,8 @@ def _expected_of(entry: PlanEntry, defaults: Mapping[str, DefaultInit]) -> Defau
     return None
 
 
-def _expected_label(entry: PlanEntry, expected: DefaultInit) -> str:
+def expected_label(entry: PlanEntry, expected: DefaultInit) -> str:
+    """How a violation names the expectation: the rule's init, or the default's call."""
     if entry.action is Action.INIT:
         return entry.describe()
     return f"its default {expected.call.signature()} → {expected.distribution.label()}"
@@ -404,7 +418,7 @@ def check_target(
         decisions = len(sites) * (
             (options.rules is not None) + sum(c.follows is not None for c in checks)
         )
-        alpha = _RUN_ALPHA / max(decisions, 1)
+        alpha = RUN_ALPHA / max(decisions, 1)
         violations: list[Violation] = []
         inconclusive: list[str] = []
         fingerprints: dict[tuple[Any, ...], list[str]] = {}
@@ -438,8 +452,8 @@ def check_target(
             if entry is not None and (
                 entry.action is not Action.UNMATCHED or options.default_check
             ):
-                expected = _expected_of(entry, defaults)
-                if entry.action is Action.INIT and entry.init in _EXACT:
+                expected = expected_of(entry, defaults)
+                if entry.action is Action.INIT and entry.init in EXACT_INITS:
                     count += 1
                     v = _exact(t, entry, entry.rule.label if entry.rule else "rules")
                     if v is not None:
@@ -447,7 +461,7 @@ def check_target(
                 if expected is not None:
                     source = entry.rule.label if entry.rule is not None else "traced default"
                     v, unsure = _follows(
-                        t, expected, _expected_label(entry, expected), source, alpha
+                        t, expected, expected_label(entry, expected), source, alpha
                     )
                     count += 1
                     if v is not None:

@@ -120,7 +120,7 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
     planned for this model, as ``apply`` and ``check`` would."""
     if rules is None:
         return {p.name: _from_default(p) for p in report.parameters}
-    from initscope.check import _EXACT, _RUN_ALPHA, _expected_label, _expected_of
+    from initscope.check import EXACT_INITS, RUN_ALPHA, expected_label, expected_of
     from initscope.identification import identify
 
     sites: list[ParamSite] = []
@@ -152,19 +152,19 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
         exc.summary = "in the rules; nothing was drawn"
         raise
     # check's budget: over the whole run, a correctly initialized model is marked with
-    # probability at most _RUN_ALPHA (Bonferroni over every decision).
-    alpha = _RUN_ALPHA / max(len(sites), 1)
+    # probability at most RUN_ALPHA (Bonferroni over every decision).
+    alpha = RUN_ALPHA / max(len(sites), 1)
     by_name: Mapping[str, ParameterReport] = {p.name: p for p in report.parameters}
     out = {p.name: _from_default(p) for p in report.parameters}  # buffers: their default
     for entry in plan.entries:
         p = by_name[entry.site.name]
         source = entry.rule.label if entry.rule is not None else "no rule"
-        expected = _expected_of(entry, defaults)
+        expected = expected_of(entry, defaults)
         if expected is None:
             # keep, eye_/dirac_ (compared exactly by check, on the whole tensor), sparse_, or
             # no known default: drawn when there is something to draw, never marked.
             why = entry.describe()
-            if entry.action is Action.INIT and entry.init in _EXACT:
+            if entry.action is Action.INIT and entry.init in EXACT_INITS:
                 why += " (exact values: not judged from a sample)"
             out[p.name] = Expected(entry.distribution, why, source, None)
             continue
@@ -179,6 +179,6 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
             else None
         )
         out[p.name] = Expected(
-            expected.distribution, _expected_label(entry, expected), source, follows
+            expected.distribution, expected_label(entry, expected), source, follows
         )
     return out

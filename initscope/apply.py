@@ -12,8 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from initscope import __version__
 from initscope.checkpoints import Checkpoint
 from initscope.distributions import Distribution, Family
 from initscope.errors import InitScopeError, TargetError
-from initscope.models import TracedModel, open_target
+from initscope.models import open_target
 from initscope.output import OutputError, check_writable
 from initscope.plan import (
     Action,
@@ -32,8 +31,8 @@ from initscope.plan import (
     Plan,
     PlanEntry,
     make_plan,
+    sites_from_checkpoint,
     sites_from_model,
-    sites_from_tensors,
 )
 from initscope.rules import Problem, RulesError, RuleSet, Unmatched, init_functions, load_rules
 from initscope.saving import Provenance, output_format, save_state_dict
@@ -148,7 +147,7 @@ def apply_plan(
 ) -> None:
     """Write the plan's values into ``tensors`` (by parameter name) in place.
     ``progress`` hears the bytes and parameters written after each parameter."""
-    changing = [e for e in plan.entries if e.changes]
+    changing = plan.changed
     tick = ticker(
         progress, [tensors[e.site.name].numel() * tensors[e.site.name].itemsize for e in changing]
     )
@@ -264,7 +263,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
 
 
-def _check_output(target: str, input_path: Path | None, options: ApplyOptions) -> Path | None:
+def _check_output(input_path: Path | None, options: ApplyOptions) -> Path | None:
     if options.dry_run:
         return None
     output = options.output
@@ -288,7 +287,8 @@ def _check_output(target: str, input_path: Path | None, options: ApplyOptions) -
                 f"--in-place cannot rewrite {output}: apply writes .safetensors, .pt or .pth",
                 "give an output with -o out.safetensors",
             ) from None
-    output_format(output)
+    else:
+        output_format(output)
     check_writable(output)
     if input_path is not None and _same_file(output, input_path):
         if not options.in_place:
@@ -314,32 +314,15 @@ def _spec_record(spec: ModelSpec | None) -> dict[str, Any] | None:
 
 
 def _load_into(model: torch.nn.Module, ckpt: Checkpoint) -> None:
-    from initscope.report import _check_fits
+    from initscope.report import fitted_keys
 
     state = model.state_dict(keep_vars=True)
-    keys = ckpt.keyed(state.keys())
-    _check_fits(model, {n: ckpt.infos[k] for n, k in keys.items()}, ckpt.path)
+    keys = fitted_keys(model, ckpt)
     with torch.no_grad():
         for name, t in state.items():
             if name in keys:
                 # .data, not copy_: the checkpoint's dtype (bf16) is kept, not the model's.
                 t.data = ckpt.load(keys[name]).to(t.device).clone()
-
-
-@contextmanager
-def _opened(
-    target: str, how: TargetOptions
-) -> Iterator[tuple[TracedModel | None, Checkpoint | None, ModelSpec | None]]:
-    from initscope.targets import resolve_target
-
-    if how.meta:
-        raise TargetError(
-            "--meta builds no weights, so there is nothing for apply to initialize or save",
-            "drop --meta",
-        )
-    spec, _ = resolve_target(target, how)
-    with open_target(target, how) as (traced, ckpt):
-        yield traced, ckpt, spec
 
 
 def plan_target(
@@ -366,10 +349,22 @@ def apply_target(
     The rules are checked first, then the output path, then the target is opened; nothing is
     written unless every check passes, and the output is written atomically.
     """
+    from initscope.targets import resolve_target
+
     rs = _as_rules(rules)
-    input_path = _checkpoint_path(target, how)
-    output = _check_output(target, input_path, options)
-    with _opened(target, how) as (traced, ckpt, spec):
+    try:
+        spec, input_path = resolve_target(target, how)
+    except InitScopeError:
+        # A spec's problems are reported when the target is opened, after the output is
+        # checked.
+        spec, input_path = None, None
+    output = _check_output(input_path, options)
+    if how.meta:
+        raise TargetError(
+            "--meta builds no weights, so there is nothing for apply to initialize or save",
+            "drop --meta",
+        )
+    with open_target(target, how) as (traced, ckpt):
         if options.in_place and output is not None and ckpt is not None and ckpt.extra:
             shown = ", ".join(ckpt.extra[:4]) + (" ..." if len(ckpt.extra) > 4 else "")
             raise OutputError(
@@ -385,11 +380,7 @@ def apply_target(
             tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
         else:
             assert ckpt is not None
-            keys = ckpt.keyed()
-            name_of = {k: n for n, k in keys.items()}
-            infos = {n: (ckpt.infos[k].shape, ckpt.infos[k].dtype) for n, k in keys.items()}
-            aliases = {name_of[a]: name_of[f] for a, f in ckpt.aliases.items()}
-            sites = sites_from_tensors(infos, aliases)
+            keys, sites = sites_from_checkpoint(ckpt)
             tensors = {}
         plan = make_plan(
             sites,
@@ -409,7 +400,7 @@ def apply_target(
             state = model.state_dict()
         else:
             assert ckpt is not None
-            state = _apply_bare(plan, ckpt, progress)
+            state = _apply_bare(plan, ckpt, keys, progress)
         if ckpt is not None and ckpt.provenance is not None and spec is None:
             record = ckpt.provenance.model
         else:
@@ -431,11 +422,11 @@ def apply_target(
 
 
 def _apply_bare(
-    plan: Plan, ckpt: Checkpoint, progress: ProgressFn | None = None
+    plan: Plan, ckpt: Checkpoint, keys: Mapping[str, str], progress: ProgressFn | None = None
 ) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under their saved names, changed ones as fresh tensors."""
-    keys = ckpt.keyed()
-    changed = {e.site.name: e for e in plan.entries if e.changes}
+    """The checkpoint's tensors under their saved names (``keys``: name to saved key),
+    changed ones as fresh tensors."""
+    changed = {e.site.name: e for e in plan.changed}
     tick = ticker(
         progress, [ckpt.infos[k].numel * ckpt.infos[k].dtype.itemsize for k in keys.values()]
     )
@@ -455,14 +446,3 @@ def _apply_bare(
         state[key] = t
         tick(i)
     return state
-
-
-def _checkpoint_path(target: str, how: TargetOptions) -> Path | None:
-    """The checkpoint TARGET reads, if any (a spec's problems are reported when it is
-    opened, after the output is checked)."""
-    from initscope.targets import resolve_target
-
-    try:
-        return resolve_target(target, how)[1]
-    except InitScopeError:
-        return None

@@ -35,7 +35,7 @@ from initscope.plan import (
     PlanEntry,
     make_plan,
     match_problems,
-    sites_from_tensors,
+    sites_from_checkpoint,
 )
 from initscope.rules import RulesError, RuleSet, Unmatched
 from initscope.stats import (
@@ -347,18 +347,14 @@ def _sites_and_loader(
         from initscope.plan import sites_from_model
 
         model = traced.model
-        sites = [s for s in sites_from_model(model) if s.tied_to is None]
-        groups: dict[int, set[str]] = {}
-        for n, p in model.named_parameters(remove_duplicate=False):
-            groups.setdefault(id(p), set()).add(n)
-        tied = [g for g in groups.values() if len(g) > 1]
+        every = sites_from_model(model)
+        sites, tied = _untied(every)
         if ckpt is None:
             params = dict(model.named_parameters())
             return sites, lambda n: params[n].detach(), tied, lambda n: ""
-        keys = ckpt.keyed(model.state_dict().keys())
-        from initscope.report import _check_fits
+        from initscope.report import fitted_keys
 
-        _check_fits(model, {n: ckpt.infos[k] for n, k in keys.items()}, ckpt.path)
+        keys = fitted_keys(model, ckpt)
 
         def key_of(name: str) -> str:
             # A tied name saved under another of its names reads that one.
@@ -371,15 +367,19 @@ def _sites_and_loader(
             return ckpt.load(key_of(name))  # type: ignore[no-any-return]
 
         return sites, load, tied, key_of
-    keys = ckpt.keyed()
-    name_of = {k: n for n, k in keys.items()}
-    infos = {n: (ckpt.infos[k].shape, ckpt.infos[k].dtype) for n, k in keys.items()}
-    aliases = {name_of[a]: name_of[f] for a, f in ckpt.aliases.items()}
-    sites = [s for s in sites_from_tensors(infos, aliases) if s.tied_to is None]
-    tied_groups: dict[str, set[str]] = {}
-    for a, f in aliases.items():
-        tied_groups.setdefault(f, {f}).add(a)
-    return sites, lambda n: ckpt.load(keys[n]), list(tied_groups.values()), keys.__getitem__
+    keys, every = sites_from_checkpoint(ckpt)
+    sites, tied = _untied(every)
+    return sites, lambda n: ckpt.load(keys[n]), tied, keys.__getitem__
+
+
+def _untied(sites: list[ParamSite]) -> tuple[list[ParamSite], list[set[str]]]:
+    """The sites to check (one per tensor: tied names are checked under their first) and
+    the tied groups of names."""
+    groups: dict[str, set[str]] = {}
+    for s in sites:
+        if s.tied_to is not None:
+            groups.setdefault(s.tied_to, {s.tied_to}).add(s.name)
+    return [s for s in sites if s.tied_to is None], list(groups.values())
 
 
 def check_target(

@@ -21,7 +21,6 @@ from initscope.errors import InitScopeError
 from initscope.plan import Action, ParamSite, make_plan
 from initscope.report import ParameterReport, Report
 from initscope.rules import RulesError, RuleSet, Unmatched
-from initscope.stats import RunningStats
 from initscope.tracing import DefaultInit
 
 __all__ = ["Expected", "expectations"]
@@ -88,29 +87,6 @@ def _dtype(name: str) -> torch.dtype | None:
     return dtype if isinstance(dtype, torch.dtype) else None
 
 
-def _running(p: ParameterReport) -> RunningStats | None:
-    """The report's statistics and sample in the shape :func:`identify` reads them."""
-    s, sample = p.stats, p.sample
-    if s is None or sample is None or s.mean is None or s.std is None:
-        return None
-    assert s.min is not None and s.max is not None
-    count = s.numel - s.nan_count - s.inf_count
-    return RunningStats(
-        positions=torch.arange(sample.numel()),
-        count=count,
-        seen=s.numel,
-        mean=s.mean,
-        m2=s.std * s.std * max(count - 1, 0),
-        min=s.min,
-        max=s.max,
-        zeros=round(s.zero_fraction * s.numel),
-        nans=s.nan_count,
-        infs=s.inf_count,
-        sample_at=[torch.arange(sample.numel())],
-        sample_values=[sample],
-    )
-
-
 def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expected]:
     """Each parameter's expectation by name: its traced default, or with ``rules`` the
     distribution the rule covering it resolves to for its shape (a parameter no rule covers
@@ -121,7 +97,7 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
     if rules is None:
         return {p.name: _from_default(p) for p in report.parameters}
     from initscope.check import EXACT_INITS, RUN_ALPHA, expected_label, expected_of
-    from initscope.identification import identify
+    from initscope.identification import identify_stats
 
     sites: list[ParamSite] = []
     for p in report.parameters:
@@ -129,7 +105,7 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
         if p.is_buffer or dtype is None or not (dtype.is_floating_point or dtype.is_complex):
             continue
         cls = _class_of(p.module_type) if report.has_model else None
-        if report.has_model and cls is None and any(r.has_type for r in rules.rules):
+        if report.has_model and cls is None and rules.uses_types:
             raise InitScopeError(
                 f"cannot match the rules' type keys: class {p.module_type} of {p.name} is not "
                 "imported in this process",
@@ -168,14 +144,21 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
                 why += " (exact values: not judged from a sample)"
             out[p.name] = Expected(entry.distribution, why, source, None)
             continue
-        rs = _running(p)
         # The structured tests' result from the report, and the stored dtype's resolution:
         # the decision check --rules makes on the tensor itself.
+        s = p.stats
         follows = (
-            identify(
-                rs, p.shape, expected, None, alpha, structure=p.structure, dtype=_dtype(p.dtype)
+            identify_stats(
+                s,
+                p.sample,
+                p.shape,
+                expected,
+                None,
+                alpha,
+                structure=p.structure,
+                dtype=entry.site.dtype,
             ).matches_default
-            if rs is not None
+            if s is not None and s.mean is not None and s.std is not None and p.sample is not None
             else None
         )
         out[p.name] = Expected(

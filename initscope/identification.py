@@ -156,10 +156,6 @@ class _Sample:
         self.values = values.detach().reshape(-1).to(torch.float64)
         self.size = self.values.numel()
 
-    @classmethod
-    def of(cls, sample: torch.Tensor) -> _Sample:
-        return cls(sample)
-
     @functools.cached_property
     def sorted(self) -> torch.Tensor:  # float64, ascending
         return self.values.sort().values
@@ -454,8 +450,32 @@ def identify(
     stored ``dtype`` for the resolution of the range test. ``alpha`` is the false rejection
     rate of each decision; ``check`` lowers it to bound the rate over a whole run.
     """
-    s = rs.result()
-    sample = _Sample.of(rs.sample())
+    return identify_stats(
+        rs.result(),
+        rs.sample(),
+        shape,
+        default,
+        tensor,
+        alpha,
+        structure=structure,
+        dtype=dtype,
+    )
+
+
+def identify_stats(
+    s: TensorStats,
+    values: torch.Tensor,
+    shape: tuple[int, ...],
+    default: DefaultInit | None,
+    tensor: torch.Tensor | None = None,
+    alpha: float = ALPHA,
+    *,
+    structure: Structure | None = None,
+    dtype: torch.dtype | None = None,
+) -> Identification:
+    """:func:`identify` from finished statistics and the sample (``values``), as a report
+    holds them."""
+    sample = _Sample(values)
     known_default = default.distribution if default is not None and default.is_known else None
     if s.nan_count or s.inf_count or s.min is None or s.max is None:
         return Identification(Fit("unknown", None), None if known_default is None else False)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from initscope.rules import (
 )
 from initscope.tracing import DefaultInit, _init_distribution
 from initscope.yamlio import did_you_mean
+
+if TYPE_CHECKING:
+    from initscope.checkpoints import Checkpoint
 
 __all__ = [
     "Action",
@@ -251,6 +254,16 @@ def sites_from_tensors(
         module, param = _split(name)
         sites.append(ParamSite(name, module, param, shape, dtype, None, aliases.get(name)))
     return sites
+
+
+def sites_from_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, str], list[ParamSite]]:
+    """A bare checkpoint's tensors as sites (see :func:`sites_from_tensors`), named as
+    :meth:`Checkpoint.keyed` names them, with those names' saved keys."""
+    keys = ckpt.keyed()
+    name_of = {k: n for n, k in keys.items()}
+    infos = {n: (ckpt.infos[k].shape, ckpt.infos[k].dtype) for n, k in keys.items()}
+    aliases = {name_of[a]: name_of[f] for a, f in ckpt.aliases.items()}
+    return keys, sites_from_tensors(infos, aliases)
 
 
 # -- planning ------------------------------------------------------------------------------

@@ -17,9 +17,16 @@ from initscope import __version__
 from initscope.checkpoints import Checkpoint, TensorInfo
 from initscope.distributed import Group
 from initscope.errors import CheckpointError, TargetError
-from initscope.identification import Fit, Identification, Structure, identify
+from initscope.identification import Fit, Structure, identify
 from initscope.models import TracedModel, open_target
-from initscope.stats import DEFAULT_MAX_MEMORY, TensorStats, dense, running_stats, stream_stats
+from initscope.stats import (
+    DEFAULT_MAX_MEMORY,
+    RunningStats,
+    TensorStats,
+    dense,
+    running_stats,
+    stream_stats,
+)
 from initscope.targets import TargetOptions
 from initscope.tracing import DefaultInit, fans
 from initscope.workers import ProgressFn, spread
@@ -193,25 +200,21 @@ def _parameter(
 ) -> ParameterReport:
     """One parameter's entry: its metadata, statistics, and what its values follow."""
     module_path, param = _split(name)
-    stats: TensorStats | None = None
-    found: Identification | None = None
-    sample: torch.Tensor | None = None
+    # The sample's positions depend on the name only, so reports are reproducible.
+    seed = zlib.crc32(name.encode())
+    rs: RunningStats | None = None
+    values: torch.Tensor | None = None  # whole values, for the structured tests
     if isinstance(tensor, tuple):  # a tensor over the memory budget, in pieces
         info, pieces = tensor
-        rs = stream_stats(pieces, info.numel, seed=zlib.crc32(name.encode()))
-        stats, found = rs.result(), identify(rs, info.shape, default, None)
-        sample = rs.sample()
         shape, dtype, numel = info.shape, info.dtype, info.numel
+        rs = stream_stats(pieces, numel, seed=seed)
     else:
         shape, dtype, numel = tuple(int(s) for s in tensor.shape), tensor.dtype, tensor.numel()
+        if tensor.device.type != "meta":
+            values = dense(tensor)
+            rs = running_stats(values, seed=seed)
     f_in, f_out = _tensor_fans(shape)
-    if not isinstance(tensor, tuple) and tensor.device.type != "meta":
-        values = dense(tensor)
-        # The sample's positions depend on the name only, so reports are reproducible.
-        rs = running_stats(values, seed=zlib.crc32(name.encode()))
-        stats = rs.result()
-        found = identify(rs, shape, default, values)
-        sample = rs.sample()
+    found = identify(rs, shape, default, values) if rs is not None else None
     return ParameterReport(
         name=name,
         module=module_path,
@@ -224,11 +227,11 @@ def _parameter(
         fan_out=f_out,
         tied_to=tuple(tied_to),
         default=default,
-        stats=stats,
+        stats=rs.result() if rs is not None else None,
         is_buffer=is_buffer,
         fit=found.fit if found else None,
         matches_default=found.matches_default if found else None,
-        sample=sample,
+        sample=rs.sample() if rs is not None else None,
         structure=found.structure if found else None,
     )
 
@@ -262,10 +265,7 @@ def report_model(
     order: dict[str, int] = {}
     for i, path in enumerate(modules):
         order.setdefault(path, i)
-    keys: dict[str, str] = {}
-    if checkpoint is not None:
-        keys = checkpoint.keyed(model.state_dict(keep_vars=True).keys())
-        _check_fits(model, {n: checkpoint.infos[k] for n, k in keys.items()}, checkpoint.path)
+    keys = fitted_keys(model, checkpoint) if checkpoint is not None else {}
     # Tied tensors appear once, under their first name, listing the others in tied_to.
     first_name: dict[int, str] = {}
     tied: dict[str, list[str]] = {}
@@ -319,6 +319,14 @@ def report_model(
         progress=progress,
     )
     return Report(target=target, parameters=tuple(out))
+
+
+def fitted_keys(model: torch.nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
+    """The checkpoint key of each of the model's state-dict names, once the checkpoint is
+    known to fit the model (names and shapes; a CheckpointError says what does not)."""
+    keys = checkpoint.keyed(model.state_dict(keep_vars=True).keys())
+    _check_fits(model, {n: checkpoint.infos[k] for n, k in keys.items()}, checkpoint.path)
+    return keys
 
 
 def _check_fits(model: torch.nn.Module, have: Mapping[str, TensorInfo], path: Path) -> None:

@@ -213,10 +213,6 @@ class Rule:
     def has_type(self) -> bool:
         return bool(self.type_names or self.type_classes)
 
-    @property
-    def function(self) -> InitFunction | None:
-        return init_functions().get(self.init)
-
     def matches_name(self, module: str, param: str, ndim: int) -> bool:
         if self.name is not None:
             if self.name.startswith("re:"):
@@ -236,16 +232,6 @@ class Rule:
         if any(issubclass(cls, c) for c in self.type_classes):
             return True
         return any(k.__name__ in self.type_names for k in cls.__mro__)
-
-    def describe_init(self) -> str:
-        if self.init in SPECIAL_INITS:
-            return self.init
-        args = ", ".join(f"{k}={_show(v)}" for k, v in self.args.items())
-        return f"{self.init}({args})"
-
-
-def _show(v: ArgValue) -> str:
-    return v.text if isinstance(v, Expression) else str(v)
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,7 @@ def validate(value: Any, schema: Mapping[str, Any] = RULES_SCHEMA) -> list[Schem
 def _validate(value: Any, schema: Mapping[str, Any], path: Path) -> Iterator[SchemaProblem]:
     if "anyOf" in schema:
         options = schema["anyOf"]
-        if any(not validate_at(value, s) for s in options):
+        if any(not validate(value, s) for s in options):
             return
         # Report the branch of the right type, if one is: its complaint is the useful one.
         for s in options:
@@ -277,7 +277,3 @@ def _validate(value: Any, schema: Mapping[str, Any], path: Path) -> Iterator[Sch
                 )
             elif isinstance(extra, Mapping):
                 yield from _validate(item, extra, sub)
-
-
-def validate_at(value: Any, schema: Mapping[str, Any]) -> list[SchemaProblem]:
-    return list(_validate(value, schema, ()))

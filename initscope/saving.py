@@ -36,7 +36,6 @@ __all__ = [
 PROVENANCE_KEY = "__initscope__"  # the entry in a .pt state dict
 METADATA_KEY = "initscope"  # the key in safetensors metadata
 PROVENANCE_FORMAT = "initscope.provenance/1"
-OUTPUT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
 @dataclass(frozen=True)

@@ -133,8 +133,18 @@ class CheckResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def errors(self) -> tuple[Violation, ...]:
+        """The violations that fail the check (the others are warnings)."""
+        return tuple(v for v in self.violations if v.severity == "error")
+
+    @property
+    def failed_parameters(self) -> int:
+        """How many parameters have at least one error."""
+        return len({v.parameter for v in self.errors})
+
+    @property
     def ok(self) -> bool:
-        return not any(v.severity == "error" for v in self.violations)
+        return not self.errors
 
 
 # -- one tensor ------------------------------------------------------------------------------

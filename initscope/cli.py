@@ -227,11 +227,15 @@ def _constructor_kwargs(arg: list[str] | None, args_file: Path | None) -> dict[s
     return kwargs
 
 
-def _not_an_input(output: Path | None, *inputs: object) -> None:
-    """Refuse an ``-o`` that names one of the command's own input files."""
+def _writable_output(output: Path, *inputs: object) -> None:
+    """Check an output can be written (see output.check_writable) and refuse one that names
+    one of the command's own input files."""
     import os
 
-    if output is None or not output.exists():
+    from initscope.output import check_writable
+
+    check_writable(output)
+    if not output.exists():
         return
     for item in inputs:
         if item is None:
@@ -451,7 +455,6 @@ def report(
     debug = _debug(ctx, debug)
     with _boundary(debug):
         from initscope.distributed import init_from_env
-        from initscope.output import check_writable
         from initscope.render import render_report
         from initscope.report import ReportOptions, build_report
 
@@ -461,11 +464,9 @@ def report(
                 "drop --hist or use --format table",
             )
         if output is not None:
-            check_writable(output)  # before the model is built, not after
-            _not_an_input(output, target, spec, args_file)
+            _writable_output(output, target, spec, args_file)  # before the model is built
         if html is not None:
-            check_writable(html)
-            _not_an_input(html, target, spec, args_file, against)
+            _writable_output(html, target, spec, args_file, against)
             if output is not None and html.resolve() == output.resolve():
                 raise InitScopeError(
                     f"--html and --output are the same file ({html}); the report would "
@@ -485,19 +486,21 @@ def report(
             workers=workers,
             group=init_from_env() if distributed else None,
         )
-        with _progress(not quiet and _leads(options.group)) as progress:
+        leader = _leads(options.group)
+        with _progress(not quiet and leader) as progress:
             how = _how(arg, args_file, model, spec, input_shape, unsafe_load, meta=meta, seed=seed)
             result = build_report(target, how, options, progress)
+        if not leader:  # under torchrun, rank 0 renders and writes
+            return
         text = render_report(result, fmt, _width() if output is None else TABLE_WIDTH, hist)
         page = None
-        if html is not None and _leads(options.group):
+        if html is not None:
             from initscope.html_report import render_html
 
             page = render_html(result, rule_set)
-    if _leads(options.group):
-        if html is not None and page is not None:
-            _emit(page, html, debug)
-        _emit(text, output, debug)
+    if html is not None and page is not None:
+        _emit(page, html, debug)
+    _emit(text, output, debug)
 
 
 @app.command()
@@ -552,7 +555,6 @@ def plot(
     --against rules.yaml) over it: a grid of panels, marked where the values differ."""
     debug = _debug(ctx, debug)
     with _boundary(debug):
-        from initscope.output import check_writable
         from initscope.panels import make_panels
         from initscope.plotting import (
             image_format,
@@ -565,8 +567,7 @@ def plot(
 
         image_format(output)  # a bad extension, and a missing matplotlib, before any work
         require_matplotlib()
-        check_writable(output)
-        _not_an_input(output, target, spec, args_file, against)
+        _writable_output(output, target, spec, args_file, against)
         rule_set = _against_rules(against, var)
         options = ReportOptions(
             buffers=buffers,
@@ -585,8 +586,7 @@ def plot(
             )
         # A paged plot writes OUT-1.png, OUT-2.png, ...: none of them may be an input.
         for page in page_paths(output, len(panels), max_panels):
-            check_writable(page.path)
-            _not_an_input(page.path, target, spec, args_file, against)
+            _writable_output(page.path, target, spec, args_file, against)
         label = "default" if rule_set is None else rule_set.source
         pages = save_pages(
             panels,
@@ -832,13 +832,11 @@ def check(
     with _boundary(debug):
         from initscope.check import CheckOptions, check_target
         from initscope.expect import load_expectations
-        from initscope.output import check_writable
         from initscope.render_check import render_check
         from initscope.rules import RulesError, load_rules
 
         if output is not None:
-            check_writable(output)
-            _not_an_input(output, target, rules, expect, spec, args_file)
+            _writable_output(output, target, rules, expect, spec, args_file)
         variables = _parse_vars(var)
         try:
             rule_set = load_rules(rules, variables) if rules is not None else None
@@ -857,13 +855,14 @@ def check(
             workers,
             init_from_env() if distributed else None,
         )
-        with _progress(not quiet and _leads(options.group), "checking") as progress:
-            result = check_target(target, how, options, progress)
         leader = _leads(options.group)
-        if leader:
+        with _progress(not quiet and leader, "checking") as progress:
+            result = check_target(target, how, options, progress)
+        text = None
+        if leader:  # under torchrun, rank 0 renders and writes
             _warn(list(result.notes))
-        text = render_check(result, fmt.value)
-    if leader:
+            text = render_check(result, fmt.value)
+    if text is not None:
         _emit(text, output, debug)
     if not result.ok:
         raise typer.Exit(EXIT_VIOLATIONS)
@@ -898,12 +897,10 @@ def diff(
     debug = _debug(ctx, debug)
     with _boundary(debug):
         from initscope.diff import diff_targets, render_diff
-        from initscope.output import check_writable
         from initscope.targets import TargetOptions, is_checkpoint_path
 
         if output is not None:
-            check_writable(output)
-            _not_an_input(output, a, b, spec, args_file)
+            _writable_output(output, a, b, spec, args_file)
         how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
         # --model/--spec describe the checkpoints; a model target needs only its --arg.
         plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)
@@ -914,13 +911,15 @@ def diff(
         from initscope.distributed import init_from_env
 
         group = init_from_env() if distributed else None
-        with _progress(not quiet and _leads(group), "comparing") as progress:
+        leader = _leads(group)
+        with _progress(not quiet and leader, "comparing") as progress:
             result = diff_targets(
                 a, b, how_a, how_b, progress, _parse_size(max_memory), workers, group
             )
+        if not leader:  # under torchrun, rank 0 renders and writes
+            return
         text = render_diff(result, fmt.value)
-    if _leads(group):
-        _emit(text, output, debug)
+    _emit(text, output, debug)
 
 
 rules_app = typer.Typer(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from initscope.distributions import Distribution, Family
+from initscope.distributions import Distribution, Family, format_number
 
 __all__ = [
     "BLOCKS",
@@ -236,19 +236,21 @@ def density(d: Distribution | None, span: tuple[float, float]) -> Density:
         pts += [(b, 0.0), (max(high, b), 0.0)]
         return Density(curve=tuple(pts))
     if f is Family.CONSTANT and d.value is not None:
-        return Density(spikes=(Spike(d.value, 1.0),), note=f"constant {_short(d.value)}: a spike")
+        return Density(
+            spikes=(Spike(d.value, 1.0),), note=f"constant {format_number(d.value)}: a spike"
+        )
     if f in (Family.EYE, Family.DIRAC) and d.mean is not None:
         ones = d.mean  # the fraction of entries that are 1 (see Distribution.eye/dirac)
         value = d.value if d.value is not None else 1.0
         return Density(
             spikes=(Spike(0.0, 1.0 - ones), Spike(value, ones)),
-            note=f"{f.value}: {ones:.3g} of entries are {_short(value)}, the rest 0",
+            note=f"{f.value}: {ones:.3g} of entries are {format_number(value)}, the rest 0",
         )
     if f is Family.ORTHOGONAL and d.std:
         std = d.std
         return Density(
             curve=tuple((x, _normal_pdf(x, 0.0, std)) for x in _grid(low, high)),
-            note=f"orthogonal, drawn as ≈ N(0, {_short(std)})",
+            note=f"orthogonal, drawn as ≈ N(0, {format_number(std)})",
         )
     if f is Family.SPARSE and d.scale and d.sparsity is not None:
         keep, scale = 1.0 - d.sparsity, d.scale
@@ -258,12 +260,6 @@ def density(d: Distribution | None, span: tuple[float, float]) -> Density:
             note=f"sparse: {d.sparsity:.3g} of each column 0",
         )
     return Density(note=f"{f.value}: no density to draw")
-
-
-def _short(x: float) -> str:
-    from initscope.distributions import format_number
-
-    return format_number(x)
 
 
 def sparkline(sample: torch.Tensor | None, width: int = 10) -> str:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from initscope.histogram import bars as block_bars
 from initscope.histogram import histogram as make_histogram
 from initscope.histogram import one_thread
-from initscope.panels import BINS, Panel, make_panels
+from initscope.panels import Panel, make_panels
+from initscope.render import _cut, _default_parts, _num, report_to_dict
 
 if TYPE_CHECKING:
     from initscope.report import ParameterReport, Report
@@ -91,19 +92,9 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _num(x: float | None) -> str:
-    from initscope.distributions import format_number
-
-    return format_number(x, "-")
-
-
 def _f(x: float) -> str:
     """An SVG coordinate: one decimal is a tenth of a pixel."""
     return f"{x:.1f}".rstrip("0").rstrip(".")
-
-
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _panel_svg(panel: Panel) -> str:
@@ -203,8 +194,6 @@ def _mark(p: ParameterReport, panel: Panel) -> tuple[str, str]:
 
 
 def _row(i: int, p: ParameterReport, panel: Panel, against_rules: bool) -> str:
-    from initscope.render import _default_parts
-
     s = p.stats
     call, label = _default_parts(p.default)
     cls = ' class="marked"' if panel.marked else ""
@@ -218,7 +207,7 @@ def _row(i: int, p: ParameterReport, panel: Panel, against_rules: bool) -> str:
     kind = " <small>(buffer)</small>" if p.is_buffer else ""
     cells = [
         f'<td><a href="#panel-{i}"><code>{_e(p.param)}</code></a>{kind}{tied}</td>',
-        f"<td><code>{_e('[' + ','.join(str(d) for d in p.shape) + ']')}</code></td>",
+        f"<td><code>{_e(panel.shape_text)}</code></td>",
         f"<td>{_e(p.dtype)}</td>",
         f'<td class="num">{p.numel:,}</td>',
         f'<td class="num">{_e(_num(p.fan_in))}</td>',
@@ -247,49 +236,38 @@ def _row(i: int, p: ParameterReport, panel: Panel, against_rules: bool) -> str:
 
 
 def _json_script(report: Report) -> str:
-    from initscope.render import report_to_dict
-
     text = json.dumps(report_to_dict(report), separators=(",", ":"))
     # Inside <script>, "</" could close the element: JSON allows the escape \u003c.
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return f'<script type="application/json" id="initscope-report">{text}</script>'
 
 
-def render_html(
-    report: Report,
-    rules: RuleSet | None = None,
-    *,
-    panels: Sequence[Panel] | None = None,
-    bins: int = BINS,
-) -> str:
+def render_html(report: Report, rules: RuleSet | None = None) -> str:
     """The whole report as one self-contained HTML page (a string to write to a file).
 
     Against ``rules`` (optional), each parameter is compared with the distribution its rule
     resolves to, as ``check --rules`` does; otherwise with its traced default. Parameters whose
     values do not follow it are highlighted in the table and their panels framed in red."""
     with one_thread():  # many histograms of small samples (see histogram.one_thread)
-        return _page(report, rules, panels, bins)
+        return _page(report, rules, make_panels(report, rules))
 
 
-def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel] | None, bins: int) -> str:
-    if panels is None:
-        panels = make_panels(report, rules, bins=bins)
-    by_name = {panel.name: panel for panel in panels}
+def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> str:
+    # Each shown parameter's panel, and its index (the anchors panel-i and row-i).
+    shown = {panel.name: (i, panel) for i, panel in enumerate(panels)}
     s = report.summary()
     marked = sum(panel.marked for panel in panels)
     what = "their traced default" if rules is None else f"the rules {rules.source}"
     title = f"initscope report: {report.target}"
+    follows = sum(p.expected.follows is True for p in panels)
+    unsure = sum(p.expected.follows is None for p in panels)
     cards = [
         ("parameters", f"{s.parameters:,}", False),
         ("elements", f"{s.numel:,}", False),
-        ("at the expected init" if rules else "at their default", None, False),
+        ("at the expected init" if rules else "at their default", f"{follows:,}", False),
         ("differ", f"{marked:,}", marked > 0),
-        ("inconclusive", None, False),
+        ("inconclusive", f"{unsure:,}", False),
     ]
-    follows = sum(p.expected.follows is True for p in panels)
-    unsure = sum(p.expected.follows is None for p in panels)
-    cards[2] = (cards[2][0], f"{follows:,}", False)
-    cards[4] = (cards[4][0], f"{unsure:,}", False)
     if s.buffers:
         cards.insert(2, ("buffers", f"{s.buffers:,}", False))
     parts = [
@@ -351,18 +329,17 @@ def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel] | None,
     )
     columns = 18 if rules is not None else 17
     current: str | None = None
-    index = {panel.name: i for i, panel in enumerate(panels)}
     for p in report.parameters:
-        shown = by_name.get(p.name)
-        if shown is None:
+        if p.name not in shown:
             continue
+        i, panel = shown[p.name]
         if p.module != current:
             current = p.module
             parts.append(
                 f'<tr class="module"><td colspan="{columns}"><code>{_e(p.module or "(root)")}'
                 f"</code> {_e(_type(p.module_type))}</td></tr>"
             )
-        parts.append(_row(index[p.name], p, shown, rules is not None))
+        parts.append(_row(i, p, panel, rules is not None))
     parts += [
         "</tbody></table></div>",
         _json_script(report),

@@ -16,8 +16,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from initscope.distributions import format_number
 from initscope.errors import InitScopeError
 from initscope.panels import BINS, Panel, make_panels
+from initscope.render import _cut
 
 if TYPE_CHECKING:
     import torch
@@ -104,16 +106,6 @@ def figure_size(count: int, columns: int = COLUMNS) -> tuple[float, float]:
     return cols * PANEL_SIZE[0], rows * PANEL_SIZE[1] + HEADER
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _num(x: float) -> str:
-    from initscope.distributions import format_number
-
-    return format_number(x)
-
-
 def _draw(ax: Axes, panel: Panel) -> None:
     """One panel: bars in density units, the expected density over them, title and marks.
     Text that carries names is drawn with ``parse_math=False``: a ``$`` in a parameter or
@@ -146,7 +138,7 @@ def _draw(ax: Axes, panel: Panel) -> None:
     if h.constant_value is not None:
         # Every value equal: no finite density, so a spike holding all the mass.
         ax.axvline(h.constant_value, color=_BARS, linewidth=4)
-        notes.append(f"all values = {_num(h.constant_value)}")
+        notes.append(f"all values = {format_number(h.constant_value)}")
     else:
         ax.stairs(h.densities, h.edges, fill=True, color=_BARS)
     d = panel.density
@@ -224,7 +216,8 @@ def figure(
     return fig
 
 
-def _title(report: Report, panels: Sequence[Panel], against: str) -> str:
+def title_for(report: Report, panels: Sequence[Panel], against: str) -> str:
+    """The figure title ``plot`` puts above the grid."""
     marked = sum(p.marked for p in panels)
     what = "its default" if against == "default" else f"the rules {against}"
     return (
@@ -293,7 +286,7 @@ def plot(
     report = _report_of(report_or_model, names, types, how, buffers)
     panels = make_panels(report, rules, names=names, types=types, bins=bins)
     label = "default" if rules is None else rules.source
-    return figure(panels, columns=columns, dpi=dpi, title=_title(report, panels, label))
+    return figure(panels, columns=columns, dpi=dpi, title=title_for(report, panels, label))
 
 
 @dataclass(frozen=True)
@@ -352,8 +345,3 @@ def save_pages(
         with rc_context({"svg.fonttype": "none"}), atomic_write(page.path, "wb") as fh:
             fig.savefig(fh, format=fmt.value, dpi=dpi)
     return pages
-
-
-def title_for(report: Report, panels: Sequence[Panel], against: str) -> str:
-    """The figure title ``plot`` puts above the grid."""
-    return _title(report, panels, against)

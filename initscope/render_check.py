@@ -24,7 +24,7 @@ CHECK_SCHEMA = "initscope.check/1"
 
 
 def check_to_dict(result: CheckResult) -> dict[str, Any]:
-    errors = [v for v in result.violations if v.severity == "error"]
+    errors = result.errors
     return {
         "schema": CHECK_SCHEMA,
         "target": result.target,
@@ -45,15 +45,15 @@ def check_to_dict(result: CheckResult) -> dict[str, Any]:
             "checks": result.checks_run,
             "errors": len(errors),
             "warnings": len(result.violations) - len(errors),
-            "failed_parameters": len({v.parameter for v in errors}),
+            "failed_parameters": result.failed_parameters,
             "inconclusive": list(result.inconclusive),
         },
     }
 
 
 def _summary(result: CheckResult) -> str:
-    errors = [v for v in result.violations if v.severity == "error"]
-    bad = len({v.parameter for v in errors})
+    errors = result.errors
+    bad = result.failed_parameters
     n = len(result.parameters)
     text = f"{n} parameter{'s' if n != 1 else ''} checked: " + (
         "all checks pass" if not errors else f"{len(errors)} violation(s) in {bad}"
@@ -102,7 +102,7 @@ def _junit(result: CheckResult) -> str:
         "testsuite",
         name=_xml(f"initscope check {result.target}"),
         tests=str(len(result.parameters)),
-        failures=str(len({v.parameter for v in result.violations if v.severity == "error"})),
+        failures=str(result.failed_parameters),
         errors="0",
         skipped="0",
     )
@@ -124,8 +124,9 @@ def _junit(result: CheckResult) -> str:
         notes = [f"warning: {v.line()}" for v in found if v.severity != "error"]
         if notes:
             ET.SubElement(case, "system-out").text = _xml("\n".join(notes))
-    failed = len({v.parameter for v in result.violations if v.severity == "error"})
-    root = ET.Element("testsuites", tests=str(len(result.parameters)), failures=str(failed))
+    root = ET.Element(
+        "testsuites", tests=str(len(result.parameters)), failures=str(result.failed_parameters)
+    )
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"

@@ -13,15 +13,11 @@ from collections import Counter
 from typing import Any
 
 from initscope.apply import ApplyResult
-from initscope.plan import Action, Plan, plan_to_dict
+from initscope.plan import Action, Plan, _shape, plan_to_dict
 
 __all__ = ["APPLY_SCHEMA", "apply_to_dict", "render_apply", "summary_lines"]
 
 APPLY_SCHEMA = "initscope.apply/1"
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def apply_to_dict(result: ApplyResult) -> dict[str, Any]:

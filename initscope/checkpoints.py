@@ -25,7 +25,7 @@ import torch
 from initscope.errors import CheckpointError, UnsafeLoadRequired
 from initscope.saving import METADATA_KEY, PROVENANCE_KEY, Provenance
 
-__all__ = ["CHECKPOINT_SUFFIXES", "Checkpoint", "TensorInfo", "open_checkpoint"]
+__all__ = ["CHECKPOINT_SUFFIXES", "Checkpoint", "StoredTensor", "TensorInfo", "open_checkpoint"]
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -69,6 +69,20 @@ class TensorInfo:
         return math.prod(self.shape)
 
 
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where a tensor's values lie, uncompressed and contiguous, in an open file: what the
+    fused kernel reads directly (see initscope.fused), without loading the tensor."""
+
+    info: TensorInfo
+    path: Path  # the file (a shard's own, in a sharded checkpoint), for error messages
+    fd: int
+    offset: int
+
+    def error(self, exc: BaseException) -> CheckpointError:
+        return read_error(self.path, self.info.name, exc)
+
+
 class Checkpoint:
     """An open checkpoint: names and metadata up front, values read one tensor at a time.
 
@@ -88,8 +102,11 @@ class Checkpoint:
         provenance: Provenance | None = None,
         extra: tuple[str, ...] = (),
         rows: Callable[[str, int, int], torch.Tensor] | None = None,
+        stored: Callable[[str], StoredTensor | None] | None = None,
     ) -> None:
         self.path = path
+        # Where a tensor's bytes are in the file (safetensors); None: only through load.
+        self._stored = stored
         # Reads rows [start, stop) of a tensor without the rest (safetensors slices, views
         # on a mapped .pt); None: only whole tensors can be read.
         self._rows = rows
@@ -123,10 +140,14 @@ class Checkpoint:
         try:
             return self._loader(name)
         except Exception as exc:
-            raise CheckpointError(
-                f"cannot read tensor {name!r} from {self.path}: {_reason(exc)}",
-                "the file is truncated or corrupt; re-save or re-download it",
-            ) from exc
+            raise self.read_error(name, exc) from exc
+
+    def stored(self, name: str) -> StoredTensor | None:
+        """Where ``name``'s values are in the file, when the format stores them plainly."""
+        return self._stored(name) if self._stored is not None else None
+
+    def read_error(self, name: str, exc: BaseException) -> CheckpointError:
+        return read_error(self.path, name, exc)
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of ``name``: only those when the format allows it."""
@@ -149,10 +170,7 @@ class Checkpoint:
             try:
                 block = self._rows(name, start, stop)
             except Exception as exc:
-                raise CheckpointError(
-                    f"cannot read tensor {name!r} from {self.path}: {_reason(exc)}",
-                    "the file is truncated or corrupt; re-save or re-download it",
-                ) from exc
+                raise self.read_error(name, exc) from exc
             yield start * per_row, block.reshape(-1)
 
     def close(self) -> None:
@@ -165,6 +183,14 @@ class Checkpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_error(path: Path, name: str, exc: BaseException) -> CheckpointError:
+    """The error for a tensor that could not be read, whatever read it."""
+    return CheckpointError(
+        f"cannot read tensor {name!r} from {path}: {_reason(exc)}",
+        "the file is truncated or corrupt; re-save or re-download it",
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -288,6 +314,7 @@ def _open_shards(p: Path, files: list[Path], unsafe_load: bool) -> Checkpoint:
         provenance=parts[0].provenance if parts else None,
         extra=tuple(e for part in parts for e in part.extra),
         rows=lambda name, start, stop: owner[name].read_rows(name, start, stop),
+        stored=lambda name: owner[name].stored(name),
     )
 
 
@@ -428,6 +455,9 @@ def _open_safetensors(p: Path) -> Checkpoint:
     def rows(name: str, start: int, stop: int) -> torch.Tensor:
         return read(name, start, stop)
 
+    def stored(name: str) -> StoredTensor:
+        return StoredTensor(infos[name], p, fh.fileno(), offsets[aliases.get(name, name)][0])
+
     record = metadata.get(METADATA_KEY)
     provenance = Provenance.from_json(record) if isinstance(record, str) else None
     # A file initscope wrote stores tied tensors under each name and lists the ties.
@@ -437,7 +467,14 @@ def _open_safetensors(p: Path) -> Checkpoint:
             if alias in infos and kept in infos and alias not in aliases:
                 aliases[str(alias)] = str(kept)
     return Checkpoint(
-        p, infos, load, aliases=aliases, provenance=provenance, rows=rows, closer=fh.close
+        p,
+        infos,
+        load,
+        aliases=aliases,
+        provenance=provenance,
+        rows=rows,
+        closer=fh.close,
+        stored=stored,
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from initscope.distributions import Distribution, Family
+from initscope.fused import Lines
 from initscope.goodness import ks_test
 from initscope.stats import RunningStats, TensorStats
 from initscope.tracing import DefaultInit, fans
@@ -212,19 +213,42 @@ def _p_candidate(d: Distribution, s: TensorStats, sample: _Sample, eps: float) -
     return min(1.0, min(ps) * len(ps)) if ps else 0.0
 
 
-def _sample_rows(t: torch.Tensor, count: int = 64) -> torch.Tensor | None:
-    """Up to ``count`` random rows of the matrix view (columns, for tall matrices), as
-    float64; only those rows are copied. None below 8 × 8, where structure says nothing (a
-    single row is trivially "orthogonal")."""
-    if t.dim() < 2:
+def row_choice(shape: tuple[int, ...], count: int = 64) -> tuple[torch.Tensor, bool] | None:
+    """Which lines of the matrix view the structured tests read: up to ``count`` random row
+    indices (column indices, for tall matrices: then True), always the same for a shape.
+    None below 8 × 8, where structure says nothing (a single row is trivially "orthogonal")."""
+    if len(shape) < 2:
         return None
-    m = t.detach().reshape(t.shape[0], -1)
-    if m.shape[0] > m.shape[1]:
-        m = m.T
-    if m.shape[0] < 8 or m.shape[1] < 8:
+    rows, cols = shape[0], math.prod(shape[1:])
+    tall = rows > cols
+    if tall:
+        rows, cols = cols, rows
+    if rows < 8 or cols < 8:
         return None
     g = torch.Generator().manual_seed(0)
-    return m[torch.randperm(m.shape[0], generator=g)[:count]].to(torch.float64)
+    return torch.randperm(rows, generator=g)[:count], tall
+
+
+def row_lines(shape: tuple[int, ...]) -> Lines | None:
+    """:func:`row_choice` as flat lines, for a scan that copies them out as it reads."""
+    choice = row_choice(shape)
+    if choice is None:
+        return None
+    picked, tall = choice
+    rows, cols = shape[0], math.prod(shape[1:])
+    if tall:  # column j: x[j + i * cols] for each row i
+        return Lines(picked, rows, cols)
+    return Lines(picked * cols, cols, 1)
+
+
+def _sample_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """The lines :func:`row_choice` picks, as float64; only those are copied."""
+    choice = row_choice(tuple(t.shape))
+    if choice is None:
+        return None
+    picked, tall = choice
+    m = t.detach().reshape(t.shape[0], -1)
+    return (m.T if tall else m)[picked].to(torch.float64)
 
 
 def _chi2_sf(x: float, k: int) -> float:
@@ -240,16 +264,23 @@ def _p_rows(rows: torch.Tensor) -> float | None:
     their means and variances spread only as much as sampling allows (χ² tests). Trained
     weights (row offsets, rescaled rows, low rank plus noise) spread far more."""
     count, cols = rows.shape
-    x = rows - rows.mean()
-    x2 = x * x  # products, not pow: torch's generic pow is several times slower
-    s2 = float(x2.mean())
+    # Centred on the grand mean, squared in place, with each reduction one pass: 0.85 ms on
+    # 64 x 8192, against 9.5 ms for the same sums from fresh temporaries (measured).
+    row_means = rows.mean(1)
+    grand = float(row_means.mean())
+    means = row_means - grand  # each row's mean of the centred values
+    x2 = rows - grand
+    x2.mul_(x2)  # products, not pow: torch's generic pow is several times slower
+    row_squares = x2.sum(1)
+    n = count * cols
+    s2 = float(row_squares.sum()) / n
     if s2 == 0:
         return None
-    mu4 = float((x2 * x2).mean())
-    means = x.mean(1)
+    flat = x2.view(-1)
+    mu4 = float(torch.dot(flat, flat)) / n
     p_mean = _chi2_sf(float(((means - means.mean()) ** 2).sum()) / (s2 / cols), count - 1)
     # Each row's sample variance (Bessel-corrected, as torch.var), from the centred values.
-    variances = (x2.sum(1) - cols * means * means) / (cols - 1)
+    variances = (row_squares - cols * means * means) / (cols - 1)
     # Var of a row's sample variance: (μ4 − σ⁴(c − 3)/(c − 1)) / c
     v0 = (mu4 - s2 * s2 * (cols - 3) / (cols - 1)) / cols
     if v0 <= 0:
@@ -425,8 +456,12 @@ def structure_of(tensor: torch.Tensor) -> Structure | None:
     8 × 8 or for fewer than MIN_ELEMENTS values."""
     if tensor.numel() < MIN_ELEMENTS:
         return None
-    rows = _sample_rows(tensor)
-    if rows is None:
+    return structure_of_rows(_sample_rows(tensor))
+
+
+def structure_of_rows(rows: torch.Tensor | None) -> Structure | None:
+    """The structured tests on rows already picked by :func:`row_choice` (float64)."""
+    if rows is None or rows.numel() < MIN_ELEMENTS:
         return None
     ortho = _orthogonal(rows)
     return Structure(ortho, None if ortho is not None else _p_rows(rows))

@@ -13,17 +13,25 @@ from pathlib import Path
 
 import torch
 
-from initscope import __version__
-from initscope.checkpoints import Checkpoint, TensorInfo
+from initscope import __version__, fused
+from initscope.checkpoints import Checkpoint, StoredTensor, TensorInfo
 from initscope.distributed import Group
 from initscope.errors import CheckpointError, TargetError
-from initscope.identification import Fit, Structure, identify
+from initscope.identification import (
+    MIN_ELEMENTS,
+    Fit,
+    Structure,
+    identify,
+    row_lines,
+    structure_of_rows,
+)
 from initscope.models import TracedModel, open_target
 from initscope.stats import (
     DEFAULT_MAX_MEMORY,
     RunningStats,
     TensorStats,
     dense,
+    file_stats,
     running_stats,
     stream_stats,
 )
@@ -140,9 +148,15 @@ class ReportOptions:
 
 def _read(
     ckpt: Checkpoint, key: str, budget: int
-) -> torch.Tensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]]:
-    """A checkpoint tensor whole, or (its metadata, its pieces) when it exceeds ``budget``."""
+) -> torch.Tensor | StoredTensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]]:
+    """A checkpoint tensor whole, or (its metadata, its pieces) when it exceeds ``budget``;
+    or where it is stored, when the fused kernel can read it from there (in chunks of a few
+    hundred KiB, whatever its size)."""
     info = ckpt.infos[key]
+    if info.dtype in fused.DTYPES and info.numel:
+        stored = ckpt.stored(key)
+        if stored is not None and fused.available():
+            return stored
     if info.numel * info.dtype.itemsize <= budget:
         return ckpt.load(key)
     return info, ckpt.chunks(key, budget)
@@ -192,11 +206,12 @@ def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
 def _parameter(
     name: str,
     module: torch.nn.Module | None,
-    tensor: torch.Tensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]],
+    tensor: torch.Tensor | StoredTensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]],
     *,
     tied_to: Sequence[str],
     default: DefaultInit | None,
     is_buffer: bool = False,
+    max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> ParameterReport:
     """One parameter's entry: its metadata, statistics, and what its values follow."""
     module_path, param = _split(name)
@@ -204,7 +219,25 @@ def _parameter(
     seed = zlib.crc32(name.encode())
     rs: RunningStats | None = None
     values: torch.Tensor | None = None  # whole values, for the structured tests
-    if isinstance(tensor, tuple):  # a tensor over the memory budget, in pieces
+    structure: Structure | None = None
+    if isinstance(tensor, StoredTensor):  # read from the file by the fused kernel
+        info = tensor.info
+        shape, dtype, numel = info.shape, info.dtype, info.numel
+        # As for a tensor loaded whole: the structured tests only within the memory budget.
+        whole = numel * dtype.itemsize <= max_memory and numel >= MIN_ELEMENTS
+        try:
+            rs, rows = file_stats(
+                tensor.fd,
+                tensor.offset,
+                dtype,
+                numel,
+                seed=seed,
+                lines=row_lines(shape) if whole else None,
+            )
+        except OSError as exc:
+            raise tensor.error(exc) from exc
+        structure = structure_of_rows(rows)
+    elif isinstance(tensor, tuple):  # a tensor over the memory budget, in pieces
         info, pieces = tensor
         shape, dtype, numel = info.shape, info.dtype, info.numel
         rs = stream_stats(pieces, numel, seed=seed)
@@ -214,7 +247,11 @@ def _parameter(
             values = dense(tensor)
             rs = running_stats(values, seed=seed)
     f_in, f_out = _tensor_fans(shape)
-    found = identify(rs, shape, default, values) if rs is not None else None
+    found = (
+        identify(rs, shape, default, values, structure=structure, dtype=dtype)
+        if rs is not None
+        else None
+    )
     return ParameterReport(
         name=name,
         module=module_path,
@@ -300,6 +337,7 @@ def report_model(
             tied_to=tied[name],
             default=traced.defaults.get(name),
             is_buffer=is_buffer,
+            max_memory=options.max_memory,
         )
 
     # What each entry reads: nothing for a tensor on the meta device (no values).
@@ -396,6 +434,7 @@ def report_checkpoint(
             _read(ckpt, keys[name], options.max_memory),
             tied_to=tied.get(name, ()),
             default=None,
+            max_memory=options.max_memory,
         )
 
     infos = [ckpt.infos[keys[n]] for n in selected]

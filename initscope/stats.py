@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from initscope import fused
+
 __all__ = [
     "CHUNK_ELEMENTS",
     "SAMPLE_SIZE",
     "RunningStats",
     "TensorStats",
     "dense",
+    "file_stats",
     "sample_positions",
     "tensor_stats",
 ]
@@ -85,6 +88,11 @@ def sample_positions(numel: int, size: int, seed: int) -> torch.Tensor:
     return starts[:-1] + torch.minimum(offsets, widths.long() - 1)
 
 
+def _fusable(t: torch.Tensor) -> bool:
+    """Whether the fused kernel can read ``t`` where it lies."""
+    return t.dtype in fused.DTYPES and t.device.type == "cpu" and t.is_contiguous()
+
+
 _SCRATCH = threading.local()
 
 
@@ -128,6 +136,9 @@ class RunningStats:
         if n_all == 0:
             return
         self.seen += n_all
+        if _fusable(c) and fused.available():
+            self._update_fused(c, offset)
+            return
         if c.dtype in _FAST:
             for start in range(0, n_all, FAST_ELEMENTS):
                 self._update_float(c[start : start + FAST_ELEMENTS], offset + start)
@@ -135,6 +146,32 @@ class RunningStats:
         c = c.to(torch.float64)
         self._take_sample(c, offset)
         self._update_exact(c)
+
+    def _update_fused(self, c: torch.Tensor, offset: int) -> None:
+        """The whole chunk in one pass of the fused kernel (see initscope.fused)."""
+        lo, hi = self._positions_in(offset, c.numel())
+        at = self.positions[lo:hi]
+        self.absorb(fused.scan(c.dtype, c.numel(), address=c.data_ptr(), positions=at - offset))
+        if hi > lo:
+            self.sample_at.append(at)
+
+    def _positions_in(self, offset: int, n: int) -> tuple[int, int]:
+        if self.positions.numel() == 0:
+            return 0, 0
+        lo = int(torch.searchsorted(self.positions, offset))
+        return lo, int(torch.searchsorted(self.positions, offset + n))
+
+    def absorb(self, scanned: fused.Scanned) -> None:
+        """Fold a scan's accumulators (in order) and its sample values into this one; the
+        caller records the sample's positions. ``seen`` is counted by the caller."""
+        for a in scanned.accumulators:
+            self.zeros += a.zeros
+            self.nans += a.nans
+            self.infs += a.infs
+            if a.count:
+                self._combine(a.count, a.mean, a.m2, a.lo, a.hi)
+        if scanned.sample.numel():
+            self.sample_values.append(scanned.sample)
 
     def _update_float(self, c: torch.Tensor, offset: int) -> None:
         """A finite float block in as few passes as torch allows; anything else falls back to
@@ -204,10 +241,7 @@ class RunningStats:
         self._combine(n_finite, m, m2, float(lo), float(hi))
 
     def _take_sample(self, c: torch.Tensor, offset: int) -> None:
-        if self.positions.numel() == 0:
-            return
-        lo = int(torch.searchsorted(self.positions, offset))
-        hi = int(torch.searchsorted(self.positions, offset + c.numel()))
+        lo, hi = self._positions_in(offset, c.numel())
         if hi > lo:
             at = self.positions[lo:hi]
             self.sample_at.append(at)
@@ -284,6 +318,8 @@ def running_stats(
 ) -> RunningStats:
     """Accumulate ``t`` chunk by chunk into a :class:`RunningStats` with its sample."""
     rs = RunningStats(positions=sample_positions(t.numel(), sample_size, seed))
+    if _fusable(t):
+        chunk = max(chunk, t.numel())  # the kernel needs no float64 copies: one pass
     with torch.no_grad():
         for offset, part in chunks(t.detach(), chunk):
             rs.update(part, offset)
@@ -301,6 +337,26 @@ def stream_stats(
             for sub_offset, part in chunks(dense(piece)):
                 rs.update(part, offset + sub_offset)
     return rs
+
+
+def file_stats(
+    fd: int,
+    offset: int,
+    dtype: torch.dtype,
+    numel: int,
+    seed: int = 0,
+    lines: fused.Lines | None = None,
+) -> tuple[RunningStats, torch.Tensor | None]:
+    """Statistics and sample of ``numel`` values of ``dtype`` stored at byte ``offset`` of the
+    open file ``fd``, read in cache-sized chunks by the fused kernel (the caller checks
+    ``fused.available()`` and the dtype), with ``lines`` copied out on the way."""
+    rs = RunningStats(positions=sample_positions(numel, SAMPLE_SIZE, seed))
+    scanned = fused.scan(dtype, numel, fd=fd, offset=offset, positions=rs.positions, lines=lines)
+    rs.seen = numel
+    rs.absorb(scanned)
+    if rs.positions.numel():
+        rs.sample_at.append(rs.positions)
+    return rs, scanned.lines
 
 
 def tensor_stats(t: torch.Tensor) -> TensorStats | None:

@@ -1,0 +1,487 @@
+/* initscope's fused statistics kernel: one pass over a tensor's memory for every statistic.
+ *
+ * Plain C with no Python or torch headers, so it compiles in well under a second with the
+ * system's C compiler (initscope/fused.py builds it on first use, caches the shared library
+ * and calls it through ctypes; without a compiler initscope uses its torch path instead).
+ *
+ * Why a kernel at all: the statistics (count, mean, M2, min, max, zero/NaN/inf counts) cost at
+ * least four passes over memory in torch ops (extremes, signs, a float64 copy, sums), while
+ * reading the values once is the floor a report is measured against (issue 6, `make bench`).
+ * Here every value is read once, in its own width, and all of them are accumulated together.
+ *
+ * Precision is that of initscope's float64 torch path. Each segment's deviations d = x - K
+ * from a shift K near its mean (the median of a few of its values, see shift_of) and their
+ * squares are summed in float64; then mean = K + sum(d)/n exactly up to rounding, and
+ * M2 = sum(d^2) - sum(d)^2/n loses only about eps * ((mean - K) / std)^2, which a median keeps
+ * small (|median - mean| <= std for any distribution). Blocks and segments combine by Chan,
+ * Golub & LeVeque (1979). Results depend only on the segment size the caller passes, never on
+ * how many threads ran.
+ *
+ * Files are read with pread into a small buffer, not memory-mapped: a mapped file that
+ * shrinks under its reader (a trainer saving over the checkpoint) raises SIGBUS and kills the
+ * process with no message, where a short read is an error Python can name.
+ */
+#include <math.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { DT_F32 = 0, DT_F64 = 1, DT_F16 = 2, DT_BF16 = 3 };
+
+/* Values per block: the unit that is either summed fast or, holding NaN or inf, carefully;
+ * 16 KiB of float64 at most for the careful path's copy. */
+#define BLOCK 2048
+
+typedef struct {
+    int64_t count; /* finite values */
+    int64_t zeros;
+    int64_t nans;
+    int64_t infs;
+    double mean;
+    double m2;
+    double lo;
+    double hi;
+} acc_t;
+
+static inline void acc_init(acc_t *a) {
+    a->count = a->zeros = a->nans = a->infs = 0;
+    a->mean = a->m2 = 0.0;
+    a->lo = INFINITY;
+    a->hi = -INFINITY;
+}
+
+/* Chan et al.'s pairwise update; the weight is formed before it multiplies, since
+ * delta * n overflowed for float64 values near the type's maximum. */
+static inline void acc_add(acc_t *a, int64_t n, double mean, double m2, double lo, double hi) {
+    if (n == 0) return;
+    int64_t total = a->count + n;
+    if (a->count == 0) {
+        a->mean = mean;
+        a->m2 = m2;
+    } else {
+        double delta = mean - a->mean;
+        a->mean += delta * ((double)n / (double)total);
+        a->m2 += m2 + delta * delta * ((double)a->count * (double)n / (double)total);
+    }
+    a->count = total;
+    if (lo < a->lo) a->lo = lo;
+    if (hi > a->hi) a->hi = hi;
+}
+
+void fused_merge(acc_t *a, const acc_t *b) {
+    a->zeros += b->zeros;
+    a->nans += b->nans;
+    a->infs += b->infs;
+    acc_add(a, b->count, b->mean, b->m2, b->lo, b->hi);
+}
+
+static inline float bf16_to_f32(uint16_t v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Each reduction keeps several independent vector accumulators: a single one would wait on
+ * the add's latency every step. No reassociation is asked of the compiler (no -ffast-math),
+ * so results are exact to the order written here and identical on every run. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+typedef int64_t v4l __attribute__((vector_size(32)));
+
+/* Element-wise min and max: one instruction with AVX. NaN needs no care here: a NaN sends the
+ * block's sum to NaN, and the careful path takes the block. */
+#if defined(__AVX__)
+#include <immintrin.h>
+static inline v8f vmin(v8f a, v8f b) { return (v8f)_mm256_min_ps((__m256)a, (__m256)b); }
+static inline v8f vmax(v8f a, v8f b) { return (v8f)_mm256_max_ps((__m256)a, (__m256)b); }
+static inline v4d vmind(v4d a, v4d b) { return (v4d)_mm256_min_pd((__m256d)a, (__m256d)b); }
+static inline v4d vmaxd(v4d a, v4d b) { return (v4d)_mm256_max_pd((__m256d)a, (__m256d)b); }
+#else
+static inline v8f vmin(v8f a, v8f b) {
+    v8i m = a < b;
+    return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
+}
+static inline v8f vmax(v8f a, v8f b) {
+    v8i m = a > b;
+    return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
+}
+static inline v4d vmind(v4d a, v4d b) {
+    v4l m = a < b;
+    return (v4d)(((v4l)a & m) | ((v4l)b & ~m));
+}
+static inline v4d vmaxd(v4d a, v4d b) {
+    v4l m = a > b;
+    return (v4d)(((v4l)a & m) | ((v4l)b & ~m));
+}
+#endif
+
+/* Eight values widened exactly to float32 (unaligned loads through memcpy). */
+static inline v8f load_f32(const void *p) {
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline v8f load_bf16(const void *p) {
+    v8h h;
+    memcpy(&h, p, sizeof h);
+    return (v8f)(__builtin_convertvector(h, v8u) << 16); /* bf16 is float32's top half */
+}
+static inline v8f load_f16(const void *p) {
+    _Float16 h[8];
+    memcpy(h, p, sizeof h);
+    v8f v;
+    for (int k = 0; k < 8; k++) v[k] = (float)h[k];
+    return v;
+}
+
+static inline float scalar_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
+static inline float scalar_bf16(const void *p, int64_t i) {
+    return bf16_to_f32(((const uint16_t *)p)[i]);
+}
+static inline float scalar_f16(const void *p, int64_t i) {
+    return (float)((const _Float16 *)p)[i];
+}
+
+/* Sums about the shift of one block (or a whole segment's fast blocks). */
+typedef struct {
+    int64_t n, zeros;
+    double s, q, lo, hi;
+} sums_t;
+
+static inline void sums_add(sums_t *t, const sums_t *b) {
+    t->n += b->n;
+    t->zeros += b->zeros;
+    t->s += b->s;
+    t->q += b->q;
+    t->lo = b->lo < t->lo ? b->lo : t->lo;
+    t->hi = b->hi > t->hi ? b->hi : t->hi;
+}
+
+/* One block of m values at x (8-bit... 16-bit or 32-bit floats, read through LOAD8/SCALAR):
+ * extremes and zeros in float32, deviations from k and their squares in float64. */
+/* float32 lanes 0-3 and 4-7 widened to float64. */
+static inline void widen(v8f v, v4d *a, v4d *b) {
+#if defined(__AVX__)
+    *a = (v4d)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)v));
+    *b = (v4d)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)v, 1));
+#else
+    v4f x = {v[0], v[1], v[2], v[3]}, y = {v[4], v[5], v[6], v[7]};
+    *a = __builtin_convertvector(x, v4d);
+    *b = __builtin_convertvector(y, v4d);
+#endif
+}
+
+/* One block of m values at x (16- or 32-bit floats, read through LOAD8/SCALAR): extremes and
+ * zeros in float32, deviations from k and their squares in float64. Four accumulators of
+ * each sum, one of each extreme: what AVX2's 16 registers hold without spilling. */
+#define BLOCK_NARROW(NAME, LOAD8, SCALAR, SIZE)                                                \
+    static inline void NAME(const char *x, int64_t m, double k, sums_t *out) {                 \
+        const v8f inf = {INFINITY, INFINITY, INFINITY, INFINITY,                               \
+                         INFINITY, INFINITY, INFINITY, INFINITY};                              \
+        const v8f zero = {0};                                                                  \
+        const v4d kk = {k, k, k, k};                                                           \
+        v8f lo = inf, hi = -inf;                                                               \
+        v8i zeros = {0};                                                                       \
+        v4d s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};    \
+        int64_t i = 0;                                                                         \
+        for (; i + 16 <= m; i += 16) {                                                         \
+            v8f v = LOAD8(x + i * SIZE), u = LOAD8(x + (i + 8) * SIZE);                        \
+            lo = vmin(vmin(v, u), lo);                                                         \
+            hi = vmax(vmax(v, u), hi);                                                         \
+            zeros -= (v == zero) + (u == zero); /* a true comparison is -1 */                  \
+            v4d a, b, c, d;                                                                    \
+            widen(v, &a, &b);                                                                  \
+            widen(u, &c, &d);                                                                  \
+            a -= kk;                                                                           \
+            b -= kk;                                                                           \
+            c -= kk;                                                                           \
+            d -= kk;                                                                           \
+            s0 += a;                                                                           \
+            s1 += b;                                                                           \
+            s2 += c;                                                                           \
+            s3 += d;                                                                           \
+            q0 += a * a;                                                                       \
+            q1 += b * b;                                                                       \
+            q2 += c * c;                                                                       \
+            q3 += d * d;                                                                       \
+        }                                                                                      \
+        v4d st = (s0 + s1) + (s2 + s3), qt = (q0 + q1) + (q2 + q3);                            \
+        sums_t r = {m, 0, (st[0] + st[1]) + (st[2] + st[3]), (qt[0] + qt[1]) + (qt[2] + qt[3]), \
+                    INFINITY, -INFINITY};                                                      \
+        for (int l = 0; l < 8; l++) {                                                          \
+            r.zeros += zeros[l];                                                               \
+            r.lo = lo[l] < r.lo ? lo[l] : r.lo;                                                \
+            r.hi = hi[l] > r.hi ? hi[l] : r.hi;                                                \
+        }                                                                                      \
+        for (; i < m; i++) {                                                                   \
+            float v = SCALAR(x, i);                                                            \
+            double d = (double)v - k;                                                          \
+            r.s += d;                                                                          \
+            r.q += d * d;                                                                      \
+            r.zeros += (v == 0.0f);                                                            \
+            r.lo = v < r.lo ? v : r.lo;                                                        \
+            r.hi = v > r.hi ? v : r.hi;                                                        \
+        }                                                                                      \
+        *out = r;                                                                              \
+    }
+
+BLOCK_NARROW(block_f32, load_f32, scalar_f32, 4)
+BLOCK_NARROW(block_bf16, load_bf16, scalar_bf16, 2)
+BLOCK_NARROW(block_f16, load_f16, scalar_f16, 2)
+
+static inline void block_f64(const char *p, int64_t m, double k, sums_t *out) {
+    const double *x = (const double *)p;
+    const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    const v4d zero = {0};
+    const v4d kk = {k, k, k, k};
+    v4d lo[2] = {inf, inf}, hi[2] = {-inf, -inf}, s[2] = {{0}}, q[2] = {{0}};
+    v4l zeros[2] = {{0}};
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8)
+        for (int j = 0; j < 2; j++) {
+            v4d v;
+            memcpy(&v, x + i + 4 * j, sizeof v);
+            lo[j] = vmind(v, lo[j]);
+            hi[j] = vmaxd(v, hi[j]);
+            zeros[j] -= (v == zero);
+            v4d d = v - kk;
+            s[j] += d;
+            q[j] += d * d;
+        }
+    sums_t r = {m, 0, 0.0, 0.0, INFINITY, -INFINITY};
+    for (int j = 0; j < 2; j++)
+        for (int l = 0; l < 4; l++) {
+            r.s += s[j][l];
+            r.q += q[j][l];
+            r.zeros += zeros[j][l];
+            r.lo = lo[j][l] < r.lo ? lo[j][l] : r.lo;
+            r.hi = hi[j][l] > r.hi ? hi[j][l] : r.hi;
+        }
+    for (; i < m; i++) {
+        double d = x[i] - k;
+        r.s += d;
+        r.q += d * d;
+        r.zeros += (x[i] == 0.0);
+        r.lo = x[i] < r.lo ? x[i] : r.lo;
+        r.hi = x[i] > r.hi ? x[i] : r.hi;
+    }
+    *out = r;
+}
+
+static inline double value_at(const void *x, int dtype, int64_t i) {
+    switch (dtype) {
+    case DT_F32:
+        return ((const float *)x)[i];
+    case DT_F64:
+        return ((const double *)x)[i];
+    case DT_F16:
+        return (double)(float)((const _Float16 *)x)[i];
+    default:
+        return bf16_to_f32(((const uint16_t *)x)[i]);
+    }
+}
+
+static int known(int dtype) { return dtype >= DT_F32 && dtype <= DT_BF16; }
+
+static size_t itemsize(int dtype) { return dtype == DT_F64 ? 8 : dtype == DT_F32 ? 4 : 2; }
+
+/* The shift for a segment: the median of up to 33 finite values evenly spaced over its first
+ * block x[b, e), which is in memory when the segment starts whether the values are read from
+ * a file or not. A median, not a mean, so that one outlier cannot move it far; and any
+ * distance from the segment's mean comes from values of the segment, so the precision loss
+ * eps * ((mean - K) / std)^2 stays below eps * (segment / block) = 512 eps. */
+static double shift_of(const void *x, int dtype, int64_t b, int64_t e) {
+    double picks[33];
+    int n = 0;
+    int64_t len = e - b, step = len / 33 > 0 ? len / 33 : 1;
+    for (int64_t i = b; i < e && n < 33; i += step) {
+        double v = value_at(x, dtype, i);
+        if (isfinite(v)) picks[n++] = v;
+    }
+    if (n == 0) return 0.0;
+    for (int i = 1; i < n; i++) /* insertion sort: at most 33 values */
+        for (int j = i; j > 0 && picks[j - 1] > picks[j]; j--) {
+            double t = picks[j];
+            picks[j] = picks[j - 1];
+            picks[j - 1] = t;
+        }
+    return picks[n / 2];
+}
+
+/* NaN and inf counted and left out; a mean of values near the float64 maximum formed from
+ * x/m so that it cannot overflow; a spread beyond ~1e154 is inf, as the torch path gives. */
+static void block_careful(const double *w, int64_t m, acc_t *a) {
+    int64_t k = 0, zeros = 0;
+    double lo = INFINITY, hi = -INFINITY, sum = 0.0;
+    for (int64_t i = 0; i < m; i++) {
+        double v = w[i];
+        if (isnan(v)) {
+            a->nans++;
+        } else if (isinf(v)) {
+            a->infs++;
+        } else {
+            k++;
+            zeros += (v == 0.0);
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+            sum += v;
+        }
+    }
+    if (k == 0) return;
+    double mean;
+    if (isfinite(sum)) {
+        mean = sum / (double)k;
+    } else {
+        mean = 0.0;
+        for (int64_t i = 0; i < m; i++)
+            if (isfinite(w[i])) mean += w[i] / (double)k;
+    }
+    double sq = 0.0;
+    for (int64_t i = 0; i < m; i++)
+        if (isfinite(w[i])) {
+            double d = w[i] - mean;
+            sq += d * d;
+        }
+    a->zeros += zeros;
+    acc_add(a, k, mean, sq, lo, hi);
+}
+
+/* One scan: the statistics of values [start, stop) of a tensor, read from memory or from a
+ * file, with the sample positions and the lines (rows or columns of its matrix view) it asks
+ * for copied out on the way, so that nothing is read twice. */
+typedef struct {
+    const char *mem;     /* the values in memory, or NULL: read them from fd */
+    int64_t fd;
+    int64_t file_offset; /* where value 0 starts in the file */
+    int64_t dtype;
+    int64_t seg;         /* values per accumulator; out[j] covers [j*seg, (j+1)*seg) */
+    acc_t *out;
+    const int64_t *pos;  /* ascending flat positions to copy out (the sample) */
+    int64_t npos;
+    double *sample;
+    const int64_t *line_start; /* lines to copy out: x[line_start[r] + j*line_stride] */
+    int64_t nlines;
+    int64_t line_len;
+    int64_t line_stride;
+    double *lines;       /* nlines x line_len */
+} scan_t;
+
+enum { SCAN_OK = 0, SCAN_SHORT = 1, SCAN_NOMEM = 2 };
+
+/* Values per read: 32 Ki (128 KiB of float32) stays in L2 between the read and the pass, so
+ * the file's bytes go from the page cache to the cache to the registers, with no page faults
+ * (a memory map of the file costs one per 64 KiB, more than the arithmetic) and no copy to
+ * fresh memory. A multiple of BLOCK, and a divisor of any segment size Python passes. */
+#define CHUNK (16 * BLOCK)
+
+static int read_at(int fd, char *buf, size_t n, off_t at) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t got = pread(fd, buf + done, n - done, at + (off_t)done);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return -errno;
+        if (got == 0) return SCAN_SHORT; /* the file ends early: truncated, or rewritten */
+        done += (size_t)got;
+    }
+    return SCAN_OK;
+}
+
+static void capture(const scan_t *job, const char *x, int64_t c0, int64_t c1, int64_t *cursor) {
+    int dtype = (int)job->dtype;
+    while (*cursor < job->npos && job->pos[*cursor] < c1) {
+        int64_t p = job->pos[*cursor];
+        if (p >= c0) job->sample[*cursor] = value_at(x, dtype, p - c0);
+        (*cursor)++;
+    }
+    for (int64_t r = 0; r < job->nlines; r++) {
+        int64_t s0 = job->line_start[r], stride = job->line_stride, len = job->line_len;
+        int64_t j = c0 > s0 ? (c0 - s0 + stride - 1) / stride : 0;
+        int64_t hi = c1 > s0 ? (c1 - s0 + stride - 1) / stride : 0;
+        if (hi > len) hi = len;
+        for (; j < hi; j++) job->lines[r * len + j] = value_at(x, dtype, s0 + j * stride - c0);
+    }
+}
+
+static void block_any(const char *p, int dtype, int64_t m, double k, sums_t *b) {
+    switch (dtype) {
+    case DT_F32:
+        block_f32(p, m, k, b);
+        break;
+    case DT_F64:
+        block_f64(p, m, k, b);
+        break;
+    case DT_F16:
+        block_f16(p, m, k, b);
+        break;
+    default:
+        block_bf16(p, m, k, b);
+        break;
+    }
+}
+
+/* Values [start, stop) of the job, both on segment boundaries (or stop at the end): one
+ * accumulator per segment. Fast blocks add up about the segment's shift; a block with NaN,
+ * inf or an overflowing square takes the careful path and joins by Chan's update. */
+int fused_scan(const scan_t *job, int64_t start, int64_t stop) {
+    int dtype = (int)job->dtype;
+    if (!known(dtype)) return -EINVAL;
+    size_t size = itemsize(dtype);
+    char *buffer = NULL;
+    if (job->mem == NULL && (buffer = malloc(CHUNK * size)) == NULL) return SCAN_NOMEM;
+    int64_t lo_i = 0, hi_i = job->npos; /* the first sample position at or after start */
+    while (lo_i < hi_i) {
+        int64_t mid = lo_i + (hi_i - lo_i) / 2;
+        if (job->pos[mid] < start) lo_i = mid + 1;
+        else hi_i = mid;
+    }
+    int64_t cursor = lo_i;
+    int status = SCAN_OK;
+    double w[BLOCK];
+    for (int64_t s = start; s < stop && status == SCAN_OK; s += job->seg) {
+        acc_t *a = &job->out[s / job->seg];
+        acc_init(a);
+        int64_t end = s + job->seg < stop ? s + job->seg : stop;
+        sums_t fast = {0, 0, 0.0, 0.0, INFINITY, -INFINITY}, b;
+        double k = 0.0;
+        for (int64_t c0 = s; c0 < end; c0 += CHUNK) {
+            int64_t c1 = c0 + CHUNK < end ? c0 + CHUNK : end;
+            const char *x;
+            if (buffer != NULL) {
+                status = read_at((int)job->fd, buffer, (size_t)(c1 - c0) * size,
+                                 (off_t)(job->file_offset + c0 * (int64_t)size));
+                if (status != SCAN_OK) break;
+                x = buffer;
+            } else {
+                x = job->mem + c0 * (int64_t)size;
+            }
+            if (c0 == s) k = shift_of(x, dtype, 0, c1 - c0 < BLOCK ? c1 - c0 : BLOCK);
+            capture(job, x, c0, c1, &cursor);
+            for (int64_t i = 0; i < c1 - c0; i += BLOCK) {
+                int64_t m = c1 - c0 - i < BLOCK ? c1 - c0 - i : BLOCK;
+                block_any(x + i * (int64_t)size, dtype, m, k, &b);
+                if (isfinite(b.s) && isfinite(b.q)) {
+                    sums_add(&fast, &b);
+                } else {
+                    for (int64_t j = 0; j < m; j++) w[j] = value_at(x, dtype, i + j);
+                    block_careful(w, m, a);
+                }
+            }
+        }
+        if (fast.n > 0) {
+            double n = (double)fast.n, m2 = fast.q - fast.s * fast.s / n;
+            a->zeros += fast.zeros;
+            acc_add(a, fast.n, k + fast.s / n, m2 > 0.0 ? m2 : 0.0, fast.lo, fast.hi);
+        }
+    }
+    free(buffer);
+    return status;
+}
+
+int fused_version(void) { return 2; }

@@ -131,9 +131,16 @@ def _load() -> ctypes.CDLL | None:
     for folder in _cache_dirs():
         target = folder / f"fused-{key}.so"
         try:
-            if target.exists() or _compile(source, target):
+            if not target.exists() and not _compile(source, target):
+                continue
+            try:
                 lib = ctypes.CDLL(str(target))
-                break
+            except OSError:  # a damaged cache entry: build it again, once
+                target.unlink()
+                if not _compile(source, target):
+                    continue
+                lib = ctypes.CDLL(str(target))
+            break
         except (OSError, subprocess.SubprocessError):
             continue
     if lib is None:

@@ -10,9 +10,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from initscope import fused
 from initscope.distributions import Distribution
 from initscope.goodness import kolmogorov_sf, ks_test
 from initscope.stats import RunningStats, running_stats, sample_positions, tensor_stats
+
+
+@pytest.fixture(params=["fused", "torch"], autouse=True)
+def stats_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both paths: the fused kernel and torch ops."""
+    if request.param == "torch":
+        monkeypatch.setattr(fused, "available", lambda: False)
+    elif not fused.available():
+        pytest.skip("the fused kernel is not built here (no C compiler)")
+    return str(request.param)
 
 
 def test_matches_torch_across_chunks() -> None:

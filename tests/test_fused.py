@@ -1,0 +1,168 @@
+"""The fused statistics kernel: the same results as the torch path, from memory or a file,
+whatever the thread count; a file that shrinks while it is read is a clear error; and no
+compiler means the torch path, not a failure."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from initscope import fused
+from initscope.checkpoints import open_checkpoint
+from initscope.cli import app
+from initscope.errors import CheckpointError
+from initscope.identification import _sample_rows, row_lines
+from initscope.report import ReportOptions, report_checkpoint
+from initscope.stats import RunningStats, file_stats, running_stats
+
+pytestmark = pytest.mark.skipif(
+    not fused.available(), reason="the fused kernel is not built here (no C compiler)"
+)
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _torch_path(t: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> RunningStats:
+    with monkeypatch.context() as m:
+        m.setattr(fused, "available", lambda: False)
+        return running_stats(t, seed=7)
+
+
+def _cases() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    n = 2 * fused.SEGMENT + 12_345  # three segments, the last one short, a ragged tail
+    nan_inf = torch.randn(n, generator=g)
+    nan_inf[[5, 70_000, 2_100_000]] = torch.tensor([math.nan, math.inf, -math.inf])
+    sparse = torch.randn(n, generator=g)
+    sparse[torch.rand(n, generator=g) < 0.9] = 0
+    return {
+        "normal": torch.randn(n, generator=g) * 0.02,
+        "offset": 1000 + torch.randn(n, generator=g) * 1e-3,  # mean ≫ std
+        "nan-inf": nan_inf,
+        "sparse": sparse,
+        "constant": torch.ones(n),
+        "all-nan": torch.full((4099,), math.nan),
+        "tiny": torch.tensor([3.0]),
+        "odd": torch.randn(17, generator=g),
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(_cases()))
+def test_kernel_matches_the_torch_path(
+    case: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = _cases()[case].to(dtype)
+    got, want = running_stats(t, seed=7).result(), _torch_path(t, monkeypatch).result()
+    for field in ("numel", "zero_fraction", "nan_count", "inf_count", "min", "max", "abs_max"):
+        assert getattr(got, field) == getattr(want, field), field
+    if want.mean is None:
+        assert got.mean is None and got.std is None
+        return
+    assert got.mean is not None and got.std is not None and want.std is not None
+    assert abs(got.mean - want.mean) <= 1e-12 * max(abs(want.mean), want.std, 1e-300)
+    assert got.std == pytest.approx(want.std, rel=1e-10, abs=1e-300)
+    assert torch.equal(
+        running_stats(t, seed=7).sample(), _torch_path(t, monkeypatch).sample()
+    )  # the same positions, the same values
+
+
+def test_float64_extremes_keep_a_finite_mean_and_an_infinite_spread() -> None:
+    t = torch.zeros(5000, dtype=torch.float64)
+    t[0], t[4000] = torch.finfo(torch.float64).max, torch.finfo(torch.float64).min
+    t[1] = math.nan
+    s = running_stats(t).result()
+    assert s.mean == pytest.approx(0.0, abs=1e-300) and s.std == math.inf
+    assert s.nan_count == 1 and s.zero_fraction == pytest.approx(4997 / 5000)
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    t = torch.randn(5 * fused.SEGMENT + 3) * 0.1 + 0.5
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fused.scan(t.dtype, t.numel(), address=t.data_ptr())
+        torch.set_num_threads(2)
+        two = fused.scan(t.dtype, t.numel(), address=t.data_ptr())
+    finally:
+        torch.set_num_threads(before)
+    assert [bytes(a) for a in one.accumulators] == [bytes(a) for a in two.accumulators]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3000, 700), (700, 3000), (40, 3, 3, 3)])
+def test_a_file_scan_equals_the_memory_scan(
+    tmp_path: Path, dtype: torch.dtype, shape: tuple[int, ...]
+) -> None:
+    g = torch.Generator().manual_seed(1)
+    t = (torch.randn(shape, generator=g) * 0.05).to(dtype)
+    path = tmp_path / "w.safetensors"
+    save_file({"pad": torch.zeros(3, dtype=torch.uint8), "w": t}, str(path))
+    ckpt = open_checkpoint(path)
+    stored = ckpt.stored("w")
+    assert stored is not None
+    lines = row_lines(shape)
+    rs, rows = file_stats(stored.fd, stored.offset, dtype, t.numel(), seed=3, lines=lines)
+    mem = running_stats(t, seed=3)
+    assert rs.result() == mem.result()  # the same code over the same chunks: the same bits
+    assert torch.equal(rs.sample(), mem.sample())
+    assert rows is not None and torch.equal(rows, _sample_rows(t))  # rows, or columns if tall
+    ckpt.close()
+
+
+def test_a_file_that_shrinks_while_it_is_read_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "big.safetensors"
+    save_file({"a": torch.randn(300, 300), "b": torch.randn(300, 300)}, str(path))
+    with open_checkpoint(path) as ckpt:
+        os.truncate(path, path.stat().st_size - 1000)  # a trainer saving over it
+        with pytest.raises(
+            CheckpointError, match=r"cannot read tensor 'b' from .*big\.safetensors"
+        ):
+            report_checkpoint(ckpt, target=str(path), options=ReportOptions(workers=1))
+
+
+def test_the_cli_reports_the_same_through_either_path(
+    tiny_safetensors: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["report", str(tiny_safetensors), "--format", "json"]
+    fast = runner.invoke(app, args)
+    monkeypatch.setattr(fused, "available", lambda: False)
+    slow = runner.invoke(app, args)
+    assert fast.exit_code == 0 and slow.exit_code == 0
+    a, b = json.loads(fast.stdout), json.loads(slow.stdout)
+    for p, q in zip(a["parameters"], b["parameters"], strict=True):
+        assert p["fit"] == q["fit"] and p["matches_default"] == q["matches_default"]
+        assert p["stats"]["std"] == pytest.approx(q["stats"]["std"], rel=1e-10)
+
+
+def test_without_a_compiler_initscope_uses_torch(tmp_path: Path) -> None:
+    env = {**os.environ, "CC": "/nonexistent/cc", "INITSCOPE_CACHE": str(tmp_path / "cache")}
+    code = (
+        "import torch; from initscope import fused; from initscope.stats import tensor_stats;"
+        "print(fused.available(), tensor_stats(torch.arange(10.0)).mean)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "4.5"]
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left behind
+
+
+def test_a_corrupt_cached_library_is_rebuilt(tmp_path: Path) -> None:
+    env = {**os.environ, "INITSCOPE_CACHE": str(tmp_path)}
+    code = "from initscope import fused; print(fused.available())"
+    run = [sys.executable, "-c", code]
+    assert subprocess.run(run, env=env, capture_output=True, text=True).stdout.strip() == "True"
+    (built,) = tmp_path.glob("fused-*.so")
+    built.write_bytes(b"not a library")
+    assert subprocess.run(run, env=env, capture_output=True, text=True).stdout.strip() == "True"
+    assert built.read_bytes()[:4] == b"\x7fELF"

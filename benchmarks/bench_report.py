@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-# As initscope's CLI does (cli.main): torch's allocator asks for transparent huge pages, so
-# the in-process figures are those of `initscope report`. Set before torch allocates.
+# As initscope's CLI does (cli.main): torch's allocator asks for transparent huge pages and
+# OpenMP's idle threads wait passively, so the in-process figures are those of `initscope
+# report`. Set before torch is imported.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 from safetensors.torch import load_file, save_file

@@ -484,4 +484,53 @@ int fused_scan(const scan_t *job, int64_t start, int64_t stop) {
     return status;
 }
 
-int fused_version(void) { return 2; }
+
+/* The sums identification's row-independence test needs from k rows of len float64 values
+ * (see _p_rows in identification.py): each row's mean, the grand mean, and about the grand
+ * mean each row's sum of squares and the whole's sum of fourth powers. Two passes, no
+ * temporaries; torch needed five passes and two 4 MiB temporaries for a 64 x 8192 block. */
+void fused_rows(const double *rows, int64_t k, int64_t len, double *row_means,
+                double *row_squares, double *grand_and_fourth) {
+    double grand = 0.0;
+    for (int64_t r = 0; r < k; r++) {
+        const double *x = rows + r * len;
+        v4d s = {0};
+        int64_t j = 0;
+        for (; j + 4 <= len; j += 4) {
+            v4d v;
+            memcpy(&v, x + j, sizeof v);
+            s += v;
+        }
+        double t = (s[0] + s[1]) + (s[2] + s[3]);
+        for (; j < len; j++) t += x[j];
+        row_means[r] = t / (double)len;
+        grand += row_means[r];
+    }
+    grand /= (double)k;
+    const v4d g = {grand, grand, grand, grand};
+    double fourth = 0.0;
+    for (int64_t r = 0; r < k; r++) {
+        const double *x = rows + r * len;
+        v4d q = {0}, f = {0};
+        int64_t j = 0;
+        for (; j + 4 <= len; j += 4) {
+            v4d v;
+            memcpy(&v, x + j, sizeof v);
+            v4d d = v - g, d2 = d * d;
+            q += d2;
+            f += d2 * d2;
+        }
+        double tq = (q[0] + q[1]) + (q[2] + q[3]), tf = (f[0] + f[1]) + (f[2] + f[3]);
+        for (; j < len; j++) {
+            double d = x[j] - grand;
+            tq += d * d;
+            tf += d * d * d * d;
+        }
+        row_squares[r] = tq;
+        fourth += tf;
+    }
+    grand_and_fourth[0] = grand;
+    grand_and_fourth[1] = fourth;
+}
+
+int fused_version(void) { return 3; }

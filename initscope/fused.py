@@ -38,6 +38,7 @@ __all__ = [
     "Lines",
     "Scanned",
     "available",
+    "row_sums",
     "scan",
 ]
 
@@ -146,7 +147,9 @@ def _load() -> ctypes.CDLL | None:
     if lib is None:
         return None
     lib.fused_scan.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64, ctypes.c_int64]
-    if lib.fused_version() != 2:
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.fused_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
+    if lib.fused_version() != 3:
         return None
     return lib
 
@@ -275,3 +278,17 @@ def scan(
         if status != 0:
             raise MemoryError("the statistics kernel could not allocate its read buffer")
     return Scanned(list(out), sample, copied)
+
+
+def row_sums(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """For a (k, len) float64 matrix: each row's mean, each row's sum of squares about the
+    grand mean, the grand mean, and the sum of fourth powers about it (two passes in C)."""
+    lib = _lib()
+    assert lib is not None
+    x = rows.to(torch.float64).contiguous()
+    k, length = x.shape
+    means = torch.empty(k, dtype=torch.float64)
+    squares = torch.empty(k, dtype=torch.float64)
+    out = torch.empty(2, dtype=torch.float64)
+    lib.fused_rows(x.data_ptr(), k, length, means.data_ptr(), squares.data_ptr(), out.data_ptr())
+    return means, squares, float(out[0]), float(out[1])

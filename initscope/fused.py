@@ -44,7 +44,9 @@ __all__ = [
 
 # The values one accumulator covers: results depend on this split and never on the thread
 # count, so a report is the same bytes on any machine (torchrun sets OMP_NUM_THREADS=1).
-SEGMENT = 1 << 20
+# 256 Ki values, so that a 1024 x 1024 matrix still splits over cores (at 1 Mi, the 684
+# attention matrices of the bench's bf16 file ran on one thread each).
+SEGMENT = 1 << 18
 # dtype codes, as _fused.c's DT_* enum
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _STATUS_SHORT = 1
@@ -84,6 +86,16 @@ def _cache_dirs() -> list[Path]:
     return [base / "initscope", Path(tempfile.gettempdir()) / f"initscope-{uid}"]
 
 
+def _private(folder: Path) -> bool:
+    """Create ``folder`` (0700) if needed; True only if this user owns it and nobody else can
+    write to it. A library is loaded from here, so a folder someone else made in /tmp, with
+    a library planted under the predictable name, must not be used."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.stat()
+    uid = os.getuid() if hasattr(os, "getuid") else st.st_uid
+    return st.st_uid == uid and not st.st_mode & 0o022
+
+
 def _cpu_id() -> str:
     """What -march=native compiles for: the CPU model and its flags."""
     try:
@@ -98,7 +110,6 @@ def _compile(source: Path, target: Path) -> bool:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return False
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     try:
@@ -132,6 +143,8 @@ def _load() -> ctypes.CDLL | None:
     for folder in _cache_dirs():
         target = folder / f"fused-{key}.so"
         try:
+            if not _private(folder):
+                continue
             if not target.exists() and not _compile(source, target):
                 continue
             try:

@@ -39,7 +39,7 @@ def _torch_path(t: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> RunningStat
 
 def _cases() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    n = 2 * fused.SEGMENT + 12_345  # three segments, the last one short, a ragged tail
+    n = 2 * 2**20 + 12_345  # many segments, the last one short, a ragged tail
     nan_inf = torch.randn(n, generator=g)
     nan_inf[[5, 70_000, 2_100_000]] = torch.tensor([math.nan, math.inf, -math.inf])
     sparse = torch.randn(n, generator=g)
@@ -166,3 +166,13 @@ def test_a_corrupt_cached_library_is_rebuilt(tmp_path: Path) -> None:
     built.write_bytes(b"not a library")
     assert subprocess.run(run, env=env, capture_output=True, text=True).stdout.strip() == "True"
     assert built.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_cache_folder_others_can_write_to_is_not_used(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # as a folder someone else made in /tmp would be
+    env = {**os.environ, "INITSCOPE_CACHE": str(shared)}
+    code = "from initscope import fused; print(fused.available())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "False" and not list(shared.iterdir())

@@ -9,13 +9,13 @@
  * reading the values once is the floor a report is measured against (issue 6, `make bench`).
  * Here every value is read once, in its own width, and all of them are accumulated together.
  *
- * Precision is that of initscope's float64 torch path. Each segment's deviations d = x - K
- * from a shift K near its mean (the median of a few of its values, see shift_of) and their
- * squares are summed in float64; then mean = K + sum(d)/n exactly up to rounding, and
- * M2 = sum(d^2) - sum(d)^2/n loses only about eps * ((mean - K) / std)^2, which a median keeps
- * small (|median - mean| <= std for any distribution). Blocks and segments combine by Chan,
- * Golub & LeVeque (1979). Results depend only on the segment size the caller passes, never on
- * how many threads ran.
+ * Precision is that of initscope's float64 torch path. Each block's deviations d = x - K
+ * from a shift K near the segment's mean (the median of a few of its values, see shift_of)
+ * and their squares are summed in float64; then the block's mean = K + sum(d)/m exactly up to
+ * rounding, and M2 = sum(d^2) - sum(d)^2/m loses only about eps * ((mean - K) / std)^2, which a
+ * median keeps small (|median - mean| <= std for any distribution). Blocks and segments
+ * combine by Chan, Golub & LeVeque (1979). Results depend only on the segment size the caller
+ * passes, never on how many threads ran.
  *
  * Files are read with pread into a small buffer, not memory-mapped: a mapped file that
  * shrinks under its reader (a trainer saving over the checkpoint) raises SIGBUS and kills the
@@ -149,20 +149,11 @@ static inline float scalar_f16(const void *p, int64_t i) {
     return (float)((const _Float16 *)p)[i];
 }
 
-/* Sums about the shift of one block (or a whole segment's fast blocks). */
+/* Sums about the shift of one block. */
 typedef struct {
     int64_t n, zeros;
     double s, q, lo, hi;
 } sums_t;
-
-static inline void sums_add(sums_t *t, const sums_t *b) {
-    t->n += b->n;
-    t->zeros += b->zeros;
-    t->s += b->s;
-    t->q += b->q;
-    t->lo = b->lo < t->lo ? b->lo : t->lo;
-    t->hi = b->hi > t->hi ? b->hi : t->hi;
-}
 
 /* One block of m values at x (8-bit... 16-bit or 32-bit floats, read through LOAD8/SCALAR):
  * extremes and zeros in float32, deviations from k and their squares in float64. */
@@ -292,12 +283,12 @@ static int known(int dtype) { return dtype >= DT_F32 && dtype <= DT_BF16; }
 
 static size_t itemsize(int dtype) { return dtype == DT_F64 ? 8 : dtype == DT_F32 ? 4 : 2; }
 
-/* The shift for a segment: the median of up to 33 finite values evenly spaced over its first
- * block x[b, e), which is in memory when the segment starts whether the values are read from
- * a file or not. A median, not a mean, so that one outlier cannot move it far; and any
- * distance from the segment's mean comes from values of the segment, so the precision loss
- * eps * ((mean - K) / std)^2 stays below eps * (segment / block) = 512 eps. */
-static double shift_of(const void *x, int dtype, int64_t b, int64_t e) {
+/* The shift for the blocks of a segment: the median of up to 33 finite values evenly spaced
+ * over the block x[b, e), else of its first 33 finite values; 0 (no shift found) when the block
+ * has none, and the next block is tried. A median, not a mean, so that one outlier cannot move
+ * it far; and any distance from the segment's mean comes from values of the segment, so the
+ * precision loss eps * ((mean - K) / std)^2 stays within eps * (segment / block) = 128 eps. */
+static int shift_of(const void *x, int dtype, int64_t b, int64_t e, double *k) {
     double picks[33];
     int n = 0;
     int64_t len = e - b, step = len / 33 > 0 ? len / 33 : 1;
@@ -305,14 +296,19 @@ static double shift_of(const void *x, int dtype, int64_t b, int64_t e) {
         double v = value_at(x, dtype, i);
         if (isfinite(v)) picks[n++] = v;
     }
-    if (n == 0) return 0.0;
+    for (int64_t i = b; i < e && n == 0; i++) { /* the evenly spaced ones were NaN or inf */
+        double v = value_at(x, dtype, i);
+        if (isfinite(v)) picks[n++] = v;
+    }
+    if (n == 0) return 0;
     for (int i = 1; i < n; i++) /* insertion sort: at most 33 values */
         for (int j = i; j > 0 && picks[j - 1] > picks[j]; j--) {
             double t = picks[j];
             picks[j] = picks[j - 1];
             picks[j - 1] = t;
         }
-    return picks[n / 2];
+    *k = picks[n / 2];
+    return 1;
 }
 
 /* NaN and inf counted and left out; a mean of values near the float64 maximum formed from
@@ -427,8 +423,10 @@ static void block_any(const char *p, int dtype, int64_t m, double k, sums_t *b) 
 }
 
 /* Values [start, stop) of the job, both on segment boundaries (or stop at the end): one
- * accumulator per segment. Fast blocks add up about the segment's shift; a block with NaN,
- * inf or an overflowing square takes the careful path and joins by Chan's update. */
+ * accumulator per segment. A block whose sums about the segment's shift are finite joins it
+ * by Chan's update (from its mean K + s/m and M2 = q - s(s/m), which cannot overflow when q
+ * does not: s^2 <= m q); a block with NaN, inf or an overflowing square takes the careful
+ * path. Blocks before the first finite value have no shift and are all careful. */
 int fused_scan(const scan_t *job, int64_t start, int64_t stop) {
     int dtype = (int)job->dtype;
     if (!known(dtype)) return -EINVAL;
@@ -448,8 +446,8 @@ int fused_scan(const scan_t *job, int64_t start, int64_t stop) {
         acc_t *a = &job->out[s / job->seg];
         acc_init(a);
         int64_t end = s + job->seg < stop ? s + job->seg : stop;
-        sums_t fast = {0, 0, 0.0, 0.0, INFINITY, -INFINITY}, b;
         double k = 0.0;
+        int have_k = 0;
         for (int64_t c0 = s; c0 < end; c0 += CHUNK) {
             int64_t c1 = c0 + CHUNK < end ? c0 + CHUNK : end;
             const char *x;
@@ -461,29 +459,26 @@ int fused_scan(const scan_t *job, int64_t start, int64_t stop) {
             } else {
                 x = job->mem + c0 * (int64_t)size;
             }
-            if (c0 == s) k = shift_of(x, dtype, 0, c1 - c0 < BLOCK ? c1 - c0 : BLOCK);
             capture(job, x, c0, c1, &cursor);
             for (int64_t i = 0; i < c1 - c0; i += BLOCK) {
                 int64_t m = c1 - c0 - i < BLOCK ? c1 - c0 - i : BLOCK;
-                block_any(x + i * (int64_t)size, dtype, m, k, &b);
+                if (!have_k) have_k = shift_of(x, dtype, i, i + m, &k);
+                sums_t b = {0, 0, NAN, NAN, 0.0, 0.0};
+                if (have_k) block_any(x + i * (int64_t)size, dtype, m, k, &b);
                 if (isfinite(b.s) && isfinite(b.q)) {
-                    sums_add(&fast, &b);
+                    double m2 = b.q - b.s * (b.s / (double)m);
+                    a->zeros += b.zeros;
+                    acc_add(a, m, k + b.s / (double)m, m2 > 0.0 ? m2 : 0.0, b.lo, b.hi);
                 } else {
                     for (int64_t j = 0; j < m; j++) w[j] = value_at(x, dtype, i + j);
                     block_careful(w, m, a);
                 }
             }
         }
-        if (fast.n > 0) {
-            double n = (double)fast.n, m2 = fast.q - fast.s * fast.s / n;
-            a->zeros += fast.zeros;
-            acc_add(a, fast.n, k + fast.s / n, m2 > 0.0 ? m2 : 0.0, fast.lo, fast.hi);
-        }
     }
     free(buffer);
     return status;
 }
-
 
 /* The sums identification's row-independence test needs from k rows of len float64 values
  * (see _p_rows in identification.py): each row's mean, the grand mean, and about the grand

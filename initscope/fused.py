@@ -19,7 +19,9 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -50,6 +52,7 @@ SEGMENT = 1 << 18
 # dtype codes, as _fused.c's DT_* enum
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _STATUS_SHORT = 1
+_VERSION = 3  # fused_version() in _fused.c
 _FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 
 
@@ -81,33 +84,62 @@ def _cache_dirs() -> list[Path]:
     """Where the built library may live: the user's cache, else a per-user temp folder."""
     if os.environ.get("INITSCOPE_CACHE"):
         return [Path(os.environ["INITSCOPE_CACHE"])]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     uid = os.getuid() if hasattr(os, "getuid") else 0
-    return [base / "initscope", Path(tempfile.gettempdir()) / f"initscope-{uid}"]
+    folders = [Path(tempfile.gettempdir()) / f"initscope-{uid}"]
+    try:  # no HOME and no passwd entry (docker --user, env -i): only the temp folder
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folders.insert(0, base / "initscope")
+    except (RuntimeError, KeyError):
+        pass
+    return folders
+
+
+def _owned(path: Path, kind: int) -> bool:
+    """``path`` is itself (not through a link) of ``kind`` (stat.S_IFDIR/S_IFREG), owned by
+    this user and writable by nobody else."""
+    st = os.lstat(path)
+    uid = os.getuid() if hasattr(os, "getuid") else st.st_uid
+    return stat.S_IFMT(st.st_mode) == kind and st.st_uid == uid and not st.st_mode & 0o022
 
 
 def _private(folder: Path) -> bool:
-    """Create ``folder`` (0700) if needed; True only if this user owns it and nobody else can
-    write to it. A library is loaded from here, so a folder someone else made in /tmp, with
-    a library planted under the predictable name, must not be used."""
+    """Create ``folder`` (0700) if needed; True only if it is a real folder this user owns
+    and nobody else can write to. A library is loaded from here, so a folder (or a link)
+    someone else made in /tmp, with a library planted under the predictable name, must not
+    be used; in sticky /tmp nobody else can then rename it or what it holds."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = folder.stat()
-    uid = os.getuid() if hasattr(os, "getuid") else st.st_uid
-    return st.st_uid == uid and not st.st_mode & 0o022
+    return _owned(folder, stat.S_IFDIR)
 
 
 def _cpu_id() -> str:
-    """What -march=native compiles for: the CPU model and its flags."""
+    """What -march=native compiles for: the CPU's model and features (x86's "model name" and
+    "flags", ARM's "CPU implementer/part" and "Features", ...)."""
+    keys = ("model name", "flags", "features", "cpu implementer", "cpu part", "isa", "uarch")
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine()
-    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
-    return "\n".join(keep)
+        text = ""
+    seen: dict[str, str] = {}
+    for line in text.splitlines():
+        name = line.split(":", 1)[0].strip().lower()
+        if name in keys:
+            seen.setdefault(name, line)
+    return "\n".join([platform.machine(), platform.processor(), *seen.values()])
+
+
+def _compiler() -> list[str] | None:
+    """``$CC`` split as a shell would ("ccache gcc" is two words), else cc or gcc."""
+    cc = os.environ.get("CC")
+    if cc:
+        words = shlex.split(cc)
+        found = shutil.which(words[0]) if words else None
+        return [found, *words[1:]] if found else None
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
 
 
 def _compile(source: Path, target: Path) -> bool:
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    cc = _compiler()
     if cc is None:
         return False
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
@@ -115,7 +147,7 @@ def _compile(source: Path, target: Path) -> bool:
     try:
         for arch in (["-march=native"], []):
             done = subprocess.run(
-                [cc, *_FLAGS, *arch, "-o", tmp, str(source)],
+                [*cc, *_FLAGS, *arch, "-o", tmp, str(source)],
                 capture_output=True,
                 timeout=120,
                 check=False,
@@ -129,48 +161,79 @@ def _compile(source: Path, target: Path) -> bool:
             os.unlink(tmp)
 
 
+def _open(target: Path, fresh: bool = False) -> ctypes.CDLL:
+    """The built library, checked: ours (a regular file of this user's, writable by nobody
+    else), with the symbols and the version this module calls. OSError otherwise. ``fresh``:
+    load it under a new name, since dlopen returns what it loaded before under a name (the
+    damaged file this process already opened) even when the file there is new."""
+    if not _owned(target, stat.S_IFREG):
+        raise OSError(f"{target} is not a file of this user's alone")
+    if fresh:
+        link = target.with_name(f".{target.stem}-{os.getpid()}-{os.urandom(4).hex()}.so")
+        os.link(target, link)
+        try:
+            lib = ctypes.CDLL(str(link))
+        finally:
+            link.unlink()
+    else:
+        lib = ctypes.CDLL(str(target))
+    try:
+        lib.fused_scan.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64, ctypes.c_int64]
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.fused_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
+        version = lib.fused_version()
+    except AttributeError as exc:  # a library without our symbols
+        raise OSError(str(exc)) from exc
+    if version != _VERSION:
+        raise OSError(f"{target} is version {version}, not {_VERSION}")
+    return lib
+
+
 def _load() -> ctypes.CDLL | None:
     if os.environ.get("INITSCOPE_FUSED", "1") == "0" or sys.byteorder != "little":
         return None
+    cc = _compiler()
+    if cc is None:
+        return None
     source = Path(__file__).with_name("_fused.c")
-    cc = os.environ.get("CC", "cc")
+    compiler = Path(cc[0]).resolve()
     key = hashlib.sha256(
         b"\0".join(
-            [source.read_bytes(), cc.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]
+            [
+                source.read_bytes(),
+                " ".join(cc).encode(),
+                # a compiler upgraded in place is another compiler
+                f"{compiler}:{compiler.stat().st_mtime_ns}".encode(),
+                " ".join(_FLAGS).encode(),
+                _cpu_id().encode(),
+            ]
         )
     ).hexdigest()[:16]
-    lib = None
     for folder in _cache_dirs():
         target = folder / f"fused-{key}.so"
         try:
             if not _private(folder):
                 continue
-            if not target.exists() and not _compile(source, target):
-                continue
-            try:
-                lib = ctypes.CDLL(str(target))
-            except OSError:  # a damaged cache entry: build it again, once
-                target.unlink()
-                if not _compile(source, target):
-                    continue
-                lib = ctypes.CDLL(str(target))
-            break
+            tried = target.exists() or os.path.islink(target)
+            if tried:
+                try:
+                    return _open(target)
+                except OSError:  # damaged, foreign or stale: build it again, once
+                    target.unlink()
+            if _compile(source, target):
+                return _open(target, fresh=tried)
         except (OSError, subprocess.SubprocessError):
             continue
-    if lib is None:
-        return None
-    lib.fused_scan.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64, ctypes.c_int64]
-    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.fused_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
-    if lib.fused_version() != 3:
-        return None
-    return lib
+    return None
 
 
 def _lib() -> ctypes.CDLL | None:
     with _LOCK:
         if "lib" not in _STATE:
-            _STATE["lib"] = _load()
+            try:
+                _STATE["lib"] = _load()
+            except Exception:  # an accelerator: whatever goes wrong, the torch path works
+                _STATE["lib"] = None
         lib = _STATE["lib"]
     return lib if isinstance(lib, ctypes.CDLL) else None
 

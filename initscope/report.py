@@ -438,7 +438,6 @@ def report_checkpoint(
         )
 
     infos = [ckpt.infos[keys[n]] for n in selected]
-    fused.available()  # build or load the kernel once here, not in each forked worker
     out = spread(
         one,
         [i.numel for i in infos],

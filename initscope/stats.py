@@ -90,7 +90,13 @@ def sample_positions(numel: int, size: int, seed: int) -> torch.Tensor:
 
 def _fusable(t: torch.Tensor) -> bool:
     """Whether the fused kernel can read ``t`` where it lies."""
-    return t.dtype in fused.DTYPES and t.device.type == "cpu" and t.is_contiguous()
+    return (
+        t.dtype in fused.DTYPES
+        and t.device.type == "cpu"
+        and t.is_contiguous()
+        and not t.is_neg()  # lazily negated or conjugated views: the memory is not the values
+        and not t.is_conj()
+    )
 
 
 _SCRATCH = threading.local()
@@ -215,6 +221,9 @@ class RunningStats:
         # which otherwise showed on 50M values of mean 1 and std 1e-4.
         d = _scratch(torch.float64, n).copy_(c)
         mean = float(d.sum()) / n
+        if not math.isfinite(mean):  # float64 values near the maximum: the sum overflowed
+            self._update_exact(c.to(torch.float64))
+            return
         shift = float(d.sub_(mean).sum())
         squares = float(d.square_().sum())
         # Deviations beyond ~1e154 square to inf: the spread is then reported as inf, not
@@ -236,6 +245,8 @@ class RunningStats:
             return
         lo, hi = torch.aminmax(c)
         m = float(c.mean())
+        if not math.isfinite(m):  # the sum overflowed; the mean of x/n cannot
+            m = float((c / n_finite).sum())
         m2 = float(((c - m) ** 2).sum())
         self.zeros += int((c == 0).sum())
         self._combine(n_finite, m, m2, float(lo), float(hi))
@@ -297,8 +308,9 @@ class RunningStats:
             numel=self.seen,
             mean=self.mean,
             std=math.sqrt(max(var, 0.0)),
-            min=self.min,
-            max=self.max,
+            # -0.0 + 0.0 is 0.0: a zero is reported as 0 whichever zero the extremes met first
+            min=self.min + 0.0,
+            max=self.max + 0.0,
             abs_max=max(abs(self.min), abs(self.max)),
             zero_fraction=self.zeros / self.seen if self.seen else 0.0,
             nan_count=self.nans,

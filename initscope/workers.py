@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from initscope import fused
+
 if TYPE_CHECKING:
     from initscope.distributed import Group
 
@@ -105,6 +107,7 @@ def parallel_map(
         return out
     global _TASK
     _TASK = task
+    fused.available()  # build or load the kernel once here, not in each forked worker
     results: list[Any] = [None] * count
     order = sorted(range(count), key=lambda i: -weights[i])
     try:

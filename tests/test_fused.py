@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,87 @@ def test_a_cache_folder_others_can_write_to_is_not_used(tmp_path: Path) -> None:
     code = "from initscope import fused; print(fused.available())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.stdout.strip() == "False" and not list(shared.iterdir())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["the first block", "the shift's picks"])
+def test_a_segment_starting_with_nan_or_inf_keeps_its_precision(
+    dtype: torch.dtype, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    g = torch.Generator().manual_seed(2)
+    t = (1e4 + 1e-3 * torch.randn(300_000, generator=g, dtype=torch.float64)).to(dtype)
+    if where == "the first block":
+        t[:2048] = math.nan
+    else:  # only the 33 evenly spaced values the shift is taken from
+        t[:2048:62] = math.inf
+    got, want = running_stats(t).result(), _torch_path(t, monkeypatch).result()
+    assert got.std == pytest.approx(want.std, rel=1e-9)
+    assert (got.nan_count, got.inf_count) == (want.nan_count, want.inf_count)
+
+
+@pytest.mark.parametrize(("big", "std"), [(1e150, 5.000009536770e149), (2e152, math.inf)])
+def test_sums_past_the_float64_range_give_the_spread_or_inf_never_zero(
+    big: float, std: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = torch.zeros(262_144, dtype=torch.float64)
+    t[1::2] = big
+    for s in (running_stats(t).result(), _torch_path(t, monkeypatch).result()):
+        assert s.mean == pytest.approx(big / 2, rel=1e-12)
+        assert s.std == pytest.approx(std, rel=1e-9)
+
+
+def test_lazily_negated_views_are_read_as_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch._neg_view(torch.rand(5000) + 1)
+    got, want = running_stats(x).result(), _torch_path(x, monkeypatch).result()
+    assert got.mean is not None and got.mean < 0 and got == want
+
+
+def test_negative_zero_is_reported_as_zero() -> None:
+    z = torch.zeros(4096)
+    z[1::2] = -0.0
+    s = running_stats(z).result()
+    assert s.min is not None and s.max is not None
+    assert math.copysign(1, s.min) == 1 and math.copysign(1, s.max) == 1
+
+
+def test_no_home_folder_leaves_the_temp_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in ("INITSCOPE_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", no_home)
+    (folder,) = fused._cache_dirs()
+    assert folder.parent == Path(tempfile.gettempdir())
+
+
+def _available(env: dict[str, str]) -> str:
+    code = "from initscope import fused; print(fused.available())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def test_a_linked_cache_folder_is_not_used(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)  # what another user could plant in /tmp
+    assert _available({**os.environ, "INITSCOPE_CACHE": str(tmp_path / "link")}) == "False"
+    assert not list(real.iterdir())
+
+
+def test_cc_with_arguments(tmp_path: Path) -> None:
+    env = {**os.environ, "CC": "gcc -g", "INITSCOPE_CACHE": str(tmp_path)}
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc")
+    assert _available(env) == "True"
+
+
+def test_a_foreign_library_under_the_cached_name_is_rebuilt(tmp_path: Path) -> None:
+    env = {**os.environ, "INITSCOPE_CACHE": str(tmp_path)}
+    assert _available(env) == "True"
+    (built,) = tmp_path.glob("fused-*.so")
+    stub = tmp_path / "stub.c"
+    stub.write_text("int something_else(void) { return 0; }\n")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(built), str(stub)], check=True)
+    assert _available(env) == "True"
+    assert b"fused_scan" in built.read_bytes()

@@ -180,3 +180,12 @@ def test_float64_values_near_the_maximum_keep_a_finite_mean() -> None:
     assert s is not None
     assert s.mean == pytest.approx(torch.finfo(torch.float64).min / 100, rel=1e-12)
     assert s.std == math.inf  # the squares overflow: inf, not NaN
+
+
+def test_float64_values_at_both_ends_of_the_range_keep_a_finite_mean() -> None:
+    t = torch.zeros(5000, dtype=torch.float64)
+    t[0], t[4000] = torch.finfo(torch.float64).max, torch.finfo(torch.float64).min
+    t[7] = math.inf
+    s = tensor_stats(t)
+    assert s is not None
+    assert s.mean == pytest.approx(0.0, abs=1e-300) and s.std == math.inf and s.inf_count == 1

@@ -70,13 +70,6 @@ static inline void acc_add(acc_t *a, int64_t n, double mean, double m2, double l
     if (hi > a->hi) a->hi = hi;
 }
 
-void fused_merge(acc_t *a, const acc_t *b) {
-    a->zeros += b->zeros;
-    a->nans += b->nans;
-    a->infs += b->infs;
-    acc_add(a, b->count, b->mean, b->m2, b->lo, b->hi);
-}
-
 static inline float bf16_to_f32(uint16_t v) {
     uint32_t u = (uint32_t)v << 16;
     float f;

@@ -7,10 +7,11 @@ that stay in cache, with no page faults and no copy to fresh memory (see ``_fuse
 accelerator only: every caller has a torch path that gives the same results (to float
 rounding), taken when the kernel is not there.
 
-The library is compiled with the system's C compiler (``$CC``, else ``cc``) on the first
-statistics of a run, about 0.5 s, and kept in ``$INITSCOPE_CACHE`` (default
-``~/.cache/initscope``) under a hash of the source, compiler and CPU, so later runs load it in
-microseconds. No compiler, an unwritable cache or ``INITSCOPE_FUSED=0`` means the torch path.
+The library is compiled with the system's C compiler (``$CC``, else ``cc``) the first time
+statistics are computed on a machine, about 1 s, and kept in ``$INITSCOPE_CACHE`` (default
+``~/.cache/initscope``, else a per-user temp folder) under a hash of the source, compiler and
+CPU, so later runs load it in a millisecond. No compiler, no usable cache folder or
+``INITSCOPE_FUSED=0`` means the torch path.
 """
 
 from __future__ import annotations

@@ -25,8 +25,10 @@ class InitScopeError(Exception):
         self.hint = hint
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Rebuilt with its hint when it crosses a process boundary (--workers).
-        return (type(self), (self.message, self.hint))
+        # Rebuilt whole when it crosses a process boundary (--workers): its class without
+        # calling __init__ (whose parameters differ by subclass: RulesError takes its
+        # problems), then its args and attributes.
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
     def one_line(self) -> str:
         text = self.message if self.hint is None else f"{self.message}; {self.hint}"
@@ -35,6 +37,13 @@ class InitScopeError(Exception):
     def lines(self) -> list[str]:
         """One line per problem (errors that collect several problems override this)."""
         return [self.one_line()]
+
+
+def _rebuild(cls: type[InitScopeError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class TargetError(InitScopeError):

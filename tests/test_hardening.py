@@ -250,3 +250,33 @@ def test_diff_sees_the_imaginary_part() -> None:
     entry = diff_tensors("z", a, b)
     assert entry.status is Status.CHANGED
     assert entry.max_abs_diff == pytest.approx(4.0)
+
+
+def test_a_rules_error_raised_in_a_worker_keeps_its_problems(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # Errors cross the process boundary pickled; RulesError's constructor takes problems,
+    # not a message, and rebuilding it from its message crashed with a traceback.
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.safetensors"
+    write_safetensors(ckpt, {"w": torch.randn(64, 64), "v": torch.randn(64, 64)})
+    expect = tmp_path / "e.yaml"
+    expect.write_text(
+        "checks:\n  - {param: w, follows: {init: normal, std: 1 / (fan_in - fan_in)}}\n"
+    )
+    result = runner.invoke(app, ["check", str(ckpt), "--expect", str(expect), "--workers", "2"])
+    assert result.exit_code == 2, result.output
+    assert "divides by zero" in result.stderr and "Traceback" not in result.output
+
+
+def test_errors_pickle_whole() -> None:
+    import pickle
+
+    from initscope.errors import CheckpointError
+    from initscope.rules import Problem, RulesError
+
+    err = RulesError([Problem("e.yaml:3:29", "checks[0]", "divides by zero", "fix it")], "in e")
+    back = pickle.loads(pickle.dumps(err))
+    assert back.lines() == err.lines() and back.summary == "in e"
+    hinted = pickle.loads(pickle.dumps(CheckpointError("bad", "re-save it")))
+    assert hinted.one_line() == "bad; re-save it"

@@ -148,8 +148,6 @@ typedef struct {
     double s, q, lo, hi;
 } sums_t;
 
-/* One block of m values at x (8-bit... 16-bit or 32-bit floats, read through LOAD8/SCALAR):
- * extremes and zeros in float32, deviations from k and their squares in float64. */
 /* float32 lanes 0-3 and 4-7 widened to float64. */
 static inline void widen(v8f v, v4d *a, v4d *b) {
 #if defined(__AVX__)

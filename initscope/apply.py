@@ -24,7 +24,7 @@ from initscope.checkpoints import Checkpoint
 from initscope.distributions import Distribution, Family
 from initscope.errors import InitScopeError, TargetError
 from initscope.models import open_target
-from initscope.output import OutputError, check_writable
+from initscope.output import OutputError, check_writable, same_file
 from initscope.plan import (
     Action,
     ParamSite,
@@ -256,13 +256,6 @@ class ApplyResult:
     rules_file: str
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
 def _check_output(input_path: Path | None, options: ApplyOptions) -> Path | None:
     if options.dry_run:
         return None
@@ -290,7 +283,7 @@ def _check_output(input_path: Path | None, options: ApplyOptions) -> Path | None
     else:
         output_format(output)
     check_writable(output)
-    if input_path is not None and _same_file(output, input_path):
+    if input_path is not None and same_file(output, input_path):
         if not options.in_place:
             raise OutputError(
                 f"{output} is the input checkpoint; apply does not overwrite its input",

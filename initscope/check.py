@@ -37,7 +37,7 @@ from initscope.plan import (
     match_problems,
     sites_from_checkpoint,
 )
-from initscope.rules import RulesError, RuleSet, Unmatched
+from initscope.rules import RulesError, RuleSet, Unmatched, nothing_was
 from initscope.stats import (
     DEFAULT_MAX_MEMORY,
     RunningStats,
@@ -405,7 +405,7 @@ def check_target(
         defaults: Mapping[str, DefaultInit] = traced.defaults if traced is not None else {}
         plan_entries: dict[str, PlanEntry] = {}
         if options.rules is not None:
-            try:
+            with nothing_was("checked"):
                 plan = make_plan(
                     sites,
                     options.rules,
@@ -414,9 +414,6 @@ def check_target(
                     resettable={s.module: True for s in sites} if traced is not None else None,
                     bare=traced is None,
                 )
-            except RulesError as exc:
-                exc.summary = "in the rules; nothing was checked"
-                raise
             plan_entries = {e.site.name: e for e in plan.entries}
         env = dict(options.expect.vars) if options.expect is not None else {}
         checks = options.expect.checks if options.expect is not None else ()

@@ -149,6 +149,11 @@ class Checkpoint:
     def read_error(self, name: str, exc: BaseException) -> CheckpointError:
         return read_error(self.path, name, exc)
 
+    @property
+    def reads_rows(self) -> bool:
+        """Whether :meth:`read_rows` reads only those rows (else it loads the whole tensor)."""
+        return self._rows is not None
+
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of ``name``: only those when the format allows it."""
         if self._rows is not None:
@@ -245,7 +250,6 @@ def _open_directory(p: Path, unsafe_load: bool) -> Checkpoint:
 
 def _open_index(p: Path, unsafe_load: bool) -> Checkpoint:
     """A transformers ``*.index.json``: ``{"weight_map": {name: shard file}}``."""
-    import json
 
     try:
         weight_map = json.loads(p.read_text(encoding="utf-8"))["weight_map"]
@@ -390,6 +394,7 @@ def _read_into(fd: int, size: int, offset: int) -> torch.Tensor:
 def _open_safetensors(p: Path) -> Checkpoint:
     from safetensors import safe_open
 
+    fh = None
     try:
         handle = safe_open(str(p), framework="pt", device="cpu")
         infos: dict[str, TensorInfo] = {}
@@ -402,10 +407,21 @@ def _open_safetensors(p: Path) -> Checkpoint:
                     f"initscope reads {', '.join(_SAFETENSORS_DTYPES)}; convert that tensor",
                 )
             infos[key] = TensorInfo(key, tuple(int(s) for s in sl.get_shape()), dtype)
-        _check_safetensors_size(p, infos)
+        # Data is read per tensor (see _read_into), not through safe_open's memory map of
+        # the whole file: mapped pages stay resident (and count in RSS) until the file is
+        # closed, so a 4 GB file would cost 4 GB; a read costs one tensor (or one block of
+        # rows), freed after use.
+        fh = open(p, "rb")  # noqa: SIM115 - closed by the Checkpoint
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+        _check_safetensors_size(p, infos, header_len)
     except CheckpointError:
+        if fh is not None:
+            fh.close()
         raise
     except Exception as exc:
+        if fh is not None:
+            fh.close()
         raise CheckpointError(
             f"cannot read {p} as safetensors: {_reason(exc)}",
             "the file is truncated or corrupt, or not a safetensors file; "
@@ -423,15 +439,9 @@ def _open_safetensors(p: Path) -> Checkpoint:
         infos[alias] = TensorInfo(alias, infos[kept].shape, infos[kept].dtype)
     infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
 
-    # Data is read per tensor (see _read_into), not through safe_open's memory map of the
-    # whole file: mapped pages stay resident (and count in RSS) until the file is closed, so a
-    # 4 GB file would cost 4 GB; a read costs one tensor (or one block of rows), freed after
-    # use.
-    fh = open(p, "rb")  # noqa: SIM115 - closed by the Checkpoint
-    header_len = int.from_bytes(fh.read(8), "little")
     offsets = {
         k: (8 + header_len + int(v["data_offsets"][0]), 8 + header_len + int(v["data_offsets"][1]))
-        for k, v in json.loads(fh.read(header_len)).items()
+        for k, v in header.items()
         if k != "__metadata__"
     }
 
@@ -492,11 +502,9 @@ def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple(key)
 
 
-def _check_safetensors_size(p: Path, infos: Mapping[str, TensorInfo]) -> None:
-    # safe_open maps the file lazily; a truncated file would only fail (or crash) when a tensor
-    # is read, so compare the bytes the header promises with the bytes on disk up front.
-    with open(p, "rb") as fh:
-        header_len = int.from_bytes(fh.read(8), "little")
+def _check_safetensors_size(p: Path, infos: Mapping[str, TensorInfo], header_len: int) -> None:
+    # A truncated file would only fail when a tensor is read, so compare the bytes the header
+    # promises with the bytes on disk up front.
     need = sum(i.numel * i.dtype.itemsize for i in infos.values())
     have = p.stat().st_size - 8 - header_len
     if have < need:

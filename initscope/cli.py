@@ -230,22 +230,13 @@ def _constructor_kwargs(arg: list[str] | None, args_file: Path | None) -> dict[s
 def _writable_output(output: Path, *inputs: object) -> None:
     """Check an output can be written (see output.check_writable) and refuse one that names
     one of the command's own input files."""
-    import os
-
-    from initscope.output import check_writable
+    from initscope.output import check_writable, same_file
 
     check_writable(output)
     if not output.exists():
         return
     for item in inputs:
-        if item is None:
-            continue
-        path = Path(str(item))
-        try:
-            same = path.exists() and os.path.samefile(path, output)
-        except OSError:
-            same = False
-        if same:
+        if item is not None and same_file(Path(str(item)), output):
             raise InitScopeError(
                 f"--output {output} is one of the inputs ({item})",
                 "write the result to another file",
@@ -371,13 +362,10 @@ def _against_rules(against: str, var: list[str] | None) -> RuleSet | None:
     file:line, as the rules loader gives them)."""
     if against == "default":
         return None
-    from initscope.rules import RulesError, load_rules
+    from initscope.rules import load_rules, nothing_was
 
-    try:
+    with nothing_was("drawn"):
         return load_rules(against, _parse_vars(var))
-    except RulesError as exc:
-        exc.summary = "in the rules; nothing was drawn"
-        raise
 
 
 @app.command()
@@ -833,16 +821,13 @@ def check(
         from initscope.check import CheckOptions, check_target
         from initscope.expect import load_expectations
         from initscope.render_check import render_check
-        from initscope.rules import RulesError, load_rules
+        from initscope.rules import load_rules, nothing_was
 
         if output is not None:
             _writable_output(output, target, rules, expect, spec, args_file)
         variables = _parse_vars(var)
-        try:
+        with nothing_was("checked"):
             rule_set = load_rules(rules, variables) if rules is not None else None
-        except RulesError as exc:
-            exc.summary = "in the rules; nothing was checked"
-            raise
         expectations = load_expectations(expect) if expect is not None else None
         how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
         from initscope.distributed import init_from_env

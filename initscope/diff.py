@@ -183,7 +183,7 @@ class _Side:
     names: list[str]
     info: Callable[[str], tuple[tuple[int, ...], torch.dtype]]
     load: Callable[[str], torch.Tensor]
-    rows: Callable[[str, int, int], torch.Tensor]
+    rows: Callable[[str, int, int], torch.Tensor] | None  # None: only whole tensors
 
 
 @contextmanager
@@ -199,7 +199,9 @@ def _side(target: str, how: TargetOptions) -> Iterator[_Side]:
                 list(keys),
                 lambda n: (infos[keys[n]].shape, infos[keys[n]].dtype),
                 lambda n: ckpt.load(keys[n]),
-                lambda n, start, stop: ckpt.read_rows(keys[n], start, stop),
+                (lambda n, start, stop: ckpt.read_rows(keys[n], start, stop))
+                if ckpt.reads_rows
+                else None,
             )
             return
         assert traced is not None
@@ -277,6 +279,10 @@ def diff_targets(
         return DiffResult(a, b, tuple(entries))
 
 
+def _sliced(t: torch.Tensor) -> Callable[[str, int, int], torch.Tensor]:
+    return lambda name, start, stop: t[start:stop]
+
+
 def _compare(
     name: str,
     side_a: _Side,
@@ -294,13 +300,13 @@ def _compare(
     width = max(dtype_a.itemsize, dtype_b.itemsize)
     if numel * width * 2 <= budget or not shape_a or numel == 0:
         return diff_blocks(name, base, [(dense(side_a.load(name)), dense(side_b.load(name)))])
-    # Over the budget: the same rows of both, a block at a time (two blocks fit the budget).
+    # Over the budget: the same rows of both, a block at a time (two blocks fit the budget);
+    # a side that cannot read rows (DCP) is read once, whole, not once per block.
+    rows_a = side_a.rows or _sliced(side_a.load(name))
+    rows_b = side_b.rows or _sliced(side_b.load(name))
     step = max(1, budget // 2 // max(numel // shape_a[0] * width, 1))
     blocks = (
-        (
-            side_a.rows(name, r, min(r + step, shape_a[0])),
-            side_b.rows(name, r, min(r + step, shape_a[0])),
-        )
+        (rows_a(name, r, min(r + step, shape_a[0])), rows_b(name, r, min(r + step, shape_a[0])))
         for r in range(0, shape_a[0], step)
     )
     return diff_blocks(name, base, blocks)

@@ -19,8 +19,9 @@ import torch
 from initscope.distributions import Distribution
 from initscope.errors import InitScopeError
 from initscope.plan import Action, ParamSite, make_plan
+from initscope.render import _short_call
 from initscope.report import ParameterReport, Report
-from initscope.rules import RulesError, RuleSet, Unmatched
+from initscope.rules import RuleSet, Unmatched, nothing_was
 from initscope.tracing import DefaultInit
 
 __all__ = ["Expected", "expectations"]
@@ -43,12 +44,6 @@ class Expected:
     @property
     def differs(self) -> bool:
         return self.follows is False
-
-
-def _short_call(d: DefaultInit) -> str:
-    from initscope.render import _short_call as short
-
-    return short(d)
 
 
 def _from_default(p: ParameterReport) -> Expected:
@@ -115,7 +110,7 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
     defaults: dict[str, DefaultInit] = {
         p.name: p.default for p in report.parameters if p.default is not None
     }
-    try:
+    with nothing_was("drawn"):
         plan = make_plan(
             sites,
             rules,
@@ -124,14 +119,13 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
             resettable={s.module: True for s in sites} if report.has_model else None,
             bare=not report.has_model,
         )
-    except RulesError as exc:
-        exc.summary = "in the rules; nothing was drawn"
-        raise
     # check's budget: over the whole run, a correctly initialized model is marked with
     # probability at most RUN_ALPHA (Bonferroni over every decision).
     alpha = RUN_ALPHA / max(len(sites), 1)
     by_name: Mapping[str, ParameterReport] = {p.name: p for p in report.parameters}
-    out = {p.name: _from_default(p) for p in report.parameters}  # buffers: their default
+    planned = {entry.site.name for entry in plan.entries}
+    # Buffers and parameters no site was made for: their default.
+    out = {p.name: _from_default(p) for p in report.parameters if p.name not in planned}
     for entry in plan.entries:
         p = by_name[entry.site.name]
         source = entry.rule.label if entry.rule is not None else "no rule"

@@ -139,10 +139,7 @@ def _compiler() -> list[str] | None:
     return [found] if found else None
 
 
-def _compile(source: Path, target: Path) -> bool:
-    cc = _compiler()
-    if cc is None:
-        return False
+def _compile(cc: list[str], source: Path, target: Path) -> bool:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     try:
@@ -221,7 +218,7 @@ def _load() -> ctypes.CDLL | None:
                     return _open(target)
                 except OSError:  # damaged, foreign or stale: build it again, once
                     target.unlink()
-            if _compile(source, target):
+            if _compile(cc, source, target):
                 return _open(target, fresh=tried)
         except (OSError, subprocess.SubprocessError):
             continue

@@ -18,7 +18,7 @@ from initscope.histogram import bars as block_bars
 from initscope.histogram import histogram as make_histogram
 from initscope.histogram import one_thread
 from initscope.panels import Panel, make_panels
-from initscope.render import _cut, _default_parts, _num, report_to_dict
+from initscope.render import _cut, _default_parts, _num, _type_name, report_to_dict
 
 if TYPE_CHECKING:
     from initscope.report import ParameterReport, Report
@@ -178,10 +178,6 @@ def _panel_svg(panel: Panel) -> str:
     return "".join(out)
 
 
-def _type(module_type: str | None) -> str:
-    return module_type.rsplit(".", 1)[-1] if module_type else ""
-
-
 def _mark(p: ParameterReport, panel: Panel) -> tuple[str, str]:
     """The "follows?" cell: ✓ / ✗ / ? / -, and its CSS class."""
     f = panel.expected.follows
@@ -337,7 +333,7 @@ def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> str
             current = p.module
             parts.append(
                 f'<tr class="module"><td colspan="{columns}"><code>{_e(p.module or "(root)")}'
-                f"</code> {_e(_type(p.module_type))}</td></tr>"
+                f"</code> {_e(_type_name(p.module_type))}</td></tr>"
             )
         parts.append(_row(i, p, panel, rules is not None))
     parts += [

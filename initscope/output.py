@@ -12,7 +12,14 @@ from typing import IO, Any
 
 from initscope.errors import InitScopeError
 
-__all__ = ["OutputError", "atomic_path", "atomic_write", "check_writable", "output_mode"]
+__all__ = [
+    "OutputError",
+    "atomic_path",
+    "atomic_write",
+    "check_writable",
+    "output_mode",
+    "same_file",
+]
 
 
 class OutputError(InitScopeError):
@@ -37,6 +44,14 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
             "check its permissions or choose another output path",
         )
     return target
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths are one file (through links, or another spelling)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def output_mode(target: Path) -> int:

@@ -7,7 +7,6 @@ Both renderers draw from this: :mod:`initscope.plotting` with matplotlib (PNG, S
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from initscope.histogram import (
     padded,
     value_range,
 )
-from initscope.report import ParameterReport, Report
+from initscope.render import _shape
+from initscope.report import ParameterReport, Report, class_names, name_matches
 from initscope.rules import RuleSet
 
 __all__ = ["BINS", "Panel", "make_panels", "select"]
@@ -56,16 +56,11 @@ class Panel:
 
     @property
     def shape_text(self) -> str:
-        return "[" + ",".join(str(s) for s in self.shape) + "]"
+        return _shape(self.shape)
 
     @property
     def title(self) -> str:
         return f"{self.name}  {self.shape_text}"
-
-    @property
-    def constant(self) -> float | None:
-        """The value when every value is the same (drawn as a spike, not bars)."""
-        return self.histogram.constant_value if self.histogram is not None else None
 
 
 def _matches_type(p: ParameterReport, types: Sequence[str]) -> bool:
@@ -80,9 +75,7 @@ def _matches_type(p: ParameterReport, types: Sequence[str]) -> bool:
     cls = _class_of(p.module_type)
     names = {p.module_type, p.module_type.rsplit(".", 1)[-1]}
     if cls is not None:
-        names |= {c.__name__ for c in cls.__mro__} | {
-            f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__
-        }
+        names |= class_names(cls)
     return any(t in names for t in types)
 
 
@@ -94,13 +87,7 @@ def select(
     return tuple(
         p
         for p in report.parameters
-        if _matches_type(p, types)
-        and (
-            not names
-            or any(
-                fnmatch.fnmatchcase(p.name, g) or fnmatch.fnmatchcase(p.module, g) for g in names
-            )
-        )
+        if _matches_type(p, types) and name_matches(p.name, p.module, names)
     )
 
 

@@ -51,9 +51,6 @@ __all__ = [
 
 SCHEMA = "initscope.report/1"
 
-# Called after each tensor's statistics with the bytes and tensors done (workers.Advance).
-Progress = ProgressFn
-
 
 @dataclass(frozen=True)
 class ParameterReport:
@@ -170,25 +167,28 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def class_names(cls: type) -> set[str]:
+    """What ``--type`` may call a module of class ``cls``: the name or dotted path of the
+    class or of any base class (so subclasses match)."""
+    return {c.__name__ for c in cls.__mro__} | {_qualname(c) for c in cls.__mro__}
+
+
 def _type_matches(module: torch.nn.Module | None, types: Sequence[str]) -> bool:
     if not types:
         return True
     if module is None:
         return False
-    names = {c.__name__ for c in type(module).__mro__} | {
-        _qualname(c) for c in type(module).__mro__
-    }
-    return any(t in names for t in types)
+    return any(t in class_names(type(module)) for t in types)
 
 
-def _name_matches(name: str, module: str, globs: Sequence[str]) -> bool:
+def name_matches(name: str, module: str, globs: Sequence[str]) -> bool:
     return not globs or any(
         fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(module, g) for g in globs
     )
 
 
 def _selected(name: str, module: torch.nn.Module | None, options: ReportOptions) -> bool:
-    return _type_matches(module, options.types) and _name_matches(
+    return _type_matches(module, options.types) and name_matches(
         name, _split(name)[0], options.names
     )
 
@@ -293,7 +293,7 @@ def report_model(
     target: str,
     options: ReportOptions = ReportOptions(),
     checkpoint: Checkpoint | None = None,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> Report:
     """Report a constructed model; with ``checkpoint``, statistics come from its tensors."""
     model = traced.model
@@ -403,7 +403,7 @@ def report_checkpoint(
     *,
     target: str,
     options: ReportOptions = ReportOptions(),
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> Report:
     """A stats-only report of a checkpoint's tensors, keyed by state-dict names."""
     if ckpt.module is None and options.types:
@@ -454,7 +454,7 @@ def build_report(
     target: str,
     how: TargetOptions = TargetOptions(),
     options: ReportOptions = ReportOptions(),
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> Report:
     """The report for TARGET as the CLI understands it (see README, "Targets")."""
     with open_target(target, how) as (traced, ckpt):

@@ -16,7 +16,8 @@ import keyword
 import math
 import re
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
@@ -100,6 +101,17 @@ class RulesError(SpecError):
 
     def one_line(self) -> str:
         return self.lines()[0] if len(self.problems) == 1 else " | ".join(self.lines())
+
+
+@contextmanager
+def nothing_was(done: str) -> Iterator[None]:
+    """A :class:`RulesError` raised inside ends with "N problems in the rules; nothing was
+    {done}": what the command did not do (rules errors are found before any work)."""
+    try:
+        yield
+    except RulesError as exc:
+        exc.summary = f"in the rules; nothing was {done}"
+        raise
 
 
 def doc_path(path: DocPath) -> str:

@@ -141,10 +141,10 @@ class RunningStats:
         n_all = c.numel()
         if n_all == 0:
             return
-        self.seen += n_all
         if _fusable(c) and fused.available():
             self._update_fused(c, offset)
             return
+        self.seen += n_all
         if c.dtype in _FAST:
             for start in range(0, n_all, FAST_ELEMENTS):
                 self._update_float(c[start : start + FAST_ELEMENTS], offset + start)
@@ -157,9 +157,8 @@ class RunningStats:
         """The whole chunk in one pass of the fused kernel (see initscope.fused)."""
         lo, hi = self._positions_in(offset, c.numel())
         at = self.positions[lo:hi]
-        self.absorb(fused.scan(c.dtype, c.numel(), address=c.data_ptr(), positions=at - offset))
-        if hi > lo:
-            self.sample_at.append(at)
+        scanned = fused.scan(c.dtype, c.numel(), address=c.data_ptr(), positions=at - offset)
+        self.absorb(scanned, at)
 
     def _positions_in(self, offset: int, n: int) -> tuple[int, int]:
         if self.positions.numel() == 0:
@@ -167,16 +166,18 @@ class RunningStats:
         lo = int(torch.searchsorted(self.positions, offset))
         return lo, int(torch.searchsorted(self.positions, offset + n))
 
-    def absorb(self, scanned: fused.Scanned) -> None:
-        """Fold a scan's accumulators (in order) and its sample values into this one; the
-        caller records the sample's positions. ``seen`` is counted by the caller."""
+    def absorb(self, scanned: fused.Scanned, at: torch.Tensor) -> None:
+        """Fold a scan's accumulators (in order) into this one, with its sample values, taken
+        at the flat positions ``at``."""
         for a in scanned.accumulators:
+            self.seen += a.count + a.nans + a.infs
             self.zeros += a.zeros
             self.nans += a.nans
             self.infs += a.infs
             if a.count:
                 self._combine(a.count, a.mean, a.m2, a.lo, a.hi)
-        if scanned.sample.numel():
+        if at.numel():
+            self.sample_at.append(at)
             self.sample_values.append(scanned.sample)
 
     def _update_float(self, c: torch.Tensor, offset: int) -> None:
@@ -364,10 +365,7 @@ def file_stats(
     ``fused.available()`` and the dtype), with ``lines`` copied out on the way."""
     rs = RunningStats(positions=sample_positions(numel, SAMPLE_SIZE, seed))
     scanned = fused.scan(dtype, numel, fd=fd, offset=offset, positions=rs.positions, lines=lines)
-    rs.seen = numel
-    rs.absorb(scanned)
-    if rs.positions.numel():
-        rs.sample_at.append(rs.positions)
+    rs.absorb(scanned, rs.positions)
     return rs, scanned.lines
 
 

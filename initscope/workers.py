@@ -159,23 +159,21 @@ def spread(
     *,
     workers: int | None,
     max_memory: int,
+    nbytes: Sequence[int],
     group: Group | None = None,
-    nbytes: Sequence[int] | None = None,
     progress: ProgressFn | None = None,
 ) -> list[T]:
-    """``task(i)`` for every tensor (``sizes`` in elements, ``nbytes`` in bytes read, for
-    progress; default: the sizes): over the ranks of a torchrun job when ``group`` has
-    several, and over ``workers`` processes on each (None: see :func:`auto_workers`). The
-    progress is this process's share: on a rank, the tensors that rank reads."""
-    weights = nbytes if nbytes is not None else sizes
+    """``task(i)`` for every tensor (``sizes`` in elements, ``nbytes`` in bytes read): over
+    the ranks of a torchrun job when ``group`` has several, and over ``workers`` processes on
+    each (None: see :func:`auto_workers`). The progress is this process's share: on a rank,
+    the tensors that rank reads."""
 
     def local(part_task: Callable[[int], T], ids: Sequence[int]) -> list[T]:
-        part = [sizes[i] for i in ids]
+        part = [nbytes[i] for i in ids]
         n = workers
         if n is None:
-            # fp32 as the estimate of bytes: the decision only needs the order of magnitude.
-            n = auto_workers(4 * sum(part), 4 * max(part, default=0), max_memory)
-        return parallel_map(part_task, part, n, ticker(progress, [weights[i] for i in ids]))
+            n = auto_workers(sum(part), max(part, default=0), max_memory)
+        return parallel_map(part_task, [sizes[i] for i in ids], n, ticker(progress, part))
 
     if group is None or group.world == 1:
         return local(task, range(len(sizes)))

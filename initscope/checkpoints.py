@@ -25,7 +25,14 @@ import torch
 from initscope.errors import CheckpointError, UnsafeLoadRequired
 from initscope.saving import METADATA_KEY, PROVENANCE_KEY, Provenance
 
-__all__ = ["CHECKPOINT_SUFFIXES", "Checkpoint", "StoredTensor", "TensorInfo", "open_checkpoint"]
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "Checkpoint",
+    "StoredTensor",
+    "TensorInfo",
+    "checkpoint_files",
+    "open_checkpoint",
+]
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -103,8 +110,11 @@ class Checkpoint:
         extra: tuple[str, ...] = (),
         rows: Callable[[str, int, int], torch.Tensor] | None = None,
         stored: Callable[[str], StoredTensor | None] | None = None,
+        files: tuple[Path, ...] | None = None,
     ) -> None:
         self.path = path
+        # Every file this checkpoint reads (default: the one at path).
+        self.files = files if files is not None else (path,)
         # Where a tensor's bytes are in the file (safetensors); None: only through load.
         self._stored = stored
         # Reads rows [start, stop) of a tensor without the rest (safetensors slices, views
@@ -206,8 +216,14 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def open_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False) -> Checkpoint:
-    """Open ``path`` for reading, or raise :class:`CheckpointError` saying what is wrong."""
+def open_checkpoint(
+    path: str | os.PathLike[str], *, unsafe_load: bool = False, allow_outside: bool = False
+) -> Checkpoint:
+    """Open ``path`` for reading, or raise :class:`CheckpointError` saying what is wrong.
+
+    ``allow_outside`` lets an index name shards outside its own folder (absolute paths,
+    ``..``, symlinks that leave it); an index is data from the file, so by default it may not.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"no such file: {p}", "check the path")
@@ -224,6 +240,15 @@ def open_checkpoint(path: str | os.PathLike[str], *, unsafe_load: bool = False) 
         f"unsupported file type {p.suffix or '(none)'!r} for {p}",
         f"initscope reads {', '.join(CHECKPOINT_SUFFIXES)} checkpoints and .yaml specs",
     )
+
+
+def checkpoint_files(
+    path: str | os.PathLike[str], *, unsafe_load: bool = False, allow_outside: bool = False
+) -> tuple[Path, ...]:
+    """Every file that reading the checkpoint at ``path`` reads (the index and each shard,
+    a DCP folder's ``.metadata`` and ``.distcp`` files): what an output must never replace."""
+    with open_checkpoint(path, unsafe_load=unsafe_load, allow_outside=allow_outside) as ckpt:
+        return ckpt.files
 
 
 # -- sharded checkpoints: a folder of shards, an index, a DCP folder -------------------------
@@ -319,6 +344,8 @@ def _open_shards(p: Path, files: list[Path], unsafe_load: bool) -> Checkpoint:
         extra=tuple(e for part in parts for e in part.extra),
         rows=lambda name, start, stop: owner[name].read_rows(name, start, stop),
         stored=lambda name: owner[name].stored(name),
+        # p is the index (read too) or the folder of shards (not a file)
+        files=(*([p] if p.is_file() else []), *(f for part in parts for f in part.files)),
     )
 
 

@@ -116,6 +116,14 @@ UnsafeOpt = Annotated[
         help="Allow loading pickled objects (runs code from the file; only for trusted files).",
     ),
 ]
+AllowOutsideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside",
+        help="Let a shard index name files outside its own folder (absolute paths, '..', "
+        "symlinks leaving it).",
+    ),
+]
 AgainstOpt = Annotated[
     str,
     typer.Option(
@@ -269,6 +277,8 @@ def _how(
     *,
     seed: int = 0,
     meta: bool = False,
+    allow_outside: bool = False,
+    max_memory: int | None = None,
 ) -> TargetOptions:
     """How to read TARGET, from the options every target-taking command shares."""
     from initscope.targets import TargetOptions
@@ -281,6 +291,8 @@ def _how(
         unsafe_load=unsafe_load,
         seed=seed,
         meta=meta,
+        allow_outside=allow_outside,
+        **({"max_memory": max_memory} if max_memory is not None else {}),
     )
 
 
@@ -405,13 +417,8 @@ def report(
         typer.Option("--name", help="Only parameters whose name or module matches this glob."),
     ] = None,
     input_shape: InputShapeOpt = None,
-    unsafe_load: Annotated[
-        bool,
-        typer.Option(
-            "--unsafe-load",
-            help="Allow loading pickled objects (runs code from the file; only for trusted files).",
-        ),
-    ] = False,
+    unsafe_load: UnsafeOpt = False,
+    allow_outside: AllowOutsideOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     workers: WorkersOpt = None,
@@ -476,7 +483,18 @@ def report(
         )
         leader = _leads(options.group)
         with _progress(not quiet and leader) as progress:
-            how = _how(arg, args_file, model, spec, input_shape, unsafe_load, meta=meta, seed=seed)
+            how = _how(
+                arg,
+                args_file,
+                model,
+                spec,
+                input_shape,
+                unsafe_load,
+                meta=meta,
+                seed=seed,
+                allow_outside=allow_outside,
+                max_memory=options.max_memory,
+            )
             result = build_report(target, how, options, progress)
         if not leader:  # under torchrun, rank 0 renders and writes
             return
@@ -534,6 +552,7 @@ def plot(
     spec: SpecOpt = None,
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
+    allow_outside: AllowOutsideOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     quiet: QuietOpt = False,
@@ -564,7 +583,17 @@ def plot(
             max_memory=_parse_size(max_memory),
         )
         with _progress(not quiet) as progress:
-            how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
+            how = _how(
+                arg,
+                args_file,
+                model,
+                spec,
+                input_shape,
+                unsafe_load,
+                seed=seed,
+                allow_outside=allow_outside,
+                max_memory=options.max_memory,
+            )
             result = build_report(target, how, options, progress)
         panels = make_panels(result, rule_set)
         if not panels:
@@ -719,6 +748,7 @@ def apply(
     spec: SpecOpt = None,
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
+    allow_outside: AllowOutsideOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -738,6 +768,7 @@ def apply(
             input_shape,
             unsafe_load,
             seed=seed if seed is not None else (rule_set.seed or 0),
+            allow_outside=allow_outside,
         )
         options = ApplyOptions(
             output=output,
@@ -807,6 +838,7 @@ def check(
     spec: SpecOpt = None,
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
+    allow_outside: AllowOutsideOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     workers: WorkersOpt = None,
@@ -829,7 +861,17 @@ def check(
         with nothing_was("checked"):
             rule_set = load_rules(rules, variables) if rules is not None else None
         expectations = load_expectations(expect) if expect is not None else None
-        how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
+        how = _how(
+            arg,
+            args_file,
+            model,
+            spec,
+            input_shape,
+            unsafe_load,
+            seed=seed,
+            allow_outside=allow_outside,
+            max_memory=_parse_size(max_memory),
+        )
         from initscope.distributed import init_from_env
 
         options = CheckOptions(
@@ -871,6 +913,7 @@ def diff(
     spec: SpecOpt = None,
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
+    allow_outside: AllowOutsideOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     workers: WorkersOpt = None,
@@ -886,11 +929,24 @@ def diff(
 
         if output is not None:
             _writable_output(output, a, b, spec, args_file)
-        how = _how(arg, args_file, model, spec, input_shape, unsafe_load, seed=seed)
+        how = _how(
+            arg,
+            args_file,
+            model,
+            spec,
+            input_shape,
+            unsafe_load,
+            seed=seed,
+            allow_outside=allow_outside,
+            max_memory=_parse_size(max_memory),
+        )
         # --model/--spec describe the checkpoints; a model target needs only its --arg.
         plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)
         if model is None and spec is None:
-            how = TargetOptions(unsafe_load=unsafe_load)  # a bare checkpoint takes no --arg
+            # a bare checkpoint takes no --arg
+            how = TargetOptions(
+                unsafe_load=unsafe_load, allow_outside=allow_outside, max_memory=how.max_memory
+            )
         how_a = how if is_checkpoint_path(a) else plain
         how_b = how if is_checkpoint_path(b) else plain
         from initscope.distributed import init_from_env
@@ -934,6 +990,7 @@ def rules_validate(
     spec: SpecOpt = None,
     input_shape: InputShapeOpt = None,
     unsafe_load: UnsafeOpt = False,
+    allow_outside: AllowOutsideOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Check a rules file (and, given TARGET, how it matches that model); change nothing."""
@@ -959,7 +1016,14 @@ def rules_validate(
                 text = f"{rule_set.source}: ok, {n} rule{'s' if n != 1 else ''}\n"
         else:
             how = _how(
-                arg, args_file, model, spec, input_shape, unsafe_load, seed=rule_set.seed or 0
+                arg,
+                args_file,
+                model,
+                spec,
+                input_shape,
+                unsafe_load,
+                seed=rule_set.seed or 0,
+                allow_outside=allow_outside,
             )
             options = ApplyOptions(
                 unmatched=Unmatched(unmatched.value) if unmatched else None, strict=strict

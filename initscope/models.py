@@ -78,7 +78,9 @@ def open_target(
         yield trace_model(spec, seed=how.seed, meta=how.meta), None
         return
     # Open (and so validate) the checkpoint before a possibly slow model construction.
-    with open_checkpoint(ckpt_path, unsafe_load=how.unsafe_load) as ckpt:
+    with open_checkpoint(
+        ckpt_path, unsafe_load=how.unsafe_load, allow_outside=how.allow_outside
+    ) as ckpt:
         if spec is None and ckpt.module is None and ckpt.provenance is not None:
             spec = spec_from_provenance(ckpt.provenance.model, ckpt_path, how)
             if spec is not None and not _fits_on_meta(spec, ckpt):

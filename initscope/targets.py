@@ -67,6 +67,12 @@ class TargetOptions:
     unsafe_load: bool = False
     seed: int = 0
     meta: bool = False  # build on the meta device: defaults only, no memory for weights
+    # Shards an index names may lie outside the index's folder (absolute paths, "..",
+    # symlinks leaving it): only when the user says so, since the index is data from a file.
+    allow_outside: bool = False
+    # The most memory a model rebuilt from a checkpoint's provenance record may take (its
+    # parameters and buffers, measured on the meta device before it is built for real).
+    max_memory: int = 2 * 2**30  # stats.DEFAULT_MAX_MEMORY; targets does not import torch
 
 
 def resolve_target(target: str, how: TargetOptions) -> tuple[ModelSpec | None, Path | None]:

@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import re
+import stat
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
@@ -228,9 +229,15 @@ def open_checkpoint(
     if not p.exists():
         raise CheckpointError(f"no such file: {p}", "check the path")
     if p.is_dir():
-        return _open_directory(p, unsafe_load)
+        return _open_directory(p, unsafe_load, allow_outside)
+    _require_regular(p)
     if p.name.lower().endswith(".index.json"):
-        return _open_index(p, unsafe_load)
+        return _open_index(p, unsafe_load, allow_outside)
+    return _open_file(p, unsafe_load)
+
+
+def _open_file(p: Path, unsafe_load: bool) -> Checkpoint:
+    """One checkpoint file, by its suffix (never an index or a folder: shards are files)."""
     suffix = p.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
         return _open_safetensors(p)
@@ -240,6 +247,25 @@ def open_checkpoint(
         f"unsupported file type {p.suffix or '(none)'!r} for {p}",
         f"initscope reads {', '.join(CHECKPOINT_SUFFIXES)} checkpoints and .yaml specs",
     )
+
+
+def _require_regular(p: Path, label: str | None = None) -> None:
+    """Refuse a FIFO, socket, device or folder where a file is read: opening a FIFO blocks
+    until a writer comes, and a device can be endless. ``stat`` never opens the path.
+    ``label`` names the file in messages (default: its path)."""
+    name = label or str(p)
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{name} is missing", "download or copy every shard") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {name}: {exc.strerror}", "check the path") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise CheckpointError(
+            f"{name} is {kind}",
+            "point at a checkpoint file (a FIFO, socket or device is never read)",
+        )
 
 
 def checkpoint_files(
@@ -254,13 +280,15 @@ def checkpoint_files(
 # -- sharded checkpoints: a folder of shards, an index, a DCP folder -------------------------
 
 
-def _open_directory(p: Path, unsafe_load: bool) -> Checkpoint:
-    if (p / ".metadata").is_file():
-        return _open_dcp(p)
+def _open_directory(p: Path, unsafe_load: bool, allow_outside: bool) -> Checkpoint:
+    # An index or checkpoint files first: a stray .metadata (another tool's) in a model folder
+    # does not make it a DCP checkpoint.
     indexes = sorted(p.glob("*.index.json"), key=lambda f: "safetensors" not in f.name)
     if indexes:
-        return _open_index(indexes[0], unsafe_load)
-    files = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in CHECKPOINT_SUFFIXES]
+        return _open_index(indexes[0], unsafe_load, allow_outside)
+    files = [f for f in p.iterdir() if f.suffix.lower() in CHECKPOINT_SUFFIXES]
+    if not files and (p / ".metadata").exists():
+        return _open_dcp(p, unsafe_load)
     # A Hugging Face folder often holds the same weights twice (.safetensors and .bin).
     safetensors = [f for f in files if f.suffix.lower() in SAFETENSORS_SUFFIXES]
     files = sorted(safetensors or files, key=lambda f: _natural_key(f.name))
@@ -273,24 +301,46 @@ def _open_directory(p: Path, unsafe_load: bool) -> Checkpoint:
     return _open_shards(p, files, unsafe_load)
 
 
-def _open_index(p: Path, unsafe_load: bool) -> Checkpoint:
-    """A transformers ``*.index.json``: ``{"weight_map": {name: shard file}}``."""
+# An index lists a few hundred bytes per tensor: 64 MiB is hundreds of thousands of tensors.
+MAX_INDEX_BYTES = 64 * 2**20
 
+
+def _open_index(p: Path, unsafe_load: bool, allow_outside: bool) -> Checkpoint:
+    """A transformers ``*.index.json``: ``{"weight_map": {name: shard file}}``. The index is
+    data from a file: its shards must be checkpoint files (never another index or a folder,
+    so there is no cycle to follow) inside its own folder unless ``allow_outside``."""
     try:
+        if p.stat().st_size > MAX_INDEX_BYTES:
+            raise ValueError(f"{p.stat().st_size} bytes, over {MAX_INDEX_BYTES // 2**20} MiB")
         weight_map = json.loads(p.read_text(encoding="utf-8"))["weight_map"]
-        assert isinstance(weight_map, dict)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in weight_map.items()
+        ):
+            raise TypeError("weight_map must map tensor names to shard file names")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CheckpointError(
             f"cannot read {p} as a shard index: {_reason(exc)}",
             'an index is JSON with a "weight_map" of tensor name to shard file',
         ) from None
-    names = dict.fromkeys(str(f) for f in weight_map.values())
-    files = [p.parent / f for f in names]
-    for f in files:
-        if not f.is_file():
+    folder = p.parent.resolve()
+    files: list[Path] = []
+    for name in dict.fromkeys(weight_map.values()):
+        f = p.parent / name
+        if not f.name.lower().endswith(CHECKPOINT_SUFFIXES) or f.name.lower().endswith(
+            ".index.json"
+        ):
             raise CheckpointError(
-                f"shard {f.name} listed in {p.name} is missing", "download or copy every shard"
+                f"{p.name} names {name!r} as a shard, which is not a checkpoint file",
+                f"shards are {', '.join(CHECKPOINT_SUFFIXES)} files; fix or re-download the index",
             )
+        if not allow_outside and not f.resolve().is_relative_to(folder):
+            raise CheckpointError(
+                f"{p.name} names shard {name!r}, which lies outside {p.parent}",
+                "an index may only name files in its own folder; pass --allow-outside if you "
+                "trust the index",
+            )
+        _require_regular(f, f"shard {name} listed in {p.name}")
+        files.append(f)
     ckpt = _open_shards(p, files, unsafe_load)
     missing = [k for k in weight_map if k not in ckpt.infos]
     if missing:
@@ -308,7 +358,8 @@ def _open_shards(p: Path, files: list[Path], unsafe_load: bool) -> Checkpoint:
     parts: list[Checkpoint] = []
     try:
         for f in files:
-            parts.append(open_checkpoint(f, unsafe_load=unsafe_load))
+            _require_regular(f, f"shard {f}")
+            parts.append(_open_file(f, unsafe_load))
     except BaseException:
         for part in parts:
             part.close()
@@ -349,20 +400,16 @@ def _open_shards(p: Path, files: list[Path], unsafe_load: bool) -> Checkpoint:
     )
 
 
-def _open_dcp(p: Path) -> Checkpoint:
+def _open_dcp(p: Path, unsafe_load: bool) -> Checkpoint:
     """A ``torch.distributed.checkpoint`` folder, read with its own reader and no process
-    group (``no_dist=True``), one tensor per ``load`` call so only its chunks are read."""
-    from torch.distributed.checkpoint.filesystem import FileSystemReader
+    group (``no_dist=True``), one tensor per ``load`` call so only its chunks are read. Its
+    ``.metadata`` pickle is read by initscope.dcp, which runs no code from it."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-    try:
-        metadata = FileSystemReader(str(p)).read_metadata()
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read {p} as a torch.distributed.checkpoint folder: {_reason(exc)}",
-            "the .metadata file is damaged; re-save the checkpoint",
-        ) from exc
+    from initscope.dcp import read_metadata, safe_reader
+
+    metadata = read_metadata(p, unsafe_load=unsafe_load)
     infos: dict[str, TensorInfo] = {}
     for fqn, md in metadata.state_dict_metadata.items():
         if isinstance(md, TensorStorageMetadata):
@@ -385,11 +432,21 @@ def _open_dcp(p: Path) -> Checkpoint:
         tensor = torch.empty(info.shape, dtype=info.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dcp_load({saved[name]: tensor}, storage_reader=FileSystemReader(str(p)), no_dist=True)
+            try:
+                dcp_load(
+                    {saved[name]: tensor}, storage_reader=safe_reader(p, metadata), no_dist=True
+                )
+            except BaseException as exc:
+                # torch's CheckpointException (a failed read) derives from BaseException.
+                if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                    raise
+                raise read_error(p, name, exc) from exc
         return tensor
 
     infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
-    return Checkpoint(p, infos, load, extra=extra)
+    storage = sorted({info.relative_path for info in metadata.storage_data.values()})
+    files = (p / ".metadata", *(p / rel for rel in storage))
+    return Checkpoint(p, infos, load, extra=extra, files=files)
 
 
 # -- safetensors ---------------------------------------------------------------------------

@@ -1,0 +1,289 @@
+"""Folders, indexes, shards and DCP checkpoints from strangers: no code runs, nothing blocks,
+no path leaves the folder. Each test is a reproduction that failed before its fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from initscope.checkpoints import checkpoint_files, open_checkpoint
+from initscope.cli import app
+from initscope.errors import CheckpointError
+from initscope.saving import write_safetensors
+
+
+class RunsCode:
+    """Unpickling this creates ``marker``: a test asserting the marker is absent proves the
+    payload never ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[str, str]]:
+        return (open, (self.marker, "w"))
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail, instead of hanging the suite, when the block blocks (a FIFO opened for reading
+    waits for a writer forever)."""
+
+    def fire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _dcp(folder: Path) -> Path:
+    import torch.distributed.checkpoint as dcp
+
+    torch.manual_seed(0)
+    state = {"w": torch.randn(8, 4), "b": torch.zeros(4)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+    return folder
+
+
+def _errors(result: object) -> str:
+    stderr: str = result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in stderr
+    return stderr
+
+
+# -- DCP .metadata is data, not code -------------------------------------------------------------
+
+
+def test_a_dcp_metadata_pickle_runs_no_code(runner: CliRunner, tmp_path: Path) -> None:
+    folder = _dcp(tmp_path / "ckpt")
+    marker = tmp_path / "MARKER"
+    (folder / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    for command in (["report"], ["check"], ["diff", str(folder)]):
+        result = runner.invoke(app, [*command, str(folder)])
+        assert result.exit_code == 2, result.output
+        assert "is not a DCP checkpoint initscope can read safely" in _errors(result)
+        assert "--unsafe-load" in result.stderr
+    assert not marker.exists()
+
+
+def test_a_genuine_dcp_folder_still_reads(runner: CliRunner, tmp_path: Path) -> None:
+    folder = _dcp(tmp_path / "ckpt")
+    result = runner.invoke(app, ["report", str(folder), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)["parameters"]}
+    assert rows["w"]["shape"] == [8, 4]
+    files = checkpoint_files(folder)
+    assert folder / ".metadata" in files
+    assert any(f.suffix == ".distcp" for f in files)
+
+
+def test_dcp_metadata_naming_a_file_outside_the_folder(tmp_path: Path) -> None:
+    folder = _dcp(tmp_path / "ckpt")
+    from initscope.dcp import read_metadata
+
+    metadata = read_metadata(folder)
+    for info in metadata.storage_data.values():
+        info.relative_path = "../secret.distcp"
+    (tmp_path / "secret.distcp").write_bytes(bytes(10_000))
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointError, match="not a file in"):
+        open_checkpoint(folder)
+
+
+def test_dcp_declaring_a_huge_tensor_is_refused_before_allocating(tmp_path: Path) -> None:
+    folder = _dcp(tmp_path / "ckpt")
+    from initscope.dcp import read_metadata
+
+    metadata = read_metadata(folder)
+    md = metadata.state_dict_metadata["w"]
+    md.size = torch.Size([2**31, 2**31])
+    md.chunks[0].sizes = torch.Size([2**31, 2**31])
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointError, match="declares 'w' chunk 0"):
+        open_checkpoint(folder)
+
+
+def test_dcp_missing_its_distcp_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    folder = _dcp(tmp_path / "ckpt")
+    for f in folder.glob("*.distcp"):
+        f.unlink()
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert "__0_0.distcp named by" in _errors(result)
+    assert "is missing" in result.stderr
+
+
+def test_a_stray_metadata_file_does_not_make_a_model_folder_dcp(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    marker = tmp_path / "MARKER"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {"w": torch.ones(3, 3)})
+    (folder / "config.json").write_text("{}")
+    (folder / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    result = runner.invoke(app, ["report", str(folder), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert [r["name"] for r in json.loads(result.stdout)["parameters"]] == ["w"]
+    assert not marker.exists()
+
+
+# -- FIFOs, devices and folders where a file is read ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x.safetensors", "x.pt", "x.bin"])
+def test_a_fifo_named_like_a_checkpoint_is_refused(
+    runner: CliRunner, tmp_path: Path, name: str
+) -> None:
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with deadline(10):
+        result = runner.invoke(app, ["report", str(fifo)])
+    assert result.exit_code == 2, result.output
+    assert "is not a regular file" in _errors(result)
+
+
+def test_a_fifo_as_a_shard_is_refused(runner: CliRunner, tmp_path: Path) -> None:
+    write_safetensors(tmp_path / "model-1.safetensors", {"a": torch.ones(2)})
+    os.mkfifo(tmp_path / "model-2.safetensors")
+    with deadline(10):
+        folder = runner.invoke(app, ["report", str(tmp_path)])
+    assert folder.exit_code == 2, folder.output
+    assert "model-2.safetensors is not a regular file" in _errors(folder)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(
+        json.dumps({"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}})
+    )
+    with deadline(10):
+        result = runner.invoke(app, ["report", str(index)])
+    assert result.exit_code == 2, result.output
+    assert (
+        "shard model-2.safetensors listed in model.safetensors.index.json is not a regular file"
+        in (_errors(result))
+    )
+
+
+def test_a_device_and_a_folder_named_like_checkpoints(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "dir.pt").mkdir()
+    write_safetensors(tmp_path / "dir.pt" / "inner.safetensors", {"a": torch.ones(2)})
+    os.symlink("/dev/zero", tmp_path / "zero.safetensors")
+    with deadline(10):
+        device = runner.invoke(app, ["report", str(tmp_path / "zero.safetensors")])
+    assert device.exit_code == 2, device.output
+    assert "is not a regular file" in _errors(device)
+    # A folder of shards never descends into a sub-folder named like a shard.
+    (tmp_path / "shards").mkdir()
+    write_safetensors(tmp_path / "shards" / "a.safetensors", {"a": torch.ones(2)})
+    os.symlink(tmp_path / "shards", tmp_path / "shards" / "loop.safetensors")
+    with deadline(10):
+        loop = runner.invoke(app, ["report", str(tmp_path / "shards")])
+    assert loop.exit_code == 2, loop.output
+    assert "loop.safetensors is a folder" in _errors(loop)
+
+
+# -- indexes: no cycles, no paths leaving the folder -----------------------------------------------
+
+
+def test_an_index_naming_itself_or_another_index(runner: CliRunner, tmp_path: Path) -> None:
+    a = tmp_path / "a.safetensors.index.json"
+    b = tmp_path / "b.safetensors.index.json"
+    a.write_text(json.dumps({"weight_map": {"w": a.name}}))
+    b.write_text(json.dumps({"weight_map": {"w": a.name, "v": b.name}}))
+    for index in (a, b):
+        result = runner.invoke(app, ["report", str(index)])
+        assert result.exit_code == 2, result.output
+        assert "which is not a checkpoint file" in _errors(result)
+
+
+def test_an_index_whose_weight_map_is_not_strings(runner: CliRunner, tmp_path: Path) -> None:
+    index = tmp_path / "m.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": {"nested": 1}}}))
+    result = runner.invoke(app, ["report", str(index)])
+    assert result.exit_code == 2, result.output
+    assert "cannot read" in _errors(result)
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_shards_must_stay_in_the_index_folder(runner: CliRunner, tmp_path: Path, how: str) -> None:
+    outside = tmp_path / "secret.safetensors"
+    write_safetensors(outside, {"w": torch.ones(2)})
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shard = {"dotdot": "../secret.safetensors", "absolute": str(outside)}.get(
+        how, "link.safetensors"
+    )
+    if how == "symlink":
+        os.symlink(outside, folder / "link.safetensors")
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": shard}}))
+    result = runner.invoke(app, ["report", str(index)])
+    assert result.exit_code == 2, result.output
+    assert "lies outside" in _errors(result)
+    assert "--allow-outside" in result.stderr
+    allowed = runner.invoke(app, ["report", str(index), "--allow-outside"])
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_checkpoint_files_lists_the_index_and_its_shards(tmp_path: Path) -> None:
+    write_safetensors(tmp_path / "m-1.safetensors", {"a": torch.ones(2)})
+    write_safetensors(tmp_path / "m-2.safetensors", {"b": torch.ones(2)})
+    index = tmp_path / "m.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors"}}))
+    assert set(checkpoint_files(index)) == {
+        index,
+        tmp_path / "m-1.safetensors",
+        tmp_path / "m-2.safetensors",
+    }
+
+
+def crafted_inputs(folder: Path) -> dict[str, Path]:
+    marker = folder / "MARKER-readers"
+    cases: dict[str, Path] = {}
+    dcp = _dcp(folder / "dcp-evil")
+    (dcp / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    cases["dcp-metadata-runs-code"] = dcp
+    missing = _dcp(folder / "dcp-missing")
+    for f in missing.glob("*.distcp"):
+        f.unlink()
+    cases["dcp-missing-distcp"] = missing
+    stray = folder / "stray"
+    stray.mkdir()
+    write_safetensors(stray / "model.safetensors", {"w": torch.ones(3, 3)})
+    (stray / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    cases["stray-metadata"] = stray
+    shards = folder / "fifo-shard"
+    shards.mkdir()
+    write_safetensors(shards / "a.safetensors", {"a": torch.ones(2)})
+    os.mkfifo(shards / "b.safetensors")
+    cases["fifo-shard-folder"] = shards
+    cycle = folder / "cycle"
+    cycle.mkdir()
+    a = cycle / "a.safetensors.index.json"
+    a.write_text(json.dumps({"weight_map": {"w": "b.safetensors.index.json"}}))
+    (cycle / "b.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": a.name}}))
+    cases["index-cycle"] = a
+    outside = folder / "outside"
+    outside.mkdir()
+    shutil.copy(stray / "model.safetensors", folder / "secret.safetensors")
+    os.symlink(folder / "secret.safetensors", outside / "link.safetensors")
+    index = outside / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"w": "link.safetensors"}}))
+    cases["index-symlink-leaves"] = index
+    return cases

@@ -8,6 +8,9 @@ parameter and buffer is mapped to the last call that wrote it.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,10 +22,23 @@ import torch
 from initscope.checkpoints import Checkpoint, open_checkpoint
 from initscope.distributions import Distribution
 from initscope.errors import InitScopeWarning, TargetError
-from initscope.targets import ModelSpec, TargetOptions, construct, import_ref, resolve_target
+from initscope.targets import (
+    ModelSpec,
+    TargetOptions,
+    construct,
+    import_ref,
+    resolve_target,
+    split_ref,
+)
 from initscope.tracing import DefaultInit, InitCall, InitTracer
 
-__all__ = ["TracedModel", "open_target", "spec_from_provenance", "trace_model"]
+__all__ = [
+    "TracedModel",
+    "open_target",
+    "record_import_problem",
+    "spec_from_provenance",
+    "trace_model",
+]
 
 
 @dataclass(frozen=True)
@@ -81,11 +97,27 @@ def open_target(
     with open_checkpoint(
         ckpt_path, unsafe_load=how.unsafe_load, allow_outside=how.allow_outside
     ) as ckpt:
-        if spec is None and ckpt.module is None and ckpt.provenance is not None:
-            spec = spec_from_provenance(ckpt.provenance.model, ckpt_path, how)
-            if spec is not None and not _fits_on_meta(spec, ckpt):
-                spec = None
-        yield (trace_model(spec, seed=how.seed, meta=how.meta) if spec is not None else None), ckpt
+        if spec is not None:
+            yield trace_model(spec, seed=how.seed, meta=how.meta), ckpt
+        elif ckpt.module is None and ckpt.provenance is not None:
+            yield _from_record(ckpt, how), ckpt
+        else:
+            yield None, ckpt
+
+
+def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
+    """The model a checkpoint's provenance record names, built with the record's arguments,
+    or None (with a warning) whenever that cannot be done safely: the record is data from
+    the file, so any failure means "read the file as a bare state dict", never an error."""
+    assert ckpt.provenance is not None
+    spec = spec_from_provenance(ckpt.provenance.model, ckpt.path, how)
+    if spec is None or not _fits_on_meta(spec, ckpt, None if how.meta else how.max_memory):
+        return None
+    try:
+        return trace_model(spec, seed=how.seed, meta=how.meta)
+    except Exception as exc:
+        _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300])
+        return None
 
 
 def _warn_bare(path: Path, why: str) -> None:
@@ -98,9 +130,10 @@ def _warn_bare(path: Path, why: str) -> None:
     )
 
 
-def _fits_on_meta(spec: ModelSpec, ckpt: Checkpoint) -> bool:
+def _fits_on_meta(spec: ModelSpec, ckpt: Checkpoint, budget: int | None) -> bool:
     """Whether the recorded model, built on the meta device (no memory, so a record asking
-    for a huge model costs nothing), has the checkpoint's names and shapes."""
+    for a huge model costs nothing), has the checkpoint's names and shapes, and its
+    parameters and buffers fit in ``budget`` bytes (None: it will not be built for real)."""
     try:
         traced = trace_model(spec, seed=0, meta=True)
     except Exception as exc:  # a stale or foreign record: any failure means "do not use it"
@@ -114,26 +147,74 @@ def _fits_on_meta(spec: ModelSpec, ckpt: Checkpoint) -> bool:
     ):
         _warn_bare(ckpt.path, "its names or shapes do not match the file's")
         return False
+    tensors = [*traced.model.parameters(), *traced.model.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors)
+    if budget is not None and need > budget:
+        _warn_bare(
+            ckpt.path,
+            f"it takes {need / 2**30:.2f} GiB, over --max-memory ({budget / 2**30:.2f} GiB; "
+            "raise it, or add --meta for defaults without weights)",
+        )
+        return False
     return True
 
 
-def _installed(module: str) -> bool:
-    """Whether ``module``'s top-level package is found without the current directory: an
-    installed (or editable-installed) package, not a file lying beside the checkpoint."""
-    import importlib.util
-    import os
-    import sys
+def record_import_problem(module: str) -> str | None:
+    """Why importing ``module`` for a provenance record could run code nobody chose, or None
+    when it may be imported.
 
-    top = module.split(".")[0]
-    if top in sys.modules:
-        return True
-    here = {"", ".", os.getcwd()}
+    Importing runs a module's code, and the record is data from a file. So a record may only
+    name a module that is already imported, or a regular (non-namespace) module of an
+    installed distribution, found with the working folder and the script's folder off the
+    search path: never a ``__main__`` module (``unittest.__main__`` runs tests on import), a
+    standard-library module not yet imported (``antigravity`` opens a browser), or a file
+    beside the checkpoint — a namespace package such as ``mpl_toolkits`` would take
+    ``./mpl_toolkits/x.py`` from the working folder.
+    """
+    import importlib.util
+    from importlib.metadata import packages_distributions
+
+    parts = module.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return f"{module!r} is not a module name"
+    if "__main__" in parts:
+        return f"{module} is a __main__ module (importing it runs a program)"
+    if module in sys.modules and getattr(sys.modules[module], "__file__", None):
+        return None
+    if parts[0] not in packages_distributions():
+        return f"{parts[0]} is not an installed package"
+    with _installed_paths_only():
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            loaded = sys.modules.get(name)
+            if loaded is not None:
+                if getattr(loaded, "__file__", None) is None:
+                    return f"{name} is a namespace package (its modules may come from any folder)"
+                continue
+            try:
+                spec = importlib.util.find_spec(name)  # imports the (checked) parents
+            except (ImportError, ValueError):
+                return f"{name} cannot be found"
+            if spec is None:
+                return f"{name} cannot be found"
+            if spec.origin is None or not os.path.isfile(spec.origin):
+                return f"{name} is a namespace package (its modules may come from any folder)"
+    return None
+
+
+@contextmanager
+def _installed_paths_only() -> Iterator[None]:
+    """sys.path without the working folder and the running script's folder."""
+    here = {"", ".", os.getcwd(), os.path.realpath(os.getcwd())}
+    if sys.argv and sys.argv[0]:
+        here.add(os.path.dirname(os.path.realpath(sys.argv[0])))
     saved = sys.path[:]
+    importlib.invalidate_caches()
     try:
-        sys.path[:] = [p for p in sys.path if p not in here]
-        return importlib.util.find_spec(top) is not None
-    except (ImportError, ValueError):
-        return False
+        sys.path[:] = [
+            p for p in sys.path if (p or "") not in here and os.path.realpath(p or ".") not in here
+        ]
+        yield
     finally:
         sys.path[:] = saved
 
@@ -181,11 +262,15 @@ def spec_from_provenance(
     base_dir = Path(base) if isinstance(base, str) and Path(base).is_dir() else None
     if not how.unsafe_load:
         base_dir = None
-        if not _installed(ref.split(":")[0]):
+        try:
+            problem = record_import_problem(split_ref(ref)[0])
+        except TargetError as exc:
+            problem = exc.message
+        if problem is not None:
             _warn_bare(
                 path,
-                f"{ref} is not an installed package (importing it would run code the "
-                "record names; --unsafe-load trusts it)",
+                f"{problem}: importing it would run code the record names (--unsafe-load "
+                "trusts the record)",
             )
             return None
     try:

@@ -31,6 +31,7 @@ __all__ = [
     "load_spec",
     "parse_args",
     "resolve_target",
+    "split_ref",
 ]
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -235,7 +236,8 @@ def load_spec(path: str | Path) -> ModelSpec:
     )
 
 
-def _split_ref(ref: str) -> tuple[str, str]:
+def split_ref(ref: str) -> tuple[str, str]:
+    """``pkg.module:Attr`` (or ``pkg.module.Attr``, ``nn.X``) → (module, attribute path)."""
     if ":" in ref:
         mod, _, attr = ref.partition(":")
     elif "." in ref:
@@ -309,7 +311,7 @@ def _import_module(name: str) -> Any:
 def import_ref(ref: str, base_dir: Path | None = None) -> Any:
     """The object ``ref`` names (``pkg.module:Attr.inner`` too); modules are looked up in the
     current directory and ``base_dir`` too."""
-    mod_name, attr = _split_ref(ref)
+    mod_name, attr = split_ref(ref)
     with _search_path(base_dir):
         obj = _import_module(mod_name)
     for part in attr.split("."):

@@ -558,8 +558,20 @@ def _open_safetensors(p: Path) -> Checkpoint:
     ties = provenance.extra.get("ties") if provenance is not None else None
     if isinstance(ties, dict):
         for alias, kept in ties.items():
-            if alias in infos and kept in infos and alias not in aliases:
-                aliases[str(alias)] = str(kept)
+            # The record is data from the file: a tie is taken only where the two tensors
+            # hold the same bytes, else an all-NaN tensor "tied" to a healthy one would pass.
+            if (
+                isinstance(alias, str)
+                and isinstance(kept, str)
+                and alias in offsets
+                and kept in offsets
+                and alias != kept
+                and alias not in aliases
+                and infos[alias].shape == infos[kept].shape
+                and infos[alias].dtype == infos[kept].dtype
+                and _same_bytes(fh.fileno(), offsets[alias], offsets[kept])
+            ):
+                aliases[alias] = kept
     return Checkpoint(
         p,
         infos,
@@ -570,6 +582,17 @@ def _open_safetensors(p: Path) -> Checkpoint:
         closer=fh.close,
         stored=stored,
     )
+
+
+def _same_bytes(fd: int, a: tuple[int, int], b: tuple[int, int], block: int = 2**20) -> bool:
+    """Whether byte ranges ``a`` and ``b`` of the file hold the same bytes, read in blocks."""
+    if a[1] - a[0] != b[1] - b[0]:
+        return False
+    for start in range(0, a[1] - a[0], block):
+        n = min(block, a[1] - a[0] - start)
+        if os.pread(fd, n, a[0] + start) != os.pread(fd, n, b[0] + start):
+            return False
+    return True
 
 
 # Within one module, the order torch.nn layers create their parameters in.

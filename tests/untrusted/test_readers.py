@@ -287,3 +287,39 @@ def crafted_inputs(folder: Path) -> dict[str, Path]:
     index.write_text(json.dumps({"weight_map": {"w": "link.safetensors"}}))
     cases["index-symlink-leaves"] = index
     return cases
+
+
+# -- a record's ties are claims to verify --------------------------------------------------------
+
+
+def _tied(path: Path, b: torch.Tensor) -> Path:
+    from initscope.saving import METADATA_KEY, Provenance
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(16, 16).weight.detach()
+    record = Provenance("0", extra={"ties": {"b": "a"}})
+    write_safetensors(path, {"a": a, "b": b}, {METADATA_KEY: record.to_json()})
+    return path
+
+
+def test_a_record_tie_to_other_values_is_not_trusted(runner: CliRunner, tmp_path: Path) -> None:
+    path = _tied(tmp_path / "t.safetensors", torch.full((16, 16), float("nan")))
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "b" in result.stdout and "NaN" in result.stdout
+    with open_checkpoint(path) as ckpt:
+        assert "b" not in ckpt.aliases
+        assert torch.isnan(ckpt.load("b")).all()
+
+
+def test_a_record_tie_of_another_shape_is_not_trusted(tmp_path: Path) -> None:
+    path = _tied(tmp_path / "t.safetensors", torch.zeros(4))
+    with open_checkpoint(path) as ckpt:
+        assert "b" not in ckpt.aliases
+
+
+def test_a_true_tie_is_still_a_tie(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    same = torch.nn.Linear(16, 16).weight.detach().clone()
+    with open_checkpoint(_tied(tmp_path / "t.safetensors", same)) as ckpt:
+        assert ckpt.aliases == {"b": "a"}

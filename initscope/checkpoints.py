@@ -16,6 +16,7 @@ import pickle
 import re
 import stat
 import warnings
+import zipfile
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -624,31 +625,80 @@ def _check_safetensors_size(p: Path, infos: Mapping[str, TensorInfo], header_len
 
 # -- torch.save pickles ---------------------------------------------------------------------
 
+# What a pickle says when it needs a class or function to load (torch's weights-only
+# unpickler names some in its message; pickletools finds the others).
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
+# The most pickle bytes scanned to name the global a refused file needs.
+_SCAN_BYTES = 64 * 2**20
 
 
-def _torch_load(p: Path, weights_only: bool) -> Any:
+def _torch_load(p: Path, unsafe_load: bool) -> Any:
+    """The file's object. Safely (the default), tensors come back on the meta device: the
+    weights-only unpickler reads structure only, and each storage records where its bytes
+    are in the file (``_checkpoint_offset``, torch/serialization.py ``load_tensor``), read
+    later one tensor at a time. Nothing is mapped, so a file truncated while it is read is
+    an error, not a SIGBUS, and nothing is allocated for what a header merely declares."""
     # torch.load warns about odd pickle protocols and the like on its way to failing on a
     # damaged file; the error we raise says it better, in one line.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            return torch.load(p, map_location="cpu", weights_only=weights_only, mmap=True)
-        except RuntimeError as exc:
-            if "mmap can only be used" not in str(exc):
-                raise
-        # Files in the legacy (pre-1.6, non-zip) format cannot be mapped; read them whole.
-        return torch.load(p, map_location="cpu", weights_only=weights_only)
+        if unsafe_load:
+            try:
+                return torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+            except RuntimeError as exc:
+                if "mmap can only be used" not in str(exc):
+                    raise
+            return torch.load(p, map_location="cpu", weights_only=False)
+        if zipfile.is_zipfile(p):
+            return torch.load(p, map_location="meta", weights_only=True)
+        # The legacy (pre-1.6, non-zip) format keeps no offsets: it is read whole.
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def _needed_global(p: Path) -> str | None:
+    """The first class or function the pickle in ``p`` (or in its torch zip) would import, or
+    None when it names none or cannot be parsed (then it is damaged, not unsafe)."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as zf:
+                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+                with zf.open(name) as fh:
+                    data = fh.read(_SCAN_BYTES)
+        else:
+            with open(p, "rb") as fh:
+                data = fh.read(_SCAN_BYTES)
+        strings: list[str] = []
+        memo: dict[int, str | None] = {}
+        pushed: str | None = None  # the string the previous opcode pushed, if it pushed one
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                return arg.replace(" ", ".")
+            if op.name == "STACK_GLOBAL":
+                return ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+            string = arg if isinstance(arg, str) and "UNICODE" in op.name else None
+            if op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int):
+                string = memo.get(arg)
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = pushed
+            if string is not None:
+                strings.append(string)
+            pushed = string
+    except Exception:
+        return None
+    return None
 
 
 def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
     try:
-        obj = _torch_load(p, weights_only=not unsafe_load)
+        obj = _torch_load(p, unsafe_load)
     except pickle.UnpicklingError as exc:
         found = _GLOBAL_RE.search(str(exc))
-        if not unsafe_load and found and "Weights only load failed" in str(exc):
+        needed = found.group(1) if found else _needed_global(p)
+        if not unsafe_load and needed and "Weights only load failed" in str(exc):
             raise UnsafeLoadRequired(
-                f"{p} is a pickle that needs {found.group(1)} to load, and loading it "
+                f"{p} is a pickle that needs {needed} to load, and loading it "
                 "would run code from the file",
                 "if you trust the file, rerun with --unsafe-load; better, re-save it with "
                 "torch.save(model.state_dict(), path) or as .safetensors",
@@ -679,21 +729,87 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
             f"{p} contains no tensors (top-level keys: {keys or 'none'})",
             "point initscope at the file that holds the model's state dict",
         )
+    for name, t in tensors.items():
+        _check_fits_storage(p, name, t)
     infos = {k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in tensors.items()}
     record = state.get(PROVENANCE_KEY)
     extra = [str(k) for k, v in state.items() if k != PROVENANCE_KEY and k not in tensors]
     if isinstance(obj, Mapping) and obj is not state:
         extra += [str(k) for k, v in obj.items() if v is not state and k not in tensors]
+    reader = _StorageReader(p)
+
+    def rows(name: str, start: int, stop: int) -> torch.Tensor:
+        return reader.read(tensors[name][start:stop])
+
     return Checkpoint(
         p,
         infos,
-        tensors.__getitem__,
+        lambda name: reader.read(tensors[name]),
         module=module,
         aliases=_shared_storage_aliases(tensors),
         provenance=Provenance.from_json(record) if isinstance(record, str) else None,
         extra=tuple(extra),
-        rows=lambda name, start, stop: tensors[name][start:stop],
+        rows=rows,
+        closer=reader.close,
     )
+
+
+def _check_fits_storage(p: Path, name: str, t: torch.Tensor) -> None:
+    """Refuse a tensor whose elements overlap or lie outside its storage: a stride-0 view
+    can declare 2**62 elements over 4 bytes, which no statistic should walk."""
+    if t.is_sparse or t.layout != torch.strided:
+        raise CheckpointError(
+            f"{p}: tensor {name!r} is {t.layout}, which initscope does not read",
+            "save it dense: tensor.to_dense()",
+        )
+    have = t.untyped_storage().nbytes()
+    itemsize = t.element_size()
+    end = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
+    if t.numel() and (
+        t.numel() * itemsize > have or (end + 1) * itemsize > have or min(t.stride(), default=0) < 0
+    ):
+        raise CheckpointError(
+            f"{p}: tensor {name!r} is larger than its storage ({t.numel()} elements of "
+            f"{itemsize} bytes over a storage of {have} bytes)",
+            "re-save it from a real tensor: torch.save({k: v.contiguous().clone() ...})",
+        )
+
+
+class _StorageReader:
+    """Reads a tensor whose storage is on the meta device (see _torch_load) from the file:
+    only the bytes its elements span, by ``pread`` into fresh memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def read(self, t: torch.Tensor) -> torch.Tensor:
+        if t.device.type != "meta":
+            return t.resolve_conj().resolve_neg()
+        storage = t.untyped_storage()
+        base = getattr(storage, "_checkpoint_offset", None)
+        if not isinstance(base, int):
+            raise OSError("the storage's place in the file is unknown")
+        itemsize = t.element_size()
+        shape, stride = tuple(t.shape), tuple(t.stride())
+        if t.numel() == 0:
+            return torch.empty(shape, dtype=t.dtype)
+        first = t.storage_offset()
+        last = first + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        raw = _read_into(self._fd, int(last - first + 1) * itemsize, base + int(first) * itemsize)
+        out = raw.view(t.dtype).as_strided(shape, stride)
+        if t.is_conj():
+            out = out.conj()
+        if t.is_neg():
+            out = out.neg()
+        return out.resolve_conj().resolve_neg()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
@@ -744,8 +860,12 @@ def _shared_storage_aliases(tensors: Mapping[str, torch.Tensor]) -> dict[str, st
     aliases: dict[str, str] = {}
     for name, t in tensors.items():
         try:
+            storage = t.untyped_storage()
+            # A storage read from a file is known by its place there (each load makes new
+            # meta storages); one in memory by its address.
+            place = getattr(storage, "_checkpoint_offset", None)
             key = (
-                int(t.untyped_storage()._cdata),
+                int(place if isinstance(place, int) else storage.data_ptr() or storage._cdata),
                 int(t.storage_offset()),
                 tuple(t.shape),
                 tuple(t.stride()),  # w and w.t() share storage but are not one tensor

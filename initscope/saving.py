@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -110,8 +110,34 @@ def save_state_dict(
             # after a path's stem, which for a random temporary name would make two
             # identical runs write different bytes.
             with open(tmp, "wb") as fh:
-                torch.save(state, fh)
+                writer = _KeepsWriteError(fh)
+                try:
+                    torch.save(state, cast(IO[bytes], writer))
+                except RuntimeError:
+                    # torch's zip writer turns a failed write (a full disk) into a
+                    # RuntimeError about positions; the OSError underneath says why.
+                    if writer.error is not None:
+                        raise writer.error from None
+                    raise
     return target
+
+
+class _KeepsWriteError:
+    """A binary file for torch.save that remembers the OSError of a failed write."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 # The safetensors dtype codes (safetensors/src/tensor.rs, Dtype), for the torch dtypes a

@@ -751,6 +751,7 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
         extra=tuple(extra),
         rows=rows,
         closer=reader.close,
+        stored=lambda name: reader.stored(infos[name], tensors[name]),
     )
 
 
@@ -805,6 +806,20 @@ class _StorageReader:
         if t.is_neg():
             out = out.neg()
         return out.resolve_conj().resolve_neg()
+
+    def stored(self, info: TensorInfo, t: torch.Tensor) -> StoredTensor | None:
+        """Where ``t``'s values lie plainly in the file (for the fused kernel's own reads):
+        only for a contiguous, unconjugated, unnegated tensor."""
+        base = getattr(t.untyped_storage(), "_checkpoint_offset", None)
+        if t.device.type != "meta" or not isinstance(base, int) or t.is_conj() or t.is_neg():
+            return None
+        if not t.is_contiguous() or t.numel() == 0:
+            return None
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return StoredTensor(
+            info, self.path, self._fd, base + int(t.storage_offset()) * t.element_size()
+        )
 
     def close(self) -> None:
         if self._fd is not None:

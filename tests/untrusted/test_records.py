@@ -73,7 +73,7 @@ def test_record_import_rules() -> None:
     assert record_import_problem("torch.nn") is None
     assert record_import_problem("initscope.examples") is None  # an editable install counts
     assert "__main__" in (record_import_problem("torch.__main__") or "")
-    assert "not an installed package" in (record_import_problem("tests.fixtures.models") or "")
+    assert "not an installed package" in (record_import_problem("tests.no_such_module") or "")
     assert "not a module name" in (record_import_problem("os;rm") or "")
 
 

@@ -1,9 +1,17 @@
 """Safe reading of checkpoint files, and atomic writing of outputs.
 
-``.pt``/``.pth``/``.bin`` files load with ``torch.load(weights_only=True, mmap=True)``: no code
-from the file runs, and tensors are views on the mapped file, paged in only when read.
-``.safetensors`` files are read one tensor at a time through ``safe_open``. Loading a pickled
-``nn.Module`` executes code from the file, so it needs ``unsafe_load=True`` (``--unsafe-load``).
+Every byte of a checkpoint is data from a stranger: nothing in it may run code, block, or
+make initscope allocate more than the tensors the file really holds.
+
+- ``.pt``/``.pth``/``.bin``/``.ckpt`` (torch.save zips): the pickle is read by torch's
+  weights-only unpickler with tensors on the meta device, so only structure is read; each
+  tensor's bytes are then read with ``pread`` from its storage's place in the file, when
+  asked for. Nothing is mapped (a file truncated while read is an error, not SIGBUS).
+- ``.safetensors``: the header is parsed and checked here, tensors read with ``pread``.
+- Folders, ``*.index.json`` and DCP folders: see the functions below and initscope.dcp.
+
+Loading a pickled ``nn.Module`` executes code from the file, so it needs
+``unsafe_load=True`` (``--unsafe-load``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import zipfile
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -476,43 +484,87 @@ def _read_into(fd: int, size: int, offset: int) -> torch.Tensor:
     return data
 
 
-def _open_safetensors(p: Path) -> Checkpoint:
-    from safetensors import safe_open
+# The safetensors crate refuses headers over 100 MB (safetensors/src/tensor.rs,
+# MAX_HEADER_SIZE); so does initscope, before reading one.
+MAX_SAFETENSORS_HEADER = 100_000_000
 
-    fh = None
+
+def _safetensors_header(
+    p: Path, fh: IO[bytes]
+) -> tuple[dict[str, TensorInfo], dict[str, tuple[int, int]], dict[str, str]]:
+    """The header of the safetensors file open as ``fh``, validated as the safetensors crate
+    validates it (tensor.rs ``validate``), against the file's real size: (header length,
+    tensor infos, absolute byte range of each tensor, metadata). Read here rather than by
+    ``safe_open``, which maps the whole file: the header is all that is needed up front."""
+    size = os.fstat(fh.fileno()).st_size
+    n = int.from_bytes(fh.read(8), "little")
+    if n > MAX_SAFETENSORS_HEADER or n > size - 8:
+        raise ValueError(f"header length {n} is past the file's {size} bytes or over 100 MB")
+    header = json.loads(fh.read(n))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    raw_meta = header.pop("__metadata__", None) or {}
+    if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
+        raise ValueError("__metadata__ must map names to strings")
+    infos: dict[str, TensorInfo] = {}
+    ranges: dict[str, tuple[int, int]] = {}
+    data = size - 8 - n
+    for key, entry in header.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"entry {key!r} is not an object")
+        code, shape, span = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        dtype = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
+        if dtype is None:
+            raise CheckpointError(
+                f"{p}: tensor {key!r} has dtype {code}, which initscope cannot read",
+                f"initscope reads {', '.join(_SAFETENSORS_DTYPES)}; convert that tensor",
+            )
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"tensor {key!r} has no valid shape")
+        if (
+            not isinstance(span, list)
+            or len(span) != 2
+            or not all(type(o) is int for o in span)
+            or not 0 <= span[0] <= span[1]
+        ):
+            raise ValueError(f"tensor {key!r} has no valid data_offsets")
+        need = math.prod(shape) * dtype.itemsize
+        if span[1] - span[0] != need:
+            raise ValueError(
+                f"tensor {key!r} is {shape} {code} ({need} bytes) but spans "
+                f"{span[1] - span[0]} bytes"
+            )
+        if span[1] > data:
+            raise CheckpointError(
+                f"{p} is truncated: its header places tensor {key!r} at bytes "
+                f"{span[0]}..{span[1]} of the data, the file holds {max(data, 0)}",
+                "re-save or re-download it",
+            )
+        infos[key] = TensorInfo(key, tuple(shape), dtype)
+        ranges[key] = (8 + n + span[0], 8 + n + span[1])
+    return infos, ranges, raw_meta
+
+
+def _open_safetensors(p: Path) -> Checkpoint:
+    fh = open(p, "rb")  # noqa: SIM115 - closed by the Checkpoint
     try:
-        handle = safe_open(str(p), framework="pt", device="cpu")
-        infos: dict[str, TensorInfo] = {}
-        for key in handle.keys():  # type: ignore[no-untyped-call]  # noqa: SIM118 - not a Mapping
-            sl = handle.get_slice(key)  # type: ignore[no-untyped-call]
-            dtype = _SAFETENSORS_DTYPES.get(sl.get_dtype())
-            if dtype is None:
-                raise CheckpointError(
-                    f"{p}: tensor {key!r} has dtype {sl.get_dtype()}, which initscope cannot read",
-                    f"initscope reads {', '.join(_SAFETENSORS_DTYPES)}; convert that tensor",
-                )
-            infos[key] = TensorInfo(key, tuple(int(s) for s in sl.get_shape()), dtype)
-        # Data is read per tensor (see _read_into), not through safe_open's memory map of
-        # the whole file: mapped pages stay resident (and count in RSS) until the file is
-        # closed, so a 4 GB file would cost 4 GB; a read costs one tensor (or one block of
-        # rows), freed after use.
-        fh = open(p, "rb")  # noqa: SIM115 - closed by the Checkpoint
-        header_len = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(header_len))
-        _check_safetensors_size(p, infos, header_len)
+        infos, offsets, metadata = _safetensors_header(p, fh)
     except CheckpointError:
-        if fh is not None:
-            fh.close()
+        fh.close()
         raise
     except Exception as exc:
-        if fh is not None:
-            fh.close()
+        fh.close()
         raise CheckpointError(
             f"cannot read {p} as safetensors: {_reason(exc)}",
             "the file is truncated or corrupt, or not a safetensors file; "
             "re-save or re-download it",
         ) from exc
-    metadata = handle.metadata() or {}  # type: ignore[no-untyped-call]
+    if not infos:
+        fh.close()
+        raise CheckpointError(f"{p} holds no tensors", "point at a model checkpoint")
+    # Data is read per tensor (see _read_into), not through a memory map of the whole file:
+    # mapped pages stay resident (and count in RSS) until the file is closed, so a 4 GB file
+    # would cost 4 GB; a read costs one tensor (or one block of rows), freed after use.
     # safetensors.torch.save_model stores a tied tensor once and records each dropped name
     # in the metadata as {dropped: kept}; read those names back as aliases of the kept one.
     aliases = {
@@ -523,12 +575,6 @@ def _open_safetensors(p: Path) -> Checkpoint:
     for alias, kept in aliases.items():
         infos[alias] = TensorInfo(alias, infos[kept].shape, infos[kept].dtype)
     infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
-
-    offsets = {
-        k: (8 + header_len + int(v["data_offsets"][0]), 8 + header_len + int(v["data_offsets"][1]))
-        for k, v in header.items()
-        if k != "__metadata__"
-    }
 
     def read(name: str, first_row: int, last_row: int | None) -> torch.Tensor:
         info = infos[name]
@@ -608,19 +654,6 @@ def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     key: list[tuple[int, int | str]] = [(0, int(p)) if p.isdigit() else (1, p) for p in parts[:-1]]
     key.append((0, _PARAM_ORDER[parts[-1]]) if parts[-1] in _PARAM_ORDER else (1, parts[-1]))
     return tuple(key)
-
-
-def _check_safetensors_size(p: Path, infos: Mapping[str, TensorInfo], header_len: int) -> None:
-    # A truncated file would only fail when a tensor is read, so compare the bytes the header
-    # promises with the bytes on disk up front.
-    need = sum(i.numel * i.dtype.itemsize for i in infos.values())
-    have = p.stat().st_size - 8 - header_len
-    if have < need:
-        raise CheckpointError(
-            f"{p} is truncated: its header describes {need} bytes of tensor data, "
-            f"the file holds {max(have, 0)}",
-            "re-save or re-download it",
-        )
 
 
 # -- torch.save pickles ---------------------------------------------------------------------

@@ -323,3 +323,65 @@ def test_a_true_tie_is_still_a_tie(tmp_path: Path) -> None:
     same = torch.nn.Linear(16, 16).weight.detach().clone()
     with open_checkpoint(_tied(tmp_path / "t.safetensors", same)) as ckpt:
         assert ckpt.aliases == {"b": "a"}
+
+
+# -- safetensors headers are checked, and the file is never mapped whole -------------------------
+
+
+def _raw_safetensors(path: Path, header: dict[str, object], size: int | None = None) -> Path:
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(text).to_bytes(8, "little") + text)
+        fh.truncate(8 + len(text) + (size or 0))  # sparse: no disk, no memory
+    return path
+
+
+def test_a_30_gb_safetensors_is_read_not_called_corrupt(tmp_path: Path) -> None:
+    big = 30 * 2**30
+    header = {
+        "small": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]},
+        "big": {"dtype": "BF16", "shape": [big // 2 // 4096, 4096], "data_offsets": [64, 64 + big]},
+    }
+    path = _raw_safetensors(tmp_path / "big.safetensors", header, 64 + big)
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.infos["big"].numel * 2 == big
+        assert torch.equal(ckpt.load("small"), torch.zeros(4, 4))
+        assert torch.equal(ckpt.read_rows("big", 7, 9), torch.zeros(2, 4096, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dtype": "F32", "shape": [2**31, 2**31], "data_offsets": [0, 16]}, "but spans 16 bytes"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 10**12]}, "spans"),
+        ({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}, "no valid shape"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [16, 0]}, "no valid data_offsets"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [4096, 4112]}, "is truncated"),
+        ({"dtype": "C64", "shape": [4], "data_offsets": [0, 32]}, "has dtype C64"),
+    ],
+)
+def test_a_lying_safetensors_header_is_one_line(
+    runner: CliRunner, tmp_path: Path, entry: dict[str, object], message: str
+) -> None:
+    path = _raw_safetensors(tmp_path / "lies.safetensors", {"w": entry}, 16)
+    with deadline(10):
+        result = runner.invoke(app, ["report", str(path)])
+    assert result.exit_code == 2, result.output
+    assert message in _errors(result)
+
+
+def test_a_header_length_past_the_file(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "h.safetensors"
+    path.write_bytes((2**63).to_bytes(8, "little") + b"{}")
+    result = runner.invoke(app, ["report", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "header length" in _errors(result)
+
+
+def test_a_safetensors_file_with_no_tensors(runner: CliRunner, tmp_path: Path) -> None:
+    path = _raw_safetensors(tmp_path / "none.safetensors", {"__metadata__": {"a": "b"}})
+    for command in (["report"], ["check"], ["diff", str(path)]):
+        result = runner.invoke(app, [*command, str(path)])
+        assert result.exit_code == 2, result.output
+        assert "holds no tensors" in _errors(result)

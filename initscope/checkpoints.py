@@ -500,7 +500,10 @@ def _safetensors_header(
     n = int.from_bytes(fh.read(8), "little")
     if n > MAX_SAFETENSORS_HEADER or n > size - 8:
         raise ValueError(f"header length {n} is past the file's {size} bytes or over 100 MB")
-    header = json.loads(fh.read(n))
+    try:
+        header = json.loads(fh.read(n))
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"the header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
     raw_meta = header.pop("__metadata__", None) or {}

@@ -35,6 +35,7 @@ CONTRIBUTORS = (
     "tests.untrusted.test_readers",
     "tests.untrusted.test_pickles",
     "tests.untrusted.test_records",
+    "tests.untrusted.test_patterns",
     "tests.untrusted.test_outputs",
     "tests.untrusted.test_output_escaping",
 )

@@ -24,7 +24,7 @@ from initscope.checkpoints import Checkpoint
 from initscope.distributions import Distribution, Family
 from initscope.errors import InitScopeError, TargetError
 from initscope.models import open_target
-from initscope.output import OutputError, check_writable, same_file
+from initscope.output import OutputError, check_writable, refuse_input_files, same_file
 from initscope.plan import (
     Action,
     ParamSite,
@@ -358,6 +358,8 @@ def apply_target(
             "drop --meta",
         )
     with open_target(target, how) as (traced, ckpt):
+        if output is not None and ckpt is not None:
+            refuse_input_files(output, ckpt.files, allowed=input_path if options.in_place else None)
         if options.in_place and output is not None and ckpt is not None and ckpt.extra:
             shown = ", ".join(ckpt.extra[:4]) + (" ..." if len(ckpt.extra) > 4 else "")
             raise OutputError(
@@ -410,7 +412,7 @@ def apply_target(
             seed=plan.seed,
             extra={"ties": ties} if ties else {},
         )
-        save_state_dict(state, output, provenance)
+        save_state_dict(state, output, provenance, replace=options.force or options.in_place)
     return ApplyResult(target, plan, output, rs.source)
 
 

@@ -238,7 +238,7 @@ def _constructor_kwargs(arg: list[str] | None, args_file: Path | None) -> dict[s
 def _writable_output(output: Path, *inputs: object) -> None:
     """Check an output can be written (see output.check_writable) and refuse one that names
     one of the command's own input files."""
-    from initscope.output import check_writable, same_file
+    from initscope.output import check_writable, refuse_input_files, same_file
 
     check_writable(output)
     if not output.exists():
@@ -249,6 +249,27 @@ def _writable_output(output: Path, *inputs: object) -> None:
                 f"--output {output} is one of the inputs ({item})",
                 "write the result to another file",
             )
+    refuse_input_files(output, _files_read(inputs))
+
+
+def _files_read(inputs: tuple[object, ...]) -> list[Path]:
+    """The files behind folder and index inputs (shards, DCP storage files), which an output
+    must not replace either. A folder that cannot be opened as a checkpoint lists its
+    checkpoint-like files: the command will report the problem itself."""
+    from initscope.checkpoints import CHECKPOINT_SUFFIXES, checkpoint_files
+
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(str(item)) if item is not None else None
+        if path is None or not (path.is_dir() or path.name.lower().endswith(".index.json")):
+            continue
+        try:
+            files += checkpoint_files(path, allow_outside=True)
+        except InitScopeError:
+            if path.is_dir():
+                suffixes = (*CHECKPOINT_SUFFIXES, ".distcp", ".metadata", ".json")
+                files += [f for f in path.iterdir() if f.name.lower().endswith(suffixes)]
+    return files
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -1068,6 +1089,22 @@ def _is(exc: BaseException, name: str) -> bool:
     return any(c.__name__ == name for c in type(exc).__mro__)
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a CI job cancelled, a ``timeout``, ``kill``) ends a run as Ctrl-C does: the
+    temporary file of an output being written is removed, one line says so, exit 130. Only
+    where nobody installed a handler already."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: click's usage errors become one line too."""
     import os
@@ -1085,6 +1122,7 @@ def main(argv: list[str] | None = None) -> None:
     # of a 1.2 GB checkpoint took 0.30 s between identifications, 0.21 s with passive waiting
     # (measured). initscope's own parallelism is the kernel's threads and its processes.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _terminate_as_interrupt()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="initscope", standalone_mode=False)

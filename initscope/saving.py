@@ -95,12 +95,17 @@ def output_format(path: Path) -> str:
 
 
 def save_state_dict(
-    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike[str], provenance: Provenance
+    tensors: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    provenance: Provenance,
+    *,
+    replace: bool = True,
 ) -> Path:
-    """Write ``tensors`` to ``path`` (format by extension) atomically, with ``provenance``."""
+    """Write ``tensors`` to ``path`` (format by extension) atomically, with ``provenance``;
+    with ``replace=False`` an existing ``path`` is an error (decided atomically)."""
     target = Path(path)
     fmt = output_format(target)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, replace=replace) as tmp:
         if fmt == "safetensors":
             write_safetensors(tmp, tensors, {METADATA_KEY: provenance.to_json()})
         else:

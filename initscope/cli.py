@@ -28,7 +28,7 @@ from initscope.errors import (
     EXIT_VIOLATIONS,
     InitScopeError,
 )
-from initscope.render import TABLE_WIDTH, OutputFormat
+from initscope.render import TABLE_WIDTH, OutputFormat, escape_text
 
 if TYPE_CHECKING:
     from initscope.distributed import Group
@@ -169,17 +169,19 @@ def _boundary(debug: bool) -> Iterator[None]:
         if debug:
             traceback.print_exc()
         for text in exc.lines():
-            sys.stderr.write(f"initscope: error: {text}\n")
+            sys.stderr.write(f"initscope: error: {escape_text(text)}\n")
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         sys.stderr.write("initscope: interrupted\n")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (typer.Exit, typer.Abort):
+    except (typer.Exit, typer.Abort, SystemExit, GeneratorExit):
         raise
-    except Exception as exc:
+    except BaseException as exc:
+        # Exception, and what libraries raise outside it: torch.distributed.checkpoint's
+        # CheckpointException derives from BaseException.
         if debug:
             traceback.print_exc()
-        msg = " ".join(str(exc).split())[:300]
+        msg = escape_text(" ".join(str(exc).split())[:300])
         sys.stderr.write(
             f"initscope: internal error: {type(exc).__name__}: {msg}; "
             "rerun with --debug for the traceback and report it\n"
@@ -199,7 +201,7 @@ def _warnings_to_stderr() -> Iterator[None]:
 
     def show(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
         if issubclass(category, InitScopeWarning):
-            sys.stderr.write(f"initscope: warning: {message}\n")
+            sys.stderr.write(f"initscope: warning: {escape_text(str(message))}\n")
         else:
             original(message, category, *args, **kw)  # type: ignore[arg-type]
 
@@ -212,7 +214,7 @@ def _warnings_to_stderr() -> Iterator[None]:
 
 def _warn(lines: list[str]) -> None:
     for text in lines:
-        sys.stderr.write(f"initscope: warning: {text}\n")
+        sys.stderr.write(f"initscope: warning: {escape_text(text)}\n")
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -380,6 +382,9 @@ def _leads(group: Group | None) -> bool:
 
 
 def _emit(text: str, output: Path | None, debug: bool) -> None:
+    """Write a rendered result. Renderers escape the names they print; this is the net for
+    anything else from a file that reached the text (no control character passes)."""
+    text = escape_text(text, keep="\n\t")
     if output is None:
         sys.stdout.write(text)
         return
@@ -635,9 +640,8 @@ def plot(
             dpi=dpi,
         )
     for page in pages:
-        sys.stderr.write(
-            f"wrote {page.path}: panels {page.first + 1}-{page.end} of {len(panels)}\n"
-        )
+        shown = escape_text(str(page.path))
+        sys.stderr.write(f"wrote {shown}: panels {page.first + 1}-{page.end} of {len(panels)}\n")
 
 
 @app.command()
@@ -1137,11 +1141,11 @@ def main(argv: list[str] | None = None) -> None:
             ctx = getattr(exc, "ctx", None)
             where = ctx.command_path if ctx is not None else "initscope"
             message = " ".join(exc.format_message().split()).rstrip(".")  # type: ignore[attr-defined]
-            sys.stderr.write(f"initscope: error: {message}; see '{where} --help'\n")
+            sys.stderr.write(f"initscope: error: {escape_text(message)}; see '{where} --help'\n")
             code = EXIT_USAGE
         elif _is(exc, "ClickException"):
             message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
-            sys.stderr.write(f"initscope: error: {message}\n")
+            sys.stderr.write(f"initscope: error: {escape_text(message)}\n")
             code = getattr(exc, "exit_code", EXIT_USAGE)
         elif _is(exc, "Abort"):
             sys.stderr.write("initscope: interrupted\n")

@@ -20,6 +20,7 @@ import torch
 
 from initscope.distributed import Group
 from initscope.models import open_target
+from initscope.render import escape_text
 from initscope.stats import CHUNK_ELEMENTS, DEFAULT_MAX_MEMORY, dense
 from initscope.targets import TargetOptions
 from initscope.workers import ProgressFn, spread
@@ -361,7 +362,7 @@ def render_diff(result: DiffResult, fmt: str = "table") -> str:
     head = ("parameter", "status", "rel L2", "max |Δ|", "cosine", "std A", "std B")
     cells = [
         (
-            e.name,
+            escape_text(e.name),
             e.status.value,
             f(e.rel_l2, "-"),
             f(e.max_abs_diff, "-"),

@@ -192,9 +192,17 @@ _CERTAIN = 1e-12
 def _p_candidate(d: Distribution, s: TensorStats, sample: _Sample, eps: float) -> float:
     """The Bonferroni-combined p-value of the candidate's five tests (a NaN p-value fails).
     The cheap moment tests run first; when they already reject beyond doubt, the KS test on
-    the sample (a CDF over 4096 values) is skipped."""
+    the sample (a CDF over 4096 values) is skipped. Values whose moments a float cannot hold
+    (1e300 in float64: its fourth power overflows) follow no candidate."""
     if not d.is_continuous:
         return 0.0
+    try:
+        return _p_tests(d, s, sample, eps)
+    except OverflowError:
+        return 0.0
+
+
+def _p_tests(d: Distribution, s: TensorStats, sample: _Sample, eps: float) -> float:
     tests = 5
     cheap = [
         p if math.isfinite(p) else 0.0

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 from collections.abc import Iterable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OutputFormat",
+    "csv_cell",
+    "escape_text",
     "explanation_to_dict",
     "render_explanation",
     "render_report",
@@ -42,6 +45,39 @@ class OutputFormat(str, Enum):
     JSON = "json"
     MARKDOWN = "markdown"
     CSV = "csv"
+
+
+# -- names from files are data -----------------------------------------------------------------
+
+# Characters that act on a terminal or on how text reads rather than showing: C0 controls,
+# DEL, C1 controls (ESC [ and CSI start escape sequences that clear screens, set titles,
+# write to the clipboard), and the Unicode bidirectional controls that reorder what a
+# reader sees (the "Trojan Source" characters, CVE-2021-42574).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_text(text: str, keep: str = "") -> str:
+    """``text`` with every control character shown as ``\\xNN`` (``\\uNNNN`` for the bidi
+    controls), so a tensor name from a file cannot move the cursor, clear a terminal or
+    forge a line; those in ``keep`` stay (``"\\n\\t"`` for a whole rendered output, whose
+    lines they lay out)."""
+
+    def shown(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in keep:
+            return char
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _CONTROL.sub(shown, text)
+
+
+def csv_cell(text: str) -> str:
+    """A text cell a spreadsheet will not run: one that starts with ``= + - @`` (or a tab or
+    CR) is a formula to Excel and LibreOffice, so it gets a leading ``'`` (OWASP, "CSV
+    Injection"); control characters are escaped."""
+    text = escape_text(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -202,7 +238,7 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
     sparks: list[str] = []
     for p in report.parameters:
         s = p.stats
-        name = f"  {p.param}" + (" (buffer)" if p.is_buffer else "")
+        name = f"  {escape_text(p.param)}" + (" (buffer)" if p.is_buffer else "")
         call, label = _default_parts(p.default)
         std = _num(s.std if s else None)
         if s is not None and (s.nan_count or s.inf_count):
@@ -250,7 +286,7 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
         spark = sparks[i] if hist else ""
         if p.module != current:
             current = p.module
-            head = p.module or "(root)"
+            head = escape_text(p.module) or "(root)"
             kind = _type_name(p.module_type)
             if kind and len(head) + 2 + len(kind) <= width:
                 out.append(f"{head}  {kind}")
@@ -264,7 +300,7 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
             if label:
                 out.append(line("", "", label, "", "", ""))
         if p.tied_to:
-            out.append(f"{'':{w_name}}  tied: {', '.join(p.tied_to)}")
+            out.append(f"{'':{w_name}}  tied: {escape_text(', '.join(p.tied_to))}")
     out += ["", _summary_line(report)]
     return "\n".join(out) + "\n"
 
@@ -329,12 +365,12 @@ def render_markdown(report: Report) -> str:
     for p in report.parameters:
         s = p.stats
         d = p.default
-        tied = f" (tied: {', '.join(p.tied_to)})" if p.tied_to else ""
+        tied = f" (tied: {escape_text(', '.join(p.tied_to))})" if p.tied_to else ""
         partial = (
             " + partial " + ", ".join(c.signature() for c in d.partial) if d and d.partial else ""
         )
         cells = [
-            f"`{p.name}`{tied}",
+            f"`{escape_text(p.name)}`{tied}",
             _type_name(p.module_type),
             f"`{_shape(p.shape)}`",
             f"`{_short_call(d)}`{partial}" if d else "-",
@@ -387,17 +423,17 @@ def render_csv(report: Report) -> str:
         s = row["stats"] or {}
         writer.writerow(
             {
-                "name": row["name"],
-                "module": row["module"],
-                "module_type": row["module_type"],
-                "param": row["param"],
+                "name": csv_cell(row["name"]),
+                "module": csv_cell(row["module"]),
+                "module_type": csv_cell(row["module_type"] or ""),
+                "param": csv_cell(row["param"]),
                 "kind": row["kind"],
                 "shape": "x".join(str(x) for x in row["shape"]),
                 "dtype": row["dtype"],
                 "numel": row["numel"],
                 "fan_in": row["fan_in"],
                 "fan_out": row["fan_out"],
-                "tied_to": ";".join(row["tied_to"] or []),
+                "tied_to": csv_cell(";".join(row["tied_to"] or [])),
                 "default_init": d.get("init"),
                 "default_family": d.get("family"),
                 "default_low": d.get("low"),

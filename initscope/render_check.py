@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 from initscope.check import CheckResult, Violation
+from initscope.render import escape_text
 
 __all__ = ["CHECK_SCHEMA", "check_to_dict", "render_check"]
 
@@ -81,7 +82,9 @@ def _github(result: CheckResult) -> str:
     for v in result.violations:
         level = "error" if v.severity == "error" else "warning"
         title = _escape_property(f"initscope {v.check}")
-        lines.append(f"::{level} title={title}::{_escape_data(v.line())}")
+        # CR and LF are GitHub's to encode (%0D, %0A); every other control is shown escaped.
+        message = _escape_data(escape_text(v.line(), keep="\r\n"))
+        lines.append(f"::{level} title={title}::{message}")
     lines.append(f"::notice title=initscope check::{_escape_data(_summary(result))}")
     return "\n".join(lines) + "\n"
 
@@ -91,7 +94,7 @@ _XML_BAD = dict.fromkeys([*range(0, 9), 11, 12, *range(14, 32)], "\N{REPLACEMENT
 
 
 def _xml(text: str) -> str:
-    return text.translate(_XML_BAD)
+    return escape_text(text).translate(_XML_BAD)
 
 
 def _junit(result: CheckResult) -> str:
@@ -140,7 +143,8 @@ def render_check(result: CheckResult, fmt: str = "text") -> str:
     if fmt == "github":
         return _github(result)
     lines = [
-        v.line() if v.severity == "error" else f"warning: {v.line()}" for v in result.violations
+        escape_text(v.line() if v.severity == "error" else f"warning: {v.line()}")
+        for v in result.violations
     ]
     lines.append(_summary(result))
     return "\n".join(lines) + "\n"

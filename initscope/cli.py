@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager, redirect_stdout, suppress
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -1093,6 +1093,15 @@ def _is(exc: BaseException, name: str) -> bool:
     return any(c.__name__ == name for c in type(exc).__mro__)
 
 
+def _leave_the_job() -> None:
+    """Under torchrun, every rank waits for the others and closes its process group before
+    it exits (see distributed.finish); elsewhere nothing happens."""
+    from initscope.distributed import finish
+
+    with suppress(Exception):  # a peer that died already: nothing left to wait for
+        finish()
+
+
 def _terminate_as_interrupt() -> None:
     """SIGTERM (a CI job cancelled, a ``timeout``, ``kill``) ends a run as Ctrl-C does: the
     temporary file of an output being written is removed, one line says so, exit 130. Only
@@ -1129,7 +1138,10 @@ def main(argv: list[str] | None = None) -> None:
     _terminate_as_interrupt()
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=argv, prog_name="initscope", standalone_mode=False)
+        try:
+            code = command.main(args=argv, prog_name="initscope", standalone_mode=False)
+        finally:
+            _leave_the_job()
     except KeyboardInterrupt:
         sys.stderr.write("initscope: interrupted\n")
         code = EXIT_INTERRUPTED

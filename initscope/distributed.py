@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from initscope.errors import InitScopeError
 
-__all__ = ["Group", "assign", "init_from_env", "map_over_ranks"]
+__all__ = ["Group", "assign", "finish", "init_from_env", "map_over_ranks"]
 
 T = TypeVar("T")
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -48,6 +48,22 @@ def init_from_env() -> Group:
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     return Group(dist.get_rank(), dist.get_world_size())
+
+
+def finish() -> None:
+    """Leave the job cleanly: wait for every rank, then destroy the process group. A rank
+    that exits while gloo still holds connections to its peers aborts (SIGABRT) as they go,
+    which torchrun reports as a failed job; so no rank leaves before the others are done.
+    Nothing happens when no group was joined."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def assign(sizes: Sequence[int], world: int) -> list[int]:

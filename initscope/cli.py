@@ -202,8 +202,8 @@ def _warnings_to_stderr() -> Iterator[None]:
     def show(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
         if issubclass(category, InitScopeWarning):
             sys.stderr.write(f"initscope: warning: {escape_text(str(message))}\n")
-        else:
-            original(message, category, *args, **kw)  # type: ignore[arg-type]
+        else:  # a library's warning can quote a name from a file too
+            original(escape_text(str(message)), category, *args, **kw)  # type: ignore[arg-type]
 
     warnings.showwarning = show
     try:

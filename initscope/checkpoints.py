@@ -296,7 +296,8 @@ def _open_directory(p: Path, unsafe_load: bool, allow_outside: bool) -> Checkpoi
     if indexes:
         return _open_index(indexes[0], unsafe_load, allow_outside)
     files = [f for f in p.iterdir() if f.suffix.lower() in CHECKPOINT_SUFFIXES]
-    if not files and (p / ".metadata").exists():
+    # A model folder (config.json) is never DCP, whatever else lies in it.
+    if not files and (p / ".metadata").exists() and not (p / "config.json").exists():
         return _open_dcp(p, unsafe_load)
     # A Hugging Face folder often holds the same weights twice (.safetensors and .bin).
     safetensors = [f for f in files if f.suffix.lower() in SAFETENSORS_SUFFIXES]

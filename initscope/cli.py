@@ -11,7 +11,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout, suppress
 from enum import Enum
 from pathlib import Path
@@ -255,15 +255,27 @@ def _writable_output(output: Path, *inputs: object) -> None:
 
 
 def _files_read(inputs: tuple[object, ...]) -> list[Path]:
-    """The files behind folder and index inputs (shards, DCP storage files), which an output
-    must not replace either. A folder that cannot be opened as a checkpoint lists its
-    checkpoint-like files: the command will report the problem itself."""
+    """The files behind the inputs, which an output must not replace either: a spec's
+    ``checkpoint:``, and the shards, index and DCP storage files behind a folder or an
+    index. A folder that cannot be opened as a checkpoint lists its checkpoint-like files:
+    the command will report the problem itself."""
     from initscope.checkpoints import CHECKPOINT_SUFFIXES, checkpoint_files
+    from initscope.targets import is_spec_path, load_spec
 
-    files: list[Path] = []
+    paths: list[Path] = []
     for item in inputs:
-        path = Path(str(item)) if item is not None else None
-        if path is None or not (path.is_dir() or path.name.lower().endswith(".index.json")):
+        if item is None:
+            continue
+        paths.append(Path(str(item)))
+        if is_spec_path(str(item)) and paths[-1].is_file():
+            # A broken spec (or a rules file) is the command's own error to report.
+            with suppress(InitScopeError, OSError, ValueError):
+                checkpoint = load_spec(paths[-1]).checkpoint
+                if checkpoint is not None:
+                    paths.append(checkpoint)
+    files: list[Path] = paths.copy()
+    for path in paths:
+        if not (path.is_dir() or path.name.lower().endswith(".index.json")):
             continue
         try:
             files += checkpoint_files(path, allow_outside=True)
@@ -1102,20 +1114,36 @@ def _leave_the_job() -> None:
         finish()
 
 
-def _terminate_as_interrupt() -> None:
+def _terminate_as_interrupt() -> Callable[[], None]:
     """SIGTERM (a CI job cancelled, a ``timeout``, ``kill``) ends a run as Ctrl-C does: the
     temporary file of an output being written is removed, one line says so, exit 130. Only
-    where nobody installed a handler already."""
+    where nobody installed a handler already. Forked children (``--workers``) get the
+    default back: a pool ends its workers with SIGTERM, which must end them silently, not
+    print a KeyboardInterrupt traceback from each. Returns what puts the default back when
+    the command is done (main may be called again in one process, as tests do)."""
+    import os
     import signal
+    import threading
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    import threading
+    def default_in_child() -> None:
+        if signal.getsignal(signal.SIGTERM) is interrupt:
+            with suppress(ValueError):  # not the child's main thread: nothing to undo
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, interrupt)
+        os.register_at_fork(after_in_child=default_in_child)
+
+        def restore() -> None:
+            if signal.getsignal(signal.SIGTERM) is interrupt:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+        return restore
+    return lambda: None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1135,13 +1163,14 @@ def main(argv: list[str] | None = None) -> None:
     # of a 1.2 GB checkpoint took 0.30 s between identifications, 0.21 s with passive waiting
     # (measured). initscope's own parallelism is the kernel's threads and its processes.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    _terminate_as_interrupt()
+    restore_sigterm = _terminate_as_interrupt()
     command = typer.main.get_command(app)
     try:
         try:
             code = command.main(args=argv, prog_name="initscope", standalone_mode=False)
         finally:
             _leave_the_job()
+            restore_sigterm()
     except KeyboardInterrupt:
         sys.stderr.write("initscope: interrupted\n")
         code = EXIT_INTERRUPTED

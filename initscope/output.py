@@ -174,10 +174,16 @@ def _create(tmp: Path, target: Path) -> None:
     except FileExistsError:
         raise
     except OSError:
-        # A filesystem without hard links: claim the name with O_EXCL, then rename over the
-        # (empty) claim; a reader may see the empty file for that instant.
+        # A filesystem without hard links (EPERM, ENOTSUP: vfat, some FUSE and SMB mounts):
+        # claim the name with O_EXCL, then rename over the (empty) claim; a reader may see
+        # the empty file for that instant, and a failed rename takes the claim back.
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(target)
+            raise
         return
     os.unlink(tmp)
 

@@ -18,22 +18,22 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.output import remove_stale_temps
 from initscope.saving import write_safetensors
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = "rules:\n  - param: bias\n    init: zeros\nunmatched: keep\n"
 
 
-def _sharded(folder: Path) -> Path:
+def _sharded(folder: Path, prefix: str = "a.") -> Path:
     """A folder with two shards and an index; returns the index."""
     folder.mkdir()
     torch.manual_seed(0)
-    write_safetensors(folder / "m-1.safetensors", {"a.weight": torch.randn(4, 4)})
-    write_safetensors(folder / "m-2.safetensors", {"a.bias": torch.randn(4)})
+    weight, bias = f"{prefix}weight", f"{prefix}bias"
+    write_safetensors(folder / "m-1.safetensors", {weight: torch.randn(4, 4)})
+    write_safetensors(folder / "m-2.safetensors", {bias: torch.randn(4)})
     index = folder / "m.safetensors.index.json"
     index.write_text(
-        json.dumps({"weight_map": {"a.weight": "m-1.safetensors", "a.bias": "m-2.safetensors"}})
+        json.dumps({"weight_map": {weight: "m-1.safetensors", bias: "m-2.safetensors"}})
     )
     return index
 
@@ -56,6 +56,7 @@ def test_no_output_replaces_a_shard(
     extra = ["--force"] if force else []
     for args in (
         ["report", target, "-o", shard],
+        ["report", target, "--html", shard],
         ["check", target, "-o", shard],
         ["diff", target, target, "-o", shard],
         ["apply", "--rules", str(rules), target, "-o", shard, *extra],
@@ -87,6 +88,33 @@ def test_no_output_replaces_a_dcp_storage_file(runner: CliRunner, tmp_path: Path
     assert _bytes(folder) == before
 
 
+@pytest.mark.parametrize("checkpoint_is", ["file", "folder"])
+def test_no_output_replaces_a_specs_checkpoint(
+    runner: CliRunner, tmp_path: Path, checkpoint_is: str
+) -> None:
+    if checkpoint_is == "file":
+        checkpoint = written = tmp_path / "m.safetensors"
+        write_safetensors(checkpoint, {"weight": torch.randn(4, 4), "bias": torch.randn(4)})
+    else:
+        checkpoint = _sharded(tmp_path / "model", prefix="").parent
+        written = checkpoint / "m-2.safetensors"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"model: torch.nn:Linear\ncheckpoint: {checkpoint.name}\n"
+                    "kwargs: {in_features: 4, out_features: 4}\n")  # fmt: skip
+    before = _bytes(written.parent)
+    for args in (
+        ["report", str(spec), "-o", str(written)],
+        ["report", str(spec), "--html", str(written)],
+        ["check", str(spec), "-o", str(written)],
+        ["diff", str(spec), str(spec), "-o", str(written)],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "is one of the files the command reads" in result.stderr, result.stderr
+        assert "Traceback" not in result.output
+    assert _bytes(written.parent) == before
+
+
 def _apply_cmd(tmp_path: Path, out: Path, *extra: str) -> list[str]:
     rules = tmp_path / "r.yaml"
     rules.write_text(RULES)
@@ -99,15 +127,16 @@ def _apply_cmd(tmp_path: Path, out: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signalled_apply_leaves_no_temporary_file(tmp_path: Path, sig: int) -> None:
-    out = tmp_path / "out.pt"
+    out = tmp_path / "out.safetensors"
     # Slow the write down (without changing it) so the signal lands while the file is open.
     slow = (
-        "import sys, time, torch\n"
-        "real = torch.save\n"
+        "import sys, time\n"
+        "import initscope.saving as saving\n"
+        "real = saving.write_safetensors\n"
         "def slow(*a, **k):\n"
         "    time.sleep(30)\n"
         "    return real(*a, **k)\n"
-        "torch.save = slow\n"
+        "saving.write_safetensors = slow\n"
         "from initscope.cli import main\n"
         "main(sys.argv[1:])\n"
     )
@@ -119,7 +148,7 @@ def test_a_signalled_apply_leaves_no_temporary_file(tmp_path: Path, sig: int) ->
         text=True,
     )
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".out.pt.initscope-*.tmp")):
+    while not list(tmp_path.glob(".out.safetensors.initscope-*.tmp")):
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline, "the temporary file never appeared"
         time.sleep(0.05)
@@ -129,6 +158,45 @@ def test_a_signalled_apply_leaves_no_temporary_file(tmp_path: Path, sig: int) ->
     assert "initscope: interrupted" in err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+@pytest.mark.slow
+def test_a_signalled_run_with_workers_says_one_line(tmp_path: Path) -> None:
+    model = tmp_path / "m.safetensors"
+    write_safetensors(model, {f"l{i}.weight": torch.randn(64, 64) for i in range(4)})
+    started = tmp_path / "started"
+    started.mkdir()
+    # Hold each forked worker in its start-up (workers set torch to one thread), so the
+    # signal lands while they run; the pool then ends them with SIGTERM.
+    slow = (
+        "import os, pathlib, sys, time, torch\n"
+        "parent = os.getpid()\n"
+        "real = torch.set_num_threads\n"
+        "def slow(n):\n"
+        "    if os.getpid() != parent:\n"
+        f"        pathlib.Path({str(started)!r}, str(os.getpid())).touch()\n"
+        "        time.sleep(30)\n"
+        "    return real(n)\n"
+        "torch.set_num_threads = slow\n"
+        "from initscope.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", slow, "report", str(model), "--workers", "2", "-q"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(list(started.iterdir())) < 2:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "initscope: interrupted\n"  # not a KeyboardInterrupt traceback per worker
 
 
 def test_a_killed_runs_temporary_file_is_cleaned_by_the_next_run(
@@ -159,6 +227,8 @@ def test_a_killed_runs_temporary_file_is_cleaned_by_the_next_run(
 
 
 def test_remove_stale_temps_keeps_files_newer_than_the_run(tmp_path: Path) -> None:
+    from initscope.output import remove_stale_temps
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     fresh = tmp_path / f".x.pt.initscope-{dead.stdout.strip()}-zzzz.tmp"
@@ -172,12 +242,32 @@ def test_remove_stale_temps_keeps_files_newer_than_the_run(tmp_path: Path) -> No
 @pytest.mark.slow
 def test_concurrent_applies_to_one_new_output_give_one_writer(tmp_path: Path) -> None:
     out = tmp_path / "out.safetensors"
-    cmd = _apply_cmd(tmp_path, out)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    # Every run writes only once all four are past the early "already exists" check, so
+    # that check cannot be what decides: the race is on the output's name itself.
+    wait = (
+        "import os, pathlib, sys, time\n"
+        "import initscope.saving as saving\n"
+        "real = saving.write_safetensors\n"
+        "def after_all(*a, **k):\n"
+        f"    here = pathlib.Path({str(barrier)!r})\n"
+        "    (here / str(os.getpid())).touch()\n"
+        "    deadline = time.monotonic() + 60\n"
+        "    while len(list(here.iterdir())) < 4 and time.monotonic() < deadline:\n"
+        "        time.sleep(0.01)\n"
+        "    return real(*a, **k)\n"
+        "saving.write_safetensors = after_all\n"
+        "from initscope.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    cmd = [sys.executable, "-c", wait, *_apply_cmd(tmp_path, out)[3:]]
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(4)
     ]
     results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
+    assert len(list(barrier.iterdir())) == 4, results
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2, 2, 2], results
     assert all("already exists" in err for code, err in results if code == 2)
@@ -191,3 +281,31 @@ def test_concurrent_applies_to_one_new_output_give_one_writer(tmp_path: Path) ->
 def crafted_inputs(folder: Path) -> dict[str, Path]:
     index = _sharded(folder / "sharded")
     return {"sharded-folder": index.parent, "sharded-index": index}
+
+
+def test_without_hard_links_an_existing_output_is_still_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from initscope.output import OutputError, atomic_path
+
+    def no_links(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "out.bin"
+    with atomic_path(out, replace=False) as tmp:
+        tmp.write_bytes(b"first")
+    with pytest.raises(OutputError, match="already exists"), atomic_path(out, replace=False) as tmp:
+        tmp.write_bytes(b"second")
+    assert out.read_bytes() == b"first"
+    # Interrupted between claiming the name and the rename: no empty file is left there.
+    real = os.replace
+
+    def interrupted(src: object, dst: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "new.bin", replace=False) as tmp:
+        tmp.write_bytes(b"data")
+    monkeypatch.setattr(os, "replace", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]

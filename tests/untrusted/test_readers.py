@@ -385,3 +385,15 @@ def test_a_safetensors_file_with_no_tensors(runner: CliRunner, tmp_path: Path) -
         result = runner.invoke(app, [*command, str(path)])
         assert result.exit_code == 2, result.output
         assert "holds no tensors" in _errors(result)
+
+
+def test_a_model_folder_with_only_a_stray_metadata_is_not_dcp(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    marker = tmp_path / "MARKER"
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "holds no checkpoint files" in _errors(result)
+    assert not marker.exists()

@@ -15,7 +15,6 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.render import csv_cell, escape_text
 from initscope.saving import write_safetensors
 
 # What must never be printed raw: C0 controls but tab and newline, DEL, C1, bidi controls.
@@ -109,6 +108,8 @@ def test_diff_apply_and_errors_print_names_escaped(
 
 
 def test_escape_helpers() -> None:
+    from initscope.render import csv_cell, escape_text
+
     assert escape_text("a\x1bb\u202ec\nd") == "a\\x1bb\\u202ec\\x0ad"
     assert escape_text("a\nb\tc\x1b", keep="\n\t") == "a\nb\tc\\x1b"
     assert [csv_cell(x) for x in ("=1+1", "+x", "-y", "@z", "\tq", "ok")] == [

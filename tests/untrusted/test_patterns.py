@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from initscope.rules import RulesError, load_rules, name_regex
+from initscope.rules import RulesError, load_rules
 from initscope.saving import write_safetensors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +43,8 @@ def test_a_catastrophic_regex_matches_in_linear_time(tmp_path: Path) -> None:
 
 
 def test_regex_matching_is_a_full_match() -> None:
+    from initscope.rules import name_regex
+
     match = name_regex(r"encoder\.layers\.\d+\.attn")
     assert match("encoder.layers.11.attn")
     assert not match("encoder.layers.11.attn.out")

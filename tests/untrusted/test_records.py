@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from initscope.cli import app
 from initscope.errors import TargetError
-from initscope.models import open_target, record_import_problem
+from initscope.models import open_target
 from initscope.report import build_report
 from initscope.saving import METADATA_KEY, Provenance, write_safetensors
 from initscope.targets import TargetOptions
@@ -70,6 +70,8 @@ def test_a_record_never_imports_modules_that_run_on_import(tmp_path: Path, ref: 
 
 
 def test_record_import_rules() -> None:
+    from initscope.models import record_import_problem
+
     assert record_import_problem("torch.nn") is None
     assert record_import_problem("initscope.examples") is None  # an editable install counts
     assert "__main__" in (record_import_problem("torch.__main__") or "")

@@ -236,7 +236,9 @@ def main() -> None:
         )
         results["torchrun_2_vs_single_seconds"] = [round(one, 2), round(ranked, 2)]
 
-    wall, rss = peak_rss(["report", "tests.test_meta:llama_7b", "--meta", "-f", "json", "-q"])
+    wall, rss = peak_rss(
+        ["report", "tests.fixtures.hf_models:llama_7b", "--meta", "-f", "json", "-q"]
+    )
     print(f"  report --meta on a LLaMA-7B-sized config: {wall:.1f} s, peak RSS {rss:.0f} MiB")
     results["llama_7b_meta"] = {"seconds": round(wall, 1), "peak_rss_mib": round(rss)}
 

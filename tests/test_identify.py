@@ -67,7 +67,7 @@ def test_bert_and_gpt2_weights_are_normal_002() -> None:
     from initscope.report import report_model
     from initscope.targets import ModelSpec
 
-    bert = report_model(trace_model(ModelSpec("tests.test_transformers:tiny_bert")), target="b")
+    bert = report_model(trace_model(ModelSpec("tests.fixtures.hf_models:tiny_bert")), target="b")
     for p in bert.parameters:
         if (
             p.module_type

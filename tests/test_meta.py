@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
@@ -13,34 +12,6 @@ from initscope.models import trace_model
 from initscope.targets import ModelSpec
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_llama() -> torch.nn.Module:
-    config = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=100,
-    )
-    return transformers.LlamaForCausalLM(config)
-
-
-def tiny_gpt2() -> torch.nn.Module:
-    config = transformers.GPT2Config(n_embd=32, n_layer=3, n_head=2, vocab_size=100)
-    return transformers.GPT2LMHeadModel(config)
-
-
-def llama_7b() -> torch.nn.Module:
-    config = transformers.LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        vocab_size=32000,
-    )
-    return transformers.LlamaForCausalLM(config)
 
 
 def _summary(tm: object) -> dict[str, tuple[str, str]]:
@@ -51,7 +22,7 @@ def _summary(tm: object) -> dict[str, tuple[str, str]]:
 @pytest.mark.parametrize("factory", ["tiny_llama", "tiny_gpt2"])
 def test_meta_trace_equals_cpu_trace(factory: str) -> None:
     """transformers skips its init on meta; running the model's own hook restores it."""
-    ref = f"tests.test_meta:{factory}"
+    ref = f"tests.fixtures.hf_models:{factory}"
     cpu = trace_model(ModelSpec(ref))
     meta = trace_model(ModelSpec(ref), meta=True)
     assert next(meta.model.parameters()).device.type == "meta"
@@ -60,7 +31,7 @@ def test_meta_trace_equals_cpu_trace(factory: str) -> None:
 
 def test_llama_7b_sized_config_on_meta(runner: CliRunner) -> None:
     result = runner.invoke(
-        app, ["report", "tests.test_meta:llama_7b", "--meta", "--format", "json", "-q"]
+        app, ["report", "tests.fixtures.hf_models:llama_7b", "--meta", "--format", "json", "-q"]
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

@@ -13,21 +13,8 @@ from initscope.targets import ModelSpec
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_bert() -> torch.nn.Module:
-    config = transformers.BertConfig(
-        vocab_size=200,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.02,
-    )
-    return transformers.BertModel(config)
-
-
 def test_bert_reports_normal_002_for_linear_and_embedding_weights() -> None:
-    tm = trace_model(ModelSpec("tests.test_transformers:tiny_bert"))
+    tm = trace_model(ModelSpec("tests.fixtures.hf_models:tiny_bert"))
     modules = dict(tm.model.named_modules())
     linear_w = embed_w = norm = bias = 0
     for name, d in tm.defaults.items():
@@ -55,7 +42,7 @@ def test_bert_reports_normal_002_for_linear_and_embedding_weights() -> None:
 
 
 def test_bert_source_points_at_transformers_init_weights() -> None:
-    tm = trace_model(ModelSpec("tests.test_transformers:tiny_bert"))
+    tm = trace_model(ModelSpec("tests.fixtures.hf_models:tiny_bert"))
     d = tm.defaults["encoder.layer.0.attention.self.query.weight"]
     assert d.distribution.family is Family.NORMAL
     assert d.call.source is not None and "transformers" in d.call.source

@@ -1,6 +1,6 @@
 """Benchmark: `report --html` on a 500-parameter model (issue 7: under 5 MB, under 10 s).
 
-Not a test: it prints the figures and writes bench/html.json. "render" is the time to turn a
+Not a test: it prints the figures and writes benchmarks/html.json. "render" is the time to turn a
 built report into the page (initscope.render_html); "report --html" is the whole command in
 a fresh process (import, build, statistics, page); "chromium load" opens the page in headless
 Chromium when it and playwright are installed (see tests/chromium.py). Times are the best of
@@ -91,8 +91,8 @@ def main() -> None:
         "command_s": command,
         "chromium_load_s": load,
     }
-    (ROOT / "bench").mkdir(exist_ok=True)
-    (ROOT / "bench" / "html.json").write_text(json.dumps(results, indent=2) + "\n")
+    (ROOT / "benchmarks").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "html.json").write_text(json.dumps(results, indent=2) + "\n")
     if size >= LIMIT_BYTES or command >= LIMIT_SECONDS:
         sys.exit("over the issue's limits")
 

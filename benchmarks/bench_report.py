@@ -252,7 +252,7 @@ def main() -> None:
     print(f"  start-up: --version {version:.3f} s, a usage error {usage:.3f} s (target < 0.3)")
     results["start_up_seconds"] = {"version": round(version, 3), "usage_error": round(usage, 3)}
 
-    out = ROOT / "bench" / "results.json"
+    out = ROOT / "benchmarks" / "results.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"  figures written to {out.relative_to(ROOT)}")

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # resolving an unpinned torch to a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install run test lint bench bench-identify docs clean
+.PHONY: help install run test test-fast lint bench bench-identify docs clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -22,8 +22,11 @@ install: $(STAMP)  ## create .venv and install initscope with its dev tools
 run: $(STAMP)  ## report the bundled example UNet
 	$(VENV)/bin/initscope report initscope.examples:UNet
 
-test: $(STAMP)  ## run the whole test suite
+test: $(STAMP)  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## the quick loop: every test but those that start processes (marked slow)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)  ## ruff + mypy
 	$(VENV)/bin/ruff check initscope tests

@@ -161,7 +161,13 @@ def test_every_preset_has_a_target_here() -> None:
 
 
 @pytest.mark.parametrize(
-    ("preset", "target"), [(p, t) for p, ts in PRESET_TARGETS.items() for t in ts]
+    ("preset", "target"),
+    [
+        # building a transformers model takes seconds: outside the quick loop
+        pytest.param(p, t, marks=[pytest.mark.slow] if "hf_models" in t else [])
+        for p, ts in PRESET_TARGETS.items()
+        for t in ts
+    ],
 )
 def test_preset_applies_cleanly(
     preset: str, target: str, runner: CliRunner, tmp_path: Path
@@ -370,6 +376,7 @@ def test_plan_actions_cover_keep_and_tied() -> None:
     assert plan.conflicts and "tied to embed.weight" in plan.warnings()[0]
 
 
+@pytest.mark.slow
 def test_apply_check_report_work_without_numpy(tmp_path: Path) -> None:
     # numpy is not a dependency (safetensors.torch.save_file would need it): block it.
     import subprocess

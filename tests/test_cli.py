@@ -45,6 +45,7 @@ def test_unknown_option_is_a_usage_error(runner: CliRunner) -> None:
         ["report", "x.pt", "--format", "yaml"],  # a bad choice
     ],
 )
+@pytest.mark.slow
 def test_help_version_and_usage_errors_do_not_import_torch(argv: list[str]) -> None:
     # Issue 6: start-up under 0.3 s, which torch's 1.5 s import alone would break.
     code = (
@@ -63,6 +64,7 @@ def test_help_version_and_usage_errors_do_not_import_torch(argv: list[str]) -> N
     assert heavy == "False False", argv
 
 
+@pytest.mark.slow
 def test_python_dash_m(tmp_path: object) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "initscope", "--version"], capture_output=True, text=True

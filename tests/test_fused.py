@@ -138,6 +138,7 @@ def test_the_cli_reports_the_same_through_either_path(
         assert p["stats"]["std"] == pytest.approx(q["stats"]["std"], rel=1e-10)
 
 
+@pytest.mark.slow
 def test_without_a_compiler_initscope_uses_torch(tmp_path: Path) -> None:
     env = {**os.environ, "CC": "/nonexistent/cc", "INITSCOPE_CACHE": str(tmp_path / "cache")}
     code = (
@@ -151,6 +152,7 @@ def test_without_a_compiler_initscope_uses_torch(tmp_path: Path) -> None:
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left behind
 
 
+@pytest.mark.slow
 def test_a_corrupt_cached_library_is_rebuilt(tmp_path: Path) -> None:
     env = {**os.environ, "INITSCOPE_CACHE": str(tmp_path)}
     assert _available(env) == "True"
@@ -160,6 +162,7 @@ def test_a_corrupt_cached_library_is_rebuilt(tmp_path: Path) -> None:
     assert built.read_bytes()[:4] == b"\x7fELF"
 
 
+@pytest.mark.slow
 def test_a_cache_folder_others_can_write_to_is_not_used(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -226,6 +229,7 @@ def _available(env: dict[str, str]) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow
 def test_a_linked_cache_folder_is_not_used(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir(mode=0o700)
@@ -234,6 +238,7 @@ def test_a_linked_cache_folder_is_not_used(tmp_path: Path) -> None:
     assert not list(real.iterdir())
 
 
+@pytest.mark.slow
 def test_cc_with_arguments(tmp_path: Path) -> None:
     env = {**os.environ, "CC": "gcc -g", "INITSCOPE_CACHE": str(tmp_path)}
     if shutil.which("gcc") is None:
@@ -241,6 +246,7 @@ def test_cc_with_arguments(tmp_path: Path) -> None:
     assert _available(env) == "True"
 
 
+@pytest.mark.slow
 def test_a_foreign_library_under_the_cached_name_is_rebuilt(tmp_path: Path) -> None:
     env = {**os.environ, "INITSCOPE_CACHE": str(tmp_path)}
     assert _available(env) == "True"

@@ -224,6 +224,7 @@ def test_undamaged_base_reports(fmt: str, scratch: Path) -> None:
     _check_library(path)
 
 
+@pytest.mark.slow  # hypothesis: many examples
 @pytest.mark.parametrize("fmt", FORMATS)
 @FUZZ
 @given(data=st.data())
@@ -233,6 +234,7 @@ def test_cli_survives_damaged_checkpoint(fmt: str, scratch: Path, data: st.DataO
     _check_cli(_write(scratch, b, mutation.apply(b.data)))
 
 
+@pytest.mark.slow  # hypothesis: many examples
 @pytest.mark.parametrize("fmt", FORMATS)
 @FUZZ
 @given(data=st.data())

@@ -119,6 +119,7 @@ def test_sparkline() -> None:
 # -- initscope plot ------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # renders whole figures with matplotlib
 def test_plot_png_before_apply(runner: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "unet.png"
     result = runner.invoke(app, ["plot", UNET, "-o", str(out)])
@@ -127,6 +128,7 @@ def test_plot_png_before_apply(runner: CliRunner, tmp_path: Path) -> None:
     assert result.stderr == f"wrote {out}: panels 1-32 of 32\n"
 
 
+@pytest.mark.slow  # renders whole figures with matplotlib
 def test_plot_svg_after_apply_has_a_panel_per_parameter_with_fit_labels(
     runner: CliRunner, tmp_path: Path, xavier_unet: Path
 ) -> None:
@@ -140,6 +142,7 @@ def test_plot_svg_after_apply_has_a_panel_per_parameter_with_fit_labels(
     assert "≠ rule" not in words and "0 of 32 marked" in words
 
 
+@pytest.mark.slow  # renders whole figures with matplotlib
 def test_plot_marks_parameters_that_differ_from_their_default(
     runner: CliRunner, tmp_path: Path, xavier_unet: Path
 ) -> None:
@@ -153,6 +156,7 @@ def test_plot_marks_parameters_that_differ_from_their_default(
     assert f"{UNET_WEIGHTS + UNET_BIASES} of 32 marked" in words
 
 
+@pytest.mark.slow  # renders whole figures with matplotlib
 def test_plot_against_rules_before_apply_marks_what_check_reports(
     runner: CliRunner, tmp_path: Path
 ) -> None:
@@ -167,6 +171,7 @@ def test_plot_against_rules_before_apply_marks_what_check_reports(
     assert words.count("≠ rule") == len(follows) == 16
 
 
+@pytest.mark.slow  # renders whole figures with matplotlib
 def test_plot_pdf(runner: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "unet.pdf"
     result = runner.invoke(app, ["plot", UNET, "-o", str(out), "--type", "BatchNorm2d"])
@@ -185,6 +190,7 @@ def test_plot_selection(runner: CliRunner, tmp_path: Path) -> None:
     assert len(svg_panels(out)[0]) == 2
 
 
+@pytest.mark.slow  # renders whole figures with matplotlib
 def test_plot_pages(runner: CliRunner, tmp_path: Path) -> None:
     out = tmp_path / "unet.svg"
     result = runner.invoke(app, ["plot", UNET, "-o", str(out), "--max-panels", "10"])
@@ -289,6 +295,7 @@ def test_plot_empty_selection(runner: CliRunner, tmp_path: Path) -> None:
     assert "nothing to plot" in result.stderr
 
 
+@pytest.mark.slow
 def test_help_imports_neither_torch_nor_matplotlib() -> None:
     code = (
         "import sys\n"
@@ -335,6 +342,7 @@ def test_report_hist_is_for_the_table(runner: CliRunner) -> None:
 # -- Python API ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # renders whole figures with matplotlib
 def test_api_plot_returns_a_figure(xavier_unet: Path) -> None:
     from matplotlib.figure import Figure
 

@@ -844,6 +844,7 @@ def test_the_grammar_reaches_plans(scratch: Path) -> None:
         assert all(not isinstance(o, Exception) for o in outcomes), outcomes
 
 
+@pytest.mark.slow  # hypothesis: many examples
 @FUZZ
 @given(doc=documents(), style=st.sampled_from(["block", "flow", "json"]), strict=st.booleans())
 def test_generated_rules_plan_or_fail_cleanly(
@@ -852,6 +853,7 @@ def test_generated_rules_plan_or_fail_cleanly(
     check_file(write(scratch, render(doc, style)), strict=strict)
 
 
+@pytest.mark.slow  # hypothesis: many examples
 @FUZZ
 @given(doc=documents(), style=st.sampled_from(["block", "flow", "json"]), ops=mutations)
 def test_damaged_rules_plan_or_fail_cleanly(
@@ -860,6 +862,7 @@ def test_damaged_rules_plan_or_fail_cleanly(
     check_file(write(scratch, mutate(render(doc, style), ops)))
 
 
+@pytest.mark.slow  # hypothesis: many examples
 @FUZZ
 @given(
     content=choose(
@@ -899,6 +902,7 @@ def draw_time_trouble(plan: Plan) -> bool:
     return False
 
 
+@pytest.mark.slow  # hypothesis: many examples
 @settings(FUZZ, max_examples=max(10, EXAMPLES * 2 // 3))
 @given(
     doc=st.builds(
@@ -979,6 +983,7 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
     return (0 if code is None else code), out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow  # hypothesis: many examples
 @settings(FUZZ, max_examples=max(5, EXAMPLES // 6))
 @given(doc=documents(), style=st.sampled_from(["block", "json"]))
 def test_cli_rules_validate_exits_0_or_2(scratch: Path, doc: Any, style: str) -> None:

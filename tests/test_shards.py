@@ -251,6 +251,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(runner: CliRunner, single: Path) -> None:
     done = _torchrun("report", str(single), "-f", "json", "-q")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -262,6 +263,7 @@ def test_torchrun_two_ranks_equal_one_process(runner: CliRunner, single: Path) -
         assert a["stats"]["std"] == pytest.approx(b["stats"]["std"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_check_with_workers_and_ranks_equals_one_process(
     runner: CliRunner, single: Path, tmp_path: Path
 ) -> None:
@@ -279,6 +281,7 @@ def test_check_with_workers_and_ranks_equals_one_process(
     assert json.loads(done.stdout) == json.loads(one.stdout)
 
 
+@pytest.mark.slow
 def test_diff_with_workers_and_ranks_equals_one_process(
     runner: CliRunner, single: Path, tmp_path: Path
 ) -> None:

@@ -199,6 +199,7 @@ def test_a_signalled_run_with_workers_says_one_line(tmp_path: Path) -> None:
     assert err == "initscope: interrupted\n"  # not a KeyboardInterrupt traceback per worker
 
 
+@pytest.mark.slow
 def test_a_killed_runs_temporary_file_is_cleaned_by_the_next_run(
     runner: CliRunner, tmp_path: Path
 ) -> None:
@@ -226,6 +227,7 @@ def test_a_killed_runs_temporary_file_is_cleaned_by_the_next_run(
     assert alive.exists() and other.exists() and mine.exists()
 
 
+@pytest.mark.slow
 def test_remove_stale_temps_keeps_files_newer_than_the_run(tmp_path: Path) -> None:
     from initscope.output import remove_stale_temps
 

@@ -27,6 +27,7 @@ def _initscope(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_a_catastrophic_regex_matches_in_linear_time(tmp_path: Path) -> None:
     # Python's re takes 2^31 steps for (a+)+$ against 31 a's and a '!': hours.
     name = "a" * 31 + "!"
@@ -71,6 +72,7 @@ def test_what_only_a_backtracking_engine_runs_is_a_rules_error(
     assert says in line and "RE2 syntax" in line
 
 
+@pytest.mark.slow
 def test_validation_is_linear_in_the_number_of_problems(tmp_path: Path) -> None:
     # 64k unknown keys: the old validator compared each new problem with every earlier one
     # (2 billion comparisons, minutes); now seconds. The shown problems are capped.
@@ -86,6 +88,7 @@ def test_validation_is_linear_in_the_number_of_problems(tmp_path: Path) -> None:
     assert len(errors) == 52
 
 
+@pytest.mark.slow
 def test_an_alias_bomb_and_deep_nesting_are_one_line(tmp_path: Path) -> None:
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
     for i in range(1, 9):

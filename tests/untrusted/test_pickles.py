@@ -46,6 +46,7 @@ def _run(*args: str, timeout: float = 60, preamble: str = "") -> subprocess.Comp
     )
 
 
+@pytest.mark.slow
 def test_a_stride_zero_tensor_of_2_62_elements_is_refused(
     runner: CliRunner, tmp_path: Path
 ) -> None:
@@ -88,6 +89,7 @@ def test_views_and_rows_read_only_their_elements(tmp_path: Path) -> None:
         assert ckpt.aliases == {"b": "a"}
 
 
+@pytest.mark.slow
 def test_a_pt_truncated_while_it_is_read_is_an_error_not_a_sigbus(tmp_path: Path) -> None:
     path = tmp_path / "big.pt"
     torch.save({f"layer{i}.weight": torch.randn(256, 256) for i in range(8)}, path)
@@ -148,6 +150,7 @@ def test_garbage_is_corrupt_not_unsafe(runner: CliRunner, tmp_path: Path) -> Non
     assert "cannot read" in result.stderr and "--unsafe-load" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", ["pt", "safetensors"])
 def test_apply_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, suffix: str) -> None:
     rules = tmp_path / "r.yaml"

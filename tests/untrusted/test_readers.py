@@ -160,6 +160,7 @@ def test_a_stray_metadata_file_does_not_make_a_model_folder_dcp(
 # -- FIFOs, devices and folders where a file is read ----------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["x.safetensors", "x.pt", "x.bin"])
 def test_a_fifo_named_like_a_checkpoint_is_refused(
     runner: CliRunner, tmp_path: Path, name: str
@@ -171,6 +172,7 @@ def test_a_fifo_named_like_a_checkpoint_is_refused(
     assert "is not a regular file" in _errors(result)
 
 
+@pytest.mark.slow
 def test_a_fifo_as_a_shard_is_refused(runner: CliRunner, tmp_path: Path) -> None:
     write_safetensors(tmp_path / "model-1.safetensors", {"a": torch.ones(2)})
     os.mkfifo(tmp_path / "model-2.safetensors")
@@ -189,6 +191,7 @@ def test_a_fifo_as_a_shard_is_refused(runner: CliRunner, tmp_path: Path) -> None
     )
 
 
+@pytest.mark.slow
 def test_a_device_and_a_folder_named_like_checkpoints(runner: CliRunner, tmp_path: Path) -> None:
     (tmp_path / "dir.pt").mkdir()
     write_safetensors(tmp_path / "dir.pt" / "inner.safetensors", {"a": torch.ones(2)})
@@ -374,7 +377,7 @@ def test_a_lying_safetensors_header_is_one_line(
     runner: CliRunner, tmp_path: Path, entry: dict[str, object], message: str
 ) -> None:
     path = _raw_safetensors(tmp_path / "lies.safetensors", {"w": entry}, 16)
-    result = _cli(["report", str(path)])
+    result = runner.invoke(app, ["report", str(path)])
     assert result.exit_code == 2, result.output
     assert message in _errors(result)
 

@@ -47,7 +47,7 @@ from initscope.stats import (
     stream_stats,
 )
 from initscope.targets import TargetOptions
-from initscope.tracing import DefaultInit, InitCall, _init_distribution
+from initscope.tracing import DefaultInit, InitCall, init_distribution
 from initscope.workers import ProgressFn, spread
 
 __all__ = [
@@ -340,7 +340,7 @@ def _follows_expected(
         problems.append(Problem(rule.at(key), f"checks[{rule.index}].follows.{key}", message, hint))
     if problems:
         raise RulesError(problems, _NOTHING_CHECKED)
-    dist = _init_distribution(rule.init, args, site.shape)
+    dist = init_distribution(rule.init, args, site.shape)
     if dist is None:
         return None
     return DefaultInit(InitCall(rule.init, args), dist)

@@ -208,20 +208,21 @@ class Distribution:
         f = self.family
         if f is Family.UNIFORM and self.low is not None and self.high is not None:
             if math.isclose(self.low, -self.high, rel_tol=1e-9, abs_tol=1e-12):
-                return f"U(±{_num(self.high)})"
-            return f"U({_num(self.low)}, {_num(self.high)})"
+                return f"U(±{format_number(self.high)})"
+            return f"U({format_number(self.low)}, {format_number(self.high)})"
         if f is Family.NORMAL and self.loc is not None and self.scale is not None:
-            return f"N({_num(self.loc)}, {_num(self.scale)})"
+            return f"N({format_number(self.loc)}, {format_number(self.scale)})"
         if f is Family.TRUNC_NORMAL and self.loc is not None and self.scale is not None:
-            return (
-                f"TN({_num(self.loc)}, {_num(self.scale)}; [{_num(self.low)}, {_num(self.high)}])"
-            )
+            loc, scale = format_number(self.loc), format_number(self.scale)
+            return f"TN({loc}, {scale}; [{format_number(self.low)}, {format_number(self.high)}])"
         if f is Family.CONSTANT and self.value is not None:
-            return f"const {_num(self.value)}"
+            return f"const {format_number(self.value)}"
         if f is Family.ORTHOGONAL and self.gain is not None:
-            return "orthogonal" if self.gain == 1 else f"orthogonal(gain={_num(self.gain)})"
+            return (
+                "orthogonal" if self.gain == 1 else f"orthogonal(gain={format_number(self.gain)})"
+            )
         if f is Family.SPARSE and self.scale is not None and self.sparsity is not None:
-            return f"sparse({_num(self.sparsity)}, N(0, {_num(self.scale)}))"
+            return f"sparse({format_number(self.sparsity)}, N(0, {format_number(self.scale)}))"
         return f.value
 
 
@@ -241,6 +242,3 @@ def format_number(x: float | None, missing: str = "?") -> str:
     if x == int(x) and abs(x) < 1e6:
         return str(int(x))
     return f"{x:.4g}"
-
-
-_num = format_number

@@ -19,7 +19,7 @@ import torch
 from initscope.distributions import Distribution
 from initscope.errors import InitScopeError
 from initscope.plan import Action, ParamSite, make_plan
-from initscope.render import _short_call
+from initscope.render import short_call
 from initscope.report import ParameterReport, Report
 from initscope.rules import RuleSet, Unmatched, nothing_was
 from initscope.tracing import DefaultInit
@@ -51,10 +51,10 @@ def _from_default(p: ParameterReport) -> Expected:
     if d is None:
         return Expected(None, "no default known", "default", None)
     if not d.is_known:
-        return Expected(None, f"{_short_call(d)}: no distribution", "default", None)
+        return Expected(None, f"{short_call(d)}: no distribution", "default", None)
     return Expected(
         d.distribution,
-        f"{_short_call(d)} → {d.distribution.label()}",
+        f"{short_call(d)} → {d.distribution.label()}",
         "default",
         p.matches_default,
     )

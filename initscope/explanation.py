@@ -22,7 +22,7 @@ from initscope.distributions import Family
 from initscope.errors import TargetError
 from initscope.models import trace_model
 from initscope.targets import ModelSpec, import_ref
-from initscope.tracing import DefaultInit, _fmt_arg, fans
+from initscope.tracing import DefaultInit, fans, format_arg
 
 __all__ = ["REPRESENTATIVE_ARGS", "Explanation", "ParamExplanation", "explain"]
 
@@ -335,7 +335,7 @@ def _formula(
         gain = float(torch.nn.init.calculate_gain(nl, neg))  # type: ignore[arg-type]
         fan = f[0] if mode == "fan_in" else f[1]
         if nl == "leaky_relu":
-            lines.append(f"gain = √(2/(1+a²)) = {gain:.4g}  (leaky_relu, a={_fmt_arg(neg)})")
+            lines.append(f"gain = √(2/(1+a²)) = {gain:.4g}  (leaky_relu, a={format_arg(neg)})")
         else:
             lines.append(f"gain = calculate_gain({nl!r}) = {gain:.4g}")
         if name == "kaiming_uniform_":

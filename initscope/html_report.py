@@ -18,7 +18,7 @@ from initscope.histogram import bars as block_bars
 from initscope.histogram import histogram as make_histogram
 from initscope.histogram import one_thread
 from initscope.panels import Panel, make_panels
-from initscope.render import _cut, _default_parts, _num, _type_name, report_to_dict
+from initscope.render import cut_text, default_parts, format_stat, report_to_dict, type_name
 
 if TYPE_CHECKING:
     from initscope.report import ParameterReport, Report
@@ -105,8 +105,9 @@ def _panel_svg(panel: Panel) -> str:
         # Inline SVG in HTML needs no xmlns, so the page names no URL at all.
         f'<svg viewBox="0 0 {_W} {_H}" role="img" aria-label="{_e(panel.name)}">',
         f'<text x="4" y="12" font-size="10" font-weight="600"'
-        f"{f' fill={chr(34)}{_RED}{chr(34)}' if red else ''}>{_e(_cut(panel.title, 44))}</text>",
-        f'<text x="4" y="25" font-size="10">{_e(_cut(panel.fit, 46))}</text>',
+        f"{f' fill={chr(34)}{_RED}{chr(34)}' if red else ''}>"
+        f"{_e(cut_text(panel.title, 44))}</text>",
+        f'<text x="4" y="25" font-size="10">{_e(cut_text(panel.fit, 46))}</text>',
     ]
     if red:
         out.append(
@@ -141,7 +142,7 @@ def _panel_svg(panel: Panel) -> str:
         out.append(
             f'<rect x="{_f(cx - 3)}" y="{_TOP}" width="6" height="{_BASE - _TOP}" fill="{_BAR}"/>'
         )
-        notes.append(f"all values = {_num(h.constant_value)}")
+        notes.append(f"all values = {format_stat(h.constant_value)}")
     elif sy > 0:
         edges = h.edges
         path = "".join(
@@ -164,15 +165,15 @@ def _panel_svg(panel: Panel) -> str:
     for i, note in enumerate(notes):
         out.append(
             f'<text x="{_LEFT + 2}" y="{_TOP + 10 + 10 * i}" font-size="8.5" fill="#37474f">'
-            f"{_e(_cut(note, 50))}</text>"
+            f"{_e(cut_text(note, 50))}</text>"
         )
     out.append(
         f'<line x1="{_LEFT}" y1="{_BASE}" x2="{_RIGHT}" y2="{_BASE}" stroke="#607d8b"/>'
-        f'<text x="{_LEFT}" y="{_BASE + 11}" font-size="9">{_e(_num(lo))}</text>'
-        f'<text x="{_RIGHT}" y="{_BASE + 11}" font-size="9" text-anchor="end">{_e(_num(hi))}'
+        f'<text x="{_LEFT}" y="{_BASE + 11}" font-size="9">{_e(format_stat(lo))}</text>'
+        f'<text x="{_RIGHT}" y="{_BASE + 11}" font-size="9" text-anchor="end">{_e(format_stat(hi))}'
         "</text>"
         f'<text x="{_W / 2}" y="{_BASE + 26}" font-size="8.5" fill="#37474f" '
-        f'text-anchor="middle">{_e(_cut("expected " + panel.expected.label, 56))}</text>'
+        f'text-anchor="middle">{_e(cut_text("expected " + panel.expected.label, 56))}</text>'
     )
     out.append("</svg>")
     return "".join(out)
@@ -191,7 +192,7 @@ def _mark(p: ParameterReport, panel: Panel) -> tuple[str, str]:
 
 def _row(i: int, p: ParameterReport, panel: Panel, against_rules: bool) -> str:
     s = p.stats
-    call, label = _default_parts(p.default)
+    call, label = default_parts(p.default)
     cls = ' class="marked"' if panel.marked else ""
     mark, mark_cls = _mark(p, panel)
     hist = (
@@ -206,8 +207,8 @@ def _row(i: int, p: ParameterReport, panel: Panel, against_rules: bool) -> str:
         f"<td><code>{_e(panel.shape_text)}</code></td>",
         f"<td>{_e(p.dtype)}</td>",
         f'<td class="num">{p.numel:,}</td>',
-        f'<td class="num">{_e(_num(p.fan_in))}</td>',
-        f'<td class="num">{_e(_num(p.fan_out))}</td>',
+        f'<td class="num">{_e(format_stat(p.fan_in))}</td>',
+        f'<td class="num">{_e(format_stat(p.fan_out))}</td>',
         f"<td><code>{_e(call)}</code> {_e(label)}</td>",
     ]
     if against_rules:
@@ -225,7 +226,7 @@ def _row(i: int, p: ParameterReport, panel: Panel, against_rules: bool) -> str:
         if s
         else (None, None, None, None, None, None)
     ):
-        cells.append(f'<td class="num">{_e(_num(v))}</td>')
+        cells.append(f'<td class="num">{_e(format_stat(v))}</td>')
     nonfinite = f"{s.nan_count}/{s.inf_count}" if s else "-"
     cells.append(f'<td class="num">{nonfinite}</td>')
     return f'<tr id="row-{i}" data-name="{_e(p.name)}"{cls}>{"".join(cells)}</tr>'
@@ -333,7 +334,7 @@ def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> str
             current = p.module
             parts.append(
                 f'<tr class="module"><td colspan="{columns}"><code>{_e(p.module or "(root)")}'
-                f"</code> {_e(_type_name(p.module_type))}</td></tr>"
+                f"</code> {_e(type_name(p.module_type))}</td></tr>"
             )
         parts.append(_row(i, p, panel, rules is not None))
     parts += [

@@ -21,7 +21,7 @@ from initscope.histogram import (
     padded,
     value_range,
 )
-from initscope.render import _shape
+from initscope.render import shape_label
 from initscope.report import ParameterReport, Report, class_names, name_matches
 from initscope.rules import RuleSet
 
@@ -56,7 +56,7 @@ class Panel:
 
     @property
     def shape_text(self) -> str:
-        return _shape(self.shape)
+        return shape_label(self.shape)
 
     @property
     def title(self) -> str:

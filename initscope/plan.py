@@ -30,7 +30,7 @@ from initscope.rules import (
     fan_env,
     init_functions,
 )
-from initscope.tracing import DefaultInit, _init_distribution
+from initscope.tracing import DefaultInit, init_distribution
 from initscope.yamlio import did_you_mean
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ __all__ = [
     "PlanEntry",
     "TieConflict",
     "make_plan",
+    "shape_tuple",
     "sites_from_model",
     "sites_from_tensors",
 ]
@@ -367,7 +368,7 @@ def match_problems(
                     f"{r.section}[{r.index}].follows",
                     f"{r.init.removesuffix('_')} cannot describe {{name}}: {dims[2]}",
                     "restrict the check (param: weight, or ndim), or expect zeros/uniform",
-                    f"{site.name} {_shape(site.shape)}",
+                    f"{site.name} {shape_tuple(site.shape)}",
                 )
     return found.problems()
 
@@ -421,7 +422,7 @@ def make_plan(
             entry = PlanEntry(site, Action.TIED, rule)
         elif rule is None:
             if policy is Unmatched.ERROR:
-                missed.append(f"{site.name} {_shape(site.shape)}")
+                missed.append(f"{site.name} {shape_tuple(site.shape)}")
                 entry = PlanEntry(site, Action.UNMATCHED)
             elif policy is Unmatched.DEFAULT:
                 entry = _default(site, None, defaults, resettable, found)
@@ -472,7 +473,7 @@ def _resolve(
 ) -> PlanEntry:
     fn = init_functions()[rule.init]
     shape = site.shape
-    who = f"{site.name} {_shape(shape)}"
+    who = f"{site.name} {shape_tuple(shape)}"
     dims = _DIMS.get(rule.init)
     label = f"{rule.section}[{rule.index}]"
     if dims is not None and not dims[0] <= len(shape) <= dims[1]:
@@ -536,7 +537,7 @@ def _resolve(
         if rule.init not in _CHECKED or math.prod(shape) == 0:
             device = "cpu" if math.prod(shape) == 0 else "meta"
             fn(torch.empty(shape, device=device), **args)
-        dist = _init_distribution(rule.init, args, shape)
+        dist = init_distribution(rule.init, args, shape)
     except Exception as exc:
         message = " ".join(str(exc).split())[:200]
         found.add(
@@ -622,12 +623,12 @@ def _default(
         "give it an explicit init, or pass --model/--spec so the default can be traced"
         if site.module_class is None
         else "give it an explicit init",
-        f"{site.name} {_shape(site.shape)}",
+        f"{site.name} {shape_tuple(site.shape)}",
     )
     return PlanEntry(site, Action.DEFAULT, rule)
 
 
-def _shape(shape: tuple[int, ...]) -> str:
+def shape_tuple(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 

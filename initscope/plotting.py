@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from initscope.distributions import format_number
 from initscope.errors import InitScopeError
 from initscope.panels import BINS, Panel, make_panels
-from initscope.render import _cut, escape_text
+from initscope.render import cut_text, escape_text
 
 if TYPE_CHECKING:
     import torch
@@ -113,14 +113,14 @@ def _draw(ax: Axes, panel: Panel) -> None:
     ax.tick_params(labelsize=6, length=2, pad=1)
     ax.set_yticks([])
     ax.set_title(
-        f"{_cut(escape_text(panel.title), 44)}\n{_cut(panel.fit, 44)}",
+        f"{cut_text(escape_text(panel.title), 44)}\n{cut_text(panel.fit, 44)}",
         fontsize=7,
         color=_RED if panel.marked else "black",
         loc="left",
         parse_math=False,
     )
     ax.set_xlabel(
-        _cut(f"expected {panel.expected.label}", 58), fontsize=5.5, labelpad=1, parse_math=False
+        cut_text(f"expected {panel.expected.label}", 58), fontsize=5.5, labelpad=1, parse_math=False
     )
     h = panel.histogram
     if panel.span is None or h is None:
@@ -198,7 +198,7 @@ def figure(
     )
     if title:
         fig.suptitle(
-            _cut(escape_text(title), int(width * 14)),
+            cut_text(escape_text(title), int(width * 14)),
             fontsize=9,
             x=0.01,
             ha="left",

@@ -24,11 +24,17 @@ if TYPE_CHECKING:
 __all__ = [
     "OutputFormat",
     "csv_cell",
+    "cut_text",
+    "default_parts",
     "escape_text",
     "explanation_to_dict",
+    "format_stat",
     "render_explanation",
     "render_report",
     "report_to_dict",
+    "shape_label",
+    "short_call",
+    "type_name",
 ]
 
 TABLE_WIDTH = 100
@@ -165,7 +171,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
 # -- text helpers ----------------------------------------------------------------------------
 
 
-def _num(x: float | None) -> str:
+def format_stat(x: float | None) -> str:
     from initscope.distributions import format_number
 
     return format_number(x, missing="-")
@@ -175,11 +181,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def _shape(shape: Iterable[int]) -> str:
+def shape_label(shape: Iterable[int]) -> str:
     return "[" + ",".join(str(s) for s in shape) + "]"
 
 
-def _short_call(d: DefaultInit) -> str:
+def short_call(d: DefaultInit) -> str:
     """``kaiming_uniform_(a=√5)``: only the arguments that differ from torch's defaults."""
     from initscope.tracing import InitCall
 
@@ -199,7 +205,7 @@ def _short_call(d: DefaultInit) -> str:
             steps.append([sig, 1])
     for sig, count in steps:
         text += f" → {sig}" + (f" ×{count}" if count > 1 else "")
-    return _cut(text, _MAX_CALL)
+    return cut_text(text, _MAX_CALL)
 
 
 def _is_default_arg(func: str, key: str, value: Any) -> bool:
@@ -221,7 +227,7 @@ def _is_default_arg(func: str, key: str, value: Any) -> bool:
     )
 
 
-def _type_name(module_type: str | None) -> str:
+def type_name(module_type: str | None) -> str:
     return module_type.rsplit(".", 1)[-1] if module_type else ""
 
 
@@ -239,11 +245,11 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
     for p in report.parameters:
         s = p.stats
         name = f"  {escape_text(p.param)}" + (" (buffer)" if p.is_buffer else "")
-        call, label = _default_parts(p.default)
-        std = _num(s.std if s else None)
+        call, label = default_parts(p.default)
+        std = format_stat(s.std if s else None)
         if s is not None and (s.nan_count or s.inf_count):
             std += f" nan={s.nan_count} inf={s.inf_count}"
-        rows.append((name, _shape(p.shape), call, label, *_follows(p), std))
+        rows.append((name, shape_label(p.shape), call, label, *_follows(p), std))
         if hist:
             from initscope.histogram import sparkline
 
@@ -257,7 +263,7 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
     fixed = w_name + w_shape + w_follows + w_mark + w_std + 10 + (w_hist + 2 if hist else 0)
     # The default-init column gets what the others leave of the width (at least 24).
     budget = max(width - fixed, 24)
-    rows = [(r[0], r[1], _cut(r[2], budget), _cut(r[3], budget), *r[4:]) for r in rows]
+    rows = [(r[0], r[1], cut_text(r[2], budget), cut_text(r[3], budget), *r[4:]) for r in rows]
     w_call = max([len("default init"), *(len(r[2]) for r in rows)])
     w_label = max([0, *(len(r[3]) for r in rows)])
     # Labels line up in their own sub-column when everything fits; otherwise each row puts
@@ -287,7 +293,7 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
         if p.module != current:
             current = p.module
             head = escape_text(p.module) or "(root)"
-            kind = _type_name(p.module_type)
+            kind = type_name(p.module_type)
             if kind and len(head) + 2 + len(kind) <= width:
                 out.append(f"{head}  {kind}")
             else:
@@ -311,19 +317,19 @@ def _follows(p: ParameterReport) -> tuple[str, str]:
     if p.matches_default is True:
         return "default", "✓"
     if p.matches_default is False:
-        return _cut(p.fit.label, 28), "✗"
+        return cut_text(p.fit.label, 28), "✗"
     known = p.default is not None and p.default.is_known
-    return _cut(p.fit.label, 28), "?" if known else "-"
+    return cut_text(p.fit.label, 28), "?" if known else "-"
 
 
-def _cut(text: str, width: int) -> str:
+def cut_text(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _default_parts(d: DefaultInit | None) -> tuple[str, str]:
+def default_parts(d: DefaultInit | None) -> tuple[str, str]:
     if d is None:
         return "-", ""
-    call = _short_call(d)
+    call = short_call(d)
     label = d.distribution.label()
     if d.partial:
         label += " +partial"
@@ -371,14 +377,14 @@ def render_markdown(report: Report) -> str:
         )
         cells = [
             f"`{escape_text(p.name)}`{tied}",
-            _type_name(p.module_type),
-            f"`{_shape(p.shape)}`",
-            f"`{_short_call(d)}`{partial}" if d else "-",
+            type_name(p.module_type),
+            f"`{shape_label(p.shape)}`",
+            f"`{short_call(d)}`{partial}" if d else "-",
             d.distribution.label() if d else "-",
-            _num(s.mean if s else None),
-            _num(s.std if s else None),
-            _num(s.min if s else None),
-            _num(s.max if s else None),
+            format_stat(s.mean if s else None),
+            format_stat(s.std if s else None),
+            format_stat(s.min if s else None),
+            format_stat(s.max if s else None),
         ]
         cells[5:5] = [p.fit.label if p.fit else "-", _follows(p)[1]]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -509,7 +515,7 @@ def render_explanation(e: Explanation, fmt: OutputFormat, width: int = TABLE_WID
         lines.append("  no parameters")
     for p in e.parameters:
         lines.append("")
-        lines.append(f"{p.name}  {_shape(p.shape)}")
+        lines.append(f"{p.name}  {shape_label(p.shape)}")
         lines.append(f"  init     {p.default.call.signature()}")
         for step in p.default.then:
             lines.append(f"  then     {step.signature()}")

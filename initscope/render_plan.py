@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from initscope.apply import ApplyResult
-from initscope.plan import Action, Plan, _shape, plan_to_dict
+from initscope.plan import Action, Plan, plan_to_dict, shape_tuple
 from initscope.render import escape_text
 
 __all__ = ["APPLY_SCHEMA", "apply_to_dict", "render_apply", "summary_lines"]
@@ -59,7 +59,9 @@ def summary_lines(plan: Plan) -> list[str]:
             "default": "re-initialized to their default",
             "error": "an error",
         }[plan.unmatched_policy.value]
-        names = ", ".join(f"{escape_text(e.site.name)} {_shape(e.site.shape)}" for e in missed[:10])
+        names = ", ".join(
+            f"{escape_text(e.site.name)} {shape_tuple(e.site.shape)}" for e in missed[:10]
+        )
         more = f", and {len(missed) - 10} more" if len(missed) > 10 else ""
         lines.append(
             f"{len(missed)} not covered by any rule (unmatched: {plan.unmatched_policy}, "
@@ -74,7 +76,7 @@ def _table(plan: Plan) -> list[str]:
     rows = []
     for e in plan.entries:
         rule = f"rules[{e.rule.index}] line {e.rule.line}" if e.rule is not None else "no rule"
-        rows.append((escape_text(e.site.name), _shape(e.site.shape), rule, e.describe()))
+        rows.append((escape_text(e.site.name), shape_tuple(e.site.shape), rule, e.describe()))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEAD)]
 
     def line(cells: tuple[str, ...]) -> str:

@@ -38,7 +38,14 @@ from torch.overrides import TorchFunctionMode
 
 from initscope.distributions import Distribution, Family
 
-__all__ = ["DefaultInit", "InitCall", "InitTracer", "fans"]
+__all__ = [
+    "DefaultInit",
+    "InitCall",
+    "InitTracer",
+    "fans",
+    "format_arg",
+    "init_distribution",
+]
 
 ArgValue = float | int | str | bool | None
 
@@ -74,7 +81,7 @@ class InitCall:
         return (InitCall, (self.name, dict(self.args), self.source))
 
     def signature(self) -> str:
-        inner = ", ".join(f"{k}={_fmt_arg(v)}" for k, v in self.args.items())
+        inner = ", ".join(f"{k}={format_arg(v)}" for k, v in self.args.items())
         return f"{self.name}({inner})"
 
 
@@ -116,7 +123,7 @@ def _gain(nonlinearity: Any, param: Any) -> float:
     return float(torch.nn.init.calculate_gain(str(nonlinearity), param))  # type: ignore[arg-type]
 
 
-def _init_distribution(
+def init_distribution(
     name: str, a: Mapping[str, Any], shape: tuple[int, ...]
 ) -> Distribution | None:
     """The distribution a torch.nn.init function draws for a tensor of ``shape``."""
@@ -328,7 +335,7 @@ def _region(t: torch.Tensor) -> _Region | None:
     return _Region(key, start, start + int(extent), t.numel(), tuple(int(s) for s in t.shape))
 
 
-def _fmt_arg(v: ArgValue) -> str:
+def format_arg(v: ArgValue) -> str:
     if isinstance(v, float):
         if math.isclose(v, math.sqrt(5)):
             return "√5"
@@ -490,7 +497,7 @@ class InitTracer(TorchFunctionMode):
     def _record_init(self, name: str, call_args: dict[str, ArgValue], tensor: torch.Tensor) -> None:
         source, _ = self._caller()
         call = InitCall(name, call_args, source)
-        dist = _init_distribution(name, call_args, tuple(tensor.shape))
+        dist = init_distribution(name, call_args, tuple(tensor.shape))
         self._add(tensor, DefaultInit(call, dist or _CUSTOM))
 
     def _write_from_method(
@@ -555,7 +562,7 @@ class InitTracer(TorchFunctionMode):
         }
         tensor = frame.f_locals.get("tensor")
         target = tensor if isinstance(tensor, torch.Tensor) else fallback
-        dist = _init_distribution(code.co_name, call_args, tuple(target.shape))
+        dist = init_distribution(code.co_name, call_args, tuple(target.shape))
         self._add(target, DefaultInit(InitCall(code.co_name, call_args, source), dist or _CUSTOM))
 
     def _copied_state(self, src: torch.Tensor, how: str, fallback: InitCall) -> DefaultInit:

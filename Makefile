@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # resolving an unpinned torch to a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: help install run test test-fast lint bench bench-identify docs clean
+.PHONY: help install run test test-fast lint bench bench-identify docs docs-site clean
 
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,5 +43,9 @@ bench-identify: $(STAMP)  ## measure identification accuracy on a labelled corpu
 docs: $(STAMP)  ## regenerate docs/report.png (the example UNet's HTML report, in Chromium)
 	$(PY) docs/make_screenshot.py
 
+docs-site: $(STAMP)  ## build the documentation site (docs/, mkdocs) into site/
+	$(PY) -m pip install -q --disable-pip-version-check "mkdocs>=1.5"
+	$(VENV)/bin/mkdocs build --strict
+
 clean:  ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build site *.egg-info

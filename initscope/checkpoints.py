@@ -464,16 +464,15 @@ def _open_dcp(p: Path, unsafe_load: bool) -> Checkpoint:
 
 def _read_into(fd: int, size: int, offset: int) -> torch.Tensor:
     """``size`` bytes of the file at ``offset``, read straight into a fresh uint8 tensor: one
-    copy from the page cache (``bytearray(os.pread(...))`` made two, 2.1 ms against 1.3 ms
-    per 4 MiB, measured).
+    copy from the page cache (``bytearray(os.pread(...))`` would make two).
 
     Not a memory map of the range, though that is faster: a mapped file truncated or
     rewritten in place while it is read (a trainer saving over the checkpoint) kills the
     process with SIGBUS and no message, and each mapping holds a file descriptor while its
     tensor lives (a kept state dict of thousands of tensors ran out of them). Most of the
     cost of a read is the page faults of fresh memory, which the CLI cuts by letting torch's
-    allocator ask for transparent huge pages (THP_MEM_ALLOC_ENABLE, see cli.main): 1.02 s
-    against 0.36 s to read 1.2 GB here, measured."""
+    allocator ask for transparent huge pages (THP_MEM_ALLOC_ENABLE, see cli.main; figures in
+    docs/performance.md)."""
     data = torch.empty(size, dtype=torch.uint8)
     view = (ctypes.c_char * size).from_address(data.data_ptr())
     done = 0

@@ -1155,13 +1155,11 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     # Let torch's CPU allocator ask for transparent huge pages for its large blocks (c10's
     # THP_MEM_ALLOC_ENABLE): each tensor read from a checkpoint is fresh memory, and its 4 KiB
-    # page faults were most of the reading time (1.02 s against 0.36 s for 1.2 GB, measured).
-    # A user's own setting wins.
+    # page faults are most of the reading time (docs/performance.md). A user's own setting wins.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     # OpenMP's idle threads spin for a while after each parallel torch op (libgomp's default
-    # GOMP_SPINCOUNT, about 3 ms here) on the cores the fused kernel's threads need: the scans
-    # of a 1.2 GB checkpoint took 0.30 s between identifications, 0.21 s with passive waiting
-    # (measured). initscope's own parallelism is the kernel's threads and its processes.
+    # GOMP_SPINCOUNT) on the cores the fused kernel's threads need, between identifications.
+    # initscope's own parallelism is the kernel's threads and its processes.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     restore_sigterm = _terminate_as_interrupt()
     command = typer.main.get_command(app)

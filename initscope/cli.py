@@ -6,6 +6,8 @@ Nothing here computes anything. Library modules are imported inside the commands
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 import shutil
 import sys
@@ -13,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout, suppress
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -132,6 +135,89 @@ AgainstOpt = Annotated[
         "a rules file / preset name (the distribution its rule resolves to, as check --rules).",
     ),
 ]
+
+
+@dataclass(frozen=True)
+class TargetArgs:
+    """The options every command that reads a TARGET shares (declared once, in
+    :func:`target_options`), as the command receives them."""
+
+    arg: list[str] | None = None
+    args_file: Path | None = None
+    model: str | None = None
+    spec: Path | None = None
+    input_shape: str | None = None
+    unsafe_load: bool = False
+    allow_outside: bool = False
+
+    def how(
+        self, *, seed: int = 0, meta: bool = False, max_memory: int | None = None
+    ) -> TargetOptions:
+        """How to read TARGET: the library's TargetOptions for these options."""
+        return _how(
+            self.arg,
+            self.args_file,
+            self.model,
+            self.spec,
+            self.input_shape,
+            self.unsafe_load,
+            seed=seed,
+            meta=meta,
+            allow_outside=self.allow_outside,
+            max_memory=max_memory,
+        )
+
+
+# Each shared option: its parameter name and annotation, as the commands' signatures list it.
+_TARGET_OPTIONS: tuple[tuple[str, object, object], ...] = (
+    ("arg", ArgOpt, None),
+    ("args_file", ArgsFileOpt, None),
+    ("model", ModelOpt, None),
+    ("spec", SpecOpt, None),
+    ("input_shape", InputShapeOpt, None),
+    ("unsafe_load", UnsafeOpt, False),
+    ("allow_outside", AllowOutsideOpt, False),
+)
+
+
+def target_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the shared TARGET options to ``command``'s command-line signature and hand them
+    to it as one ``targets: TargetArgs`` argument (as sqlfluff's ``common_options`` does for
+    click): the commands declare them once, here. The signature typer reads is completed at
+    the end of this module, once every option alias it names is defined."""
+    names = [name for name, _, _ in _TARGET_OPTIONS]
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        shared = {name: kwargs.pop(name) for name in names if name in kwargs}
+        command(*args, targets=TargetArgs(**shared), **kwargs)  # type: ignore[arg-type]
+
+    _PENDING.append((run, command))
+    return run
+
+
+_PENDING: list[tuple[Callable[..., None], Callable[..., None]]] = []
+
+
+def _complete_signatures() -> None:
+    """Give each :func:`target_options` command the signature typer reads: its own
+    options, then the shared ones, then ``--debug``."""
+    for run, command in _PENDING:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "targets"]
+        shared = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind
+            )
+            for name, kind, default in _TARGET_OPTIONS
+        ]
+        params = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.default is not p.empty else p
+            for p in [*(p for p in own if p.name != "debug"), *shared]
+        ] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name == "debug"]
+        run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {**{p.name: p.annotation for p in params}, "return": None}
+    _PENDING.clear()
 
 
 def _version(value: bool) -> None:
@@ -419,6 +505,7 @@ def _against_rules(against: str, var: list[str] | None) -> RuleSet | None:
 
 
 @app.command()
+@target_options
 def report(
     ctx: typer.Context,
     target: Annotated[
@@ -428,16 +515,6 @@ def report(
             "(.pt/.pth/.bin/.safetensors)."
         ),
     ],
-    arg: ArgOpt = None,
-    args_file: ArgsFileOpt = None,
-    model: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--model", "-m", help="pkg.module:Class to load a checkpoint TARGET into."),
-    ] = None,
-    spec: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option("--spec", help="YAML spec of the model to load a checkpoint TARGET into."),
-    ] = None,
     fmt: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="Output format.")
     ] = OutputFormat.TABLE,
@@ -454,9 +531,6 @@ def report(
         Optional[list[str]],  # noqa: UP045
         typer.Option("--name", help="Only parameters whose name or module matches this glob."),
     ] = None,
-    input_shape: InputShapeOpt = None,
-    unsafe_load: UnsafeOpt = False,
-    allow_outside: AllowOutsideOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     workers: WorkersOpt = None,
@@ -483,6 +557,7 @@ def report(
     var: VarOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    targets: TargetArgs = TargetArgs(),
 ) -> None:
     """Show every parameter's default init (traced from torch), next to its actual statistics."""
     debug = _debug(ctx, debug)
@@ -497,9 +572,11 @@ def report(
                 "drop --hist or use --format table",
             )
         if output is not None:
-            _writable_output(output, target, spec, args_file)  # before the model is built
+            _writable_output(
+                output, target, targets.spec, targets.args_file
+            )  # before the model is built
         if html is not None:
-            _writable_output(html, target, spec, args_file, against)
+            _writable_output(html, target, targets.spec, targets.args_file, against)
             if output is not None and html.resolve() == output.resolve():
                 raise InitScopeError(
                     f"--html and --output are the same file ({html}); the report would "
@@ -521,16 +598,9 @@ def report(
         )
         leader = _leads(options.group)
         with _progress(not quiet and leader) as progress:
-            how = _how(
-                arg,
-                args_file,
-                model,
-                spec,
-                input_shape,
-                unsafe_load,
+            how = targets.how(
                 meta=meta,
                 seed=seed,
-                allow_outside=allow_outside,
                 max_memory=options.max_memory,
             )
             result = build_report(target, how, options, progress)
@@ -548,6 +618,7 @@ def report(
 
 
 @app.command()
+@target_options
 def plot(
     ctx: typer.Context,
     target: Annotated[
@@ -584,17 +655,11 @@ def plot(
     columns: Annotated[int, typer.Option("--columns", min=1, help="Panels per row.")] = 6,
     dpi: Annotated[int, typer.Option("--dpi", min=10, max=600, help="PNG resolution.")] = 100,
     buffers: Annotated[bool, typer.Option("--buffers", help="Include buffers.")] = False,
-    arg: ArgOpt = None,
-    args_file: ArgsFileOpt = None,
-    model: ModelOpt = None,
-    spec: SpecOpt = None,
-    input_shape: InputShapeOpt = None,
-    unsafe_load: UnsafeOpt = False,
-    allow_outside: AllowOutsideOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    targets: TargetArgs = TargetArgs(),
 ) -> None:
     """Draw each parameter's histogram with the density it should follow (its default, or
     --against rules.yaml) over it: a grid of panels, marked where the values differ."""
@@ -612,7 +677,7 @@ def plot(
 
         image_format(output)  # a bad extension, and a missing matplotlib, before any work
         require_matplotlib()
-        _writable_output(output, target, spec, args_file, against)
+        _writable_output(output, target, targets.spec, targets.args_file, against)
         rule_set = _against_rules(against, var)
         options = ReportOptions(
             buffers=buffers,
@@ -621,15 +686,8 @@ def plot(
             max_memory=_parse_size(max_memory),
         )
         with _progress(not quiet) as progress:
-            how = _how(
-                arg,
-                args_file,
-                model,
-                spec,
-                input_shape,
-                unsafe_load,
+            how = targets.how(
                 seed=seed,
-                allow_outside=allow_outside,
                 max_memory=options.max_memory,
             )
             result = build_report(target, how, options, progress)
@@ -641,7 +699,7 @@ def plot(
             )
         # A paged plot writes OUT-1.png, OUT-2.png, ...: none of them may be an input.
         for page in page_paths(output, len(panels), max_panels):
-            _writable_output(page.path, target, spec, args_file, against)
+            _writable_output(page.path, target, targets.spec, targets.args_file, against)
         label = "default" if rule_set is None else rule_set.source
         pages = save_pages(
             panels,
@@ -742,6 +800,7 @@ def _parse_vars(pairs: list[str] | None) -> dict[str, float]:
 
 
 @app.command()
+@target_options
 def apply(
     ctx: typer.Context,
     target: Annotated[
@@ -779,15 +838,9 @@ def apply(
     fmt: Annotated[
         ApplyFormat, typer.Option("--format", "-f", help="table (text) or json.")
     ] = ApplyFormat.TABLE,
-    arg: ArgOpt = None,
-    args_file: ArgsFileOpt = None,
-    model: ModelOpt = None,
-    spec: SpecOpt = None,
-    input_shape: InputShapeOpt = None,
-    unsafe_load: UnsafeOpt = False,
-    allow_outside: AllowOutsideOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    targets: TargetArgs = TargetArgs(),
 ) -> None:
     """Re-initialize TARGET's parameters by a YAML rules file and save the result."""
     debug = _debug(ctx, debug)
@@ -797,15 +850,8 @@ def apply(
         from initscope.rules import Unmatched, load_rules
 
         rule_set = load_rules(rules, _parse_vars(var))
-        how = _how(
-            arg,
-            args_file,
-            model,
-            spec,
-            input_shape,
-            unsafe_load,
+        how = targets.how(
             seed=seed if seed is not None else (rule_set.seed or 0),
-            allow_outside=allow_outside,
         )
         options = ApplyOptions(
             output=output,
@@ -831,6 +877,7 @@ class CheckFormat(str, Enum):
 
 
 @app.command()
+@target_options
 def check(
     ctx: typer.Context,
     target: Annotated[
@@ -869,19 +916,13 @@ def check(
         ),
     ] = None,
     var: VarOpt = None,
-    arg: ArgOpt = None,
-    args_file: ArgsFileOpt = None,
-    model: ModelOpt = None,
-    spec: SpecOpt = None,
-    input_shape: InputShapeOpt = None,
-    unsafe_load: UnsafeOpt = False,
-    allow_outside: AllowOutsideOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    targets: TargetArgs = TargetArgs(),
 ) -> None:
     """Check TARGET's statistics: health always, --rules and --expect when given. Exit 0 if
     every check passes, 1 on violations, 2 on bad input."""
@@ -893,20 +934,13 @@ def check(
         from initscope.rules import load_rules, nothing_was
 
         if output is not None:
-            _writable_output(output, target, rules, expect, spec, args_file)
+            _writable_output(output, target, rules, expect, targets.spec, targets.args_file)
         variables = _parse_vars(var)
         with nothing_was("checked"):
             rule_set = load_rules(rules, variables) if rules is not None else None
         expectations = load_expectations(expect) if expect is not None else None
-        how = _how(
-            arg,
-            args_file,
-            model,
-            spec,
-            input_shape,
-            unsafe_load,
+        how = targets.how(
             seed=seed,
-            allow_outside=allow_outside,
             max_memory=_parse_size(max_memory),
         )
         from initscope.distributed import init_from_env
@@ -933,6 +967,7 @@ def check(
 
 
 @app.command()
+@target_options
 def diff(
     ctx: typer.Context,
     a: Annotated[str, typer.Argument(help="Before: a checkpoint or a model target.")],
@@ -944,19 +979,13 @@ def diff(
         Optional[Path],  # noqa: UP045
         typer.Option("--output", "-o", help="Write to this file (atomically)."),
     ] = None,
-    arg: ArgOpt = None,
-    args_file: ArgsFileOpt = None,
-    model: ModelOpt = None,
-    spec: SpecOpt = None,
-    input_shape: InputShapeOpt = None,
-    unsafe_load: UnsafeOpt = False,
-    allow_outside: AllowOutsideOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     workers: WorkersOpt = None,
     distributed: DistributedOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
+    targets: TargetArgs = TargetArgs(),
 ) -> None:
     """Compare two checkpoints (or a checkpoint and a fresh model), parameter by parameter."""
     debug = _debug(ctx, debug)
@@ -965,24 +994,19 @@ def diff(
         from initscope.targets import TargetOptions, is_checkpoint_path
 
         if output is not None:
-            _writable_output(output, a, b, spec, args_file)
-        how = _how(
-            arg,
-            args_file,
-            model,
-            spec,
-            input_shape,
-            unsafe_load,
+            _writable_output(output, a, b, targets.spec, targets.args_file)
+        how = targets.how(
             seed=seed,
-            allow_outside=allow_outside,
             max_memory=_parse_size(max_memory),
         )
         # --model/--spec describe the checkpoints; a model target needs only its --arg.
         plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)
-        if model is None and spec is None:
+        if targets.model is None and targets.spec is None:
             # a bare checkpoint takes no --arg
             how = TargetOptions(
-                unsafe_load=unsafe_load, allow_outside=allow_outside, max_memory=how.max_memory
+                unsafe_load=targets.unsafe_load,
+                allow_outside=targets.allow_outside,
+                max_memory=how.max_memory,
             )
         how_a = how if is_checkpoint_path(a) else plain
         how_b = how if is_checkpoint_path(b) else plain
@@ -1008,6 +1032,7 @@ app.add_typer(rules_app, name="rules")
 
 
 @rules_app.command("validate")
+@target_options
 def rules_validate(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="Rules file (.yaml) or preset name.")],
@@ -1021,14 +1046,8 @@ def rules_validate(
     fmt: Annotated[
         ApplyFormat, typer.Option("--format", "-f", help="table (text) or json.")
     ] = ApplyFormat.TABLE,
-    arg: ArgOpt = None,
-    args_file: ArgsFileOpt = None,
-    model: ModelOpt = None,
-    spec: SpecOpt = None,
-    input_shape: InputShapeOpt = None,
-    unsafe_load: UnsafeOpt = False,
-    allow_outside: AllowOutsideOpt = False,
     debug: DebugOpt = False,
+    targets: TargetArgs = TargetArgs(),
 ) -> None:
     """Check a rules file (and, given TARGET, how it matches that model); change nothing."""
     import json
@@ -1052,15 +1071,8 @@ def rules_validate(
                 n = len(rule_set.rules)
                 text = f"{rule_set.source}: ok, {n} rule{'s' if n != 1 else ''}\n"
         else:
-            how = _how(
-                arg,
-                args_file,
-                model,
-                spec,
-                input_shape,
-                unsafe_load,
+            how = targets.how(
                 seed=rule_set.seed or 0,
-                allow_outside=allow_outside,
             )
             options = ApplyOptions(
                 unmatched=Unmatched(unmatched.value) if unmatched else None, strict=strict
@@ -1192,3 +1204,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             raise
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+_complete_signatures()

@@ -18,7 +18,7 @@ from contextlib import contextmanager, redirect_stdout, suppress
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -53,7 +53,7 @@ app = typer.Typer(
 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
 ArgOpt = Annotated[
-    Optional[list[str]],  # noqa: UP045 - typer needs Optional on Python 3.10
+    list[str] | None,
     typer.Option(
         "--arg",
         "-a",
@@ -61,11 +61,11 @@ ArgOpt = Annotated[
     ),
 ]
 ArgsFileOpt = Annotated[
-    Optional[Path],  # noqa: UP045
+    Path | None,
     typer.Option("--args-file", help="YAML mapping of constructor arguments."),
 ]
 InputShapeOpt = Annotated[
-    Optional[str],  # noqa: UP045
+    str | None,
     typer.Option(
         "--input-shape",
         help="Shape of a random input, e.g. 1,3,64,64, to materialize Lazy modules.",
@@ -88,7 +88,7 @@ MaxMemoryOpt = Annotated[
     ),
 ]
 WorkersOpt = Annotated[
-    Optional[int],  # noqa: UP045
+    int | None,
     typer.Option(
         "--workers",
         min=1,
@@ -105,11 +105,11 @@ DistributedOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")]
 ModelOpt = Annotated[
-    Optional[str],  # noqa: UP045
+    str | None,
     typer.Option("--model", "-m", help="pkg.module:Class to load a checkpoint TARGET into."),
 ]
 SpecOpt = Annotated[
-    Optional[Path],  # noqa: UP045
+    Path | None,
     typer.Option("--spec", help="YAML spec of the model to load a checkpoint TARGET into."),
 ]
 UnsafeOpt = Annotated[
@@ -519,16 +519,16 @@ def report(
         OutputFormat, typer.Option("--format", "-f", help="Output format.")
     ] = OutputFormat.TABLE,
     output: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout."),
     ] = None,
     buffers: Annotated[bool, typer.Option("--buffers", help="Include buffers.")] = False,
     type_: Annotated[
-        Optional[list[str]],  # noqa: UP045
+        list[str] | None,
         typer.Option("--type", help="Only modules of this class (subclasses match). Repeatable."),
     ] = None,
     name: Annotated[
-        Optional[list[str]],  # noqa: UP045
+        list[str] | None,
         typer.Option("--name", help="Only parameters whose name or module matches this glob."),
     ] = None,
     seed: SeedOpt = 0,
@@ -542,7 +542,7 @@ def report(
         ),
     ] = False,
     html: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(
             "--html",
             help="Also write the report as one self-contained HTML page (summary, table, a "
@@ -635,11 +635,11 @@ def plot(
         ),
     ],
     name: Annotated[
-        Optional[list[str]],  # noqa: UP045
+        list[str] | None,
         typer.Option("--name", help="Only parameters whose name or module matches this glob."),
     ] = None,
     type_: Annotated[
-        Optional[list[str]],  # noqa: UP045
+        list[str] | None,
         typer.Option("--type", help="Only modules of this class (subclasses match). Repeatable."),
     ] = None,
     against: AgainstOpt = "default",
@@ -763,7 +763,7 @@ RulesOpt = Annotated[
     ),
 ]
 VarOpt = Annotated[
-    Optional[list[str]],  # noqa: UP045
+    list[str] | None,
     typer.Option("--var", help="Set a rules var, name=number (overrides vars:). Repeatable."),
 ]
 StrictOpt = Annotated[
@@ -775,7 +775,7 @@ StrictOpt = Annotated[
     ),
 ]
 UnmatchedOptT = Annotated[
-    Optional[UnmatchedOpt],  # noqa: UP045
+    UnmatchedOpt | None,
     typer.Option(
         "--unmatched",
         help="What to do with parameters no rule matches (overrides the file's unmatched:).",
@@ -812,11 +812,11 @@ def apply(
     ],
     rules: RulesOpt,
     output: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option("--output", "-o", help="Write the result here (.safetensors, .pt, .pth)."),
     ] = None,
     seed: Annotated[
-        Optional[int],  # noqa: UP045
+        int | None,
         typer.Option(
             "--seed",
             min=0,
@@ -888,7 +888,7 @@ def check(
         ),
     ],
     rules: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             "--rules",
             "-r",
@@ -896,7 +896,7 @@ def check(
         ),
     ] = None,
     expect: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option("--expect", "-e", help="Expectations file (checks: and health:)."),
     ] = None,
     no_default_check: Annotated[
@@ -910,7 +910,7 @@ def check(
         CheckFormat, typer.Option("--format", "-f", help="text, json, junit or github.")
     ] = CheckFormat.TEXT,
     output: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option(
             "--output", "-o", help="Write the result here (atomically), e.g. a JUnit file."
         ),
@@ -976,7 +976,7 @@ def diff(
         ApplyFormat, typer.Option("--format", "-f", help="table (text) or json.")
     ] = ApplyFormat.TABLE,
     output: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option("--output", "-o", help="Write to this file (atomically)."),
     ] = None,
     seed: SeedOpt = 0,
@@ -1037,7 +1037,7 @@ def rules_validate(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="Rules file (.yaml) or preset name.")],
     target: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Argument(help="Also check the rules against this model or checkpoint."),
     ] = None,
     strict: StrictOpt = False,

@@ -154,7 +154,9 @@ class Expectations:
     source: str = "<expect>"
 
 
-_CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
+# Matched against the stripped text: with \s* on both sides of the optional call, a name
+# followed by many spaces and one stray character took time quadratic in the spaces.
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?", re.S)
 
 
 def _split_args(inner: str) -> list[str]:
@@ -191,7 +193,7 @@ def parse_follows(text: str) -> dict[str, Any] | str:
     a number to the next numeric argument (``constant(1.0)``, ``uniform(-0.1, 0.1)``).
     ``lecun_normal`` is ``kaiming_normal(nonlinearity=linear)``: N(0, 1/√fan_in).
     """
-    m = _CALL.match(text)
+    m = _CALL.fullmatch(text.strip())
     if m is None:
         return f"cannot read {text!r} as an init; write e.g. normal(std=0.02) or xavier_uniform"
     name, inner = m.group(1), m.group(2)

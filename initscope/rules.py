@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import importlib
 import inspect
 import json
 import keyword
 import math
+import os
+import re
+import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,11 +33,12 @@ import torch
 from initscope.errors import SpecError
 from initscope.expressions import FUNCTIONS, Expression, ExpressionError, parse_expression
 from initscope.rules_schema import MATCH_KEYS, validate
-from initscope.yamlio import DocPath, Located, did_you_mean, load_yaml
+from initscope.yamlio import DocPath, Located, did_you_mean, load_yaml, shorten
 
 __all__ = [
     "FAN_NAMES",
     "InitFunction",
+    "PatternError",
     "Problem",
     "Rule",
     "RuleSet",
@@ -63,22 +68,94 @@ class Unmatched(str, Enum):
         return self.value
 
 
-@functools.lru_cache(maxsize=256)
+class PatternError(ValueError):
+    """A ``re:`` pattern that cannot be used: what is wrong (``message``) and how to fix it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+_RE2_HINT = (
+    "re: patterns use RE2 syntax, which matches in linear time: no backreferences or "
+    "lookaround, repetition counts up to 1000"
+)
+
+
+# Compiling a pattern takes time and memory in proportion to its program, up to RE2's
+# max_mem: 8 MB by default, where one 8-character pattern (\pL{446}: every letter of
+# Unicode, 446 times) took 0.2 s and 3 MB. A name pattern is a line of text; 256 KB holds
+# hundreds of alternatives, and the worst pattern under it compiles in about 8 ms. A file
+# may use at most MAX_PATTERNS different patterns, all of which stay compiled.
+RE2_MAX_MEM = 256 * 2**10
+MAX_PATTERNS = 256
+
+
+@functools.lru_cache(maxsize=MAX_PATTERNS)
 def name_regex(pattern: str) -> Callable[[str], bool]:
     """Whether a module path fully matches the ``re:`` pattern of a rule, by RE2 (google-re2):
     matching takes time linear in the name whatever the pattern, where Python's backtracking
     ``re`` takes exponential time on patterns such as ``(a+)+$``, and a rules file is data
-    anyone can hand over. ValueError names what RE2 cannot compile."""
-    import re2
+    anyone can hand over. :class:`PatternError` says what RE2 cannot compile.
 
+    Without google-re2 (a platform it has no wheel for, installed with --no-deps) ``re:``
+    patterns are refused rather than run by Python's ``re``: no syntactic bound makes
+    backtracking safe (``a*a*a*a*a*a*b`` nests nothing yet takes n^6 steps), and a module
+    name of 32 characters is enough for hours."""
+    try:
+        import re2
+    except ImportError:
+        raise PatternError(
+            "re: patterns need the google-re2 package (a regex engine that matches in linear "
+            "time), which is not installed",
+            "install it (pip install google-re2), or write a glob such as 'encoder.*.attn'",
+        ) from None
     options = re2.Options()
     options.log_errors = False  # the error is ours to report, once, not absl's on stderr
+    options.max_mem = RE2_MAX_MEM
     try:
         compiled = re2.compile(pattern, options=options)
     except re2.error as exc:
         text = exc.args[0] if exc.args else exc
-        raise ValueError(text.decode() if isinstance(text, bytes) else str(text)) from None
-    return lambda name: compiled.fullmatch(name) is not None
+        why = (text.decode() if isinstance(text, bytes) else str(text))[:200]
+        if _python_compiles(pattern):
+            raise PatternError(
+                f"regular expression {shorten(pattern)} is not supported by the linear-time "
+                f"regex engine (RE2: {why})",
+                _RE2_HINT,
+            ) from None
+        raise PatternError(
+            f"invalid regular expression {shorten(pattern)}: {why}", _RE2_HINT
+        ) from None
+    return _Regex(pattern, compiled)
+
+
+class _Regex:
+    """A compiled ``re:`` pattern, called with a name; it pickles as its text (a Rule that
+    reaches a worker's result is compiled again where it is loaded)."""
+
+    __slots__ = ("_compiled", "pattern")
+
+    def __init__(self, pattern: str, compiled: Any) -> None:
+        self.pattern = pattern
+        self._compiled = compiled
+
+    def __call__(self, name: str) -> bool:
+        return self._compiled.fullmatch(name) is not None
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return name_regex, (self.pattern,)
+
+
+def _python_compiles(pattern: str) -> bool:
+    """Whether Python's ``re`` compiles ``pattern`` (compiling never runs it): such a pattern
+    is valid, only not linear-time (a backreference, a lookaround)."""
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError, RecursionError, MemoryError, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -91,7 +168,9 @@ class Problem:
     hint: str | None = None
 
     def one_line(self) -> str:
-        at = f"{self.path}: " if self.path else ""
+        # A path is made of the file's keys, which may be any length: it is cut, not echoed.
+        path = self.path if len(self.path) <= 120 else f"{self.path[:100]}..."
+        at = f"{path}: " if path else ""
         text = f"{self.where}: {at}{self.message}"
         return " ".join((text if self.hint is None else f"{text}; {self.hint}").split())
 
@@ -235,6 +314,9 @@ class Rule:
     ndim: tuple[int, int] | None = None
     arg_paths: Mapping[str, str] = field(default_factory=dict)  # key → file:line:col
     section: str = "rules"  # "checks" for an expectations file
+    # The compiled ``re:`` pattern of ``name``, kept with the rule: matching a model's names
+    # never compiles it again, however many patterns the files in use hold.
+    name_match: Callable[[str], bool] | None = field(default=None, compare=False, repr=False)
 
     def at(self, key: str) -> str:
         """``file:line:col`` of one of the rule's keys (the rule itself if absent)."""
@@ -252,7 +334,8 @@ class Rule:
     def matches_name(self, module: str, param: str, ndim: int) -> bool:
         if self.name is not None:
             if self.name.startswith("re:"):
-                if not name_regex(self.name[3:])(module):
+                match = self.name_match or name_regex(self.name[3:])
+                if not match(module):
                     return False
             elif not fnmatch.fnmatchcase(module, self.name):
                 return False
@@ -334,7 +417,7 @@ def load_rules(
     if path.is_dir():
         raise SpecError(f"{path} is a directory, not a rules file", "give a .yaml file")
     doc = load_yaml(path, shown)
-    return parse_rules(doc, path.read_text(encoding="utf-8"), variables)
+    return parse_rules(doc, doc.text, variables)
 
 
 class Collector:
@@ -344,6 +427,10 @@ class Collector:
         self.doc = doc
         self.problems: list[Problem] = []
         self._spots: set[str] = set()  # the paths with a problem: one lookup, not a scan
+        # The dotted ``type:`` paths met so far and what each resolved to (see _parse_types).
+        self.types: dict[str, type | str] = {}
+        self.imported: set[str] = set()
+        self.patterns: set[str] = set()  # the re: patterns met so far
 
     def __call__(self, path: DocPath, message: str, hint: str | None = None) -> None:
         # One problem per spot: a value the schema already refused is not refused again
@@ -369,7 +456,8 @@ def parse_rules(
     for path, first, _ in doc.duplicates:
         problem(
             path,
-            f"duplicate key {path[-1]!r} (first at line {first}); YAML would keep only the last",
+            f"duplicate key {shorten(path[-1])} (first at line {first}); "
+            "YAML would keep only the last",
             "remove one of them",
         )
     for sp in validate(data):
@@ -384,19 +472,21 @@ def parse_rules(
                 try:
                     v = float(v)
                 except OverflowError:
-                    problem(("vars", str(k)), f"{k!r} is too large a number", "use a smaller one")
+                    problem(
+                        ("vars", str(k)), f"{shorten(k)} is too large a number", "use a smaller one"
+                    )
                     continue
                 if str(k) in FAN_NAMES:
                     problem(
                         ("vars", str(k)),
-                        f"{k!r} is set for each parameter and cannot be a var",
+                        f"{shorten(k)} is set for each parameter and cannot be a var",
                         "rename the var",
                     )
                 elif keyword.iskeyword(str(k)) or str(k) in FUNCTIONS:
                     what = "a Python keyword" if keyword.iskeyword(str(k)) else "a function"
                     problem(
                         ("vars", str(k)),
-                        f"{k!r} is {what} and cannot be a var name",
+                        f"{shorten(k)} is {what} and cannot be a var name",
                         "rename the var",
                     )
                 vars_[str(k)] = float(v)
@@ -470,7 +560,8 @@ def parse_rule(
             known = [*(f.short for f in init_functions().values()), *SPECIAL_INITS]
             problem(
                 (*base, "init"),
-                f"unknown init {init_raw!r}{did_you_mean(init_raw.removesuffix('_'), known)}",
+                f"unknown init {shorten(init_raw)}"
+                f"{did_you_mean(init_raw.removesuffix('_'), known)}",
                 f"use a torch.nn.init function ({', '.join(known[:-2])}) or default or keep",
             )
     args: dict[str, ArgValue] = {}
@@ -483,7 +574,7 @@ def parse_rule(
                 what = f"{init.removesuffix('_')} takes no arguments" if not allowed else None
                 problem(
                     path,
-                    f"unknown key {key!r}"
+                    f"unknown key {shorten(key)}"
                     + ("" if what else f" for {init.removesuffix('_')}")
                     + did_you_mean(key, [*allowed, *MATCH_KEYS])
                     + (f"; {what}" if what else ""),
@@ -506,16 +597,20 @@ def parse_rule(
                     )
     type_names, type_classes = _parse_types(raw.get("type"), (*base, "type"), problem)
     name = raw.get("name")
+    name_match: Callable[[str], bool] | None = None
     if isinstance(name, str) and name.startswith("re:"):
-        try:
-            name_regex(name[3:])
-        except ValueError as exc:
+        if name not in problem.patterns and len(problem.patterns) >= MAX_PATTERNS:
             problem(
                 (*base, "name"),
-                f"invalid regular expression {name[3:]!r}: {exc}",
-                "re: patterns use RE2 syntax, which matches in linear time: no backreferences "
-                "or lookaround, repetition counts up to 1000",
+                f"more than {MAX_PATTERNS} different re: patterns in one file",
+                "join alternatives into one pattern with |, or match by globs",
             )
+        else:
+            problem.patterns.add(name)
+            try:
+                name_match = name_regex(name[3:])
+            except PatternError as exc:
+                problem((*base, "name"), exc.message, exc.hint)
     ndim_raw = raw.get("ndim")
     ndim: tuple[int, int] | None = None
     if isinstance(ndim_raw, int) and not isinstance(ndim_raw, bool):
@@ -548,6 +643,7 @@ def parse_rule(
         ndim=ndim,
         arg_paths=arg_paths,
         section=str(base[0]) if base else "rules",
+        name_match=name_match,
     )
 
 
@@ -673,7 +769,7 @@ def _parse_arg(
             return value
         problem(
             path,
-            f"{value!r} is not a valid {arg.name}"
+            f"{shorten(value)} is not a valid {arg.name}"
             + (did_you_mean(value, arg.choices) if isinstance(value, str) else ""),
             f"use one of {', '.join(arg.choices)}",
         )
@@ -681,7 +777,7 @@ def _parse_arg(
     if arg.kind == "int":
         if isinstance(value, int):
             return value
-        problem(path, f"expected an integer for {arg.name}, got {value!r}")
+        problem(path, f"expected an integer for {arg.name}, got {shorten(value)}")
         return None
     if isinstance(value, int | float):
         try:
@@ -690,7 +786,7 @@ def _parse_arg(
             problem(path, f"{arg.name} is too large a number", "write a float32-sized number")
             return None
     if not isinstance(value, str):
-        problem(path, f"expected a number or an expression for {arg.name}, got {value!r}")
+        problem(path, f"expected a number or an expression for {arg.name}, got {shorten(value)}")
         return None
     if arg.name == "gain":
         name, colon, slope = value.partition(":")
@@ -716,7 +812,8 @@ def _parse_arg(
             return None
         bare = name.strip()
         if colon or (bare.isidentifier() and bare not in vars_ and bare not in FAN_NAMES):
-            problem(path, f"unknown gain {value!r}{did_you_mean(bare, gain_names())}", gain_hint)
+            unknown_gain = f"unknown gain {shorten(value)}{did_you_mean(bare, gain_names())}"
+            problem(path, unknown_gain, gain_hint)
             return None
     try:
         expr = parse_expression(value)
@@ -768,6 +865,14 @@ def _gain_name(text: str) -> float | None:
     return gain if math.isfinite(gain) else None
 
 
+# A rules file names a class or two by dotted path. Each one the file may name costs an
+# import check (a scan of the installed distributions, 0.1 s, for a module not imported yet)
+# or a did-you-mean over a module's names, so a file is held to a few, and a file with
+# thousands of them is refused in milliseconds instead of checked for minutes.
+MAX_TYPE_PATHS = 64
+MAX_TYPE_IMPORTS = 8
+
+
 def _parse_types(
     raw: Any, path: DocPath, problem: Collector
 ) -> tuple[tuple[str, ...], tuple[type, ...]]:
@@ -779,7 +884,16 @@ def _parse_types(
             continue
         at = path if isinstance(raw, str) else (*path, j)
         if "." in item or ":" in item:
-            cls = _import_class(item)
+            cls = problem.types.get(item)
+            if cls is None:
+                if len(problem.types) >= MAX_TYPE_PATHS:
+                    problem(
+                        at,
+                        f"more than {MAX_TYPE_PATHS} different dotted type paths in one file",
+                        "write class names (Conv2d): a name matches subclasses too",
+                    )
+                    continue
+                cls = problem.types[item] = _import_class(item, problem.imported)
             if isinstance(cls, str):
                 problem(at, cls, "write a class name (Conv2d) or an importable path")
             else:
@@ -789,20 +903,75 @@ def _parse_types(
     return tuple(names), tuple(classes)
 
 
-def _import_class(ref: str) -> type | str:
+def _import_class(ref: str, imported: set[str]) -> type | str:
     """The class ``ref`` names (``torch.nn.Conv2d``, ``nn.Conv2d``, ``pkg.mod:Cls``), or a
-    message saying why not."""
+    message saying why not.
+
+    Importing a module runs its code, and a rules file is data. So, as for a provenance
+    record (:func:`initscope.models.record_import_problem`), a type path may name only a
+    module already imported or a regular module of an installed distribution, imported with
+    the working folder off the search path; never a ``.py`` beside the rules file or in the
+    working folder. ``imported`` holds the modules this file made initscope import: at most
+    :data:`MAX_TYPE_IMPORTS`."""
     from initscope.errors import TargetError
-    from initscope.targets import import_ref
+    from initscope.targets import import_ref, split_ref
 
     text = ref if ":" in ref else ":".join(ref.rsplit(".", 1))
     try:
+        module = split_ref(text)[0]
+    except TargetError as exc:
+        return f"type {shorten(ref)} names no class: {exc.message[:300]}"
+    if not _is_imported(module):
+        if len(imported) >= MAX_TYPE_IMPORTS:
+            return (
+                f"type {shorten(ref)}: {module[:100]} is not imported, and one rules file "
+                f"may import at most {MAX_TYPE_IMPORTS} modules for its types"
+            )
+        imported.add(module)
+        from initscope.models import record_import_problem
+
+        try:
+            refused = record_import_problem(module)
+        except Exception as exc:  # a parent package that fails to import
+            refused = f"{module} cannot be found ({type(exc).__name__}: {exc})"
+        if refused is not None:
+            return (
+                f"type {shorten(ref)} is not imported: {refused[:200]} (a rules file imports "
+                "only installed packages)"
+            )
+        try:
+            with _working_folder_off_path():
+                importlib.import_module(module)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"[:200]
+            return f"type {shorten(ref)} names no class: importing {module[:100]} failed: {why}"
+    try:
         obj = import_ref(text)
     except TargetError as exc:
-        return f"type {ref!r} names no class: {exc.message}"
+        return f"type {shorten(ref)} names no class: {exc.message[:300]}"
     if not isinstance(obj, type):
-        return f"type {ref!r} is a {type(obj).__name__}, not a class"
+        return f"type {shorten(ref)} is a {type(obj).__name__}, not a class"
     return obj
+
+
+def _is_imported(module: str) -> bool:
+    loaded = sys.modules.get(module)
+    return loaded is not None and getattr(loaded, "__file__", None) is not None
+
+
+@contextmanager
+def _working_folder_off_path() -> Iterator[None]:
+    """sys.path without the working folder (``''`` under ``python -m``), so that an installed
+    module is imported from where :func:`~initscope.models.record_import_problem` found it and
+    not from a same-named file in the working folder."""
+    here = {"", ".", os.getcwd(), os.path.realpath(os.getcwd())}
+    saved = sys.path[:]
+    importlib.invalidate_caches()
+    try:
+        sys.path[:] = [p for p in sys.path if p not in here and os.path.realpath(p) not in here]
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def fan_env(shape: tuple[int, ...]) -> dict[str, float]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from initscope.yamlio import did_you_mean
+from initscope.yamlio import did_you_mean, shorten
 
 __all__ = [
     "MATCH_KEYS",
@@ -183,7 +183,7 @@ def _describe(value: Any) -> str:
         type(value), f"a {type(value).__name__}"
     )
     if isinstance(value, str | int | float):
-        return f"{kind} ({value!r})"
+        return f"{kind} ({shorten(value)})"
     return kind
 
 
@@ -244,9 +244,9 @@ def _validate(value: Any, schema: Mapping[str, Any], path: Path) -> Iterator[Sch
         lo, hi = schema.get("minimum"), schema.get("maximum")
         kind = "an integer" if schema.get("type") == "integer" else "a number"
         if lo is not None and value < lo:
-            yield SchemaProblem(path, f"expected {kind} ≥ {lo}, got {value}")
+            yield SchemaProblem(path, f"expected {kind} ≥ {lo}, got {shorten(value)}")
         elif hi is not None and value > hi:
-            yield SchemaProblem(path, f"expected {kind} ≤ {hi}, got {value}")
+            yield SchemaProblem(path, f"expected {kind} ≤ {hi}, got {shorten(value)}")
     if isinstance(value, list):
         lo, hi = schema.get("minItems"), schema.get("maxItems")
         if (lo is not None and len(value) < lo) or (hi is not None and len(value) > hi):
@@ -266,13 +266,13 @@ def _validate(value: Any, schema: Mapping[str, Any], path: Path) -> Iterator[Sch
         for key, item in value.items():
             sub = (*path, str(key))
             if names_schema is not None and not re.fullmatch(names_schema["pattern"], str(key)):
-                yield SchemaProblem(sub, f"{key!r} is not a valid name (letters, digits, _)")
+                yield SchemaProblem(sub, f"{shorten(key)} is not a valid name (letters, digits, _)")
             if key in props:
                 yield from _validate(item, props[key], sub)
             elif extra is False:
                 yield SchemaProblem(
                     sub,
-                    f"unknown key {key!r}{did_you_mean(str(key), props)}; "
+                    f"unknown key {shorten(key)}{did_you_mean(str(key), props)}; "
                     f"expected one of {', '.join(props)}",
                 )
             elif isinstance(extra, Mapping):

@@ -274,9 +274,17 @@ def spec_from_provenance(
             )
             return None
     try:
+        if not how.unsafe_load:
+            # Imported here with the working folder off the path, so that ./six.py cannot
+            # stand in for an installed six; import_ref then finds it already imported.
+            with _installed_paths_only():
+                importlib.import_module(split_ref(ref)[0])
         factory = import_ref(ref, base_dir)
     except TargetError as exc:
         _warn_bare(path, f"{ref} cannot be imported here ({exc.message})")
+        return None
+    except Exception as exc:
+        _warn_bare(path, f"{ref} cannot be imported here ({type(exc).__name__}: {exc})"[:300])
         return None
     if not (isinstance(factory, type) and issubclass(factory, torch.nn.Module)):
         warnings.warn(

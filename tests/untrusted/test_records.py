@@ -4,6 +4,7 @@ Each test is a reproduction that failed before its fix."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -158,3 +159,26 @@ def crafted_inputs(folder: Path) -> dict[str, Path]:
     )
     cases["record-namespace-package"] = _recorded(folder / "ns.safetensors", "mpl_toolkits.evil:M")
     return cases
+
+
+@pytest.mark.slow
+def test_an_installed_module_is_not_shadowed_by_the_working_folder(tmp_path: Path) -> None:
+    import subprocess
+
+    # idna is installed (requests needs it) and not imported by initscope: a record naming
+    # it must import the installed one, not ./idna.py lying beside the checkpoint.
+    pytest.importorskip("idna")
+    marker = tmp_path / "MARKER"
+    (tmp_path / "idna.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nclass M: pass\n")
+    path = _recorded(tmp_path / "r.safetensors", "idna:M")
+    done = subprocess.run(
+        [sys.executable, "-m", "initscope", "report", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+    assert "bare state dict" in done.stderr

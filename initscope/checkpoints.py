@@ -20,11 +20,9 @@ import ctypes
 import json
 import math
 import os
-import pickle
 import re
 import stat
 import warnings
-import zipfile
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +32,24 @@ import torch
 
 from initscope.errors import CheckpointError, UnsafeLoadRequired
 from initscope.saving import METADATA_KEY, PROVENANCE_KEY, Provenance
+from initscope.torchfile import (
+    ZIP_MAGIC,
+    NeedsGlobal,
+    PickleRefused,
+    TorchZip,
+    load_legacy,
+)
+from initscope.yamlio import shorten
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
     "Checkpoint",
     "StoredTensor",
     "TensorInfo",
+    "bounded_numel",
     "checkpoint_files",
     "open_checkpoint",
+    "open_regular",
 ]
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -159,6 +167,8 @@ class Checkpoint:
     def load(self, name: str) -> torch.Tensor:
         try:
             return self._loader(name)
+        except CheckpointError:
+            raise  # already says what is wrong, and where
         except Exception as exc:
             raise self.read_error(name, exc) from exc
 
@@ -267,14 +277,38 @@ def _require_regular(p: Path, label: str | None = None) -> None:
         mode = os.stat(p).st_mode
     except FileNotFoundError:
         raise CheckpointError(f"{name} is missing", "download or copy every shard") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {name}: {exc.strerror}", "check the path") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a name from a file
+        why = getattr(exc, "strerror", None) or exc
+        raise CheckpointError(f"cannot read {name}: {why}", "check the path") from None
+    _refuse_irregular(mode, name)
+
+
+def _refuse_irregular(mode: int, name: str) -> None:
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise CheckpointError(
             f"{name} is {kind}",
             "point at a checkpoint file (a FIFO, socket or device is never read)",
         )
+
+
+def open_regular(p: Path, label: str | None = None) -> int:
+    """A read-only descriptor of the regular file ``p``, or :class:`CheckpointError`. The
+    path is checked by ``stat`` first, then opened without blocking and checked again by
+    ``fstat`` (it may have been swapped for a FIFO in between): nothing waits for a writer."""
+    _require_regular(p, label)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise CheckpointError(f"cannot read {label or p}: {why}", "check the path") from None
+    try:
+        _refuse_irregular(os.fstat(fd).st_mode, label or str(p))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def checkpoint_files(
@@ -319,10 +353,13 @@ def _open_index(p: Path, unsafe_load: bool, allow_outside: bool) -> Checkpoint:
     """A transformers ``*.index.json``: ``{"weight_map": {name: shard file}}``. The index is
     data from a file: its shards must be checkpoint files (never another index or a folder,
     so there is no cycle to follow) inside its own folder unless ``allow_outside``."""
+    fd = open_regular(p)  # an index found in a folder may be a FIFO
     try:
-        if p.stat().st_size > MAX_INDEX_BYTES:
-            raise ValueError(f"{p.stat().st_size} bytes, over {MAX_INDEX_BYTES // 2**20} MiB")
-        weight_map = json.loads(p.read_text(encoding="utf-8"))["weight_map"]
+        with os.fdopen(fd, "rb") as fh:
+            text = fh.read(MAX_INDEX_BYTES + 1)  # one byte more tells a file over the cap
+        if len(text) > MAX_INDEX_BYTES:
+            raise ValueError(f"over {MAX_INDEX_BYTES // 2**20} MiB")
+        weight_map = json.loads(text.decode("utf-8"))["weight_map"]
         if not isinstance(weight_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and v for k, v in weight_map.items()
         ):
@@ -336,28 +373,36 @@ def _open_index(p: Path, unsafe_load: bool, allow_outside: bool) -> Checkpoint:
     files: list[Path] = []
     for name in dict.fromkeys(weight_map.values()):
         f = p.parent / name
+        shown = name if len(name) <= 200 and name.isprintable() else shorten(name)
+        label = f"shard {shown} listed in {p.name}"
         if not f.name.lower().endswith(CHECKPOINT_SUFFIXES) or f.name.lower().endswith(
             ".index.json"
         ):
             raise CheckpointError(
-                f"{p.name} names {name!r} as a shard, which is not a checkpoint file",
+                f"{p.name} names {shorten(name)} as a shard, which is not a checkpoint file",
                 f"shards are {', '.join(CHECKPOINT_SUFFIXES)} files; fix or re-download the index",
             )
-        if not allow_outside and not f.resolve().is_relative_to(folder):
-            raise CheckpointError(
-                f"{p.name} names shard {name!r}, which lies outside {p.parent}",
-                "an index may only name files in its own folder; pass --allow-outside if you "
-                "trust the index",
-            )
-        _require_regular(f, f"shard {name} listed in {p.name}")
+        if not allow_outside:
+            try:
+                inside = f.resolve().is_relative_to(folder)
+            except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+                _require_regular(f, label)  # names what is wrong with the path
+                inside = False
+            if not inside:
+                raise CheckpointError(
+                    f"{p.name} names shard {shorten(name)}, which lies outside {p.parent}",
+                    "an index may only name files in its own folder; pass --allow-outside if "
+                    "you trust the index",
+                )
+        _require_regular(f, label)
         files.append(f)
     ckpt = _open_shards(p, files, unsafe_load)
     missing = [k for k in weight_map if k not in ckpt.infos]
     if missing:
         ckpt.close()
         raise CheckpointError(
-            f"{p.name} lists {len(missing)} tensor(s) its shards lack ({missing[0]!r} in "
-            f"{weight_map[missing[0]]})",
+            f"{p.name} lists {len(missing)} tensor(s) its shards lack ({shorten(missing[0])} "
+            f"in {shorten(weight_map[missing[0]])})",
             "the index and the shards come from different saves; re-download them",
         )
     return ckpt
@@ -417,7 +462,7 @@ def _open_dcp(p: Path, unsafe_load: bool) -> Checkpoint:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
     from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
-    from initscope.dcp import read_metadata, safe_reader
+    from initscope.dcp import check_archives, read_metadata, safe_reader, storage_by_tensor
 
     metadata = read_metadata(p, unsafe_load=unsafe_load)
     infos: dict[str, TensorInfo] = {}
@@ -437,20 +482,33 @@ def _open_dcp(p: Path, unsafe_load: bool) -> Checkpoint:
     if not infos:
         raise CheckpointError(f"{p} holds no tensors", "point at a model checkpoint")
 
+    chunks = storage_by_tensor(metadata)
+    checked: set[str] = set()
+
     def load(name: str) -> torch.Tensor:
-        info = infos[name]
-        tensor = torch.empty(info.shape, dtype=info.dtype)
+        info, fqn = infos[name], saved[name]
+        if fqn not in checked:
+            check_archives(p, chunks.get(fqn, ()))
+            checked.add(fqn)
+        # One chunk that fits the tensor and holds as many elements fills it; several (in a
+        # crafted file) may overlap and leave a gap, which then reads as zeros, not as
+        # uninitialized memory.
+        fill = torch.empty if len(metadata.state_dict_metadata[fqn].chunks) == 1 else torch.zeros
+        tensor = fill(info.shape, dtype=info.dtype)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                dcp_load(
-                    {saved[name]: tensor}, storage_reader=safe_reader(p, metadata), no_dist=True
-                )
+                dcp_load({fqn: tensor}, storage_reader=safe_reader(p, metadata), no_dist=True)
+            except (KeyboardInterrupt, SystemExit, GeneratorExit):
+                raise
             except BaseException as exc:
-                # torch's CheckpointException (a failed read) derives from BaseException.
-                if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
-                    raise
-                raise read_error(p, name, exc) from exc
+                # torch's CheckpointException (a failed read) derives from BaseException and
+                # prints each rank's traceback: the first rank's own error says what failed.
+                failures = getattr(exc, "failures", None)
+                cause = next(iter(failures.values()))[0] if failures else exc
+                if isinstance(cause, Exception):
+                    raise cause from None
+                raise RuntimeError(type(cause).__name__) from None
         return tensor
 
     infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
@@ -513,43 +571,71 @@ def _safetensors_header(
     ranges: dict[str, tuple[int, int]] = {}
     data = size - 8 - n
     for key, entry in header.items():
+        name = shorten(key)
         if not isinstance(entry, dict):
-            raise ValueError(f"entry {key!r} is not an object")
+            raise ValueError(f"entry {name} is not an object")
         code, shape, span = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         dtype = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
         if dtype is None:
+            plain = isinstance(code, str) and len(code) <= 20 and code.isprintable()
+            shown = code if plain else shorten(code)
             raise CheckpointError(
-                f"{p}: tensor {key!r} has dtype {code}, which initscope cannot read",
+                f"{p}: tensor {name} has dtype {shown}, which initscope cannot read",
                 f"initscope reads {', '.join(_SAFETENSORS_DTYPES)}; convert that tensor",
             )
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise ValueError(f"tensor {key!r} has no valid shape")
+            raise ValueError(f"tensor {name} has no valid shape")
         if (
             not isinstance(span, list)
             or len(span) != 2
             or not all(type(o) is int for o in span)
             or not 0 <= span[0] <= span[1]
         ):
-            raise ValueError(f"tensor {key!r} has no valid data_offsets")
-        need = math.prod(shape) * dtype.itemsize
-        if span[1] - span[0] != need:
+            raise ValueError(f"tensor {name} has no valid data_offsets")
+        spans = span[1] - span[0]
+        numel = bounded_numel(shape, spans // dtype.itemsize)
+        if numel is None or numel * dtype.itemsize != spans:
+            need = f"{numel * dtype.itemsize}" if numel is not None else f"over {spans}"
             raise ValueError(
-                f"tensor {key!r} is {shape} {code} ({need} bytes) but spans "
-                f"{span[1] - span[0]} bytes"
+                f"tensor {name} is {need} bytes ({code}, shape {shorten(shape, 40)}) but "
+                f"spans {spans} bytes"
             )
         if span[1] > data:
             raise CheckpointError(
-                f"{p} is truncated: its header places tensor {key!r} at bytes "
+                f"{p} is truncated: its header places tensor {name} at bytes "
                 f"{span[0]}..{span[1]} of the data, the file holds {max(data, 0)}",
                 "re-save or re-download it",
             )
         infos[key] = TensorInfo(key, tuple(shape), dtype)
         ranges[key] = (8 + n + span[0], 8 + n + span[1])
+    # The safetensors crate refuses entries that share bytes (tensor.rs validate, which also
+    # requires them to tile the data section): one stored range read as two tensors.
+    previous: tuple[int, str] = (0, "")
+    for key, (begin, end) in sorted(ranges.items(), key=lambda kv: kv[1]):
+        if end == begin:  # an empty tensor holds no bytes to share
+            continue
+        if begin < previous[0]:
+            raise ValueError(f"tensors {shorten(previous[1])} and {shorten(key)} overlap")
+        previous = (end, key)
     return infos, ranges, raw_meta
 
 
+def bounded_numel(shape: Collection[int], limit: int) -> int | None:
+    """The product of ``shape``, or None once it passes ``limit``: a shape from a file can
+    have millions of dimensions, and their full product would be an integer of millions of
+    digits. The caller has checked that every dimension is a non-negative int."""
+    if 0 in shape:
+        return 0
+    numel = 1
+    for d in shape:
+        numel *= d
+        if numel > limit:
+            return None
+    return numel
+
+
 def _open_safetensors(p: Path) -> Checkpoint:
-    fh = open(p, "rb")  # noqa: SIM115 - closed by the Checkpoint
+    fh = os.fdopen(open_regular(p), "rb")  # closed by the Checkpoint
     try:
         infos, offsets, metadata = _safetensors_header(p, fh)
     except CheckpointError:
@@ -602,26 +688,31 @@ def _open_safetensors(p: Path) -> Checkpoint:
     def stored(name: str) -> StoredTensor:
         return StoredTensor(infos[name], p, fh.fileno(), offsets[aliases.get(name, name)][0])
 
-    record = metadata.get(METADATA_KEY)
-    provenance = Provenance.from_json(record) if isinstance(record, str) else None
-    # A file initscope wrote stores tied tensors under each name and lists the ties.
-    ties = provenance.extra.get("ties") if provenance is not None else None
-    if isinstance(ties, dict):
-        for alias, kept in ties.items():
-            # The record is data from the file: a tie is taken only where the two tensors
-            # hold the same bytes, else an all-NaN tensor "tied" to a healthy one would pass.
-            if (
-                isinstance(alias, str)
-                and isinstance(kept, str)
-                and alias in offsets
-                and kept in offsets
-                and alias != kept
-                and alias not in aliases
-                and infos[alias].shape == infos[kept].shape
-                and infos[alias].dtype == infos[kept].dtype
-                and _same_bytes(fh.fileno(), offsets[alias], offsets[kept])
-            ):
-                aliases[alias] = kept
+    try:
+        record = metadata.get(METADATA_KEY)
+        provenance = Provenance.from_json(record) if isinstance(record, str) else None
+        # A file initscope wrote stores tied tensors under each name and lists the ties.
+        ties = provenance.extra.get("ties") if provenance is not None else None
+        if isinstance(ties, dict):
+            for alias, kept in ties.items():
+                # The record is data from the file: a tie is taken only where the two tensors
+                # hold the same bytes, else an all-NaN tensor "tied" to a healthy one would
+                # pass as its healthy partner.
+                if (
+                    isinstance(alias, str)
+                    and isinstance(kept, str)
+                    and alias in offsets
+                    and kept in offsets
+                    and alias != kept
+                    and alias not in aliases
+                    and infos[alias].shape == infos[kept].shape
+                    and infos[alias].dtype == infos[kept].dtype
+                    and _same_bytes(p, fh.fileno(), offsets[alias], offsets[kept])
+                ):
+                    aliases[alias] = kept
+    except BaseException:
+        fh.close()
+        raise
     return Checkpoint(
         p,
         infos,
@@ -634,14 +725,23 @@ def _open_safetensors(p: Path) -> Checkpoint:
     )
 
 
-def _same_bytes(fd: int, a: tuple[int, int], b: tuple[int, int], block: int = 2**20) -> bool:
-    """Whether byte ranges ``a`` and ``b`` of the file hold the same bytes, read in blocks."""
+def _same_bytes(
+    p: Path, fd: int, a: tuple[int, int], b: tuple[int, int], block: int = 2**20
+) -> bool:
+    """Whether byte ranges ``a`` and ``b`` of the file ``p`` (open as ``fd``) hold the same
+    bytes, read in blocks of ``block`` bytes: a tied pair of large tensors costs two blocks
+    of memory, not two tensors."""
     if a[1] - a[0] != b[1] - b[0]:
         return False
-    for start in range(0, a[1] - a[0], block):
-        n = min(block, a[1] - a[0] - start)
-        if os.pread(fd, n, a[0] + start) != os.pread(fd, n, b[0] + start):
-            return False
+    try:
+        for start in range(0, a[1] - a[0], block):
+            n = min(block, a[1] - a[0] - start)
+            if os.pread(fd, n, a[0] + start) != os.pread(fd, n, b[0] + start):
+                return False
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot read {p}: {_reason(exc)}", "the file is damaged; re-save or re-download it"
+        ) from None
     return True
 
 
@@ -661,93 +761,75 @@ def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
 
 # -- torch.save pickles ---------------------------------------------------------------------
 
-# What a pickle says when it needs a class or function to load (torch's weights-only
-# unpickler names some in its message; pickletools finds the others).
-_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
-# The most pickle bytes scanned to name the global a refused file needs.
-_SCAN_BYTES = 64 * 2**20
 
-
-def _torch_load(p: Path, unsafe_load: bool) -> Any:
-    """The file's object. Safely (the default), tensors come back on the meta device: the
-    weights-only unpickler reads structure only, and each storage records where its bytes
-    are in the file (``_checkpoint_offset``, torch/serialization.py ``load_tensor``), read
-    later one tensor at a time. Nothing is mapped, so a file truncated while it is read is
-    an error, not a SIGBUS, and nothing is allocated for what a header merely declares."""
+def _torch_load(p: Path, unsafe_load: bool) -> tuple[Any, _StorageReader]:
+    """The file's object, and what reads its tensors' values. Safely (the default), a zip's
+    pickle is scanned and unpickled by initscope.torchfile onto the meta device, each
+    storage at its record in the file, its values read later one tensor at a time from the
+    descriptor opened here (so from the file that was checked). Nothing is mapped, so a file
+    truncated while it is read is an error, not a SIGBUS, and nothing is allocated for what
+    the pickle merely declares. The legacy (pre-1.6) format keeps no offsets: it is read
+    whole, its pickles scanned the same way."""
     # torch.load warns about odd pickle protocols and the like on its way to failing on a
     # damaged file; the error we raise says it better, in one line.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if unsafe_load:
             try:
-                return torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+                obj = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
             except RuntimeError as exc:
                 if "mmap can only be used" not in str(exc):
                     raise
-            return torch.load(p, map_location="cpu", weights_only=False)
-        if zipfile.is_zipfile(p):
-            return torch.load(p, map_location="meta", weights_only=True)
-        # The legacy (pre-1.6, non-zip) format keeps no offsets: it is read whole.
-        return torch.load(p, map_location="cpu", weights_only=True)
-
-
-def _needed_global(p: Path) -> str | None:
-    """The first class or function the pickle in ``p`` (or in its torch zip) would import, or
-    None when it names none or cannot be parsed (then it is damaged, not unsafe)."""
-    import pickletools
-
-    try:
-        if zipfile.is_zipfile(p):
-            with zipfile.ZipFile(p) as zf:
-                name = next(n for n in zf.namelist() if n.endswith("data.pkl"))
-                with zf.open(name) as fh:
-                    data = fh.read(_SCAN_BYTES)
-        else:
-            with open(p, "rb") as fh:
-                data = fh.read(_SCAN_BYTES)
-        strings: list[str] = []
-        memo: dict[int, str | None] = {}
-        pushed: str | None = None  # the string the previous opcode pushed, if it pushed one
-        for op, arg, _ in pickletools.genops(data):
-            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
-                return arg.replace(" ", ".")
-            if op.name == "STACK_GLOBAL":
-                return ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
-            string = arg if isinstance(arg, str) and "UNICODE" in op.name else None
-            if op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int):
-                string = memo.get(arg)
-            elif op.name == "MEMOIZE":
-                memo[len(memo)] = pushed
-            if string is not None:
-                strings.append(string)
-            pushed = string
-    except Exception:
-        return None
-    return None
+                obj = torch.load(p, map_location="cpu", weights_only=False)
+            return obj, _StorageReader(p, None, None)
+        fd = open_regular(p)
+        try:
+            if os.pread(fd, len(ZIP_MAGIC), 0) == ZIP_MAGIC:
+                archive = TorchZip(fd)
+                return archive.load(), _StorageReader(p, fd, archive.size, archive.byteswap())
+            size = os.fstat(fd).st_size
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.read(size)
+            os.close(fd)
+            fd = -1
+            return load_legacy(data), _StorageReader(p, None, size)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
 
 
 def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
     try:
-        obj = _torch_load(p, unsafe_load)
-    except pickle.UnpicklingError as exc:
-        found = _GLOBAL_RE.search(str(exc))
-        needed = found.group(1) if found else _needed_global(p)
-        if not unsafe_load and needed and "Weights only load failed" in str(exc):
-            raise UnsafeLoadRequired(
-                f"{p} is a pickle that needs {needed} to load, and loading it "
-                "would run code from the file",
-                "if you trust the file, rerun with --unsafe-load; better, re-save it with "
-                "torch.save(model.state_dict(), path) or as .safetensors",
-            ) from exc
+        obj, reader = _torch_load(p, unsafe_load)
+    except NeedsGlobal as exc:
+        raise UnsafeLoadRequired(
+            f"{p} is a pickle that needs {exc.name} to load, and loading it "
+            "would run code from the file",
+            "if you trust the file, rerun with --unsafe-load; better, re-save it with "
+            "torch.save(model.state_dict(), path) or as .safetensors",
+        ) from None
+    except PickleRefused as exc:
         raise CheckpointError(
-            f"cannot read {p}: {_reason(exc)}",
-            "the file is truncated or corrupt, or not a PyTorch checkpoint; re-save it",
-        ) from exc
+            f"{p} is refused: the pickle {exc}",
+            "initscope reads state dicts of dense tensors; re-save it with "
+            "torch.save(model.state_dict(), path) or as .safetensors",
+        ) from None
+    except CheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(
             f"cannot read {p}: {_reason(exc)}",
             "the file is truncated or corrupt, or not a PyTorch checkpoint; re-save it",
         ) from exc
+    try:
+        return _pickle_checkpoint(p, obj, reader)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def _pickle_checkpoint(p: Path, obj: Any, reader: _StorageReader) -> Checkpoint:
     module: torch.nn.Module | None = None
     state = _unwrap(obj)
     if isinstance(state, torch.nn.Module):
@@ -766,13 +848,12 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
             "point initscope at the file that holds the model's state dict",
         )
     for name, t in tensors.items():
-        _check_fits_storage(p, name, t)
+        _check_fits_storage(p, name, t, reader.limit)
     infos = {k: TensorInfo(k, tuple(v.shape), v.dtype) for k, v in tensors.items()}
     record = state.get(PROVENANCE_KEY)
     extra = [str(k) for k, v in state.items() if k != PROVENANCE_KEY and k not in tensors]
     if isinstance(obj, Mapping) and obj is not state:
         extra += [str(k) for k, v in obj.items() if v is not state and k not in tensors]
-    reader = _StorageReader(p)
 
     def rows(name: str, start: int, stop: int) -> torch.Tensor:
         return reader.read(tensors[name][start:stop])
@@ -791,15 +872,30 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
     )
 
 
-def _check_fits_storage(p: Path, name: str, t: torch.Tensor) -> None:
-    """Refuse a tensor whose elements overlap or lie outside its storage: a stride-0 view
-    can declare 2**62 elements over 4 bytes, which no statistic should walk."""
-    if t.is_sparse or t.layout != torch.strided:
+def _check_fits_storage(p: Path, name: str, t: torch.Tensor, limit: int | None) -> None:
+    """Refuse a tensor whose elements overlap or lie outside its storage (a stride-0 view
+    can declare 2**62 elements over 4 bytes, which no statistic should walk), or whose
+    storage is larger than ``limit`` (the file's size: every storage read from a file is in
+    it), or that has no values in the file at all."""
+    if t.is_sparse or t.layout != torch.strided or t.is_nested:
+        kind = "nested" if t.is_nested else t.layout
         raise CheckpointError(
-            f"{p}: tensor {name!r} is {t.layout}, which initscope does not read",
+            f"{p}: tensor {name!r} is {kind}, which initscope does not read",
             "save it dense: tensor.to_dense()",
         )
-    have = t.untyped_storage().nbytes()
+    storage = t.untyped_storage()
+    place = getattr(storage, "_checkpoint_offset", None)
+    if t.device.type == "meta" and not isinstance(place, int):
+        raise CheckpointError(
+            f"{p}: tensor {name!r} has no values in the file (it was saved from the meta device)",
+            "save the model's real tensors",
+        )
+    have = storage.nbytes()
+    if limit is not None and have > limit:
+        raise CheckpointError(
+            f"{p}: tensor {name!r} has a storage of {have} bytes, more than the file's {limit}",
+            "the file is corrupt; re-save it",
+        )
     itemsize = t.element_size()
     end = t.storage_offset() + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
     if t.numel() and (
@@ -813,19 +909,23 @@ def _check_fits_storage(p: Path, name: str, t: torch.Tensor) -> None:
 
 
 class _StorageReader:
-    """Reads a tensor whose storage is on the meta device (see _torch_load) from the file:
-    only the bytes its elements span, by ``pread`` into fresh memory."""
+    """Reads a tensor whose storage is on the meta device (see _torch_load) from the open
+    file ``fd`` (owned: closed by :meth:`close`): only the bytes its elements span, by
+    ``pread`` into fresh memory, byte-swapped when the file was saved in the other order.
+    ``limit`` bounds a storage's size (the file's; None: not checked)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fd: int | None, limit: int | None, swap: bool = False) -> None:
         self.path = path
-        self._fd: int | None = None
+        self.limit = limit
+        self.swap = swap
+        self._fd = fd
 
     def read(self, t: torch.Tensor) -> torch.Tensor:
         if t.device.type != "meta":
             return t.resolve_conj().resolve_neg()
         storage = t.untyped_storage()
         base = getattr(storage, "_checkpoint_offset", None)
-        if not isinstance(base, int):
+        if not isinstance(base, int) or self._fd is None:
             raise OSError("the storage's place in the file is unknown")
         itemsize = t.element_size()
         shape, stride = tuple(t.shape), tuple(t.stride())
@@ -833,9 +933,9 @@ class _StorageReader:
             return torch.empty(shape, dtype=t.dtype)
         first = t.storage_offset()
         last = first + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         raw = _read_into(self._fd, int(last - first + 1) * itemsize, base + int(first) * itemsize)
+        if self.swap:
+            raw.untyped_storage().byteswap(t.dtype)  # type: ignore[no-untyped-call]
         out = raw.view(t.dtype).as_strided(shape, stride)
         if t.is_conj():
             out = out.conj()
@@ -845,14 +945,12 @@ class _StorageReader:
 
     def stored(self, info: TensorInfo, t: torch.Tensor) -> StoredTensor | None:
         """Where ``t``'s values lie plainly in the file (for the fused kernel's own reads):
-        only for a contiguous, unconjugated, unnegated tensor."""
+        only for a contiguous, unconjugated, unnegated tensor in this machine's byte order."""
         base = getattr(t.untyped_storage(), "_checkpoint_offset", None)
         if t.device.type != "meta" or not isinstance(base, int) or t.is_conj() or t.is_neg():
             return None
-        if not t.is_contiguous() or t.numel() == 0:
+        if not t.is_contiguous() or t.numel() == 0 or self.swap or self._fd is None:
             return None
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         return StoredTensor(
             info, self.path, self._fd, base + int(t.storage_offset()) * t.element_size()
         )

@@ -3,6 +3,7 @@ no path leaves the folder. Each test is a reproduction that failed before its fi
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +144,127 @@ def test_dcp_missing_its_distcp_is_one_line(runner: CliRunner, tmp_path: Path) -
     assert "is missing" in result.stderr
 
 
+def _rewrite_chunks(folder: Path, change: Callable[[bytes], bytes]) -> None:
+    """Each .distcp chunk of the DCP folder replaced by ``change(chunk)``, the metadata's
+    offsets and lengths updated to match."""
+    from initscope.dcp import read_metadata
+
+    metadata = read_metadata(folder)
+    files: dict[str, bytearray] = {}
+    for info in metadata.storage_data.values():
+        with open(folder / info.relative_path, "rb") as fh:
+            fh.seek(info.offset)
+            chunk = change(fh.read(info.length))
+        out = files.setdefault(info.relative_path, bytearray())
+        info.offset, info.length = len(out), len(chunk)
+        out += chunk
+    for rel, data in files.items():
+        (folder / rel).write_bytes(bytes(data))
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+def _deflated(chunk: bytes) -> bytes:
+    """The torch.save archive ``chunk`` with its records deflated: torch's reader still loads
+    it, inflating each record to the size its header claims."""
+    source = zipfile.ZipFile(io.BytesIO(chunk))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            archive.writestr(info.filename, source.read(info.filename))
+    return out.getvalue()
+
+
+def _junk_archive(chunk: bytes) -> bytes:
+    """A stored zip as long as ``chunk`` whose pickle is junk: torch.load fails inside DCP."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("archive/data.pkl", b"junk")
+        archive.writestr("archive/pad", bytes(len(chunk)))
+    return out.getvalue()
+
+
+def _moved_zip64(chunk: bytes) -> bytes:
+    """The archive with its zip64 locator pointing at its start: torch's reader follows the
+    locator, Python's zipfile looks just before the end record, so they would read two
+    different central directories."""
+    at = len(chunk) - 22 - 20 + 8  # the locator's offset field
+    return chunk[:at] + bytes(8) + chunk[at + 8 :]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_deflated, "holds compressed or overlapping records"),
+        (_moved_zip64, "its zip64 record is not before its end record"),
+        (lambda chunk: chunk + b"junk", "no end-of-archive record at its end"),
+    ],
+)
+def test_a_dcp_chunk_archive_that_could_expand_is_refused(
+    runner: CliRunner, tmp_path: Path, change: Callable[[bytes], bytes], message: str
+) -> None:
+    # torch's zip reader allocates the inflated size a record's header claims: a deflated
+    # record of zeros is a bomb (1 MB of file, 1 GB of memory). torch.save never deflates.
+    folder = _dcp(tmp_path / "ckpt")
+    _rewrite_chunks(folder, change)
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert message in _errors(result)
+
+
+def test_a_dcp_chunk_torch_cannot_load_is_one_line(runner: CliRunner, tmp_path: Path) -> None:
+    folder = _dcp(tmp_path / "ckpt")
+    _rewrite_chunks(folder, _junk_archive)
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot read tensor 'b' from {folder}" in _errors(result)
+    assert "Traceback" not in result.stderr and "CheckpointException" not in result.stderr
+
+
+def test_dcp_chunks_that_do_not_cover_the_tensor(runner: CliRunner, tmp_path: Path) -> None:
+    # One 8x4 chunk for a tensor declared 64x4: the other 56 rows would be uninitialized
+    # memory read as weights.
+    folder = _dcp(tmp_path / "ckpt")
+    from initscope.dcp import read_metadata
+
+    metadata = read_metadata(folder)
+    metadata.state_dict_metadata["w"].size = torch.Size([64, 4])
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert "the chunks of 'w' hold 32 elements, not the [64, 4] it declares" in _errors(result)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("chunks", 5, "'w' has no list of chunks"),
+        ("offsets", torch.Size([9, 0]), "chunk 0 of 'w' lies outside its [8, 4] tensor"),
+        ("sizes", torch.Size([32]), "chunk 0 of 'w' has no valid size"),
+        ("relative_path", "a\x00b", "embedded null byte"),
+        ("transform_descriptors", ["zstd/1"], "does not expand compressed DCP storage"),
+    ],
+)
+def test_dcp_metadata_with_fields_of_the_wrong_kind(
+    runner: CliRunner, tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    from initscope.dcp import read_metadata
+
+    folder = _dcp(tmp_path / "ckpt")
+    metadata = read_metadata(folder)
+    md = metadata.state_dict_metadata["w"]
+    if field == "chunks":
+        md.chunks = value
+    elif field in ("offsets", "sizes"):
+        object.__setattr__(md.chunks[0], field, value)
+    else:
+        for info in metadata.storage_data.values():
+            setattr(info, field, value)
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    result = runner.invoke(app, ["report", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert message in _errors(result)
+
+
 def test_a_stray_metadata_file_does_not_make_a_model_folder_dcp(
     runner: CliRunner, tmp_path: Path
 ) -> None:
@@ -208,6 +331,16 @@ def test_a_device_and_a_folder_named_like_checkpoints(runner: CliRunner, tmp_pat
     assert "loop.safetensors is a folder" in _errors(loop)
 
 
+@pytest.mark.slow
+def test_a_fifo_index_in_a_folder_is_refused(tmp_path: Path) -> None:
+    # The folder's *.index.json is found by glob, not named on the command line.
+    write_safetensors(tmp_path / "model-1.safetensors", {"a": torch.ones(2)})
+    os.mkfifo(tmp_path / "model.safetensors.index.json")
+    result = _cli(["report", str(tmp_path)], timeout=30)
+    assert result.exit_code == 2, result.output
+    assert "model.safetensors.index.json is not a regular file" in _errors(result)
+
+
 # -- indexes: no cycles, no paths leaving the folder -----------------------------------------------
 
 
@@ -249,6 +382,24 @@ def test_shards_must_stay_in_the_index_folder(runner: CliRunner, tmp_path: Path,
     assert "--allow-outside" in result.stderr
     allowed = runner.invoke(app, ["report", str(index), "--allow-outside"])
     assert allowed.exit_code == 0, allowed.output
+
+
+@pytest.mark.parametrize("allow_outside", [False, True])
+def test_an_index_naming_a_symlink_loop_or_a_nul_byte(
+    runner: CliRunner, tmp_path: Path, allow_outside: bool
+) -> None:
+    os.symlink("loop.safetensors", tmp_path / "loop.safetensors")
+    flag = ["--allow-outside"] if allow_outside else []
+    for shard, message in (
+        ("loop.safetensors", "Too many levels of symbolic links"),
+        ("a\x00.safetensors", "embedded null byte"),
+    ):
+        index = tmp_path / "m.safetensors.index.json"
+        index.write_text(json.dumps({"weight_map": {"w": shard}}))
+        result = runner.invoke(app, ["report", str(index), *flag])
+        assert result.exit_code == 2, result.output
+        assert message in _errors(result)
+        assert "listed in m.safetensors.index.json" in result.stderr
 
 
 def test_checkpoint_files_lists_the_index_and_its_shards(tmp_path: Path) -> None:
@@ -298,6 +449,35 @@ def crafted_inputs(folder: Path) -> dict[str, Path]:
     index = outside / "model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": {"w": "link.safetensors"}}))
     cases["index-symlink-leaves"] = index
+    deflated = _dcp(folder / "dcp-deflated")
+    _rewrite_chunks(deflated, _deflated)
+    cases["dcp-deflated-chunk"] = deflated
+    short = _dcp(folder / "dcp-short-chunks")
+    from initscope.dcp import read_metadata
+
+    metadata = read_metadata(short)
+    metadata.state_dict_metadata["w"].size = torch.Size([2**20, 4])
+    (short / ".metadata").write_bytes(pickle.dumps(metadata))
+    cases["dcp-chunks-short-of-size"] = short
+    fifo_index = folder / "fifo-index"
+    fifo_index.mkdir()
+    write_safetensors(fifo_index / "model-1.safetensors", {"a": torch.ones(2)})
+    os.mkfifo(fifo_index / "model.safetensors.index.json")
+    cases["fifo-index-in-folder"] = fifo_index
+    loop = folder / "loop"
+    loop.mkdir()
+    os.symlink("loop.safetensors", loop / "loop.safetensors")
+    (loop / "m.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "loop.safetensors"}})
+    )
+    cases["index-symlink-loop"] = loop / "m.safetensors.index.json"
+    overlap = {
+        "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+        "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+    }
+    cases["safetensors-overlap"] = _raw_safetensors(folder / "overlap.safetensors", overlap, 24)
+    dims = {"w": {"dtype": "F32", "shape": [2**62] * 100_000, "data_offsets": [0, 16]}}
+    cases["safetensors-many-dims"] = _raw_safetensors(folder / "dims.safetensors", dims, 16)
     return cases
 
 
@@ -324,16 +504,12 @@ def test_a_record_tie_to_other_values_is_not_trusted(runner: CliRunner, tmp_path
         assert torch.isnan(ckpt.load("b")).all()
 
 
-def test_a_record_tie_of_another_shape_is_not_trusted(tmp_path: Path) -> None:
-    path = _tied(tmp_path / "t.safetensors", torch.zeros(4))
-    with open_checkpoint(path) as ckpt:
+def test_a_record_tie_is_taken_only_between_equal_tensors(tmp_path: Path) -> None:
+    with open_checkpoint(_tied(tmp_path / "shape.safetensors", torch.zeros(4))) as ckpt:
         assert "b" not in ckpt.aliases
-
-
-def test_a_true_tie_is_still_a_tie(tmp_path: Path) -> None:
     torch.manual_seed(0)
     same = torch.nn.Linear(16, 16).weight.detach().clone()
-    with open_checkpoint(_tied(tmp_path / "t.safetensors", same)) as ckpt:
+    with open_checkpoint(_tied(tmp_path / "same.safetensors", same)) as ckpt:
         assert ckpt.aliases == {"b": "a"}
 
 
@@ -380,6 +556,30 @@ def test_a_lying_safetensors_header_is_one_line(
     result = runner.invoke(app, ["report", str(path)])
     assert result.exit_code == 2, result.output
     assert message in _errors(result)
+
+
+def test_safetensors_entries_sharing_bytes_are_refused(runner: CliRunner, tmp_path: Path) -> None:
+    # The safetensors crate refuses overlapping entries; initscope's own parser must too.
+    header = {
+        "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+        "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]},
+    }
+    path = _raw_safetensors(tmp_path / "overlap.safetensors", header, 24)
+    result = runner.invoke(app, ["report", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "tensors 'a' and 'b' overlap" in _errors(result)
+
+
+@pytest.mark.slow
+def test_a_shape_of_many_huge_dimensions_is_refused_quickly(tmp_path: Path) -> None:
+    # The full product of 100000 dimensions of 2**62 is a 6-million-bit integer: computing it
+    # took 24 s; the check stops once the product passes what the entry's bytes can hold.
+    entry = {"dtype": "F32", "shape": [2**62] * 100_000, "data_offsets": [0, 16]}
+    path = _raw_safetensors(tmp_path / "dims.safetensors", {"w": entry}, 16)
+    result = _cli(["report", str(path)], timeout=15)
+    assert result.exit_code == 2, result.output
+    assert "'w' is over 16 bytes (F32, shape [4611686018427387904, " in _errors(result)
+    assert "but spans 16 bytes" in result.stderr
 
 
 def test_a_header_length_past_the_file(runner: CliRunner, tmp_path: Path) -> None:

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import sys
+import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.nn.parameter import is_lazy
+from torch.overrides import TorchFunctionMode
 
 from initscope.checkpoints import Checkpoint, open_checkpoint
 from initscope.distributions import Distribution
@@ -33,7 +38,13 @@ from initscope.targets import (
 from initscope.tracing import DefaultInit, InitCall, InitTracer
 
 __all__ = [
+    "RECORD_BUILD_SECONDS",
+    "RECORD_OPS_FLOOR",
+    "RECORD_OPS_PER_TENSOR",
+    "RECORD_REGISTRATIONS_FLOOR",
+    "RECORD_REGISTRATIONS_PER_TENSOR",
     "TracedModel",
+    "installed_paths_only",
     "open_target",
     "record_import_problem",
     "spec_from_provenance",
@@ -50,24 +61,27 @@ class TracedModel:
 
 
 def _has_lazy(model: torch.nn.Module) -> bool:
-    from torch.nn.parameter import is_lazy
-
     return any(is_lazy(p) for p in model.parameters()) or any(is_lazy(b) for b in model.buffers())
 
 
-def trace_model(spec: ModelSpec, *, seed: int = 0, meta: bool = False) -> TracedModel:
+def trace_model(
+    spec: ModelSpec, *, seed: int = 0, meta: bool = False, search_cwd: bool = True
+) -> TracedModel:
     """Build the model ``spec`` names with tracing on, materializing Lazy modules.
 
     The global RNG is seeded with ``seed`` for construction and restored afterwards. With
     ``meta``, the model is built on the meta device: no memory for weights, defaults only.
+    Without ``search_cwd`` the working folder is not added to the module search path (see
+    :func:`initscope.targets.import_ref`).
     """
-    import_ref(spec.ref, spec.base_dir)  # import errors first, and imports outside the tracer
+    # Import errors first, and imports outside the tracer.
+    import_ref(spec.ref, spec.base_dir, search_cwd=search_cwd)
     tracer = InitTracer()
     device = torch.device("meta") if meta else contextlib.nullcontext()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), device, tracer:
             torch.manual_seed(seed)
-            model = _build(spec)
+            model = _build(spec, search_cwd=search_cwd)
             if meta:
                 _run_init_hook(model)
             if _has_lazy(model):
@@ -108,16 +122,25 @@ def open_target(
 def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
     """The model a checkpoint's provenance record names, built with the record's arguments,
     or None (with a warning) whenever that cannot be done safely: the record is data from
-    the file, so any failure means "read the file as a bare state dict", never an error."""
+    the file, so any failure means "read the file as a bare state dict", never an error.
+
+    Without --unsafe-load everything the record leads to (the import of its module, the
+    attribute lookup, the constructor, which may import more) runs with the working folder
+    and the script's folder off the module search path."""
     assert ckpt.provenance is not None
-    spec = spec_from_provenance(ckpt.provenance.model, ckpt.path, how)
-    if spec is None or not _fits_on_meta(spec, ckpt, None if how.meta else how.max_memory):
-        return None
-    try:
-        return trace_model(spec, seed=how.seed, meta=how.meta)
-    except Exception as exc:
-        _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300])
-        return None
+    trusted = how.unsafe_load
+    with contextlib.nullcontext() if trusted else installed_paths_only():
+        spec = spec_from_provenance(ckpt.provenance.model, ckpt.path, how)
+        if spec is None:
+            return None
+        on_meta = _build_on_meta(spec, ckpt, how)
+        if on_meta is None or how.meta:
+            return on_meta
+        try:
+            return trace_model(spec, seed=how.seed, search_cwd=trusted)
+        except Exception as exc:
+            _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300])
+            return None
 
 
 def _warn_bare(path: Path, why: str) -> None:
@@ -130,15 +153,22 @@ def _warn_bare(path: Path, why: str) -> None:
     )
 
 
-def _fits_on_meta(spec: ModelSpec, ckpt: Checkpoint, budget: int | None) -> bool:
-    """Whether the recorded model, built on the meta device (no memory, so a record asking
-    for a huge model costs nothing), has the checkpoint's names and shapes, and its
-    parameters and buffers fit in ``budget`` bytes (None: it will not be built for real)."""
+def _build_on_meta(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
+    """The recorded model built on the meta device (no memory for weights, so a record
+    asking for a huge model costs nothing), or None with a warning unless the build stays
+    within :class:`_RecordLimits`, the model has the checkpoint's names and shapes, and, when
+    it is to be built for real (no --meta), its parameters and buffers, plus the input and
+    activations of the forward pass that sizes its Lazy modules, fit in --max-memory."""
+    limits = _RecordLimits(len(ckpt.infos), how.max_memory)
     try:
-        traced = trace_model(spec, seed=0, meta=True)
+        with limits.active():
+            traced = trace_model(spec, seed=how.seed, meta=True, search_cwd=how.unsafe_load)
+    except _OverLimit as exc:
+        _warn_bare(ckpt.path, f"building it on the meta device {exc}")
+        return None
     except Exception as exc:  # a stale or foreign record: any failure means "do not use it"
         _warn_bare(ckpt.path, f"it cannot be built here ({type(exc).__name__}: {exc})"[:300])
-        return False
+        return None
     state = traced.model.state_dict()
     keys = ckpt.keyed(state.keys())
     have = {n: ckpt.infos[k].shape for n, k in keys.items()}
@@ -146,17 +176,172 @@ def _fits_on_meta(spec: ModelSpec, ckpt: Checkpoint, budget: int | None) -> bool
         set(have) <= set(state)
     ):
         _warn_bare(ckpt.path, "its names or shapes do not match the file's")
-        return False
+        return None
     tensors = [*traced.model.parameters(), *traced.model.buffers()]
-    need = sum(t.numel() * t.element_size() for t in tensors)
-    if budget is not None and need > budget:
+    need = sum(t.numel() * t.element_size() for t in tensors) + limits.forward_bytes
+    if limits.ran_forward and spec.example_input_shape is not None:
+        # _materialize's torch.randn input, made before the forward pass.
+        need += math.prod(spec.example_input_shape) * torch.get_default_dtype().itemsize
+    if not how.meta and need > how.max_memory:
+        what = " with the forward pass that sizes its Lazy modules" if limits.ran_forward else ""
         _warn_bare(
             ckpt.path,
-            f"it takes {need / 2**30:.2f} GiB, over --max-memory ({budget / 2**30:.2f} GiB; "
-            "raise it, or add --meta for defaults without weights)",
+            f"it takes {need / 2**30:.2f} GiB{what}, over --max-memory "
+            f"({how.max_memory / 2**30:.2f} GiB; raise it, or add --meta for defaults without "
+            "weights)",
         )
-        return False
-    return True
+        return None
+    return traced
+
+
+# Bounds on building a record's model on the meta device, before anything is allocated for
+# real. A record's plain-data arguments can ask for unbounded work that costs no tensor
+# memory on meta: nn.LSTM(num_layers=10**6) registers four million parameters (and its
+# __setattr__ makes that quadratic), nn.Transformer(num_encoder_layers=10**6) deep-copies a
+# layer a million times. A model that matches its file registers about as many parameters
+# and buffers as the file has tensors (plus submodules), and runs a few dozen tensor
+# operations per tensor (nn.Transformer: 40); the floors leave room for small files.
+RECORD_REGISTRATIONS_PER_TENSOR = 4
+RECORD_REGISTRATIONS_FLOOR = 4096
+RECORD_OPS_PER_TENSOR = 1000
+RECORD_OPS_FLOOR = 100_000
+RECORD_BUILD_SECONDS = 60.0
+
+
+class _OverLimit(BaseException):
+    """A record's model went past one of :class:`_RecordLimits` while built on meta. A
+    BaseException, so that the model's own ``except Exception`` does not swallow it (and the
+    limits stay tripped: the next operation raises again)."""
+
+
+class _RecordLimits(TorchFunctionMode):
+    """Counts, while a record's model is built on the meta device, the tensor operations,
+    the parameter/buffer/submodule registrations, the time, this process's resident memory
+    growth, and the bytes of new tensors made inside forward passes (what a Lazy module's
+    sizing forward will allocate for real); past a limit it raises :class:`_OverLimit`."""
+
+    def __init__(self, tensors: int, memory: int) -> None:
+        super().__init__()
+        self.max_ops = RECORD_OPS_FLOOR + RECORD_OPS_PER_TENSOR * tensors
+        self.max_registrations = (
+            RECORD_REGISTRATIONS_FLOOR + RECORD_REGISTRATIONS_PER_TENSOR * tensors
+        )
+        self.tensors = tensors
+        self.memory = memory
+        self.ops = 0
+        self.registrations = 0
+        self.depth = 0
+        self.ran_forward = False
+        self.forward_bytes = 0
+        self.tripped: str | None = None
+        self._forward_storages: set[int] = set()
+        self._deadline = 0.0
+        self._rss_start = 0
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Count (and bound) what runs inside the ``with`` block."""
+        from torch.nn.modules import module
+
+        self._deadline = time.monotonic() + RECORD_BUILD_SECONDS
+        self._rss_start = _resident_bytes()
+        handles = [
+            module.register_module_parameter_registration_hook(self._registered),
+            module.register_module_buffer_registration_hook(self._registered),
+            module.register_module_module_registration_hook(self._registered),
+            module.register_module_forward_pre_hook(self._forward_starts),
+            module.register_module_forward_hook(self._forward_ends, always_call=True),
+        ]
+        try:
+            with self:
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        self.ops += 1
+        self._check(clock=self.ops % 128 == 0)
+        result = func(*args, **(kwargs or {}))
+        if self.depth:
+            self._count_forward(args, result)
+        return result
+
+    def _check(self, *, clock: bool) -> None:
+        """Raise past a limit; the time and memory are read only when ``clock``."""
+        if self.tripped is None:
+            if self.ops > self.max_ops:
+                self.tripped = (
+                    f"runs more than {self.max_ops:,} tensor operations, more than a file of "
+                    f"{_tensors(self.tensors)} calls for"
+                )
+            elif self.registrations > self.max_registrations:
+                self.tripped = (
+                    f"registers more than {self.max_registrations:,} parameters, buffers and "
+                    f"submodules, more than a file of {_tensors(self.tensors)} calls for"
+                )
+            elif clock and time.monotonic() > self._deadline:
+                self.tripped = f"takes more than {RECORD_BUILD_SECONDS:.0f} s"
+            elif clock and _resident_bytes() - self._rss_start > self.memory:
+                self.tripped = (
+                    f"takes more than {self.memory / 2**30:.2f} GiB of memory (--max-memory)"
+                )
+        if self.tripped is not None:
+            raise _OverLimit(self.tripped)
+
+    def _registered(self, *_: object) -> None:
+        self.registrations += 1
+        self._check(clock=self.registrations % 16 == 0)
+
+    def _forward_starts(self, *_: object) -> None:
+        self.depth += 1
+        self.ran_forward = True
+
+    def _forward_ends(self, *_: object) -> None:
+        self.depth -= 1
+
+    def _count_forward(self, args: tuple[Any, ...], result: Any) -> None:
+        """Add the bytes of each new storage among ``result``'s tensors: not a view of an
+        argument, nor an argument written in place."""
+        outs = result if isinstance(result, tuple | list) else (result,)
+        inputs = {_storage_key(a) for a in args if isinstance(a, torch.Tensor)}
+        for out in outs:
+            key = _storage_key(out) if isinstance(out, torch.Tensor) else None
+            if key is not None and key not in inputs and key not in self._forward_storages:
+                self._forward_storages.add(key)
+                self.forward_bytes += out.untyped_storage().nbytes()
+
+
+def _storage_key(tensor: torch.Tensor) -> int | None:
+    """The identity of ``tensor``'s storage, shared by its views; None for a Lazy module's
+    uninitialized parameter, which has none yet."""
+    return None if is_lazy(tensor) else int(tensor.untyped_storage()._cdata)
+
+
+def _tensors(n: int) -> str:
+    return f"{n:,} tensor{'' if n == 1 else 's'}"
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux), else its peak so far, else 0."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return 0
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
 def record_import_problem(module: str) -> str | None:
@@ -166,10 +351,12 @@ def record_import_problem(module: str) -> str | None:
     Importing runs a module's code, and the record is data from a file. So a record may only
     name a module that is already imported, or a regular (non-namespace) module of an
     installed distribution, found with the working folder and the script's folder off the
-    search path: never a ``__main__`` module (``unittest.__main__`` runs tests on import), a
-    standard-library module not yet imported (``antigravity`` opens a browser), or a file
-    beside the checkpoint — a namespace package such as ``mpl_toolkits`` would take
-    ``./mpl_toolkits/x.py`` from the working folder.
+    search path (:func:`installed_paths_only`), each submodule inside its top-level
+    package's own folder: never a ``__main__`` module (``unittest.__main__`` runs tests on
+    import), a standard-library module not yet imported (``antigravity`` opens a browser), or
+    a file beside the checkpoint — a namespace package such as ``mpl_toolkits`` would take
+    ``./mpl_toolkits/x.py`` from the working folder, and a package that extends its
+    ``__path__`` (``pkgutil.extend_path``) ``./pkg/x.py``.
     """
     import importlib.util
     from importlib.metadata import packages_distributions
@@ -183,47 +370,92 @@ def record_import_problem(module: str) -> str | None:
         return None
     if parts[0] not in packages_distributions():
         return f"{parts[0]} is not an installed package"
-    with _installed_paths_only():
+    namespace = "is a namespace package (its modules may come from any folder)"
+    with installed_paths_only():
+        package_folder = ""
         for i in range(1, len(parts) + 1):
             name = ".".join(parts[:i])
             loaded = sys.modules.get(name)
             if loaded is not None:
-                if getattr(loaded, "__file__", None) is None:
-                    return f"{name} is a namespace package (its modules may come from any folder)"
-                continue
-            try:
-                spec = importlib.util.find_spec(name)  # imports the (checked) parents
-            except (ImportError, ValueError):
-                return f"{name} cannot be found"
-            if spec is None:
-                return f"{name} cannot be found"
-            if spec.origin is None or not os.path.isfile(spec.origin):
-                return f"{name} is a namespace package (its modules may come from any folder)"
+                origin = getattr(loaded, "__file__", None)
+            else:
+                try:
+                    spec = importlib.util.find_spec(name)  # imports the (checked) parents
+                except Exception as exc:  # a parent's own code may raise anything
+                    return f"{name} cannot be found ({type(exc).__name__}: {exc})"[:300]
+                if spec is None:
+                    return f"{name} cannot be found"
+                origin = spec.origin
+            if not isinstance(origin, str) or not os.path.isfile(origin):
+                return f"{name} {namespace}"
+            origin = os.path.realpath(origin)
+            if i == 1:
+                package_folder = os.path.dirname(origin)
+            elif os.path.commonpath([package_folder, origin]) != package_folder:
+                return f"{name} lies outside its package's folder ({origin})"
     return None
 
 
 @contextmanager
-def _installed_paths_only() -> Iterator[None]:
-    """sys.path without the working folder and the running script's folder."""
-    here = {"", ".", os.getcwd(), os.path.realpath(os.getcwd())}
+def installed_paths_only() -> Iterator[None]:
+    """sys.path without the working folder (``''`` under ``python -m``) and the running
+    script's folder, for imports that data from a file leads to.
+
+    The working folder stays only when a ``.pth`` file of site-packages names it: the root
+    of a project installed in editable mode with a flat layout (``pip install -e .``), which
+    is then on sys.path from every folder anyway. Otherwise it is never searched: a folder
+    of downloaded files may hold any ``.py``. (A src layout, or setuptools' editable finder,
+    never needs the working folder.)"""
+    cwd = os.path.realpath(os.getcwd())
+    here = {cwd}
     if sys.argv and sys.argv[0]:
         here.add(os.path.dirname(os.path.realpath(sys.argv[0])))
+    installed = _pth_folders() & here
     saved = sys.path[:]
     importlib.invalidate_caches()
     try:
         sys.path[:] = [
-            p for p in sys.path if (p or "") not in here and os.path.realpath(p or ".") not in here
+            p
+            for p in sys.path
+            if p not in ("", ".")
+            and (os.path.realpath(p) not in here or os.path.realpath(p) in installed)
         ]
         yield
     finally:
         sys.path[:] = saved
 
 
+def _pth_folders() -> set[str]:
+    """The folders that ``.pth`` files in site-packages add to sys.path (real paths)."""
+    import site
+
+    sites = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    if site.ENABLE_USER_SITE:
+        sites.append(site.getusersitepackages())
+    found: set[str] = set()
+    for folder in sites:
+        with contextlib.suppress(OSError):
+            for pth in Path(folder).glob("*.pth"):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    for line in pth.read_text(encoding="utf-8").splitlines():
+                        line = line.strip()
+                        if line and not line.startswith(("#", "import ", "import\t")):
+                            found.add(os.path.realpath(os.path.join(folder, line)))
+    return found
+
+
 def _has_nested_spec(value: object) -> bool:
-    if isinstance(value, Mapping):
-        return "model" in value or any(_has_nested_spec(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_has_nested_spec(v) for v in value)
+    """Whether a mapping with a ``model`` key lies anywhere in ``value`` (without recursion:
+    JSON from a file may nest as deep as its parser allows)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if "model" in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
     return False
 
 
@@ -259,9 +491,11 @@ def spec_from_provenance(
         return None
     # Importing a module runs its code. Without --unsafe-load only installed packages are
     # imported for a record (not a .py beside the file, nor the record's base_dir).
-    base_dir = Path(base) if isinstance(base, str) and Path(base).is_dir() else None
-    if not how.unsafe_load:
-        base_dir = None
+    base_dir: Path | None = None
+    if how.unsafe_load:
+        with contextlib.suppress(OSError, ValueError):
+            base_dir = Path(base) if isinstance(base, str) and Path(base).is_dir() else None
+    else:
         try:
             problem = record_import_problem(split_ref(ref)[0])
         except TargetError as exc:
@@ -274,12 +508,11 @@ def spec_from_provenance(
             )
             return None
     try:
-        if not how.unsafe_load:
-            # Imported here with the working folder off the path, so that ./six.py cannot
-            # stand in for an installed six; import_ref then finds it already imported.
-            with _installed_paths_only():
-                importlib.import_module(split_ref(ref)[0])
-        factory = import_ref(ref, base_dir)
+        # Without --unsafe-load, the import and the attribute lookup (a module's __getattr__
+        # may import more) run with the working folder off the path, so that ./six.py
+        # cannot stand in for an installed six, nor for anything the module imports.
+        with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
+            factory = import_ref(ref, base_dir, search_cwd=how.unsafe_load)
     except TargetError as exc:
         _warn_bare(path, f"{ref} cannot be imported here ({exc.message})")
         return None
@@ -310,9 +543,9 @@ def spec_from_provenance(
     )
 
 
-def _build(spec: ModelSpec) -> torch.nn.Module:
+def _build(spec: ModelSpec, *, search_cwd: bool = True) -> torch.nn.Module:
     try:
-        model: torch.nn.Module = construct(spec)
+        model: torch.nn.Module = construct(spec, search_cwd=search_cwd)
     except TargetError as exc:
         cause = exc.__cause__
         if isinstance(cause, MemoryError) or "can't allocate memory" in str(cause):

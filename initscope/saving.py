@@ -38,6 +38,10 @@ METADATA_KEY = "initscope"  # the key in safetensors metadata
 PROVENANCE_FORMAT = "initscope.provenance/1"
 
 
+# Real records nest a model's arguments a few levels deep (a dict of lists of dicts).
+MAX_RECORD_DEPTH = 64
+
+
 @dataclass(frozen=True)
 class Provenance:
     """What made a checkpoint: the model (if known), the rules and the seed."""
@@ -59,9 +63,13 @@ class Provenance:
         is ignored, not fatal: the tensors are still readable)."""
         try:
             data = json.loads(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             return None
         if not isinstance(data, dict) or data.get("format") != PROVENANCE_FORMAT:
+            return None
+        # A record is copied into the checkpoints initscope writes, and json.dumps recurses:
+        # one nested deeper than any real model's arguments is dropped, not carried on.
+        if _deeper_than(data, MAX_RECORD_DEPTH):
             return None
         model = data.get("model")
         seed = data.get("seed")
@@ -75,6 +83,20 @@ class Provenance:
             seed=seed if isinstance(seed, int) else None,
             extra=extra if isinstance(extra, dict) else {},
         )
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and dicts in ``value`` nest more than ``limit`` levels (iteratively: the
+    value comes from a file and may nest as deep as the JSON parser allowed)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _str(v: Any) -> str | None:

@@ -254,14 +254,13 @@ def split_ref(ref: str) -> tuple[str, str]:
 
 
 @contextmanager
-def _search_path(extra: Path | None) -> Iterator[None]:
+def _search_path(extra: Path | None, *, search_cwd: bool = True) -> Iterator[None]:
     """Like ``python -m`` (and uvicorn), let TARGET name modules in the current directory,
-    and a spec's ``model:`` modules beside the spec; sys.path is restored afterwards."""
-    added = [
-        str(d)
-        for d in dict.fromkeys([Path.cwd(), *([extra] if extra else [])])
-        if str(d) not in sys.path
-    ]
+    and a spec's ``model:`` modules beside the spec; sys.path is restored afterwards.
+    Without ``search_cwd`` nothing is added for the current directory (a provenance
+    record's model: see :func:`initscope.models.spec_from_provenance`)."""
+    folders = [*([Path.cwd()] if search_cwd else []), *([extra] if extra else [])]
+    added = [str(d) for d in dict.fromkeys(folders) if str(d) not in sys.path]
     sys.path[:0] = added
     try:
         yield
@@ -308,11 +307,11 @@ def _import_module(name: str) -> Any:
         ) from exc
 
 
-def import_ref(ref: str, base_dir: Path | None = None) -> Any:
+def import_ref(ref: str, base_dir: Path | None = None, *, search_cwd: bool = True) -> Any:
     """The object ``ref`` names (``pkg.module:Attr.inner`` too); modules are looked up in the
-    current directory and ``base_dir`` too."""
+    current directory (unless not ``search_cwd``) and ``base_dir`` too."""
     mod_name, attr = split_ref(ref)
-    with _search_path(base_dir):
+    with _search_path(base_dir, search_cwd=search_cwd):
         obj = _import_module(mod_name)
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -342,11 +341,12 @@ def signature_of(factory: Any) -> inspect.Signature | None:
     return None
 
 
-def construct(spec: ModelSpec) -> Any:
-    """Call the factory ``spec`` names; errors show its signature."""
+def construct(spec: ModelSpec, *, search_cwd: bool = True) -> Any:
+    """Call the factory ``spec`` names; errors show its signature. ``search_cwd``: as for
+    :func:`import_ref`, also while the factory runs (it may import modules itself)."""
     import torch
 
-    factory = import_ref(spec.ref, spec.base_dir)
+    factory = import_ref(spec.ref, spec.base_dir, search_cwd=search_cwd)
     if not callable(factory):
         raise TargetError(
             f"{spec.ref} is a {type(factory).__name__}, not a class or factory",
@@ -370,7 +370,7 @@ def construct(spec: ModelSpec) -> Any:
                 (f"its signature is {shown}; " if shown else "")
                 + "pass arguments as --arg name=value",
             ) from None
-    with _search_path(spec.base_dir):
+    with _search_path(spec.base_dir, search_cwd=search_cwd):
         args = tuple(_build_nested(a, spec.base_dir) for a in spec.args)
         kwargs = {k: _build_nested(v, spec.base_dir) for k, v in spec.kwargs.items()}
         try:

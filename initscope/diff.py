@@ -379,7 +379,7 @@ def render_diff(result: DiffResult, fmt: str = "table") -> str:
         parts += [f"{x:>{w}}" for x, w in zip(c[2:], widths[2:], strict=True)]
         return "  ".join(parts).rstrip()
 
-    out = [f"{result.a}  →  {result.b}", "", line(head), "-" * len(line(head))]
+    out = [escape_text(f"{result.a}  →  {result.b}"), "", line(head), "-" * len(line(head))]
     out += [line(c) for c in cells]
     n = len(result.entries)
     counts = ", ".join(f"{v} {k}" for k, v in _statuses(result).items())

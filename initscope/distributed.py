@@ -10,6 +10,7 @@ group initialized from torchrun's environment. Rank 0 renders; the others print 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -90,10 +91,39 @@ def map_over_ranks(
 
     owner = assign(sizes, group.world)
     mine = [i for i in range(len(sizes)) if owner[i] == group.rank]
-    values = local_map(lambda j: task(mine[j]), mine)
+    failed: BaseException | None = None
+    share: tuple[dict[int, T], BaseException | None]
+    try:
+        values = local_map(lambda j: task(mine[j]), mine)
+        share = (dict(zip(mine, values, strict=True)), None)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        # A rank whose share fails still joins the gather, carrying its error: had it left
+        # for the exit barrier (finish) while the others wait here, every rank would wait
+        # for gloo's timeout (30 minutes) instead of stopping on the error.
+        failed = exc
+        share = ({}, _portable(exc, group.rank))
     gathered: list[Any] = [None] * group.world
-    dist.all_gather_object(gathered, dict(zip(mine, values, strict=True)))
+    dist.all_gather_object(gathered, share)
+    if failed is not None:
+        raise failed
     merged: dict[int, T] = {}
-    for part in gathered:
+    for part, error in gathered:
+        if error is not None:  # the first failing rank's error, on every rank
+            raise error
         merged.update(part)
     return [merged[i] for i in range(len(sizes))]
+
+
+def _portable(exc: BaseException, rank: int) -> BaseException:
+    """``exc`` as the other ranks re-raise it: an InitScopeError whole (it pickles with its
+    class, message and hint), anything else as a RuntimeError naming the rank and error."""
+    if isinstance(exc, InitScopeError):
+        try:
+            pickle.dumps(exc)
+        except Exception:  # an argument that does not pickle: its words suffice
+            return InitScopeError(exc.one_line())
+        return exc
+    text = " ".join(str(exc).split())[:300]
+    return RuntimeError(f"rank {rank} failed: {type(exc).__name__}: {text}")

@@ -282,7 +282,7 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
             text += f"  {spark:<{w_hist}}"
         return text.rstrip()
 
-    out = [f"{report.target}  (torch {report.torch_version})", ""]
+    out = [f"{escape_text(report.target)}  (torch {report.torch_version})", ""]
     header = line("parameter", "shape", "default init", "follows", "= default?", "std", "histogram")
     out += [header, "-" * len(header)]
     current: str | None = None
@@ -360,7 +360,7 @@ def _summary_line(report: Report) -> str:
 
 def render_markdown(report: Report) -> str:
     lines = [
-        f"# initscope report: `{report.target}`",
+        f"# initscope report: `{escape_text(report.target)}`",
         "",
         f"torch {report.torch_version}, initscope {report.initscope_version}",
         "",

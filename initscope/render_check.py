@@ -97,6 +97,12 @@ def _xml(text: str) -> str:
     return escape_text(text).translate(_XML_BAD)
 
 
+def _xml_lines(lines: list[str]) -> str:
+    """Element text of several lines: each escaped on its own, so the newlines that join
+    them stay newlines while one inside a name is shown as ``\\x0a``."""
+    return "\n".join(_xml(line) for line in lines)
+
+
 def _junit(result: CheckResult) -> str:
     by_param: dict[str, list[Violation]] = defaultdict(list)
     for v in result.violations:
@@ -121,12 +127,12 @@ def _junit(result: CheckResult) -> str:
                 message=_xml("; ".join(v.line() for v in bad)),
                 type=",".join(dict.fromkeys(v.check for v in bad)),
             )
-            failure.text = _xml(
-                "\n".join(f"{v.line()} (from {v.source})" if v.source else v.line() for v in bad)
+            failure.text = _xml_lines(
+                [f"{v.line()} (from {v.source})" if v.source else v.line() for v in bad]
             )
         notes = [f"warning: {v.line()}" for v in found if v.severity != "error"]
         if notes:
-            ET.SubElement(case, "system-out").text = _xml("\n".join(notes))
+            ET.SubElement(case, "system-out").text = _xml_lines(notes)
     root = ET.Element(
         "testsuites", tests=str(len(result.parameters)), failures=str(result.failed_parameters)
     )

@@ -76,7 +76,9 @@ def _table(plan: Plan) -> list[str]:
     rows = []
     for e in plan.entries:
         rule = f"rules[{e.rule.index}] line {e.rule.line}" if e.rule is not None else "no rule"
-        rows.append((escape_text(e.site.name), shape_tuple(e.site.shape), rule, e.describe()))
+        rows.append(
+            (escape_text(e.site.name), shape_tuple(e.site.shape), rule, escape_text(e.describe()))
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEAD)]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -97,12 +99,13 @@ def render_apply(result: ApplyResult, fmt: str = "table") -> str:
     plan = result.plan
     out: list[str] = []
     if result.output is None:
-        out += [f"plan for {result.target} with {result.rules_file} (seed {plan.seed})", ""]
+        where = escape_text(f"{result.target} with {result.rules_file}")
+        out += [f"plan for {where} (seed {plan.seed})", ""]
         out += _table(plan)
         out.append("")
     out += summary_lines(plan)
     if result.output is not None:
-        out.append(f"wrote {result.output} (seed {plan.seed})")
+        out.append(f"wrote {escape_text(str(result.output))} (seed {plan.seed})")
     else:
         out.append("dry run: nothing was written")
     return "\n".join(out) + "\n"

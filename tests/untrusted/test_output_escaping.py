@@ -91,6 +91,21 @@ def test_check_prints_names_escaped(runner: CliRunner, hostile: Path, fmt: str) 
         assert "\\x1b[2J.weight: nonfinite" in result.stdout
 
 
+def test_junit_failure_text_keeps_one_line_per_violation(runner: CliRunner, tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    path = tmp_path / "two.safetensors"  # 1e30 everywhere: abs_max and uninitialized
+    write_safetensors(path, {f"{HOSTILE['nl']}.weight": torch.full((8, 8), 1e30)})
+    result = runner.invoke(app, ["check", str(path), "--format", "junit"])
+    assert result.exit_code == 1, result.output
+    _clean(result)
+    failure = ET.fromstring(result.stdout).find(".//failure")
+    assert failure is not None and failure.text is not None, result.stdout
+    lines = failure.text.splitlines()  # the name's newline escaped, the joining ones kept
+    assert len(lines) == 2, lines
+    assert all(line.startswith("two\\x0alines.weight: ") for line in lines), lines
+
+
 def test_diff_apply_and_errors_print_names_escaped(
     runner: CliRunner, hostile: Path, tmp_path: Path
 ) -> None:

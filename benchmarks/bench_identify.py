@@ -36,9 +36,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from initscope.identification import Identification, identify
-from initscope.stats import running_stats
-from initscope.tracing import DefaultInit, InitTracer, fans
+from initscope.knowledge.identification import Identification, identify
+from initscope.stats.tensor import running_stats
+from initscope.knowledge.tracing import DefaultInit, InitTracer, fans
 
 SEEDS = int(os.environ.get("INITSCOPE_BENCH_SEEDS", "10"))
 TOL = 0.005  # "identical distribution": bound/std within 0.5%

@@ -66,8 +66,8 @@ def floor(path: Path) -> float:
 
 
 def library_report(path: Path) -> float:
-    from initscope.render import OutputFormat, render_report
-    from initscope.report import build_report
+    from initscope.render.text import OutputFormat, render_report
+    from initscope.measure.report import build_report
 
     start = time.perf_counter()
     render_report(build_report(str(path)), OutputFormat.JSON)
@@ -110,7 +110,7 @@ def make_dcp(path: Path, folder: Path) -> None:
 
 def make_bf16(path: Path, megabytes: int) -> None:
     """LLM-like shapes in bfloat16, saved with initscope's own streaming writer."""
-    from initscope.saving import write_safetensors
+    from initscope.io.saving import write_safetensors
 
     d = 1024
     g = torch.Generator().manual_seed(1)
@@ -198,8 +198,8 @@ def main() -> None:
     }
 
     def timed(workers: int) -> float:
-        from initscope.report import ReportOptions, build_report
-        from initscope.targets import TargetOptions
+        from initscope.measure.report import ReportOptions, build_report
+        from initscope.io.targets import TargetOptions
 
         start = time.perf_counter()
         build_report(str(path), TargetOptions(), ReportOptions(workers=workers))

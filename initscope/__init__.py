@@ -17,104 +17,92 @@ _EXPORTS = {
     "SpecError": "initscope.errors",
     "TargetError": "initscope.errors",
     "UnsafeLoadRequired": "initscope.errors",
-    "Checkpoint": "initscope.checkpoints",
-    "TensorInfo": "initscope.checkpoints",
-    "atomic_write": "initscope.output",
-    "OutputError": "initscope.output",
-    "open_checkpoint": "initscope.checkpoints",
-    "Distribution": "initscope.distributions",
-    "Family": "initscope.distributions",
-    "DefaultInit": "initscope.tracing",
-    "InitCall": "initscope.tracing",
-    "InitTracer": "initscope.tracing",
-    "fans": "initscope.tracing",
-    "Fit": "initscope.identification",
-    "Identification": "initscope.identification",
-    "identify": "initscope.identification",
-    "TracedModel": "initscope.models",
-    "trace_model": "initscope.models",
-    "ModelSpec": "initscope.targets",
-    "TargetOptions": "initscope.targets",
-    "resolve_target": "initscope.targets",
-    "open_target": "initscope.models",
-    "import_ref": "initscope.targets",
-    "load_spec": "initscope.targets",
-    "RunningStats": "initscope.stats",
-    "TensorStats": "initscope.stats",
-    "tensor_stats": "initscope.stats",
-    "ParameterReport": "initscope.report",
-    "Report": "initscope.report",
-    "ReportOptions": "initscope.report",
-    "build_report": "initscope.report",
-    "report_checkpoint": "initscope.report",
-    "report_model": "initscope.report",
-    "Explanation": "initscope.explanation",
-    "ParamExplanation": "initscope.explanation",
-    "explain": "initscope.explanation",
-    "OutputFormat": "initscope.render",
-    "render_report": "initscope.render",
-    "render_explanation": "initscope.render",
-    "report_to_dict": "initscope.render",
+    "Checkpoint": "initscope.io.checkpoints",
+    "TensorInfo": "initscope.io.checkpoints",
+    "atomic_write": "initscope.io.output",
+    "OutputError": "initscope.io.output",
+    "open_checkpoint": "initscope.io.checkpoints",
+    "Distribution": "initscope.knowledge.distributions",
+    "Family": "initscope.knowledge.distributions",
+    "DefaultInit": "initscope.knowledge.tracing",
+    "InitCall": "initscope.knowledge.tracing",
+    "InitTracer": "initscope.knowledge.tracing",
+    "fans": "initscope.knowledge.tracing",
+    "Fit": "initscope.knowledge.identification",
+    "Identification": "initscope.knowledge.identification",
+    "identify": "initscope.knowledge.identification",
+    "TracedModel": "initscope.io.models",
+    "trace_model": "initscope.io.models",
+    "ModelSpec": "initscope.io.targets",
+    "TargetOptions": "initscope.io.targets",
+    "resolve_target": "initscope.io.targets",
+    "open_target": "initscope.io.models",
+    "import_ref": "initscope.io.targets",
+    "load_spec": "initscope.io.targets",
+    "RunningStats": "initscope.stats.tensor",
+    "TensorStats": "initscope.stats.tensor",
+    "tensor_stats": "initscope.stats.tensor",
+    "ParameterReport": "initscope.measure.report",
+    "Report": "initscope.measure.report",
+    "ReportOptions": "initscope.measure.report",
+    "build_report": "initscope.measure.report",
+    "report_checkpoint": "initscope.measure.report",
+    "report_model": "initscope.measure.report",
+    "Explanation": "initscope.knowledge.explanation",
+    "ParamExplanation": "initscope.knowledge.explanation",
+    "explain": "initscope.knowledge.explanation",
+    "OutputFormat": "initscope.render.text",
+    "render_report": "initscope.render.text",
+    "render_explanation": "initscope.render.text",
+    "report_to_dict": "initscope.render.text",
     "InitScopeWarning": "initscope.errors",
-    "ApplyOptions": "initscope.apply",
-    "ApplyResult": "initscope.apply",
-    "apply_rules": "initscope.apply",
-    "apply_target": "initscope.apply",
-    "derive_seed": "initscope.apply",
-    "plan_target": "initscope.apply",
-    "Rule": "initscope.rules",
-    "RuleSet": "initscope.rules",
-    "RulesError": "initscope.rules",
-    "Unmatched": "initscope.rules",
-    "load_rules": "initscope.rules",
-    "RULES_SCHEMA": "initscope.rules_schema",
-    "Action": "initscope.plan",
-    "Plan": "initscope.plan",
-    "PlanEntry": "initscope.plan",
-    "make_plan": "initscope.plan",
-    "Provenance": "initscope.saving",
-    "save_state_dict": "initscope.saving",
-    "render_apply": "initscope.render_plan",
-    "parse_expression": "initscope.expressions",
-    "CheckOptions": "initscope.check",
-    "CheckResult": "initscope.check",
-    "Violation": "initscope.check",
-    "check_target": "initscope.check",
-    "Expectations": "initscope.expect",
-    "load_expectations": "initscope.expect",
-    "render_check": "initscope.render_check",
-    "DiffEntry": "initscope.diff",
-    "DiffResult": "initscope.diff",
-    "diff_targets": "initscope.diff",
-    "render_diff": "initscope.diff",
-    "plot": "initscope.plotting",
-    "ImageFormat": "initscope.plotting",
-    "MissingDependency": "initscope.plotting",
-    "render_html": "initscope.html_report",
-    "Expected": "initscope.expected",
-    "expectations": "initscope.expected",
-    "Panel": "initscope.panels",
-    "make_panels": "initscope.panels",
-    "Histogram": "initscope.histogram",
-    "Density": "initscope.histogram",
-    "sparkline": "initscope.histogram",
+    "ApplyOptions": "initscope.rules.apply",
+    "ApplyResult": "initscope.rules.apply",
+    "apply_rules": "initscope.rules.apply",
+    "apply_target": "initscope.rules.apply",
+    "derive_seed": "initscope.rules.apply",
+    "plan_target": "initscope.rules.apply",
+    "Rule": "initscope.rules.language",
+    "RuleSet": "initscope.rules.language",
+    "RulesError": "initscope.rules.language",
+    "Unmatched": "initscope.rules.language",
+    "load_rules": "initscope.rules.language",
+    "RULES_SCHEMA": "initscope.rules.schema",
+    "Action": "initscope.rules.plan",
+    "Plan": "initscope.rules.plan",
+    "PlanEntry": "initscope.rules.plan",
+    "make_plan": "initscope.rules.plan",
+    "Provenance": "initscope.io.saving",
+    "save_state_dict": "initscope.io.saving",
+    "render_apply": "initscope.render.apply",
+    "parse_expression": "initscope.rules.expressions",
+    "CheckOptions": "initscope.gate.check",
+    "CheckResult": "initscope.gate.check",
+    "Violation": "initscope.gate.check",
+    "check_target": "initscope.gate.check",
+    "Expectations": "initscope.gate.expectations",
+    "load_expectations": "initscope.gate.expectations",
+    "render_check": "initscope.render.check",
+    "DiffEntry": "initscope.gate.diff",
+    "DiffResult": "initscope.gate.diff",
+    "diff_targets": "initscope.gate.diff",
+    "render_diff": "initscope.gate.diff",
+    "plot": "initscope.render.plot",
+    "ImageFormat": "initscope.render.plot",
+    "MissingDependency": "initscope.render.plot",
+    "render_html": "initscope.render.html",
+    "Expected": "initscope.knowledge.expected",
+    "expectations": "initscope.knowledge.expected",
+    "Panel": "initscope.render.panels",
+    "make_panels": "initscope.render.panels",
+    "Histogram": "initscope.stats.histogram",
+    "Density": "initscope.stats.histogram",
+    "sparkline": "initscope.stats.histogram",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
-    from initscope.apply import (
-        ApplyOptions,
-        ApplyResult,
-        apply_rules,
-        apply_target,
-        derive_seed,
-        plan_target,
-    )
-    from initscope.check import CheckOptions, CheckResult, Violation, check_target
-    from initscope.checkpoints import Checkpoint, TensorInfo, open_checkpoint
-    from initscope.diff import DiffEntry, DiffResult, diff_targets, render_diff
-    from initscope.distributions import Distribution, Family
     from initscope.errors import (
         CheckpointError,
         InitScopeError,
@@ -123,22 +111,26 @@ if TYPE_CHECKING:
         TargetError,
         UnsafeLoadRequired,
     )
-    from initscope.expect import Expectations, load_expectations
-    from initscope.expected import Expected, expectations
-    from initscope.explanation import Explanation, ParamExplanation, explain
-    from initscope.expressions import parse_expression
-    from initscope.histogram import Density, Histogram, sparkline
-    from initscope.html_report import render_html
-    from initscope.identification import Fit, Identification, identify
-    from initscope.models import TracedModel, open_target, trace_model
-    from initscope.output import OutputError, atomic_write
-    from initscope.panels import Panel, make_panels
-    from initscope.plan import Action, Plan, PlanEntry, make_plan
-    from initscope.plotting import ImageFormat, MissingDependency, plot
-    from initscope.render import OutputFormat, render_explanation, render_report, report_to_dict
-    from initscope.render_check import render_check
-    from initscope.render_plan import render_apply
-    from initscope.report import (
+    from initscope.gate.check import CheckOptions, CheckResult, Violation, check_target
+    from initscope.gate.diff import DiffEntry, DiffResult, diff_targets, render_diff
+    from initscope.gate.expectations import Expectations, load_expectations
+    from initscope.io.checkpoints import Checkpoint, TensorInfo, open_checkpoint
+    from initscope.io.models import TracedModel, open_target, trace_model
+    from initscope.io.output import OutputError, atomic_write
+    from initscope.io.saving import Provenance, save_state_dict
+    from initscope.io.targets import (
+        ModelSpec,
+        TargetOptions,
+        import_ref,
+        load_spec,
+        resolve_target,
+    )
+    from initscope.knowledge.distributions import Distribution, Family
+    from initscope.knowledge.expected import Expected, expectations
+    from initscope.knowledge.explanation import Explanation, ParamExplanation, explain
+    from initscope.knowledge.identification import Fit, Identification, identify
+    from initscope.knowledge.tracing import DefaultInit, InitCall, InitTracer, fans
+    from initscope.measure.report import (
         ParameterReport,
         Report,
         ReportOptions,
@@ -146,18 +138,31 @@ if TYPE_CHECKING:
         report_checkpoint,
         report_model,
     )
-    from initscope.rules import Rule, RulesError, RuleSet, Unmatched, load_rules
-    from initscope.rules_schema import RULES_SCHEMA
-    from initscope.saving import Provenance, save_state_dict
-    from initscope.stats import RunningStats, TensorStats, tensor_stats
-    from initscope.targets import (
-        ModelSpec,
-        TargetOptions,
-        import_ref,
-        load_spec,
-        resolve_target,
+    from initscope.render.apply import render_apply
+    from initscope.render.check import render_check
+    from initscope.render.html import render_html
+    from initscope.render.panels import Panel, make_panels
+    from initscope.render.plot import ImageFormat, MissingDependency, plot
+    from initscope.render.text import (
+        OutputFormat,
+        render_explanation,
+        render_report,
+        report_to_dict,
     )
-    from initscope.tracing import DefaultInit, InitCall, InitTracer, fans
+    from initscope.rules.apply import (
+        ApplyOptions,
+        ApplyResult,
+        apply_rules,
+        apply_target,
+        derive_seed,
+        plan_target,
+    )
+    from initscope.rules.expressions import parse_expression
+    from initscope.rules.language import Rule, RulesError, RuleSet, Unmatched, load_rules
+    from initscope.rules.plan import Action, Plan, PlanEntry, make_plan
+    from initscope.rules.schema import RULES_SCHEMA
+    from initscope.stats.histogram import Density, Histogram, sparkline
+    from initscope.stats.tensor import RunningStats, TensorStats, tensor_stats
 
 
 def __getattr__(name: str) -> Any:

@@ -12,13 +12,13 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from initscope.apply import apply_rules, derive_seed
 from initscope.cli import app
-from initscope.plan import Action
-from initscope.report import build_report
-from initscope.rules import RulesError, load_rules, preset_names
-from initscope.rules_schema import RULES_SCHEMA
-from initscope.tracing import fans
+from initscope.knowledge.tracing import fans
+from initscope.measure.report import build_report
+from initscope.rules.apply import apply_rules, derive_seed
+from initscope.rules.language import RulesError, load_rules, preset_names
+from initscope.rules.plan import Action
+from initscope.rules.schema import RULES_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,7 +207,7 @@ def test_preset_applies_cleanly(
 
 def test_pytorch_default_matches_default_in_report(tmp_path: Path) -> None:
     out = tmp_path / "t.safetensors"
-    from initscope.apply import ApplyOptions, apply_target
+    from initscope.rules.apply import ApplyOptions, apply_target
 
     apply_target(
         "initscope.examples:TinyTransformer",
@@ -297,8 +297,8 @@ def test_bare_state_dict_rules_by_param_and_ndim(linear_pt: Path, runner: CliRun
 
 def test_provenance_rebuilds_the_model_with_its_arguments(tmp_path: Path) -> None:
     out = tmp_path / "unet.pt"
-    from initscope.apply import ApplyOptions, apply_target
-    from initscope.targets import TargetOptions
+    from initscope.io.targets import TargetOptions
+    from initscope.rules.apply import ApplyOptions, apply_target
 
     apply_target(
         "initscope.examples:UNet",
@@ -314,7 +314,7 @@ def test_provenance_rebuilds_the_model_with_its_arguments(tmp_path: Path) -> Non
 
 
 def test_provenance_naming_a_non_module_is_ignored_with_a_warning(tmp_path: Path) -> None:
-    from initscope.saving import Provenance, save_state_dict
+    from initscope.io.saving import Provenance, save_state_dict
 
     out = tmp_path / "evil.safetensors"
     save_state_dict(
@@ -335,7 +335,7 @@ def test_schema_file_is_the_published_schema() -> None:
 def test_presets_validate_against_the_schema() -> None:
     import yaml
 
-    from initscope.rules_schema import validate
+    from initscope.rules.schema import validate
 
     for name in preset_names():
         doc = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
@@ -343,7 +343,7 @@ def test_presets_validate_against_the_schema() -> None:
 
 
 def test_schema_uses_only_supported_keywords() -> None:
-    from initscope.rules_schema import SUPPORTED_KEYWORDS
+    from initscope.rules.schema import SUPPORTED_KEYWORDS
 
     def keywords(node: object, in_properties: bool = False) -> set[str]:
         out: set[str] = set()

@@ -36,12 +36,12 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from initscope.apply import apply_rules
 from initscope.cli import main
 from initscope.errors import EXIT_OK, EXIT_USAGE
 from initscope.examples import TinyTransformer, UNet
-from initscope.plan import Action
-from initscope.rules import presets_dir
+from initscope.rules.apply import apply_rules
+from initscope.rules.language import presets_dir
+from initscope.rules.plan import Action
 
 ROOT = Path(__file__).resolve().parent.parent
 UNET = ["initscope.examples:UNet", "--arg", "width=4"]

@@ -17,11 +17,11 @@ from safetensors.torch import save_file, save_model
 from torch import nn
 from typer.testing import CliRunner, Result
 
-from initscope.check import CheckResult, Violation
 from initscope.cli import app
-from initscope.distributions import format_number
 from initscope.examples import TinyTransformer, UNet
-from initscope.render_check import render_check
+from initscope.gate.check import CheckResult, Violation
+from initscope.knowledge.distributions import format_number
+from initscope.render.check import render_check
 from tests.fixtures.hf_models import tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent

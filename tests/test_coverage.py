@@ -22,11 +22,11 @@ import pytest
 import torch
 from torch import nn
 
-from initscope.distributions import Distribution, Family
-from initscope.explanation import explain
-from initscope.goodness import ks_test
-from initscope.models import trace_model
-from initscope.targets import ModelSpec, construct
+from initscope.io.models import trace_model
+from initscope.io.targets import ModelSpec, construct
+from initscope.knowledge.distributions import Distribution, Family
+from initscope.knowledge.explanation import explain
+from initscope.knowledge.goodness import ks_test
 
 # A traced distribution is accepted when the real tensor's KS p-value exceeds this. Construction
 # is seeded (trace_model's seed 0), so each p-value is fixed for a given torch: the test is

@@ -15,8 +15,8 @@ from safetensors.torch import save_file, save_model
 from typer.testing import CliRunner, Result
 
 from initscope.cli import app
-from initscope.diff import Status, diff_tensors
 from initscope.examples import TinyTransformer, UNet
+from initscope.gate.diff import Status, diff_tensors
 
 UNET = "initscope.examples:UNet"
 STATUSES = ["unchanged", "changed", "added", "removed", "shape_changed", "dtype_changed"]

@@ -22,7 +22,7 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from initscope.cli import app
-from initscope.targets import import_ref
+from initscope.io.targets import import_ref
 
 CASES_FILE = Path(__file__).parent / "cases" / "errors" / "cases.yaml"
 PREFIX = "initscope: error: "

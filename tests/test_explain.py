@@ -12,7 +12,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.explanation import REPRESENTATIVE_ARGS, Explanation, explain
+from initscope.knowledge.explanation import REPRESENTATIVE_ARGS, Explanation, explain
 
 # Layers `initscope explain nn.X` must explain with no --arg at all.
 NO_ARG_LAYERS = [

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from initscope.expressions import ExpressionError, parse_expression
+from initscope.rules.expressions import ExpressionError, parse_expression
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from initscope import fused
-from initscope.checkpoints import open_checkpoint
 from initscope.cli import app
 from initscope.errors import CheckpointError
-from initscope.identification import _sample_rows, row_lines
-from initscope.report import ReportOptions, report_checkpoint
-from initscope.stats import RunningStats, file_stats, running_stats
+from initscope.io.checkpoints import open_checkpoint
+from initscope.knowledge.identification import _sample_rows, row_lines
+from initscope.measure.report import ReportOptions, report_checkpoint
+from initscope.stats import fused
+from initscope.stats.tensor import RunningStats, file_stats, running_stats
 
 pytestmark = pytest.mark.skipif(
     not fused.available(), reason="the fused kernel is not built here (no C compiler)"
@@ -142,7 +142,8 @@ def test_the_cli_reports_the_same_through_either_path(
 def test_without_a_compiler_initscope_uses_torch(tmp_path: Path) -> None:
     env = {**os.environ, "CC": "/nonexistent/cc", "INITSCOPE_CACHE": str(tmp_path / "cache")}
     code = (
-        "import torch; from initscope import fused; from initscope.stats import tensor_stats;"
+        "import torch; from initscope.stats import fused;"
+        "from initscope.stats.tensor import tensor_stats;"
         "print(fused.available(), tensor_stats(torch.arange(10.0)).mean)"
     )
     done = subprocess.run(
@@ -224,7 +225,7 @@ def test_no_home_folder_leaves_the_temp_folder(monkeypatch: pytest.MonkeyPatch) 
 
 
 def _available(env: dict[str, str]) -> str:
-    code = "from initscope import fused; print(fused.available())"
+    code = "from initscope.stats import fused; print(fused.available())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     return done.stdout.strip()
 

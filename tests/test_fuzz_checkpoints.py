@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from initscope.checkpoints import open_checkpoint
 from initscope.cli import app
 from initscope.errors import CheckpointError
+from initscope.io.checkpoints import open_checkpoint
 from tests.fixtures.models import Tiny
 
 # Per format and property; the whole file runs in seconds. Hunt longer with e.g.

@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.report import build_report
-from initscope.saving import METADATA_KEY, Provenance, write_safetensors
+from initscope.io.saving import METADATA_KEY, Provenance, write_safetensors
+from initscope.measure.report import build_report
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -243,7 +243,7 @@ class HalfLinear(torch.nn.Module):
 
 
 def test_diff_sees_the_imaginary_part() -> None:
-    from initscope.diff import Status, diff_tensors
+    from initscope.gate.diff import Status, diff_tensors
 
     a = torch.tensor([1 + 1j, 2 + 2j], dtype=torch.complex64)
     b = torch.tensor([1 + 5j, 2 + 2j], dtype=torch.complex64)
@@ -273,7 +273,7 @@ def test_errors_pickle_whole() -> None:
     import pickle
 
     from initscope.errors import CheckpointError
-    from initscope.rules import Problem, RulesError
+    from initscope.rules.language import Problem, RulesError
 
     err = RulesError([Problem("e.yaml:3:29", "checks[0]", "divides by zero", "fix it")], "in e")
     back = pickle.loads(pickle.dumps(err))

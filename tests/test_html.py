@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 import initscope
 from initscope.cli import app
-from initscope.html_report import CSP
-from initscope.render import report_to_dict
-from initscope.rules import load_rules
+from initscope.render.html import CSP
+from initscope.render.text import report_to_dict
+from initscope.rules.language import load_rules
 from tests import chromium
 
 UNET = "initscope.examples:UNet"
@@ -223,9 +223,9 @@ def test_against_rules_judges_structure_as_check_does(tmp_path: Path) -> None:
     # N(0, 0.02) with a small offset per row: the values pass every test of the sample, but
     # the row-independence test on the tensor itself says "unknown". check --rules fails it,
     # so the page must mark it too (the report keeps the structured tests' result).
-    from initscope.check import CheckOptions, check_target
-    from initscope.expected import expectations
-    from initscope.targets import TargetOptions
+    from initscope.gate.check import CheckOptions, check_target
+    from initscope.io.targets import TargetOptions
+    from initscope.knowledge.expected import expectations
 
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(256, 256, generator=g) * 0.02 + torch.randn(256, 1, generator=g) * 0.01

@@ -13,9 +13,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.identification import identify
-from initscope.stats import running_stats
-from initscope.tracing import InitTracer
+from initscope.knowledge.identification import identify
+from initscope.knowledge.tracing import InitTracer
+from initscope.stats.tensor import running_stats
 
 
 def report(runner: CliRunner, *args: str) -> dict[str, dict[str, Any]]:
@@ -63,9 +63,9 @@ def test_xavier_applied_to_conv_weights_is_recognized(runner: CliRunner, tmp_pat
 
 def test_bert_and_gpt2_weights_are_normal_002() -> None:
     transformers = pytest.importorskip("transformers")
-    from initscope.models import trace_model
-    from initscope.report import report_model
-    from initscope.targets import ModelSpec
+    from initscope.io.models import trace_model
+    from initscope.io.targets import ModelSpec
+    from initscope.measure.report import report_model
 
     bert = report_model(trace_model(ModelSpec("tests.fixtures.hf_models:tiny_bert")), target="b")
     for p in bert.parameters:
@@ -188,8 +188,8 @@ def test_scaled_default_is_labelled_by_its_numbers() -> None:
 
 
 def test_meta_keeps_a_models_own_special_cases() -> None:
-    from initscope.models import trace_model
-    from initscope.targets import ModelSpec
+    from initscope.io.models import trace_model
+    from initscope.io.targets import ModelSpec
 
     ref = ModelSpec("tests.fixtures.models:NanoGPTLike")
     cpu, meta = trace_model(ref), trace_model(ref, meta=True)

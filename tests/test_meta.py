@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.models import trace_model
-from initscope.targets import ModelSpec
+from initscope.io.models import trace_model
+from initscope.io.targets import ModelSpec
 
 transformers = pytest.importorskip("transformers")
 

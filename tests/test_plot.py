@@ -1,4 +1,4 @@
-"""Pictures: histograms with the expected density (initscope.histogram), the panels, the
+"""Pictures: histograms with the expected density (initscope.stats.histogram), the panels, the
 `initscope plot` images (PNG/SVG/PDF, paging, errors), `report --hist` and initscope.plot()."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 import initscope
 from initscope.cli import app
-from initscope.distributions import Distribution
-from initscope.histogram import BLOCKS, density, histogram, sparkline, value_range
-from initscope.plotting import DPI, MAX_PANELS, figure_size, page_paths
+from initscope.knowledge.distributions import Distribution
+from initscope.render.plot import DPI, MAX_PANELS, figure_size, page_paths
+from initscope.stats.histogram import BLOCKS, density, histogram, sparkline, value_range
 
 pytest.importorskip("matplotlib", reason="initscope plot needs matplotlib (the plot extra)")
 

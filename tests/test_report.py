@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.report import ReportOptions, build_report
+from initscope.measure.report import ReportOptions, build_report
 
 
 def run_json(runner: CliRunner, *args: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from initscope.cli import main
-from initscope.targets import import_ref
+from initscope.io.targets import import_ref
 
 CASES_DIR = Path(__file__).parent / "cases" / "rules"
 CASES_FILE = CASES_DIR / "cases.yaml"

@@ -6,7 +6,7 @@ match keys of every type, init names with and without the trailing underscore, t
 arguments that are numbers, booleans, lists, expressions valid and invalid, gain names, huge
 exponents, parentheses hundreds deep, unicode, very long strings), rendered as block or flow
 YAML or JSON, and sometimes damaged by inserting YAML syntax; raw random text and bytes are
-tried too. Each one is loaded with :func:`~initscope.rules.load_rules` and, when it loads,
+tried too. Each one is loaded with :func:`~initscope.rules.language.load_rules` and, when it loads,
 planned against two small models with ``apply_rules(..., dry_run=True)``. The only exceptions
 allowed are :class:`~initscope.errors.InitScopeError`, whose ``lines()`` are single lines
 that point at ``file:line:col`` (or name the file, for problems with the file as a whole).
@@ -47,12 +47,12 @@ from hypothesis import event as _event
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from initscope.apply import apply_rules
 from initscope.cli import main
 from initscope.errors import EXIT_OK, EXIT_USAGE, InitScopeError
 from initscope.examples import TinyTransformer, UNet
-from initscope.plan import Action, Plan
-from initscope.rules import RulesError, gain_names, init_functions, load_rules
+from initscope.rules.apply import apply_rules
+from initscope.rules.language import RulesError, gain_names, init_functions, load_rules
+from initscope.rules.plan import Action, Plan
 
 # -- the bugs this file found ------------------------------------------------------------------
 

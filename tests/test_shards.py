@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.workers import Advance
+from initscope.parallel.workers import Advance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,7 +149,7 @@ def test_tensors_over_the_budget_are_read_in_rows(
 
 
 def test_chunks_cover_the_tensor_once(tmp_path: Path) -> None:
-    from initscope.checkpoints import open_checkpoint
+    from initscope.io.checkpoints import open_checkpoint
 
     t = torch.arange(7 * 5, dtype=torch.float32).reshape(7, 5)
     path = tmp_path / "t.safetensors"
@@ -199,7 +199,7 @@ def test_workers_give_the_single_process_report(runner: CliRunner, single: Path)
 
 def test_an_error_in_a_worker_keeps_its_hint() -> None:
     from initscope.errors import CheckpointError
-    from initscope.workers import can_fork, parallel_map
+    from initscope.parallel.workers import can_fork, parallel_map
 
     if not can_fork():
         pytest.skip("workers fork, on Linux only")
@@ -310,7 +310,7 @@ def test_distributed_without_torchrun_says_how(runner: CliRunner, single: Path) 
 
 
 def test_assign_balances_largest_first() -> None:
-    from initscope.distributed import assign
+    from initscope.parallel.distributed import assign
 
     owner = assign([100, 1, 60, 50, 10], world=2)
     load = [
@@ -363,8 +363,8 @@ def test_progress_bar_stays_silent_for_quick_runs_and_pipes(
 
 
 def test_progress_reaches_the_totals_through_workers(single: Path) -> None:
-    from initscope.report import ReportOptions, build_report
-    from initscope.targets import TargetOptions
+    from initscope.io.targets import TargetOptions
+    from initscope.measure.report import ReportOptions, build_report
 
     seen: list[Advance] = []
     build_report(str(single), TargetOptions(), ReportOptions(workers=2), progress=seen.append)
@@ -377,7 +377,7 @@ def test_progress_reaches_the_totals_through_workers(single: Path) -> None:
 def test_worker_results_keep_lazy_conjugate_and_negative_views() -> None:
     import pickle
 
-    from initscope.workers import _dumps
+    from initscope.parallel.workers import _dumps
 
     z = torch.randn(4, dtype=torch.complex64)
     x = torch.randn(4)

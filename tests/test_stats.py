@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from initscope import fused
-from initscope.distributions import Distribution
-from initscope.goodness import kolmogorov_sf, ks_test
-from initscope.stats import RunningStats, running_stats, sample_positions, tensor_stats
+from initscope.knowledge.distributions import Distribution
+from initscope.knowledge.goodness import kolmogorov_sf, ks_test
+from initscope.stats import fused
+from initscope.stats.tensor import RunningStats, running_stats, sample_positions, tensor_stats
 
 
 @pytest.fixture(params=["fused", "torch"], autouse=True)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from initscope.distributions import Distribution, Family
-from initscope.goodness import ks_test
-from initscope.models import trace_model
-from initscope.targets import ModelSpec
-from initscope.tracing import DefaultInit, InitTracer
+from initscope.io.models import trace_model
+from initscope.io.targets import ModelSpec
+from initscope.knowledge.distributions import Distribution, Family
+from initscope.knowledge.goodness import ks_test
+from initscope.knowledge.tracing import DefaultInit, InitTracer
 
 
 def traced(ref: str, **kwargs: Any) -> tuple[nn.Module, dict[str, DefaultInit]]:

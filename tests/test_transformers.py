@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from initscope.distributions import Distribution, Family
-from initscope.goodness import ks_test
-from initscope.models import trace_model
-from initscope.targets import ModelSpec
+from initscope.io.models import trace_model
+from initscope.io.targets import ModelSpec
+from initscope.knowledge.distributions import Distribution, Family
+from initscope.knowledge.goodness import ks_test
 
 transformers = pytest.importorskip("transformers")
 

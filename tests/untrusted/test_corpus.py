@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from initscope.saving import METADATA_KEY, Provenance, write_safetensors
+from initscope.io.saving import METADATA_KEY, Provenance, write_safetensors
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 10.0  # seconds per command and input

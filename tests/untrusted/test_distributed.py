@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from initscope.saving import write_safetensors
+from initscope.io.saving import write_safetensors
 
 pytestmark = pytest.mark.slow
 RUNS = 10
@@ -62,7 +62,7 @@ _ONE_RANK_FAILS = """
 import os
 import sys
 from pathlib import Path
-from initscope.distributed import finish, init_from_env, map_over_ranks
+from initscope.parallel.distributed import finish, init_from_env, map_over_ranks
 from initscope.errors import CheckpointError
 
 (Path(sys.argv[1]) / f"pid-{os.getpid()}").touch()

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.saving import write_safetensors
+from initscope.io.saving import write_safetensors
 
 # What must never be printed raw: C0 controls but tab and newline, DEL, C1, bidi controls.
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -123,7 +123,7 @@ def test_diff_apply_and_errors_print_names_escaped(
 
 
 def test_escape_helpers() -> None:
-    from initscope.render import csv_cell, escape_text
+    from initscope.render.text import csv_cell, escape_text
 
     assert escape_text("a\x1bb\u202ec\nd") == "a\\x1bb\\u202ec\\x0ad"
     assert escape_text("a\nb\tc\x1b", keep="\n\t") == "a\nb\tc\\x1b"
@@ -171,7 +171,7 @@ def test_a_base_exception_from_a_library_is_one_line(
     class LibraryAbort(BaseException):  # as torch.distributed.checkpoint's CheckpointException
         pass
 
-    import initscope.report as report
+    import initscope.measure.report as report
 
     def raises(*args: object, **kwargs: object) -> None:
         raise LibraryAbort("a reader gave up")

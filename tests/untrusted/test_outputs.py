@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.saving import write_safetensors
+from initscope.io.saving import write_safetensors
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = "rules:\n  - param: bias\n    init: zeros\nunmatched: keep\n"
@@ -131,7 +131,7 @@ def test_a_signalled_apply_leaves_no_temporary_file(tmp_path: Path, sig: int) ->
     # Slow the write down (without changing it) so the signal lands while the file is open.
     slow = (
         "import sys, time\n"
-        "import initscope.saving as saving\n"
+        "import initscope.io.saving as saving\n"
         "real = saving.write_safetensors\n"
         "def slow(*a, **k):\n"
         "    time.sleep(30)\n"
@@ -229,7 +229,7 @@ def test_a_killed_runs_temporary_file_is_cleaned_by_the_next_run(
 
 @pytest.mark.slow
 def test_remove_stale_temps_keeps_files_newer_than_the_run(tmp_path: Path) -> None:
-    from initscope.output import remove_stale_temps
+    from initscope.io.output import remove_stale_temps
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
@@ -250,7 +250,7 @@ def test_concurrent_applies_to_one_new_output_give_one_writer(tmp_path: Path) ->
     # that check cannot be what decides: the race is on the output's name itself.
     wait = (
         "import os, pathlib, sys, time\n"
-        "import initscope.saving as saving\n"
+        "import initscope.io.saving as saving\n"
         "real = saving.write_safetensors\n"
         "def after_all(*a, **k):\n"
         f"    here = pathlib.Path({str(barrier)!r})\n"
@@ -273,7 +273,7 @@ def test_concurrent_applies_to_one_new_output_give_one_writer(tmp_path: Path) ->
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2, 2, 2], results
     assert all("already exists" in err for code, err in results if code == 2)
-    from initscope.checkpoints import open_checkpoint
+    from initscope.io.checkpoints import open_checkpoint
 
     with open_checkpoint(out) as ckpt:
         assert torch.equal(ckpt.load("bias"), torch.zeros(2000))
@@ -288,7 +288,7 @@ def crafted_inputs(folder: Path) -> dict[str, Path]:
 def test_without_hard_links_an_existing_output_is_still_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from initscope.output import OutputError, atomic_path
+    from initscope.io.output import OutputError, atomic_path
 
     def no_links(src: object, dst: object) -> None:
         raise PermissionError(1, "Operation not permitted")

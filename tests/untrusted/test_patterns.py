@@ -19,8 +19,8 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.rules import RulesError, load_rules
-from initscope.saving import write_safetensors
+from initscope.io.saving import write_safetensors
+from initscope.rules.language import RulesError, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +90,7 @@ def test_a_catastrophic_regex_matches_in_linear_time(tmp_path: Path) -> None:
 
 
 def test_regex_matching_is_a_full_match() -> None:
-    from initscope.rules import name_regex
+    from initscope.rules.language import name_regex
 
     match = name_regex(r"encoder\.layers\.\d+\.attn")
     assert match("encoder.layers.11.attn")
@@ -125,7 +125,7 @@ def test_without_re2_a_pattern_is_refused_not_backtracked(
 ) -> None:
     # Where google-re2 cannot be installed, no bound on Python's re is safe (a*a*a*a*a*b
     # nests nothing and still takes n^5 steps): re: patterns are a rules error.
-    from initscope.rules import name_regex
+    from initscope.rules.language import name_regex
 
     monkeypatch.setitem(sys.modules, "re2", None)  # `import re2` raises ImportError
     name_regex.cache_clear()

@@ -18,8 +18,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from initscope.checkpoints import open_checkpoint
 from initscope.cli import app
+from initscope.io.checkpoints import open_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,15 +97,15 @@ def test_a_pt_truncated_while_it_is_read_is_an_error_not_a_sigbus(tmp_path: Path
     # would kill the process with SIGBUS (-7) on the first read past the end.
     preamble = f"""
         import os
-        import initscope.checkpoints as c
+        import initscope.io.checkpoints as c
         real = c.open_checkpoint
         def opened_then_truncated(*a, **k):
             ckpt = real(*a, **k)
             os.truncate({str(path)!r}, 4096)
             return ckpt
         c.open_checkpoint = opened_then_truncated
-        import initscope.models
-        initscope.models.open_checkpoint = opened_then_truncated
+        import initscope.io.models
+        initscope.io.models.open_checkpoint = opened_then_truncated
     """
     done = _run("report", str(path), "--format", "json", preamble=preamble)
     assert done.returncode == 2, (done.returncode, done.stderr)

@@ -20,10 +20,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from initscope.checkpoints import open_checkpoint
 from initscope.cli import app
 from initscope.errors import CheckpointError
-from initscope.saving import write_safetensors
+from initscope.io.checkpoints import open_checkpoint
+from initscope.io.saving import write_safetensors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,7 +96,7 @@ def test_a_dcp_metadata_pickle_runs_no_code(runner: CliRunner, tmp_path: Path) -
 
 
 def test_a_genuine_dcp_folder_still_reads(runner: CliRunner, tmp_path: Path) -> None:
-    from initscope.checkpoints import checkpoint_files
+    from initscope.io.checkpoints import checkpoint_files
 
     folder = _dcp(tmp_path / "ckpt")
     result = runner.invoke(app, ["report", str(folder), "--format", "json"])
@@ -110,7 +110,7 @@ def test_a_genuine_dcp_folder_still_reads(runner: CliRunner, tmp_path: Path) -> 
 
 def test_dcp_metadata_naming_a_file_outside_the_folder(tmp_path: Path) -> None:
     folder = _dcp(tmp_path / "ckpt")
-    from initscope.dcp import read_metadata
+    from initscope.io.dcp import read_metadata
 
     metadata = read_metadata(folder)
     for info in metadata.storage_data.values():
@@ -123,7 +123,7 @@ def test_dcp_metadata_naming_a_file_outside_the_folder(tmp_path: Path) -> None:
 
 def test_dcp_declaring_a_huge_tensor_is_refused_before_allocating(tmp_path: Path) -> None:
     folder = _dcp(tmp_path / "ckpt")
-    from initscope.dcp import read_metadata
+    from initscope.io.dcp import read_metadata
 
     metadata = read_metadata(folder)
     md = metadata.state_dict_metadata["w"]
@@ -147,7 +147,7 @@ def test_dcp_missing_its_distcp_is_one_line(runner: CliRunner, tmp_path: Path) -
 def _rewrite_chunks(folder: Path, change: Callable[[bytes], bytes]) -> None:
     """Each .distcp chunk of the DCP folder replaced by ``change(chunk)``, the metadata's
     offsets and lengths updated to match."""
-    from initscope.dcp import read_metadata
+    from initscope.io.dcp import read_metadata
 
     metadata = read_metadata(folder)
     files: dict[str, bytearray] = {}
@@ -224,7 +224,7 @@ def test_dcp_chunks_that_do_not_cover_the_tensor(runner: CliRunner, tmp_path: Pa
     # One 8x4 chunk for a tensor declared 64x4: the other 56 rows would be uninitialized
     # memory read as weights.
     folder = _dcp(tmp_path / "ckpt")
-    from initscope.dcp import read_metadata
+    from initscope.io.dcp import read_metadata
 
     metadata = read_metadata(folder)
     metadata.state_dict_metadata["w"].size = torch.Size([64, 4])
@@ -247,7 +247,7 @@ def test_dcp_chunks_that_do_not_cover_the_tensor(runner: CliRunner, tmp_path: Pa
 def test_dcp_metadata_with_fields_of_the_wrong_kind(
     runner: CliRunner, tmp_path: Path, field: str, value: object, message: str
 ) -> None:
-    from initscope.dcp import read_metadata
+    from initscope.io.dcp import read_metadata
 
     folder = _dcp(tmp_path / "ckpt")
     metadata = read_metadata(folder)
@@ -403,7 +403,7 @@ def test_an_index_naming_a_symlink_loop_or_a_nul_byte(
 
 
 def test_checkpoint_files_lists_the_index_and_its_shards(tmp_path: Path) -> None:
-    from initscope.checkpoints import checkpoint_files
+    from initscope.io.checkpoints import checkpoint_files
 
     write_safetensors(tmp_path / "m-1.safetensors", {"a": torch.ones(2)})
     write_safetensors(tmp_path / "m-2.safetensors", {"b": torch.ones(2)})
@@ -453,7 +453,7 @@ def crafted_inputs(folder: Path) -> dict[str, Path]:
     _rewrite_chunks(deflated, _deflated)
     cases["dcp-deflated-chunk"] = deflated
     short = _dcp(folder / "dcp-short-chunks")
-    from initscope.dcp import read_metadata
+    from initscope.io.dcp import read_metadata
 
     metadata = read_metadata(short)
     metadata.state_dict_metadata["w"].size = torch.Size([2**20, 4])
@@ -485,7 +485,7 @@ def crafted_inputs(folder: Path) -> dict[str, Path]:
 
 
 def _tied(path: Path, b: torch.Tensor) -> Path:
-    from initscope.saving import METADATA_KEY, Provenance
+    from initscope.io.saving import METADATA_KEY, Provenance
 
     torch.manual_seed(0)
     a = torch.nn.Linear(16, 16).weight.detach()

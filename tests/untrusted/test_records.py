@@ -19,10 +19,10 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
-from initscope.models import open_target
-from initscope.report import build_report
-from initscope.saving import METADATA_KEY, PROVENANCE_FORMAT, Provenance, write_safetensors
-from initscope.targets import TargetOptions
+from initscope.io.models import open_target
+from initscope.io.saving import METADATA_KEY, PROVENANCE_FORMAT, Provenance, write_safetensors
+from initscope.io.targets import TargetOptions
+from initscope.measure.report import build_report
 
 
 def _recorded(
@@ -123,7 +123,7 @@ def test_a_record_never_imports_modules_that_run_on_import(tmp_path: Path, ref: 
 
 
 def test_record_import_rules() -> None:
-    from initscope.models import record_import_problem
+    from initscope.io.models import record_import_problem
 
     assert record_import_problem("torch.nn") is None
     assert record_import_problem("initscope.examples") is None  # an editable install counts
@@ -161,7 +161,7 @@ def test_the_working_folder_stays_on_the_path_only_when_a_pth_file_installs_it(
     # from that folder, a record may use the project as from anywhere else.
     import site
 
-    from initscope.models import installed_paths_only
+    from initscope.io.models import installed_paths_only
 
     project = tmp_path / "project"
     project.mkdir()
@@ -391,7 +391,7 @@ def test_a_record_asking_for_a_million_deep_copies_is_refused_quickly(tmp_path: 
 def test_a_record_whose_build_runs_too_long_is_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import initscope.models as models
+    import initscope.io.models as models
 
     # 5000 tensors in the file allow 24,096 registrations, so the LSTM's quadratic build
     # (minutes by then) is left to the time limit.

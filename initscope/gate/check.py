@@ -1,0 +1,618 @@
+"""``initscope check``: a CI gate on a checkpoint's (or a fresh model's) statistics.
+
+Every tensor is read once, streamed in chunks as ``report`` does. Three kinds of checks:
+
+- health, always (each can be turned off or tuned in an expectations file): no NaN/Inf, no
+  weight of ≥ 2 dims all zeros, ``|value|`` below a bound, no uninitialized-memory patterns,
+  no two untied parameters of ≥ 1,000 elements exactly equal;
+- ``rules``: a parameter a rule covers follows that rule's distribution, with the rule's
+  resolved numbers; one no rule covers follows its traced default;
+- ``expect``: per-match bounds on std/mean/abs_max and a ``follows`` init.
+
+"Follows" is decided by :func:`initscope.knowledge.identification.identify` against the expected
+distribution: a goodness-of-fit test on a bounded sample, so a tensor too small to tell is
+counted as inconclusive, never as a violation.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from initscope.gate.expectations import Check, Expectations, Health
+from initscope.io.models import open_target
+from initscope.io.targets import TargetOptions
+from initscope.knowledge.distributions import Distribution, Family, format_number
+from initscope.knowledge.identification import identify
+from initscope.knowledge.tracing import DefaultInit, InitCall, init_distribution
+from initscope.parallel.distributed import Group
+from initscope.parallel.workers import ProgressFn, spread
+from initscope.rules.language import RulesError, RuleSet, Unmatched, nothing_was
+from initscope.rules.plan import (
+    Action,
+    ParamSite,
+    PlanEntry,
+    make_plan,
+    match_problems,
+    sites_from_checkpoint,
+)
+from initscope.stats.tensor import (
+    DEFAULT_MAX_MEMORY,
+    RunningStats,
+    TensorStats,
+    dense,
+    running_stats,
+    stream_stats,
+)
+
+__all__ = [
+    "EXACT_INITS",
+    "RUN_ALPHA",
+    "CheckOptions",
+    "CheckResult",
+    "Violation",
+    "check_target",
+    "expected_label",
+    "expected_of",
+]
+
+# Values torch.empty / skip_init leave behind are reinterpreted bit patterns: their exponents
+# spread over the whole float range. No initializer produces magnitudes ≥ 1e29 or nonzero
+# values below 1e-30 (the float32 normal range ends at 1.18e-38), so a sample where ≥ 1% of
+# values are that tiny, or any value that large, is flagged.
+_GARBAGE_HIGH = 1e29
+_GARBAGE_LOW = 1e-30
+_GARBAGE_FRACTION = 0.01
+# float16 tops out at 65504, so its garbage never reaches 1e29: there, ≥ 1% of sampled values
+# at or above 1e3 (random float16 bits land there about one time in five; no initializer
+# comes near it) is the pattern. Its subnormals are legitimate small values, so no low test.
+_GARBAGE_HIGH_FP16 = 1e3
+# Below this many elements, two equal tensors are plausibly equal by design (a small constant
+# bias in every layer); the issue names 1,000.
+_IDENTICAL_MIN = 1000
+# The chance that a run over a correctly initialized model reports any "follows" violation.
+# Wrong inits are rejected with p-values far below any such level once a tensor has a few
+# hundred values (see README, "Which init do the values actually follow?").
+RUN_ALPHA = 1e-3
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One failed check: ``<parameter>: <check>: observed <x>, expected <y>``."""
+
+    parameter: str
+    check: str
+    observed: str
+    expected: str
+    severity: str = "error"
+    source: str | None = None  # which rule/check/health setting asked for it
+
+    def line(self) -> str:
+        return f"{self.parameter}: {self.check}: observed {self.observed}, expected {self.expected}"
+
+
+@dataclass(frozen=True)
+class _SiteResult:
+    """What checking one tensor found: mergeable across processes and ranks."""
+
+    violations: tuple[Violation, ...] = ()
+    inconclusive: bool = False
+    fingerprint: tuple[Any, ...] | None = None
+    count: int = 0
+    matched: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """What to check besides health: rules (and whether uncovered parameters must be at
+    their default), and expectations."""
+
+    rules: RuleSet | None = None
+    expect: Expectations | None = None
+    default_check: bool = True
+    max_memory: int = DEFAULT_MAX_MEMORY  # a tensor above it is read in blocks of rows
+    workers: int | None = None  # processes; None: one per core when the work is large
+    group: Group | None = None  # with --distributed: this rank's place in the torchrun job
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Every checked parameter, the violations, and the follows-checks too small to decide."""
+
+    target: str
+    parameters: tuple[str, ...]
+    violations: tuple[Violation, ...]
+    inconclusive: tuple[str, ...] = ()
+    checks_run: int = 0
+    has_model: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def errors(self) -> tuple[Violation, ...]:
+        """The violations that fail the check (the others are warnings)."""
+        return tuple(v for v in self.violations if v.severity == "error")
+
+    @property
+    def failed_parameters(self) -> int:
+        """How many parameters have at least one error."""
+        return len({v.parameter for v in self.errors})
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+# -- one tensor ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    site: ParamSite
+    stats: TensorStats
+    rs: RunningStats
+    tensor: torch.Tensor | None  # None when it was read in pieces (over --max-memory)
+
+
+def _fmt(x: float | None) -> str:
+    return format_number(x, "-")
+
+
+def _range_text(lo: float | None, hi: float | None) -> str:
+    if lo is None:
+        return f"≤ {_fmt(hi)}"
+    if hi is None:
+        return f"≥ {_fmt(lo)}"
+    return f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _health(t: _Tensor, health: Health) -> Iterator[Violation]:
+    s, name = t.stats, t.site.name
+    if health.nonfinite and (s.nan_count or s.inf_count):
+        yield Violation(
+            name,
+            "nonfinite",
+            f"{s.nan_count} NaN, {s.inf_count} Inf",
+            "0",
+            source="health.nonfinite",
+        )
+    if health.zeros and len(t.site.shape) >= 2 and s.numel and s.zero_fraction == 1.0:
+        yield Violation(
+            name, "zeros", "all zeros", "a weight of ≥ 2 dims not all zeros", source="health.zeros"
+        )
+    if health.abs_max is not None and s.abs_max is not None and s.abs_max >= health.abs_max:
+        yield Violation(
+            name, "abs_max", _fmt(s.abs_max), f"< {_fmt(health.abs_max)}", source="health.abs_max"
+        )
+    if health.uninitialized:
+        sample = t.rs.sample()
+        sample = sample[torch.isfinite(sample)]
+        if sample.numel():
+            a = sample.abs()
+            enough = max(1, _GARBAGE_FRACTION * sample.numel())
+            if t.site.dtype == torch.float16:
+                tiny = 0
+                count = int((a >= _GARBAGE_HIGH_FP16).sum())
+                huge = count >= enough
+                what = f"{count} of {sample.numel()} sampled values ≥ 1e3"
+            else:
+                tiny = int(((a > 0) & (a < _GARBAGE_LOW)).sum())
+                huge = s.abs_max is not None and s.abs_max >= _GARBAGE_HIGH
+                what = f"|max| {_fmt(s.abs_max)}"
+            if huge or tiny >= enough:
+                observed = (
+                    what
+                    if huge
+                    else f"{tiny} of {sample.numel()} sampled values nonzero below 1e-30"
+                )
+                yield Violation(
+                    name,
+                    "uninitialized",
+                    observed,
+                    "values an initializer draws (torch.empty/skip_init leave memory as is)",
+                    source="health.uninitialized",
+                )
+
+
+def _follows(
+    t: _Tensor, expected: DefaultInit, label: str, source: str, alpha: float
+) -> tuple[Violation | None, bool]:
+    """(the violation, if any; whether it was inconclusive)."""
+    found = identify(t.rs, t.site.shape, expected, t.tensor, alpha)
+    if found.matches_default is None:
+        return None, True
+    if found.matches_default:
+        return None, False
+    observed = found.fit.label
+    s = t.stats
+    if observed == "inconclusive" and s.min is not None:
+        # Too few values to name a scheme, but enough to see they are not the constant.
+        observed = f"values from {_fmt(s.min)} to {_fmt(s.max)}"
+    return Violation(t.site.name, "follows", observed, label, source=source), False
+
+
+def _degenerate(d: Distribution) -> Distribution:
+    """normal(std=0), uniform(a, a): a constant, which is how the values look."""
+    if d.family in (Family.NORMAL, Family.UNIFORM, Family.TRUNC_NORMAL) and d.std == 0:
+        return Distribution.constant(d.mean if d.mean is not None else 0.0)
+    return d
+
+
+# Inits whose values are a fixed structure (eye_, dirac_) are compared exactly; sparse_'s
+# zero pattern has no distribution to test against, so its follows-check is skipped.
+EXACT_INITS = ("eye_", "dirac_")
+
+
+def expected_of(entry: PlanEntry, defaults: Mapping[str, DefaultInit]) -> DefaultInit | None:
+    """What a planned parameter's values must follow, as a DefaultInit: the rule's resolved
+    distribution, or the traced default for ``default``/uncovered entries; None when there is
+    no distribution to test against (``keep``, exact or sparse inits, no known default).
+    Shared with the pictures (:mod:`initscope.knowledge.expected`), so both judge alike."""
+    if entry.action is Action.INIT and entry.distribution is not None:
+        if entry.init in EXACT_INITS or entry.distribution.family is Family.SPARSE:
+            return None
+        call = InitCall(entry.init or "init", dict(entry.args))
+        return DefaultInit(call, _degenerate(entry.distribution))
+    if entry.action in (Action.DEFAULT, Action.UNMATCHED):
+        d = defaults.get(entry.site.name)
+        return d if d is not None and d.is_known else None
+    return None
+
+
+def expected_label(entry: PlanEntry, expected: DefaultInit) -> str:
+    """How a violation names the expectation: the rule's init, or the default's call."""
+    if entry.action is Action.INIT:
+        return entry.describe()
+    return f"its default {expected.call.signature()} → {expected.distribution.label()}"
+
+
+def _check_expect(
+    t: _Tensor,
+    check: Check,
+    defaults: Mapping[str, DefaultInit],
+    env: Mapping[str, float],
+    alpha: float,
+) -> tuple[list[Violation], bool]:
+    out: list[Violation] = []
+    s = t.stats
+    src = check.label
+    for key, value in (("std", s.std), ("mean", s.mean), ("abs_max", s.abs_max)):
+        bounds = getattr(check, key)
+        if bounds is None or value is None:
+            continue
+        lo, hi = bounds
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            out.append(Violation(t.site.name, key, _fmt(value), _range_text(lo, hi), source=src))
+    inconclusive = False
+    if check.follows is not None:
+        expected = _follows_expected(check, t.site, defaults, env)
+        if expected is None:
+            out.append(
+                Violation(
+                    t.site.name,
+                    "follows",
+                    "no default known",
+                    check.follows_text or "default",
+                    severity="warning",
+                    source=src,
+                )
+            )
+        else:
+            label = f"{check.follows_text} → {expected.distribution.label()}"
+            v, inconclusive = _follows(t, expected, label, src, alpha)
+            if v is not None:
+                out.append(v)
+    return out, inconclusive
+
+
+def _follows_expected(
+    check: Check, site: ParamSite, defaults: Mapping[str, DefaultInit], env: Mapping[str, float]
+) -> DefaultInit | None:
+    rule = check.follows
+    assert rule is not None
+    if rule.init == "default":
+        d = defaults.get(site.name)
+        return d if d is not None and d.is_known else None
+    from initscope.rules.expressions import Expression, ExpressionError
+    from initscope.rules.language import Problem, arg_constraints, fan_env
+
+    values = {**env, **fan_env(site.shape)}
+    args: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for k, v in rule.args.items():
+        try:
+            args[k] = v.evaluate(values) if isinstance(v, Expression) else v
+        except ExpressionError as exc:
+            missing = "fan_in/fan_out need ≥ 2 dims; " if "fan_" in exc.message else ""
+            problems.append(
+                Problem(
+                    rule.at(k),
+                    f"checks[{rule.index}].follows.{k}",
+                    f"{exc.message} for {site.name}",
+                    f"{missing}restrict the check or fix the expression",
+                )
+            )
+    for key, message, hint in arg_constraints(rule.init, args) if not problems else []:
+        problems.append(Problem(rule.at(key), f"checks[{rule.index}].follows.{key}", message, hint))
+    if problems:
+        raise RulesError(problems, _NOTHING_CHECKED)
+    dist = init_distribution(rule.init, args, site.shape)
+    if dist is None:
+        return None
+    return DefaultInit(InitCall(rule.init, args), dist)
+
+
+# -- the whole target -----------------------------------------------------------------------
+
+
+def _sites_and_loader(
+    traced: Any, ckpt: Any
+) -> tuple[list[ParamSite], Callable[[str], torch.Tensor], list[set[str]], Callable[[str], str]]:
+    """The parameters to check, how to read each one's values, and the tied groups."""
+    if traced is not None:
+        from initscope.rules.plan import sites_from_model
+
+        model = traced.model
+        every = sites_from_model(model)
+        sites, tied = _untied(every)
+        if ckpt is None:
+            params = dict(model.named_parameters())
+            return sites, lambda n: params[n].detach(), tied, lambda n: ""
+        from initscope.measure.report import fitted_keys
+
+        keys = fitted_keys(model, ckpt)
+
+        def key_of(name: str) -> str:
+            # A tied name saved under another of its names reads that one.
+            if name in keys:
+                return str(keys[name])
+            group = next(g for g in tied if name in g)
+            return str(keys[next(n for n in group if n in keys)])
+
+        def load(name: str) -> torch.Tensor:
+            return ckpt.load(key_of(name))  # type: ignore[no-any-return]
+
+        return sites, load, tied, key_of
+    keys, every = sites_from_checkpoint(ckpt)
+    sites, tied = _untied(every)
+    return sites, lambda n: ckpt.load(keys[n]), tied, keys.__getitem__
+
+
+def _untied(sites: list[ParamSite]) -> tuple[list[ParamSite], list[set[str]]]:
+    """The sites to check (one per tensor: tied names are checked under their first) and
+    the tied groups of names."""
+    groups: dict[str, set[str]] = {}
+    for s in sites:
+        if s.tied_to is not None:
+            groups.setdefault(s.tied_to, {s.tied_to}).add(s.name)
+    return [s for s in sites if s.tied_to is None], list(groups.values())
+
+
+def check_target(
+    target: str,
+    how: TargetOptions = TargetOptions(),
+    options: CheckOptions = CheckOptions(),
+    progress: ProgressFn | None = None,
+) -> CheckResult:
+    """Run every check on TARGET (a checkpoint, or a model built fresh)."""
+    health = options.expect.health if options.expect is not None else Health()
+    with open_target(target, how) as (traced, ckpt):
+        sites, load, tied, key_of = _sites_and_loader(traced, ckpt)
+        defaults: Mapping[str, DefaultInit] = traced.defaults if traced is not None else {}
+        plan_entries: dict[str, PlanEntry] = {}
+        if options.rules is not None:
+            with nothing_was("checked"):
+                plan = make_plan(
+                    sites,
+                    options.rules,
+                    unmatched=Unmatched.KEEP,
+                    defaults=defaults,
+                    resettable={s.module: True for s in sites} if traced is not None else None,
+                    bare=traced is None,
+                )
+            plan_entries = {e.site.name: e for e in plan.entries}
+        env = dict(options.expect.vars) if options.expect is not None else {}
+        checks = options.expect.checks if options.expect is not None else ()
+        _validate_checks(checks, sites, bare=traced is None)
+        matched: set[int] = set()
+        # Each "follows" decision on values drawn exactly as expected still fails with
+        # probability alpha; split the run's budget over every decision it may make
+        # (Bonferroni), so a correct 7B checkpoint with hundreds of tensors passes too.
+        decisions = len(sites) * (
+            (options.rules is not None) + sum(c.follows is not None for c in checks)
+        )
+        alpha = RUN_ALPHA / max(decisions, 1)
+        violations: list[Violation] = []
+        inconclusive: list[str] = []
+        fingerprints: dict[tuple[Any, ...], list[str]] = {}
+
+        def one(i: int) -> _SiteResult:
+            site = sites[i]
+            seed = zlib.crc32(site.name.encode())
+            values: torch.Tensor | None
+            if (
+                ckpt is not None
+                and math.prod(site.shape) * site.dtype.itemsize > options.max_memory
+            ):
+                # Over the budget: statistics from blocks of rows, one at a time.
+                key = key_of(site.name)
+                rs = stream_stats(ckpt.chunks(key, options.max_memory), math.prod(site.shape), seed)
+                values = None
+                dtype_name = str(ckpt.infos[key].dtype)
+            else:
+                raw = load(site.name)
+                if raw.device.type == "meta":
+                    return _SiteResult()
+                values = dense(raw)
+                rs = running_stats(values, seed=seed)
+                dtype_name = str(raw.dtype)
+            t = _Tensor(site, rs.result(), rs, values)
+            found = list(_health(t, health))
+            count = 4
+            unsure_any = False
+            matched_here: set[int] = set()
+            entry = plan_entries.get(site.name)
+            if entry is not None and (
+                entry.action is not Action.UNMATCHED or options.default_check
+            ):
+                expected = expected_of(entry, defaults)
+                if entry.action is Action.INIT and entry.init in EXACT_INITS:
+                    count += 1
+                    v = _exact(t, entry, entry.rule.label if entry.rule else "rules")
+                    if v is not None:
+                        found.append(v)
+                if expected is not None:
+                    source = entry.rule.label if entry.rule is not None else "traced default"
+                    v, unsure = _follows(
+                        t, expected, expected_label(entry, expected), source, alpha
+                    )
+                    count += 1
+                    if v is not None:
+                        found.append(v)
+                    unsure_any = unsure_any or unsure
+                # A rule that asks for zeros is not an all-zeros accident.
+                if _is_zero_init(entry):
+                    found = [v for v in found if v.check != "zeros"]
+            for check in checks:
+                if check.match.matches_name(
+                    site.module, site.param, len(site.shape)
+                ) and check.match.matches_type(site.module_class):
+                    matched_here.add(check.match.index)
+                    vs, unsure = _check_expect(t, check, defaults, env, alpha)
+                    count += 1
+                    found += vs
+                    unsure_any = unsure_any or unsure
+                    if check.follows is not None and check.follows.init in ("zeros_", "constant_"):
+                        found = [v for v in found if v.check != "zeros"]
+            traced_default = defaults.get(site.name)
+            if (
+                traced_default is not None
+                and traced_default.is_known
+                and _degenerate(traced_default.distribution).value == 0.0
+            ):
+                # The model's own code zeroes this weight (a zero-initialized projection).
+                found = [v for v in found if v.check != "zeros"]
+            s = t.stats
+            fingerprint: tuple[Any, ...] | None = None
+            # Constant tensors (norm weights of 1, zero biases) are equal by design.
+            if (
+                health.identical
+                and s.numel >= _IDENTICAL_MIN
+                and s.mean is not None
+                and s.min != s.max
+            ):
+                fingerprint = (site.shape, dtype_name, s.mean, s.std, s.min, s.max, s.nan_count)
+            return _SiteResult(
+                tuple(found), unsure_any, fingerprint, count, frozenset(matched_here)
+            )
+
+        results = spread(
+            one,
+            [math.prod(s.shape) for s in sites],
+            workers=options.workers,
+            max_memory=options.max_memory,
+            group=options.group,
+            nbytes=[math.prod(s.shape) * s.dtype.itemsize for s in sites],
+            progress=progress,
+        )
+        count = 0
+        for site, result in zip(sites, results, strict=True):
+            violations += result.violations
+            count += result.count
+            matched |= result.matched
+            if result.inconclusive:
+                inconclusive.append(site.name)
+            if result.fingerprint is not None:
+                fingerprints.setdefault(result.fingerprint, []).append(site.name)
+        if health.identical:
+            violations += _identical(fingerprints, load, tied)
+        notes = tuple(
+            f"{c.match.where}: {c.label} matched no parameter; check its type/name/param "
+            "(usually a typo)"
+            for c in checks
+            if c.match.index not in matched
+        )
+        return CheckResult(
+            target,
+            tuple(s.name for s in sites),
+            tuple(violations),
+            tuple(dict.fromkeys(inconclusive)),
+            count,
+            traced is not None,
+            notes,
+        )
+
+
+_NOTHING_CHECKED = "in the expectations; nothing was checked"
+
+
+def _validate_checks(checks: Sequence[Check], sites: Sequence[ParamSite], *, bare: bool) -> None:
+    """Expectations that cannot mean anything for this target: unknown type names, types
+    on a bare state dict, an init that cannot describe a tensor it matches."""
+    from dataclasses import replace
+
+    rules = []
+    for c in checks:
+        rule = c.match
+        if c.follows is not None:
+            rule = replace(
+                c.match,
+                init=c.follows.init,
+                arg_paths={**c.match.arg_paths, "init": c.follows.where},
+            )
+        rules.append(rule)
+    problems = match_problems(rules, sites, bare=bare)
+    if problems:
+        raise RulesError(problems, _NOTHING_CHECKED)
+
+
+def _is_zero_init(entry: PlanEntry) -> bool:
+    d = entry.distribution
+    if entry.init == "sparse_":
+        return True  # sparsity 1 zeroes everything, on purpose
+    return d is not None and _degenerate(d).value == 0.0
+
+
+def _exact(t: _Tensor, entry: PlanEntry, source: str) -> Violation | None:
+    """eye_/dirac_: the values must be exactly what the function writes."""
+    assert entry.init is not None
+    from initscope.rules.language import init_functions
+
+    if t.tensor is None:
+        return None  # read in pieces: too large to hold twice
+    want = init_functions()[entry.init](torch.empty(t.site.shape), **dict(entry.args))
+    if torch.equal(t.tensor.to(torch.float32), want):
+        return None
+    return Violation(t.site.name, "follows", "other values", entry.describe(), source=source)
+
+
+def _identical(
+    fingerprints: Mapping[tuple[Any, ...], Sequence[str]],
+    load: Callable[[str], torch.Tensor],
+    tied: Sequence[set[str]],
+) -> list[Violation]:
+    """Parameters with equal statistics, confirmed equal value by value (and not tied)."""
+    out: list[Violation] = []
+    for names in fingerprints.values():
+        if len(names) < 2:
+            continue
+        first = names[0]
+        a = load(first)
+        for other in names[1:]:
+            if any(first in g and other in g for g in tied):
+                continue
+            if torch.equal(a, load(other)):
+                out.append(
+                    Violation(
+                        other,
+                        "identical",
+                        f"equal to {first}",
+                        "independently initialized values (not a copy)",
+                        source="health.identical",
+                    )
+                )
+    return out

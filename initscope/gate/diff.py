@@ -1,0 +1,387 @@
+"""``initscope diff A B``: how two checkpoints (or a checkpoint and a fresh model) differ,
+parameter by parameter.
+
+Tensor pairs are streamed: each pair is read, compared in float64 chunks, and dropped, so
+memory stays at about two tensors. Per name: relative L2 change ``‖b − a‖ / ‖a‖``, the largest
+absolute difference, cosine similarity, std before and after, and a status: ``unchanged``
+(bit-identical), ``changed``, ``added`` (only in B), ``removed`` (only in A),
+``shape_changed`` or ``dtype_changed``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+
+from initscope.io.models import open_target
+from initscope.io.targets import TargetOptions
+from initscope.parallel.distributed import Group
+from initscope.parallel.workers import ProgressFn, spread
+from initscope.render.text import escape_text
+from initscope.stats.tensor import CHUNK_ELEMENTS, DEFAULT_MAX_MEMORY, dense
+
+__all__ = ["DiffEntry", "DiffResult", "Status", "diff_targets", "diff_tensors"]
+
+
+class Status(str, Enum):
+    UNCHANGED = "unchanged"
+    CHANGED = "changed"
+    ADDED = "added"
+    REMOVED = "removed"
+    SHAPE_CHANGED = "shape_changed"
+    DTYPE_CHANGED = "dtype_changed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class DiffEntry:
+    """One name's comparison; the numbers are None where they do not apply."""
+
+    name: str
+    status: Status
+    shape_a: tuple[int, ...] | None
+    shape_b: tuple[int, ...] | None
+    dtype_a: str | None
+    dtype_b: str | None
+    rel_l2: float | None = None
+    max_abs_diff: float | None = None
+    cosine: float | None = None
+    std_a: float | None = None
+    std_b: float | None = None
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    a: str
+    b: str
+    entries: tuple[DiffEntry, ...]
+
+    def count(self, status: Status) -> int:
+        return sum(1 for e in self.entries if e.status is status)
+
+    def largest_changes(self) -> list[DiffEntry]:
+        """Changed entries, largest relative change first."""
+        changed = [e for e in self.entries if e.status is Status.CHANGED]
+        return sorted(changed, key=lambda e: -(e.rel_l2 if e.rel_l2 is not None else math.inf))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # torch.equal says NaN != NaN; bytes say whether anything changed at all.
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(
+            a.element_size()
+        )
+        if width is not None and not a.is_complex():
+            return torch.equal(a.contiguous().view(width), b.contiguous().view(width))
+    return torch.equal(a, b)
+
+
+def _base(
+    shape_a: tuple[int, ...], dtype_a: torch.dtype, shape_b: tuple[int, ...], dtype_b: torch.dtype
+) -> dict[str, object]:
+    return {
+        "shape_a": shape_a,
+        "shape_b": shape_b,
+        "dtype_a": _dtype_name(dtype_a),
+        "dtype_b": _dtype_name(dtype_b),
+    }
+
+
+def diff_tensors(name: str, a: torch.Tensor, b: torch.Tensor) -> DiffEntry:
+    """Compare two tensors of one name, in float64 chunks."""
+    shape_a, shape_b = tuple(a.shape), tuple(b.shape)
+    base = _base(shape_a, a.dtype, shape_b, b.dtype)
+    if shape_a != shape_b:
+        return DiffEntry(name, Status.SHAPE_CHANGED, **base)  # type: ignore[arg-type]
+    return diff_blocks(name, base, [(dense(a), dense(b))])
+
+
+def diff_blocks(
+    name: str, base: dict[str, object], blocks: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> DiffEntry:
+    """Compare one name given as aligned pairs of blocks (the whole tensors, or the same rows
+    of each), in float64 chunks; memory is one pair of blocks at a time."""
+    identical = base["dtype_a"] == base["dtype_b"]
+    n = 0
+    saa = sbb = sab = sdd = sa = sb = 0.0
+    max_abs = 0.0
+    with torch.no_grad():
+        for block_a, block_b in blocks:
+            a, b = dense(block_a), dense(block_b)
+            identical = identical and _bit_identical(a, b)
+            if not (a.is_floating_point() or a.is_complex()) and a.dtype != torch.bool:
+                a, b = a.to(torch.float64), b.to(torch.float64)
+            fa, fb = a.reshape(-1), b.reshape(-1)
+            for start in range(0, fa.numel(), CHUNK_ELEMENTS):
+                x = fa[start : start + CHUNK_ELEMENTS]
+                y = fb[start : start + CHUNK_ELEMENTS]
+                if x.is_complex():  # both parts count: compare (re, im) pairs
+                    x, y = torch.view_as_real(x).reshape(-1), torch.view_as_real(y).reshape(-1)
+                x, y = x.to(torch.float64), y.to(torch.float64)
+                d = y - x
+                n += x.numel()
+                saa += float((x * x).sum())
+                sbb += float((y * y).sum())
+                sab += float((x * y).sum())
+                sdd += float((d * d).sum())
+                sa += float(x.sum())
+                sb += float(y.sum())
+                if d.numel():
+                    # torch's max propagates NaN; Python's max() would drop it.
+                    m = float(d.abs().max())
+                    max_abs = m if math.isnan(m) or math.isnan(max_abs) else max(max_abs, m)
+    status = (
+        Status.DTYPE_CHANGED
+        if base["dtype_a"] != base["dtype_b"]
+        else Status.UNCHANGED
+        if identical
+        else Status.CHANGED
+    )
+    norm_a, norm_b = math.sqrt(saa), math.sqrt(sbb)
+    rel = math.sqrt(sdd) / norm_a if norm_a > 0 else (0.0 if sdd == 0 else math.inf)
+    cosine = sab / (norm_a * norm_b) if norm_a > 0 and norm_b > 0 else None
+    if cosine is not None and math.isfinite(cosine):
+        cosine = min(1.0, max(-1.0, cosine))  # rounding can step past ±1
+    if status is Status.UNCHANGED:
+        # Bit-identical: no change, even where NaN makes the arithmetic say otherwise.
+        rel, max_abs = 0.0, 0.0
+        cosine = 1.0 if norm_a > 0 and math.isfinite(norm_a) else cosine
+
+    def std(s: float, ss: float) -> float | None:
+        if n < 2:
+            return None
+        return math.sqrt(max((ss - s * s / n) / (n - 1), 0.0))
+
+    return DiffEntry(
+        name,
+        status,
+        **base,  # type: ignore[arg-type]
+        rel_l2=rel,
+        max_abs_diff=max_abs,
+        cosine=cosine,
+        std_a=std(sa, saa),
+        std_b=std(sb, sbb),
+    )
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side of a diff: its names, their shape and dtype, and readers."""
+
+    names: list[str]
+    info: Callable[[str], tuple[tuple[int, ...], torch.dtype]]
+    load: Callable[[str], torch.Tensor]
+    rows: Callable[[str, int, int], torch.Tensor] | None  # None: only whole tensors
+
+
+@contextmanager
+def _side(target: str, how: TargetOptions) -> Iterator[_Side]:
+    """A checkpoint's tensors (read on demand, by rows when large), or a freshly built
+    model's state dict."""
+    with open_target(target, how) as (traced, ckpt):
+        if ckpt is not None:
+            expected = traced.model.state_dict().keys() if traced is not None else None
+            keys = ckpt.keyed(expected)
+            infos = ckpt.infos
+            yield _Side(
+                list(keys),
+                lambda n: (infos[keys[n]].shape, infos[keys[n]].dtype),
+                lambda n: ckpt.load(keys[n]),
+                (lambda n, start, stop: ckpt.read_rows(keys[n], start, stop))
+                if ckpt.reads_rows
+                else None,
+            )
+            return
+        assert traced is not None
+        state = {k: v.detach() for k, v in traced.model.state_dict().items()}
+        yield _Side(
+            list(state),
+            lambda n: (tuple(state[n].shape), state[n].dtype),
+            state.__getitem__,
+            lambda n, start, stop: state[n][start:stop],
+        )
+
+
+def diff_targets(
+    a: str,
+    b: str,
+    how: TargetOptions = TargetOptions(),
+    how_b: TargetOptions | None = None,
+    progress: ProgressFn | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    workers: int | None = None,
+    group: Group | None = None,
+) -> DiffResult:
+    """Compare A and B name by name (see the module docstring). The pairs are compared over
+    ``workers`` processes (None: one per core when worth it) and, with ``group``, over the
+    ranks of a torchrun job; the result is one process's, to the last bit of rounding
+    (workers run torch on one thread)."""
+    with ExitStack() as stack:
+        side_a = stack.enter_context(_side(a, how))
+        side_b = stack.enter_context(_side(b, how_b or how))
+        in_a, in_b = set(side_a.names), set(side_b.names)
+        both = [n for n in side_a.names if n in in_b]
+        infos = {n: (side_a.info(n), side_b.info(n)) for n in both}
+        # Elements read per pair, for balancing, and bytes, for progress: nothing when the
+        # shapes differ.
+        sizes = [math.prod(infos[n][0][0]) if infos[n][0][0] == infos[n][1][0] else 0 for n in both]
+        nbytes = [
+            size * (infos[n][0][1].itemsize + infos[n][1][1].itemsize)
+            for n, size in zip(both, sizes, strict=True)
+        ]
+
+        def one(i: int) -> DiffEntry:
+            (shape_a, dtype_a), (shape_b, dtype_b) = infos[both[i]]
+            return _compare(both[i], side_a, side_b, shape_a, dtype_a, shape_b, dtype_b, max_memory)
+
+        compared = dict(
+            zip(
+                both,
+                spread(
+                    one,
+                    sizes,
+                    workers=workers,
+                    max_memory=max_memory,
+                    group=group,
+                    nbytes=nbytes,
+                    progress=progress,
+                ),
+                strict=True,
+            )
+        )
+        entries: list[DiffEntry] = []
+        for name in side_a.names:
+            if name in compared:
+                entries.append(compared[name])
+                continue
+            shape_a, dtype_a = side_a.info(name)
+            entries.append(
+                DiffEntry(name, Status.REMOVED, shape_a, None, _dtype_name(dtype_a), None)
+            )
+        for name in side_b.names:
+            if name not in in_a:
+                shape_b, dtype_b = side_b.info(name)
+                entries.append(
+                    DiffEntry(name, Status.ADDED, None, shape_b, None, _dtype_name(dtype_b))
+                )
+        return DiffResult(a, b, tuple(entries))
+
+
+def _sliced(t: torch.Tensor) -> Callable[[str, int, int], torch.Tensor]:
+    return lambda name, start, stop: t[start:stop]
+
+
+def _compare(
+    name: str,
+    side_a: _Side,
+    side_b: _Side,
+    shape_a: tuple[int, ...],
+    dtype_a: torch.dtype,
+    shape_b: tuple[int, ...],
+    dtype_b: torch.dtype,
+    budget: int,
+) -> DiffEntry:
+    base = _base(shape_a, dtype_a, shape_b, dtype_b)
+    if shape_a != shape_b:
+        return DiffEntry(name, Status.SHAPE_CHANGED, **base)  # type: ignore[arg-type]
+    numel = math.prod(shape_a)
+    width = max(dtype_a.itemsize, dtype_b.itemsize)
+    if numel * width * 2 <= budget or not shape_a or numel == 0:
+        return diff_blocks(name, base, [(dense(side_a.load(name)), dense(side_b.load(name)))])
+    # Over the budget: the same rows of both, a block at a time (two blocks fit the budget);
+    # a side that cannot read rows (DCP) is read once, whole, not once per block.
+    rows_a = side_a.rows or _sliced(side_a.load(name))
+    rows_b = side_b.rows or _sliced(side_b.load(name))
+    step = max(1, budget // 2 // max(numel // shape_a[0] * width, 1))
+    blocks = (
+        (rows_a(name, r, min(r + step, shape_a[0])), rows_b(name, r, min(r + step, shape_a[0])))
+        for r in range(0, shape_a[0], step)
+    )
+    return diff_blocks(name, base, blocks)
+
+
+def diff_to_dict(result: DiffResult) -> dict[str, object]:
+    def num(x: float | None) -> float | None:
+        return x if x is not None and math.isfinite(x) else None
+
+    return {
+        "schema": "initscope.diff/1",
+        "a": result.a,
+        "b": result.b,
+        "parameters": [
+            {
+                "name": e.name,
+                "status": e.status.value,
+                "shape_a": list(e.shape_a) if e.shape_a is not None else None,
+                "shape_b": list(e.shape_b) if e.shape_b is not None else None,
+                "dtype_a": e.dtype_a,
+                "dtype_b": e.dtype_b,
+                "rel_l2": num(e.rel_l2),
+                "max_abs_diff": num(e.max_abs_diff),
+                "cosine": num(e.cosine),
+                "std_a": num(e.std_a),
+                "std_b": num(e.std_b),
+            }
+            for e in result.entries
+        ],
+        "summary": {s.value: result.count(s) for s in Status},
+        "largest_changes": [e.name for e in result.largest_changes()[:10]],
+    }
+
+
+def _statuses(result: DiffResult) -> Mapping[str, int]:
+    return {s.value: result.count(s) for s in Status if result.count(s)}
+
+
+def render_diff(result: DiffResult, fmt: str = "table") -> str:
+    """A table, largest relative change first, then the summary; or JSON."""
+    import json
+
+    if fmt == "json":
+        return json.dumps(diff_to_dict(result), indent=2) + "\n"
+    from initscope.knowledge.distributions import format_number as f
+
+    order = {Status.CHANGED: 0, Status.SHAPE_CHANGED: 1, Status.DTYPE_CHANGED: 1}
+    rows = sorted(
+        result.entries,
+        key=lambda e: (order.get(e.status, 2), -(e.rel_l2 or 0.0) if e.rel_l2 is not None else 0),
+    )
+    head = ("parameter", "status", "rel L2", "max |Δ|", "cosine", "std A", "std B")
+    cells = [
+        (
+            escape_text(e.name),
+            e.status.value,
+            f(e.rel_l2, "-"),
+            f(e.max_abs_diff, "-"),
+            f(e.cosine, "-"),
+            f(e.std_a, "-"),
+            f(e.std_b, "-"),
+        )
+        for e in rows
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+
+    def line(c: tuple[str, ...]) -> str:
+        parts = [f"{c[0]:<{widths[0]}}", f"{c[1]:<{widths[1]}}"]
+        parts += [f"{x:>{w}}" for x, w in zip(c[2:], widths[2:], strict=True)]
+        return "  ".join(parts).rstrip()
+
+    out = [escape_text(f"{result.a}  →  {result.b}"), "", line(head), "-" * len(line(head))]
+    out += [line(c) for c in cells]
+    n = len(result.entries)
+    counts = ", ".join(f"{v} {k}" for k, v in _statuses(result).items())
+    out += ["", f"{n} parameter{'s' if n != 1 else ''}: {counts}"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,607 @@
+"""Construct a model under the init tracer, and resolve each tensor's default init.
+
+This is where "the default init as torch (or the model's own code) really performs it" comes
+from: the model is built for real, inside :class:`~initscope.knowledge.tracing.InitTracer`,
+and every parameter and buffer is mapped to the last call that wrote it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parameter import is_lazy
+from torch.overrides import TorchFunctionMode
+
+from initscope.errors import InitScopeWarning, TargetError
+from initscope.io.checkpoints import Checkpoint, open_checkpoint
+from initscope.io.targets import (
+    ModelSpec,
+    TargetOptions,
+    construct,
+    import_ref,
+    resolve_target,
+    split_ref,
+)
+from initscope.knowledge.distributions import Distribution
+from initscope.knowledge.tracing import DefaultInit, InitCall, InitTracer
+
+__all__ = [
+    "RECORD_BUILD_SECONDS",
+    "RECORD_OPS_FLOOR",
+    "RECORD_OPS_PER_TENSOR",
+    "RECORD_REGISTRATIONS_FLOOR",
+    "RECORD_REGISTRATIONS_PER_TENSOR",
+    "TracedModel",
+    "installed_paths_only",
+    "open_target",
+    "record_import_problem",
+    "spec_from_provenance",
+    "trace_model",
+]
+
+
+@dataclass(frozen=True)
+class TracedModel:
+    """A constructed model and the default init of each of its tensors, by name."""
+
+    model: torch.nn.Module
+    defaults: Mapping[str, DefaultInit]
+
+
+def _has_lazy(model: torch.nn.Module) -> bool:
+    return any(is_lazy(p) for p in model.parameters()) or any(is_lazy(b) for b in model.buffers())
+
+
+def trace_model(
+    spec: ModelSpec, *, seed: int = 0, meta: bool = False, search_cwd: bool = True
+) -> TracedModel:
+    """Build the model ``spec`` names with tracing on, materializing Lazy modules.
+
+    The global RNG is seeded with ``seed`` for construction and restored afterwards. With
+    ``meta``, the model is built on the meta device: no memory for weights, defaults only.
+    Without ``search_cwd`` the working folder is not added to the module search path (see
+    :func:`initscope.io.targets.import_ref`).
+    """
+    # Import errors first, and imports outside the tracer.
+    import_ref(spec.ref, spec.base_dir, search_cwd=search_cwd)
+    tracer = InitTracer()
+    device = torch.device("meta") if meta else contextlib.nullcontext()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), device, tracer:
+            torch.manual_seed(seed)
+            model = _build(spec, search_cwd=search_cwd)
+            if meta:
+                _run_init_hook(model)
+            if _has_lazy(model):
+                _materialize(model, spec)
+        defaults: dict[str, DefaultInit] = {}
+        # The untraced marker distinguishes "built, but no init call seen" from "no model".
+        untraced = DefaultInit(InitCall("untraced"), Distribution.custom())
+        for name, t in _named_tensors(model):
+            defaults[name] = tracer.resolve(t) or untraced
+        return TracedModel(model, defaults)
+    finally:
+        tracer.close()
+
+
+@contextmanager
+def open_target(
+    target: str, how: TargetOptions = TargetOptions()
+) -> Iterator[tuple[TracedModel | None, Checkpoint | None]]:
+    """The traced model TARGET names (None for a bare checkpoint) and its checkpoint (None
+    when there are no weights to read), the checkpoint closed on exit."""
+    spec, ckpt_path = resolve_target(target, how)
+    if ckpt_path is None:
+        assert spec is not None
+        yield trace_model(spec, seed=how.seed, meta=how.meta), None
+        return
+    # Open (and so validate) the checkpoint before a possibly slow model construction.
+    with open_checkpoint(
+        ckpt_path, unsafe_load=how.unsafe_load, allow_outside=how.allow_outside
+    ) as ckpt:
+        if spec is not None:
+            yield trace_model(spec, seed=how.seed, meta=how.meta), ckpt
+        elif ckpt.module is None and ckpt.provenance is not None:
+            yield _from_record(ckpt, how), ckpt
+        else:
+            yield None, ckpt
+
+
+def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
+    """The model a checkpoint's provenance record names, built with the record's arguments,
+    or None (with a warning) whenever that cannot be done safely: the record is data from
+    the file, so any failure means "read the file as a bare state dict", never an error.
+
+    Without --unsafe-load everything the record leads to (the import of its module, the
+    attribute lookup, the constructor, which may import more) runs with the working folder
+    and the script's folder off the module search path."""
+    assert ckpt.provenance is not None
+    trusted = how.unsafe_load
+    with contextlib.nullcontext() if trusted else installed_paths_only():
+        spec = spec_from_provenance(ckpt.provenance.model, ckpt.path, how)
+        if spec is None:
+            return None
+        on_meta = _build_on_meta(spec, ckpt, how)
+        if on_meta is None or how.meta:
+            return on_meta
+        try:
+            return trace_model(spec, seed=how.seed, search_cwd=trusted)
+        except Exception as exc:
+            _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300])
+            return None
+
+
+def _warn_bare(path: Path, why: str) -> None:
+    warnings.warn(
+        InitScopeWarning(
+            f"{path} records the model that made it, but {why}; reading it as a bare state "
+            "dict (pass --model or --spec to use a model)"
+        ),
+        stacklevel=3,
+    )
+
+
+def _build_on_meta(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
+    """The recorded model built on the meta device (no memory for weights, so a record
+    asking for a huge model costs nothing), or None with a warning unless the build stays
+    within :class:`_RecordLimits`, the model has the checkpoint's names and shapes, and, when
+    it is to be built for real (no --meta), its parameters and buffers, plus the input and
+    activations of the forward pass that sizes its Lazy modules, fit in --max-memory."""
+    limits = _RecordLimits(len(ckpt.infos), how.max_memory)
+    try:
+        with limits.active():
+            traced = trace_model(spec, seed=how.seed, meta=True, search_cwd=how.unsafe_load)
+    except _OverLimit as exc:
+        _warn_bare(ckpt.path, f"building it on the meta device {exc}")
+        return None
+    except Exception as exc:  # a stale or foreign record: any failure means "do not use it"
+        _warn_bare(ckpt.path, f"it cannot be built here ({type(exc).__name__}: {exc})"[:300])
+        return None
+    state = traced.model.state_dict()
+    keys = ckpt.keyed(state.keys())
+    have = {n: ckpt.infos[k].shape for n, k in keys.items()}
+    if any(have.get(n) != tuple(t.shape) for n, t in state.items() if n in have) or not (
+        set(have) <= set(state)
+    ):
+        _warn_bare(ckpt.path, "its names or shapes do not match the file's")
+        return None
+    tensors = [*traced.model.parameters(), *traced.model.buffers()]
+    need = sum(t.numel() * t.element_size() for t in tensors) + limits.forward_bytes
+    if limits.ran_forward and spec.example_input_shape is not None:
+        # _materialize's torch.randn input, made before the forward pass.
+        need += math.prod(spec.example_input_shape) * torch.get_default_dtype().itemsize
+    if not how.meta and need > how.max_memory:
+        what = " with the forward pass that sizes its Lazy modules" if limits.ran_forward else ""
+        _warn_bare(
+            ckpt.path,
+            f"it takes {need / 2**30:.2f} GiB{what}, over --max-memory "
+            f"({how.max_memory / 2**30:.2f} GiB; raise it, or add --meta for defaults without "
+            "weights)",
+        )
+        return None
+    return traced
+
+
+# Bounds on building a record's model on the meta device, before anything is allocated for
+# real. A record's plain-data arguments can ask for unbounded work that costs no tensor
+# memory on meta: nn.LSTM(num_layers=10**6) registers four million parameters (and its
+# __setattr__ makes that quadratic), nn.Transformer(num_encoder_layers=10**6) deep-copies a
+# layer a million times. A model that matches its file registers about as many parameters
+# and buffers as the file has tensors (plus submodules), and runs a few dozen tensor
+# operations per tensor (nn.Transformer: 40); the floors leave room for small files.
+RECORD_REGISTRATIONS_PER_TENSOR = 4
+RECORD_REGISTRATIONS_FLOOR = 4096
+RECORD_OPS_PER_TENSOR = 1000
+RECORD_OPS_FLOOR = 100_000
+RECORD_BUILD_SECONDS = 60.0
+
+
+class _OverLimit(BaseException):
+    """A record's model went past one of :class:`_RecordLimits` while built on meta. A
+    BaseException, so that the model's own ``except Exception`` does not swallow it (and the
+    limits stay tripped: the next operation raises again)."""
+
+
+class _RecordLimits(TorchFunctionMode):
+    """Counts, while a record's model is built on the meta device, the tensor operations,
+    the parameter/buffer/submodule registrations, the time, this process's resident memory
+    growth, and the bytes of new tensors made inside forward passes (what a Lazy module's
+    sizing forward will allocate for real); past a limit it raises :class:`_OverLimit`."""
+
+    def __init__(self, tensors: int, memory: int) -> None:
+        super().__init__()
+        self.max_ops = RECORD_OPS_FLOOR + RECORD_OPS_PER_TENSOR * tensors
+        self.max_registrations = (
+            RECORD_REGISTRATIONS_FLOOR + RECORD_REGISTRATIONS_PER_TENSOR * tensors
+        )
+        self.tensors = tensors
+        self.memory = memory
+        self.ops = 0
+        self.registrations = 0
+        self.depth = 0
+        self.ran_forward = False
+        self.forward_bytes = 0
+        self.tripped: str | None = None
+        self._forward_storages: set[int] = set()
+        self._deadline = 0.0
+        self._rss_start = 0
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Count (and bound) what runs inside the ``with`` block."""
+        from torch.nn.modules import module
+
+        self._deadline = time.monotonic() + RECORD_BUILD_SECONDS
+        self._rss_start = _resident_bytes()
+        handles = [
+            module.register_module_parameter_registration_hook(self._registered),
+            module.register_module_buffer_registration_hook(self._registered),
+            module.register_module_module_registration_hook(self._registered),
+            module.register_module_forward_pre_hook(self._forward_starts),
+            module.register_module_forward_hook(self._forward_ends, always_call=True),
+        ]
+        try:
+            with self:
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        self.ops += 1
+        self._check(clock=self.ops % 128 == 0)
+        result = func(*args, **(kwargs or {}))
+        if self.depth:
+            self._count_forward(args, result)
+        return result
+
+    def _check(self, *, clock: bool) -> None:
+        """Raise past a limit; the time and memory are read only when ``clock``."""
+        if self.tripped is None:
+            if self.ops > self.max_ops:
+                self.tripped = (
+                    f"runs more than {self.max_ops:,} tensor operations, more than a file of "
+                    f"{_tensors(self.tensors)} calls for"
+                )
+            elif self.registrations > self.max_registrations:
+                self.tripped = (
+                    f"registers more than {self.max_registrations:,} parameters, buffers and "
+                    f"submodules, more than a file of {_tensors(self.tensors)} calls for"
+                )
+            elif clock and time.monotonic() > self._deadline:
+                self.tripped = f"takes more than {RECORD_BUILD_SECONDS:.0f} s"
+            elif clock and _resident_bytes() - self._rss_start > self.memory:
+                self.tripped = (
+                    f"takes more than {self.memory / 2**30:.2f} GiB of memory (--max-memory)"
+                )
+        if self.tripped is not None:
+            raise _OverLimit(self.tripped)
+
+    def _registered(self, *_: object) -> None:
+        self.registrations += 1
+        self._check(clock=self.registrations % 16 == 0)
+
+    def _forward_starts(self, *_: object) -> None:
+        self.depth += 1
+        self.ran_forward = True
+
+    def _forward_ends(self, *_: object) -> None:
+        self.depth -= 1
+
+    def _count_forward(self, args: tuple[Any, ...], result: Any) -> None:
+        """Add the bytes of each new storage among ``result``'s tensors: not a view of an
+        argument, nor an argument written in place."""
+        outs = result if isinstance(result, tuple | list) else (result,)
+        inputs = {_storage_key(a) for a in args if isinstance(a, torch.Tensor)}
+        for out in outs:
+            key = _storage_key(out) if isinstance(out, torch.Tensor) else None
+            if key is not None and key not in inputs and key not in self._forward_storages:
+                self._forward_storages.add(key)
+                self.forward_bytes += out.untyped_storage().nbytes()
+
+
+def _storage_key(tensor: torch.Tensor) -> int | None:
+    """The identity of ``tensor``'s storage, shared by its views; None for a Lazy module's
+    uninitialized parameter, which has none yet."""
+    return None if is_lazy(tensor) else int(tensor.untyped_storage()._cdata)
+
+
+def _tensors(n: int) -> str:
+    return f"{n:,} tensor{'' if n == 1 else 's'}"
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux), else its peak so far, else 0."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return 0
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def record_import_problem(module: str) -> str | None:
+    """Why importing ``module`` for a provenance record could run code nobody chose, or None
+    when it may be imported.
+
+    Importing runs a module's code, and the record is data from a file. So a record may only
+    name a module that is already imported, or a regular (non-namespace) module of an
+    installed distribution, found with the working folder and the script's folder off the
+    search path (:func:`installed_paths_only`), each submodule inside its top-level
+    package's own folder: never a ``__main__`` module (``unittest.__main__`` runs tests on
+    import), a standard-library module not yet imported (``antigravity`` opens a browser), or
+    a file beside the checkpoint — a namespace package such as ``mpl_toolkits`` would take
+    ``./mpl_toolkits/x.py`` from the working folder, and a package that extends its
+    ``__path__`` (``pkgutil.extend_path``) ``./pkg/x.py``.
+    """
+    import importlib.util
+    from importlib.metadata import packages_distributions
+
+    parts = module.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return f"{module!r} is not a module name"
+    if "__main__" in parts:
+        return f"{module} is a __main__ module (importing it runs a program)"
+    if module in sys.modules and getattr(sys.modules[module], "__file__", None):
+        return None
+    if parts[0] not in packages_distributions():
+        return f"{parts[0]} is not an installed package"
+    namespace = "is a namespace package (its modules may come from any folder)"
+    with installed_paths_only():
+        package_folder = ""
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            loaded = sys.modules.get(name)
+            if loaded is not None:
+                origin = getattr(loaded, "__file__", None)
+            else:
+                try:
+                    spec = importlib.util.find_spec(name)  # imports the (checked) parents
+                except Exception as exc:  # a parent's own code may raise anything
+                    return f"{name} cannot be found ({type(exc).__name__}: {exc})"[:300]
+                if spec is None:
+                    return f"{name} cannot be found"
+                origin = spec.origin
+            if not isinstance(origin, str) or not os.path.isfile(origin):
+                return f"{name} {namespace}"
+            origin = os.path.realpath(origin)
+            if i == 1:
+                package_folder = os.path.dirname(origin)
+            elif os.path.commonpath([package_folder, origin]) != package_folder:
+                return f"{name} lies outside its package's folder ({origin})"
+    return None
+
+
+@contextmanager
+def installed_paths_only() -> Iterator[None]:
+    """sys.path without the working folder (``''`` under ``python -m``) and the running
+    script's folder, for imports that data from a file leads to.
+
+    The working folder stays only when a ``.pth`` file of site-packages names it: the root
+    of a project installed in editable mode with a flat layout (``pip install -e .``), which
+    is then on sys.path from every folder anyway. Otherwise it is never searched: a folder
+    of downloaded files may hold any ``.py``. (A src layout, or setuptools' editable finder,
+    never needs the working folder.)"""
+    cwd = os.path.realpath(os.getcwd())
+    here = {cwd}
+    if sys.argv and sys.argv[0]:
+        here.add(os.path.dirname(os.path.realpath(sys.argv[0])))
+    installed = _pth_folders() & here
+    saved = sys.path[:]
+    importlib.invalidate_caches()
+    try:
+        sys.path[:] = [
+            p
+            for p in sys.path
+            if p not in ("", ".")
+            and (os.path.realpath(p) not in here or os.path.realpath(p) in installed)
+        ]
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def _pth_folders() -> set[str]:
+    """The folders that ``.pth`` files in site-packages add to sys.path (real paths)."""
+    import site
+
+    sites = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    if site.ENABLE_USER_SITE:
+        sites.append(site.getusersitepackages())
+    found: set[str] = set()
+    for folder in sites:
+        with contextlib.suppress(OSError):
+            for pth in Path(folder).glob("*.pth"):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    for line in pth.read_text(encoding="utf-8").splitlines():
+                        line = line.strip()
+                        if line and not line.startswith(("#", "import ", "import\t")):
+                            found.add(os.path.realpath(os.path.join(folder, line)))
+    return found
+
+
+def _has_nested_spec(value: object) -> bool:
+    """Whether a mapping with a ``model`` key lies anywhere in ``value`` (without recursion:
+    JSON from a file may nest as deep as its parser allows)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if "model" in item:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
+def spec_from_provenance(
+    record: Mapping[str, object] | None, path: Path, how: TargetOptions = TargetOptions()
+) -> ModelSpec | None:
+    """The model a checkpoint written by ``initscope apply`` records, or None (with a
+    warning) when it cannot be rebuilt here.
+
+    Safety: the record is data from a file. Only a reference to an ``nn.Module`` subclass
+    is constructed, with plain-data arguments (no nested ``model:`` specs, which would call
+    other factories); anything else is ignored and the file is read as a bare state dict.
+    """
+    if not record:
+        return None
+    ref, args, kwargs = record.get("ref"), record.get("args", []), record.get("kwargs", {})
+    shape = record.get("input_shape")
+    base = record.get("base_dir")
+    if (
+        not isinstance(ref, str)
+        or not isinstance(args, list)
+        or not isinstance(kwargs, dict)
+        or _has_nested_spec(args)
+        or _has_nested_spec(kwargs)
+    ):
+        warnings.warn(
+            InitScopeWarning(
+                f"{path} records a model initscope will not rebuild from a file; reading it "
+                "as a bare state dict (pass --model or --spec to use a model)"
+            ),
+            stacklevel=2,
+        )
+        return None
+    # Importing a module runs its code. Without --unsafe-load only installed packages are
+    # imported for a record (not a .py beside the file, nor the record's base_dir).
+    base_dir: Path | None = None
+    if how.unsafe_load:
+        with contextlib.suppress(OSError, ValueError):
+            base_dir = Path(base) if isinstance(base, str) and Path(base).is_dir() else None
+    else:
+        try:
+            problem = record_import_problem(split_ref(ref)[0])
+        except TargetError as exc:
+            problem = exc.message
+        if problem is not None:
+            _warn_bare(
+                path,
+                f"{problem}: importing it would run code the record names (--unsafe-load "
+                "trusts the record)",
+            )
+            return None
+    try:
+        # Without --unsafe-load, the import and the attribute lookup (a module's __getattr__
+        # may import more) run with the working folder off the path, so that ./six.py
+        # cannot stand in for an installed six, nor for anything the module imports.
+        with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
+            factory = import_ref(ref, base_dir, search_cwd=how.unsafe_load)
+    except TargetError as exc:
+        _warn_bare(path, f"{ref} cannot be imported here ({exc.message})")
+        return None
+    except Exception as exc:
+        _warn_bare(path, f"{ref} cannot be imported here ({type(exc).__name__}: {exc})"[:300])
+        return None
+    if not (isinstance(factory, type) and issubclass(factory, torch.nn.Module)):
+        warnings.warn(
+            InitScopeWarning(
+                f"{path} records {ref}, which is not an nn.Module class; reading it as a "
+                "bare state dict"
+            ),
+            stacklevel=2,
+        )
+        return None
+    input_shape = (
+        tuple(int(x) for x in shape)
+        if isinstance(shape, list) and all(isinstance(x, int) for x in shape)
+        else None
+    )
+    return ModelSpec(
+        ref,
+        tuple(args),
+        {**kwargs, **how.kwargs},
+        path,
+        how.input_shape or input_shape,
+        base_dir,
+    )
+
+
+def _build(spec: ModelSpec, *, search_cwd: bool = True) -> torch.nn.Module:
+    try:
+        model: torch.nn.Module = construct(spec, search_cwd=search_cwd)
+    except TargetError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, MemoryError) or "can't allocate memory" in str(cause):
+            raise TargetError(
+                f"{spec.ref} does not fit in memory: {cause}",
+                "report its defaults without allocating weights: add --meta",
+            ) from cause
+        raise
+    return model
+
+
+def _run_init_hook(model: torch.nn.Module) -> None:
+    """transformers skips its init on the meta device (a Llama built on meta keeps torch's
+    kaiming defaults instead of its normal(0, 0.02)), so run the ``_init_weights(module)``
+    hook of each outermost transformers ``PreTrainedModel`` over its modules while the
+    tracer records. Other models (nanoGPT's ``self.apply(self._init_weights)``) init in
+    ``__init__`` as on CPU, and re-running their hook would undo later special cases."""
+    done: set[int] = set()
+    for module in model.modules():
+        if id(module) in done or not _is_pretrained_model(module):
+            continue
+        hook = getattr(module, "_init_weights", None)
+        if callable(hook):
+            module.apply(hook)
+        done |= {id(m) for m in module.modules()}
+
+
+def _is_pretrained_model(module: torch.nn.Module) -> bool:
+    return any(
+        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers")
+        for c in type(module).__mro__
+    )
+
+
+def _materialize(model: torch.nn.Module, spec: ModelSpec) -> None:
+    if spec.example_input_shape is None:
+        raise TargetError(
+            f"{spec.ref} has Lazy modules whose shapes are only known after a forward pass",
+            "give an input shape: --input-shape 1,3,64,64, or `example_input: {shape: [...]}` "
+            "in a spec",
+        )
+    was_training = model.training
+    model.eval()  # a forward in eval mode leaves running statistics untouched
+    try:
+        model(torch.randn(spec.example_input_shape))
+    except Exception as exc:
+        raise TargetError(
+            f"running {spec.ref} on an input of shape {list(spec.example_input_shape)} failed: "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())}",
+            "pass the shape the model's forward expects",
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def _named_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    out: list[tuple[str, torch.Tensor]] = list(model.named_parameters(remove_duplicate=False))
+    out += list(model.named_buffers(remove_duplicate=False))
+    return out

@@ -1,0 +1,603 @@
+"""Which init do a tensor's values actually follow?
+
+Each candidate (the traced default, the named schemes for the tensor's fans, constants,
+orthogonal matrices, and finally a normal or uniform with estimated numbers) is tested against
+the values, and the first that the values do not contradict names the fit; if none fits the
+tensor is ``unknown`` (trained weights), and if the tensor is too small to tell it is
+``inconclusive``. Nothing is forced: a wrong confident name is worse than ``unknown``.
+
+A candidate with fully specified numbers passes when all of these do, each at level
+``ALPHA`` divided by the number of tests (Bonferroni):
+
+- a Kolmogorov–Smirnov test of the bounded sample against the candidate's CDF (shape);
+- a z-test of the full tensor's variance against the candidate's (scale), using the
+  variance of the sample variance, (μ4 − σ⁴)/n, so that U(±1/√fan_in) and xavier_uniform
+  are told apart even where their CDFs are close;
+- for bounded families, the observed extremes: nothing outside the support, and for a
+  uniform the largest value close to the bound, P(max < b − d) = (1 − d/(b − a))ⁿ.
+
+The cost per tensor is O(sample) on top of the streaming statistics.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from initscope.knowledge.distributions import Distribution, Family
+from initscope.knowledge.goodness import ks_test
+from initscope.knowledge.tracing import DefaultInit, fans
+from initscope.stats import fused
+from initscope.stats.fused import Lines
+from initscope.stats.tensor import RunningStats, TensorStats
+
+__all__ = ["ALPHA", "MIN_ELEMENTS", "Fit", "Identification", "identify"]
+
+# Level of each candidate's test: a tensor drawn from its default is called "differs" with
+# probability about ALPHA.
+ALPHA = 1e-3
+# Below this many values a shape test cannot separate the usual schemes (a 10-element bias).
+MIN_ELEMENTS = 30
+# Gains torch.nn.init.calculate_gain gives (torch/nn/init.py): relu √2, tanh 5/3, selu 3/4,
+# leaky_relu(0.01) √(2/(1+0.01²)).
+_GAINS: dict[str, float] = {
+    "1": 1.0,
+    "relu": math.sqrt(2.0),
+    "tanh": 5.0 / 3.0,
+    "selu": 0.75,
+    "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
+}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What the values follow: a label such as ``xavier_uniform(gain=1)``, the family, the
+    numbers estimated from the values, and the p-value of the winning candidate."""
+
+    label: str
+    family: Family | None
+    params: Mapping[str, float] = field(default_factory=dict)
+    p_value: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a mappingproxy does not pickle
+        return (Fit, (self.label, self.family, dict(self.params), self.p_value))
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What the structured tests found on a matrix's sampled rows: their common gain when
+    they are orthonormal up to one, else the p-value of row independence (None: too small
+    to tell). Kept with a report, so that a later judgement against another expectation
+    (``report --html --against rules``) reaches the same decision as ``check``."""
+
+    orthogonal: Fit | None
+    p_rows: float | None
+
+
+@dataclass(frozen=True)
+class Identification:
+    fit: Fit
+    matches_default: bool | None
+    structure: Structure | None = None
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def _z_p(z: float) -> float:
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def _fourth_moment(d: Distribution) -> float | None:
+    """E[(X − μ)⁴] for the families with a closed form."""
+    if d.family is Family.UNIFORM and d.low is not None and d.high is not None:
+        return (d.high - d.low) ** 4 / 80.0
+    if d.family is Family.NORMAL and d.scale is not None:
+        return 3.0 * d.scale**4
+    return None
+
+
+def _p_variance(d: Distribution, s: TensorStats) -> float | None:
+    if d.std is None or s.std is None or s.numel < 2:
+        return None
+    m4 = _fourth_moment(d)
+    if m4 is None:
+        return None
+    var = d.std**2
+    spread = math.sqrt(max(m4 - var * var, 1e-300) / s.numel)
+    return _z_p((s.std**2 - var) / spread)
+
+
+def _p_mean(d: Distribution, s: TensorStats) -> float | None:
+    if d.mean is None or d.std is None or s.mean is None or d.std == 0:
+        return None
+    return _z_p((s.mean - d.mean) / (d.std / math.sqrt(s.numel)))
+
+
+def _p_range(d: Distribution, s: TensorStats, eps: float) -> float | None:
+    """The extremes. ``eps`` is the relative resolution of the stored values: rounding to
+    fp16/bf16 moves values by up to eps·|x|, and torch draws float32 uniforms on a grid of
+    width·2⁻²⁴, so the largest value sits at least a grid step below the bound."""
+    if d.low is None or d.high is None or s.min is None or s.max is None:
+        return None
+    width = d.high - d.low
+    scale = max(abs(d.low), abs(d.high), width)
+    slack = max(1e-6, 2 * eps) * scale
+    if s.min < d.low - slack or s.max > d.high + slack:
+        return 0.0
+    if d.family is not Family.UNIFORM or width <= 0:
+        return None
+    grid = max(eps * scale, 2.0**-24 * width)
+    gap = max(0.0, d.high - s.max - grid) + max(0.0, s.min - d.low - grid)
+    # For n uniforms the two end gaps (as fractions of the width) sum to G with
+    # P(G ≥ g) = n(1 − g)^(n−1) − (n − 1)(1 − g)^n (the spacings are exchangeable).
+    n, q = s.numel, max(0.0, 1.0 - gap / width)
+    return min(1.0, max(0.0, n * q ** (n - 1) - (n - 1) * q**n))
+
+
+# Standardized moments E[z⁴], E[z⁶], E[z⁸] of the uniform and the normal, for the variance of
+# the sample kurtosis b2 (delta method): ((μ8 − μ4²) − 4μ4(μ6 − μ4) + 4μ4²(μ4 − 1)) / n.
+_MOMENTS = {Family.UNIFORM: (1.8, 27 / 7, 9.0), Family.NORMAL: (3.0, 15.0, 105.0)}
+
+
+class _Sample:
+    """One tensor's sample, prepared once for all the candidates it is tested against; the
+    sort (for KS) and the kurtosis are computed on first use, since the moment tests reject
+    most candidates without them."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values.detach().reshape(-1).to(torch.float64)
+        self.size = self.values.numel()
+
+    @functools.cached_property
+    def sorted(self) -> torch.Tensor:  # float64, ascending
+        return self.values.sort().values
+
+    @functools.cached_property
+    def b2(self) -> float | None:
+        """The sample kurtosis m4 / m2², None for an empty or constant sample."""
+        if not self.size:
+            return None
+        c = self.values - self.values.mean()
+        c2 = c * c
+        m2 = float(c2.mean())
+        return float((c2 * c2).mean()) / (m2 * m2) if m2 > 0 else None
+
+
+def _p_kurtosis(d: Distribution, sample: _Sample) -> float | None:
+    """The tails: a mixture (default plus a trained update) keeps the mean and variance of a
+    candidate but not its kurtosis, and KS barely sees tails."""
+    n = sample.size
+    if n < MIN_ELEMENTS or d.family not in _MOMENTS or sample.b2 is None:
+        return None
+    m4, m6, m8 = _MOMENTS[d.family]
+    var_b2 = ((m8 - m4 * m4) - 4 * m4 * (m6 - m4) + 4 * m4 * m4 * (m4 - 1)) / n
+    return _z_p((sample.b2 - m4) / math.sqrt(var_b2))
+
+
+# Below this, a candidate is rejected at any error rate initscope uses (check splits 1e-3 over
+# a run's decisions), so the remaining tests need not run: the combined p-value can only fall.
+_CERTAIN = 1e-12
+
+
+def _p_candidate(d: Distribution, s: TensorStats, sample: _Sample, eps: float) -> float:
+    """The Bonferroni-combined p-value of the candidate's five tests (a NaN p-value fails).
+    The cheap moment tests run first; when they already reject beyond doubt, the KS test on
+    the sample (a CDF over 4096 values) is skipped. Values whose moments a float cannot hold
+    (1e300 in float64: its fourth power overflows) follow no candidate."""
+    if not d.is_continuous:
+        return 0.0
+    try:
+        return _p_tests(d, s, sample, eps)
+    except OverflowError:
+        return 0.0
+
+
+def _p_tests(d: Distribution, s: TensorStats, sample: _Sample, eps: float) -> float:
+    tests = 5
+    cheap = [
+        p if math.isfinite(p) else 0.0
+        for p in (_p_variance(d, s), _p_mean(d, s), _p_range(d, s, eps))
+        if p is not None
+    ]
+    if cheap and min(cheap) * tests < _CERTAIN:
+        return min(cheap) * tests
+    ps = cheap + [
+        p if math.isfinite(p) else 0.0
+        for p in (
+            ks_test(sample.sorted, d, presorted=True).p_value if sample.size else None,
+            _p_kurtosis(d, sample),
+        )
+        if p is not None
+    ]
+    return min(1.0, min(ps) * len(ps)) if ps else 0.0
+
+
+def row_choice(shape: tuple[int, ...], count: int = 64) -> tuple[torch.Tensor, bool] | None:
+    """Which lines of the matrix view the structured tests read: up to ``count`` random row
+    indices (column indices, for tall matrices: then True), always the same for a shape.
+    None below 8 × 8, where structure says nothing (a single row is trivially "orthogonal")."""
+    if len(shape) < 2:
+        return None
+    rows, cols = shape[0], math.prod(shape[1:])
+    tall = rows > cols
+    if tall:
+        rows, cols = cols, rows
+    if rows < 8 or cols < 8:
+        return None
+    g = torch.Generator().manual_seed(0)
+    return torch.randperm(rows, generator=g)[:count], tall
+
+
+def row_lines(shape: tuple[int, ...]) -> Lines | None:
+    """:func:`row_choice` as flat lines, for a scan that copies them out as it reads."""
+    choice = row_choice(shape)
+    if choice is None:
+        return None
+    picked, tall = choice
+    rows, cols = shape[0], math.prod(shape[1:])
+    if tall:  # column j: x[j + i * cols] for each row i
+        return Lines(picked, rows, cols)
+    return Lines(picked * cols, cols, 1)
+
+
+def _sample_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """The lines :func:`row_choice` picks, as float64; only those are copied."""
+    choice = row_choice(tuple(t.shape))
+    if choice is None:
+        return None
+    picked, tall = choice
+    m = t.detach().reshape(t.shape[0], -1)
+    return (m.T if tall else m)[picked].to(torch.float64)
+
+
+def _chi2_sf(x: float, k: int) -> float:
+    return float(
+        torch.special.gammaincc(
+            torch.tensor(k / 2, dtype=torch.float64), torch.tensor(x / 2, dtype=torch.float64)
+        )
+    )
+
+
+def _p_rows(rows: torch.Tensor) -> float | None:
+    """Independence across rows, on up to 64 random rows (O(64 · cols)): under any iid init
+    their means and variances spread only as much as sampling allows (χ² tests). Trained
+    weights (row offsets, rescaled rows, low rank plus noise) spread far more."""
+    count, cols = rows.shape
+    n = count * cols
+    if fused.available():
+        row_means, row_squares, grand, fourth = fused.row_sums(rows)
+    else:
+        # Centred on the grand mean, squared in place, each reduction one pass: no
+        # temporaries the size of the block.
+        row_means = rows.mean(1)
+        grand = float(row_means.mean())
+        x2 = rows - grand
+        x2.mul_(x2)  # products, not pow: torch's generic pow is several times slower
+        row_squares = x2.sum(1)
+        flat = x2.view(-1)
+        fourth = float(torch.dot(flat, flat))
+    means = row_means - grand  # each row's mean of the centred values
+    s2 = float(row_squares.sum()) / n
+    if s2 == 0:
+        return None
+    mu4 = fourth / n
+    p_mean = _chi2_sf(float(((means - means.mean()) ** 2).sum()) / (s2 / cols), count - 1)
+    # Each row's sample variance (Bessel-corrected, as torch.var), from the centred values.
+    variances = (row_squares - cols * means * means) / (cols - 1)
+    # Var of a row's sample variance: (μ4 − σ⁴(c − 3)/(c − 1)) / c
+    v0 = (mu4 - s2 * s2 * (cols - 3) / (cols - 1)) / cols
+    if v0 <= 0:
+        return None
+    p_var = _chi2_sf(float(((variances - variances.mean()) ** 2).sum()) / v0, count - 1)
+    return min(1.0, 2 * min(p_mean, p_var))
+
+
+# -- candidates --------------------------------------------------------------------------------
+
+
+def _named(shape: tuple[int, ...]) -> Iterator[tuple[str, Distribution]]:
+    """The named schemes, with their numbers for a tensor of ``shape``."""
+    f = fans(shape)
+    if f is None:
+        return
+    fan_in, fan_out = f
+    if fan_in == 0 or fan_out == 0:
+        return
+    # torch's layer default, kaiming_uniform(a=√5): bound = 1/√fan_in
+    yield (
+        "kaiming_uniform(a=sqrt(5))",
+        Distribution.uniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)),
+    )
+    for gname, g in _GAINS.items():
+        std = g * math.sqrt(2.0 / (fan_in + fan_out))
+        b = math.sqrt(3.0) * std
+        yield f"xavier_uniform(gain={gname})", Distribution.uniform(-b, b)
+        yield f"xavier_normal(gain={gname})", Distribution.normal(0.0, std)
+    for nl, g in (("relu", _GAINS["relu"]), ("leaky_relu", _GAINS["leaky_relu"]), ("linear", 1.0)):
+        for mode, fan in (("fan_in", fan_in), ("fan_out", fan_out)):
+            std = g / math.sqrt(fan)
+            b = math.sqrt(3.0) * std
+            yield f"kaiming_uniform({nl}, {mode})", Distribution.uniform(-b, b)
+            yield f"kaiming_normal({nl}, {mode})", Distribution.normal(0.0, std)
+    yield "lecun_normal", Distribution.normal(0.0, 1.0 / math.sqrt(fan_in))
+
+
+def _uniform_bounds(s: TensorStats) -> tuple[float, float]:
+    """U(a, b) estimated from n values: the extremes fall short of the bounds by about
+    (b − a)/(n + 1), so widen them by (max − min)/(n − 1)."""
+    assert s.min is not None and s.max is not None
+    pad = (s.max - s.min) / max(s.numel - 1, 1)
+    return s.min - pad, s.max + pad
+
+
+def _round_values(x: float) -> list[float]:
+    """Round numbers near ``x`` to try before ``x`` itself: 1, 2 or 5 × 10^k (0.0198 → 0.02),
+    then 2 significant digits (0.0071)."""
+    if x <= 0 or not math.isfinite(x):
+        return []
+    k = math.floor(math.log10(x))
+    steps = [m * 10.0**e for e in (k - 1, k, k + 1) for m in (1, 2, 5)]
+    nearest = min(steps, key=lambda v: abs(math.log(v / x)))
+    return [float(f"{nearest:.1g}"), float(f"{x:.2g}")]
+
+
+def _estimated(s: TensorStats) -> Iterator[tuple[str, Distribution]]:
+    """Normal and uniform with numbers from the values: first round ones (std 0.02), then
+    the raw estimates."""
+    assert s.mean is not None and s.std is not None and s.min is not None and s.max is not None
+    mean = s.mean if abs(s.mean) > 3 * s.std / math.sqrt(s.numel) else 0.0
+    for std in dict.fromkeys((*_round_values(s.std), s.std)):
+        yield _normal_label(mean, std), Distribution.normal(mean, std)
+    lo, hi = _uniform_bounds(s)
+    if abs(lo + hi) < 0.02 * (hi - lo):  # symmetric within 1%
+        b = max(-lo, hi)
+        lo, hi = -b, b
+    yield _uniform_label(lo, hi), Distribution.uniform(lo, hi)
+    # torch's trunc_normal_ defaults cut at a = −2, b = 2 (in units of std when std = 1); a
+    # normal cut at ±2σ has std 0.8796σ (1 + (αφ(α) − βφ(β))/Z − 0 for α = −β = 2).
+    scale = s.std / 0.8796
+    if s.mean is not None and abs(s.mean) < 3 * s.std / math.sqrt(s.numel):
+        for sigma in dict.fromkeys((*_round_values(scale), scale)):
+            tn = Distribution.trunc_normal(0.0, sigma, -2 * sigma, 2 * sigma)
+            yield f"trunc_normal(std={sigma:.3g}, a=-2σ, b=2σ)", tn
+
+
+def _normal_label(mean: float, std: float) -> str:
+    if mean == 0:
+        return f"normal(std={std:.3g})"
+    return f"normal(mean={mean:.3g}, std={std:.3g})"
+
+
+def _uniform_label(low: float, high: float) -> str:
+    return f"uniform({low:.4g}, {high:.4g})"
+
+
+def _default_label(d: DefaultInit) -> str:
+    """The label of a traced default, spelled as the named candidates are."""
+    name = d.call.name.rstrip("_")
+    args = d.call.args
+    dist = d.distribution
+    if d.then:  # rescaled after the init call: the numbers, not the scheme's name
+        if dist.family is Family.UNIFORM and dist.low is not None and dist.high is not None:
+            return _uniform_label(dist.low, dist.high)
+        if dist.family is Family.NORMAL and dist.loc is not None and dist.scale is not None:
+            return _normal_label(dist.loc, dist.scale)
+        return dist.label()
+    if name in ("xavier_uniform", "xavier_normal"):
+        raw_gain = args.get("gain", 1.0)
+        gain = float(raw_gain) if isinstance(raw_gain, int | float) else 1.0
+        known = [k for k, v in _GAINS.items() if math.isclose(v, gain, rel_tol=1e-6)]
+        return f"{name}(gain={known[0] if known else f'{gain:.4g}'})"
+    if name in ("kaiming_uniform", "kaiming_normal"):
+        slope = float(args.get("a", 0) or 0)
+        nl = str(args.get("nonlinearity", "leaky_relu"))
+        if name == "kaiming_uniform" and math.isclose(slope, math.sqrt(5)):
+            return "kaiming_uniform(a=sqrt(5))"
+        if nl == "leaky_relu" and slope == 0:
+            nl = "relu"  # torch's kaiming default: leaky_relu with slope 0 has relu's gain
+        elif nl == "leaky_relu" and not math.isclose(slope, 0.01):
+            nl = f"leaky_relu({slope:g})"
+        return f"{name}({nl}, {args.get('mode', 'fan_in')})"
+    if dist.family is Family.NORMAL and dist.scale is not None and dist.loc is not None:
+        return _normal_label(dist.loc, dist.scale)
+    if dist.family is Family.TRUNC_NORMAL and dist.scale is not None:
+        return f"trunc_normal(std={dist.scale:.3g})"
+    uniform = dist.family is Family.UNIFORM and dist.low is not None and dist.high is not None
+    if uniform and (name == "uniform" or not name):
+        assert dist.low is not None and dist.high is not None
+        return _uniform_label(dist.low, dist.high)
+    if name in ("uniform", "normal") or not name:
+        return dist.label()
+    return name
+
+
+def _constant(value: float) -> Fit:
+    if value == 0:
+        return Fit("zeros", Family.CONSTANT, {"value": 0.0}, 1.0)
+    if value == 1:
+        return Fit("ones", Family.CONSTANT, {"value": 1.0}, 1.0)
+    return Fit(f"constant({value:g})", Family.CONSTANT, {"value": value}, 1.0)
+
+
+def _orthogonal(rows: torch.Tensor) -> Fit | None:
+    """Rows (or columns, for tall matrices) orthonormal up to a common gain; checked on up to
+    64 random rows so the cost stays O(64² · cols)."""
+    # float32 orthogonality holds to ~1e-6 relative; random rows are off by ~1/√cols. Two rows
+    # settle most tensors before the whole Gram matrix is formed.
+    r0, r1 = rows[0], rows[1]
+    n0 = float(r0 @ r0)
+    if n0 <= 0 or abs(float(r0 @ r1)) >= 1e-4 * n0:
+        return None
+    gram = rows @ rows.T
+    gain2 = float(gram.diagonal().mean())
+    if gain2 <= 0:
+        return None
+    off = gram - torch.diag(gram.diagonal())
+    if (
+        float(off.abs().max()) < 1e-4 * gain2
+        and float((gram.diagonal() / gain2 - 1).abs().max()) < 1e-4
+    ):
+        gain = math.sqrt(gain2)
+        label = (
+            "orthogonal"
+            if math.isclose(gain, 1.0, rel_tol=1e-3)
+            else f"orthogonal(gain={gain:.3g})"
+        )
+        return Fit(label, Family.ORTHOGONAL, {"gain": gain}, None)
+    return None
+
+
+def _resolution(t: torch.Tensor | torch.dtype | None) -> float:
+    dtype = t.dtype if isinstance(t, torch.Tensor) else t
+    if dtype is not None and dtype.is_floating_point:
+        return float(torch.finfo(dtype).eps)
+    return float(torch.finfo(torch.float32).eps)
+
+
+def structure_of(tensor: torch.Tensor) -> Structure | None:
+    """The structured tests on up to 64 random rows of ``tensor``'s matrix view; None below
+    8 × 8 or for fewer than MIN_ELEMENTS values."""
+    if tensor.numel() < MIN_ELEMENTS:
+        return None
+    return structure_of_rows(_sample_rows(tensor))
+
+
+def structure_of_rows(rows: torch.Tensor | None) -> Structure | None:
+    """The structured tests on rows already picked by :func:`row_choice` (float64)."""
+    if rows is None or rows.numel() < MIN_ELEMENTS:
+        return None
+    ortho = _orthogonal(rows)
+    return Structure(ortho, None if ortho is not None else _p_rows(rows))
+
+
+def identify(
+    rs: RunningStats,
+    shape: tuple[int, ...],
+    default: DefaultInit | None,
+    tensor: torch.Tensor | None = None,
+    alpha: float = ALPHA,
+    *,
+    structure: Structure | None = None,
+    dtype: torch.dtype | None = None,
+) -> Identification:
+    """Name what the values of one tensor follow, and whether that is its traced default.
+
+    ``rs`` holds the full-tensor statistics and the bounded sample; ``tensor`` (optional) is
+    used only for the structured checks (orthogonal, row independence) on matrices, whose
+    result can be given instead as ``structure`` (and is returned for that use), with the
+    stored ``dtype`` for the resolution of the range test. ``alpha`` is the false rejection
+    rate of each decision; ``check`` lowers it to bound the rate over a whole run.
+    """
+    return identify_stats(
+        rs.result(),
+        rs.sample(),
+        shape,
+        default,
+        tensor,
+        alpha,
+        structure=structure,
+        dtype=dtype,
+    )
+
+
+def identify_stats(
+    s: TensorStats,
+    values: torch.Tensor,
+    shape: tuple[int, ...],
+    default: DefaultInit | None,
+    tensor: torch.Tensor | None = None,
+    alpha: float = ALPHA,
+    *,
+    structure: Structure | None = None,
+    dtype: torch.dtype | None = None,
+) -> Identification:
+    """:func:`identify` from finished statistics and the sample (``values``), as a report
+    holds them."""
+    sample = _Sample(values)
+    known_default = default.distribution if default is not None and default.is_known else None
+    if s.nan_count or s.inf_count or s.min is None or s.max is None:
+        return Identification(Fit("unknown", None), None if known_default is None else False)
+    eps = _resolution(tensor if tensor is not None else dtype)
+    if s.numel < 2:
+        return Identification(Fit("inconclusive", None), None)
+    if s.min == s.max:
+        fit = _constant(s.min)
+        matches = None
+        if known_default is not None:
+            matches = (
+                known_default.family is Family.CONSTANT
+                and known_default.value is not None
+                and math.isclose(known_default.value, s.min, rel_tol=1e-6, abs_tol=1e-12)
+            )
+        return Identification(fit, matches)
+    if s.numel < MIN_ELEMENTS:
+        # Values that are not all equal certainly differ from a constant default.
+        differs = known_default is not None and known_default.family is Family.CONSTANT
+        return Identification(Fit("inconclusive", None), False if differs else None)
+    if structure is None and tensor is not None:
+        structure = structure_of(tensor)
+    if structure is not None and structure.orthogonal is not None:
+        ortho = structure.orthogonal
+        matches = None
+        if known_default is not None:
+            matches = (
+                known_default.family is Family.ORTHOGONAL
+                and known_default.gain is not None
+                and math.isclose(abs(known_default.gain), ortho.params["gain"], rel_tol=1e-3)
+            )
+        return Identification(ortho, matches, structure)
+    if (
+        structure is not None
+        and not (default is not None and default.partial)  # a zeroed padding row is structure
+        and structure.p_rows is not None
+        and structure.p_rows < alpha
+    ):
+        unknown = Fit("unknown", None)
+        return Identification(unknown, None if known_default is None else False, structure)
+    matches_default: bool | None = None
+    if known_default is not None and known_default.is_continuous:
+        p = _p_candidate(known_default, s, sample, eps)
+        matches_default = p > alpha
+        if matches_default:
+            assert default is not None
+            return Identification(
+                Fit(_default_label(default), known_default.family, _estimate(known_default, s), p),
+                True,
+                structure,
+            )
+    elif known_default is not None:
+        matches_default = False  # a constant/structured default, and the values are neither
+    best: tuple[float, str, Distribution] | None = None
+    for label, d in _named(shape):
+        p = _p_candidate(d, s, sample, eps)
+        if p > alpha and (best is None or p > best[0]):
+            best = (p, label, d)
+    if best is None:
+        for label, d in _estimated(s):
+            p = _p_candidate(d, s, sample, eps)
+            if p > alpha:
+                best = (p, label, d)
+                break
+    if best is None:
+        return Identification(Fit("unknown", None), matches_default, structure)
+    p, label, d = best
+    return Identification(Fit(label, d.family, _estimate(d, s), p), matches_default, structure)
+
+
+def _estimate(d: Distribution, s: TensorStats) -> dict[str, float]:
+    """The numbers as measured on the values, in the candidate family's terms."""
+    assert s.mean is not None and s.std is not None and s.min is not None and s.max is not None
+    if d.family is Family.UNIFORM:
+        lo, hi = _uniform_bounds(s)
+        return {"low": lo, "high": hi}
+    return {"mean": s.mean, "std": s.std}

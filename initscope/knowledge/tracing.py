@@ -1,0 +1,691 @@
+"""Record the init calls a model's construction really performs.
+
+Construction runs inside :class:`InitTracer`, a ``TorchFunctionMode``. Every tensor operation
+made from Python passes through it, which lets it see three kinds of event:
+
+* **writes**: a ``torch.nn.init`` function (``uniform_``, ``normal_``, ``constant_`` and
+  ``kaiming_uniform_`` dispatch through ``__torch_function__`` themselves; the others, such as
+  ``xavier_uniform_``, are recognised from the ``torch/nn/init.py`` frame that performs the
+  tensor method), or an in-place tensor method (``uniform_``, ``normal_``, ``fill_``,
+  ``zero_``, ``copy_``, ``mul_``, ...);
+* **creations**: factories whose values are known (``torch.randn``, ``zeros``, ``ones``,
+  ``full``, ``empty``, ...), and scalar arithmetic on a traced tensor (``torch.randn(d) * 0.02``);
+* **copies**: ``clone``, ``deepcopy``, ``to`` and friends, which carry the source's init over to
+  the new tensor. This is how ``nn.TransformerEncoder``'s deep-copied layers keep the default of
+  the layer they were copied from.
+
+Events are keyed by storage and element range rather than by tensor object, so ``w.data``,
+``w.t()`` and ``w[0]`` all land on ``w``. After construction, :meth:`InitTracer.resolve` gives
+each tensor its :class:`DefaultInit`: the last write that covers the whole tensor, any later
+partial writes (Embedding's zeroed ``padding_idx`` row), and the distribution it implies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import os
+import sys
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from initscope.knowledge.distributions import Distribution, Family
+
+__all__ = [
+    "DefaultInit",
+    "InitCall",
+    "InitTracer",
+    "fans",
+    "format_arg",
+    "init_distribution",
+]
+
+ArgValue = float | int | str | bool | None
+
+_INIT_FILE = os.path.normcase(os.path.abspath(torch.nn.init.__file__))
+# Frames in these files are plumbing between the code that asked for an init and the tensor op.
+_SKIP_FILES = {
+    _INIT_FILE,
+    os.path.normcase(os.path.abspath(__file__)),
+    os.path.normcase(os.path.abspath(torch.overrides.__file__)),
+    os.path.normcase(os.path.abspath(torch._tensor.__file__)),
+    os.path.normcase(os.path.abspath(torch.nn.parameter.__file__)),
+}
+_PUBLIC_INITS = {
+    name
+    for name, fn in vars(torch.nn.init).items()
+    if name.endswith("_") and not name.startswith("_") and callable(fn)
+}
+
+
+@dataclass(frozen=True)
+class InitCall:
+    """One traced call: its name, its arguments (numbers as given), and the code that made it."""
+
+    name: str
+    args: Mapping[str, ArgValue] = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: a read-only copy of the arguments.
+        object.__setattr__(self, "args", MappingProxyType(dict(self.args)))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a mappingproxy does not pickle
+        return (InitCall, (self.name, dict(self.args), self.source))
+
+    def signature(self) -> str:
+        inner = ", ".join(f"{k}={format_arg(v)}" for k, v in self.args.items())
+        return f"{self.name}({inner})"
+
+
+@dataclass(frozen=True)
+class DefaultInit:
+    """What construction left in one tensor.
+
+    ``call`` is the write that set the whole tensor from scratch (an init function, a fill, a
+    factory); ``then`` are whole-tensor writes applied after it (``mul_(0.5)``); ``partial``
+    are later writes to part of it (a padding row zeroed); ``via`` names the copies the
+    values travelled through (``deepcopy``, ``copy_``).
+    """
+
+    call: InitCall
+    distribution: Distribution
+    then: tuple[InitCall, ...] = ()
+    partial: tuple[InitCall, ...] = ()
+    via: tuple[str, ...] = ()
+
+    @property
+    def is_known(self) -> bool:
+        """Whether the values came from a call that names a distribution (not ``custom``)."""
+        return self.distribution.family is not Family.CUSTOM
+
+
+def fans(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """torch.nn.init._calculate_fan_in_and_fan_out: ``size(1)`` and ``size(0)`` times the
+    receptive field (the product of the remaining dims); undefined below 2 dims."""
+    if len(shape) < 2:
+        return None
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+# -- the distribution each known call implies ----------------------------------------------
+
+
+def _gain(nonlinearity: Any, param: Any) -> float:
+    return float(torch.nn.init.calculate_gain(str(nonlinearity), param))  # type: ignore[arg-type]
+
+
+def init_distribution(
+    name: str, a: Mapping[str, Any], shape: tuple[int, ...]
+) -> Distribution | None:
+    """The distribution a torch.nn.init function draws for a tensor of ``shape``."""
+    f = fans(shape)
+    if name == "uniform_":
+        return Distribution.uniform(float(a.get("a", 0.0)), float(a.get("b", 1.0)))
+    if name == "normal_":
+        return Distribution.normal(float(a.get("mean", 0.0)), float(a.get("std", 1.0)))
+    if name == "trunc_normal_":
+        return Distribution.trunc_normal(
+            float(a.get("mean", 0.0)),
+            float(a.get("std", 1.0)),
+            float(a.get("a", -2.0)),
+            float(a.get("b", 2.0)),
+        )
+    if name == "constant_":
+        return Distribution.constant(float(a["val"]))
+    if name == "ones_":
+        return Distribution.constant(1.0)
+    if name == "zeros_":
+        return Distribution.constant(0.0)
+    if name == "eye_" and len(shape) == 2:
+        return Distribution.eye(shape)
+    if name == "dirac_" and len(shape) >= 3:
+        return Distribution.dirac(shape, int(a.get("groups", 1)))
+    if name == "orthogonal_" and len(shape) >= 2:
+        return Distribution.orthogonal(float(a.get("gain", 1.0)), shape)
+    if name == "sparse_" and len(shape) == 2:
+        return Distribution.sparse(float(a["sparsity"]), float(a.get("std", 0.01)))
+    if f is None:
+        return None
+    fan_in, fan_out = f
+    if name in ("xavier_uniform_", "xavier_normal_"):
+        # torch: std = gain * sqrt(2 / (fan_in + fan_out)); uniform bound = sqrt(3) * std.
+        std = float(a.get("gain", 1.0)) * math.sqrt(2.0 / (fan_in + fan_out))
+        if name == "xavier_normal_":
+            return Distribution.normal(0.0, std)
+        bound = math.sqrt(3.0) * std
+        return Distribution.uniform(-bound, bound)
+    if name in ("kaiming_uniform_", "kaiming_normal_"):
+        # torch: std = calculate_gain(nonlinearity, a) / sqrt(fan); uniform bound = sqrt(3)*std.
+        fan = fan_in if a.get("mode", "fan_in") == "fan_in" else fan_out
+        if fan == 0:
+            return None
+        std = _gain(a.get("nonlinearity", "leaky_relu"), a.get("a", 0)) / math.sqrt(fan)
+        if name == "kaiming_normal_":
+            return Distribution.normal(0.0, std)
+        bound = math.sqrt(3.0) * std
+        return Distribution.uniform(-bound, bound)
+    return None
+
+
+def _method_distribution(name: str, a: Mapping[str, Any]) -> Distribution | None:
+    """The distribution a tensor method or factory fills with, for those with known values."""
+    if name in ("uniform_", "rand", "rand_like"):
+        return Distribution.uniform(float(a.get("from", 0.0)), float(a.get("to", 1.0)))
+    if name in ("normal_", "randn", "randn_like"):
+        return Distribution.normal(float(a.get("mean", 0.0)), float(a.get("std", 1.0)))
+    if name in ("zero_", "zeros", "zeros_like", "new_zeros"):
+        return Distribution.constant(0.0)
+    if name in ("ones", "ones_like", "new_ones"):
+        return Distribution.constant(1.0)
+    if name in ("fill_", "full", "full_like", "new_full") and isinstance(
+        a.get("value"), int | float
+    ):
+        return Distribution.constant(float(a["value"]))
+    return None
+
+
+# -- what counts as which event -------------------------------------------------------------
+
+_FACTORIES = {
+    "randn",
+    "rand",
+    "zeros",
+    "ones",
+    "full",
+    "empty",
+    "randn_like",
+    "rand_like",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "empty_like",
+    "new_zeros",
+    "new_ones",
+    "new_full",
+    "new_empty",
+}
+_COPIES = {
+    "clone",
+    "__deepcopy__",
+    "to",
+    "contiguous",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "type",
+    "cpu",
+    "detach",
+    "_to_copy",
+}
+_SCALE_OPS = {"mul", "__mul__", "__rmul__", "mul_"}
+_DIV_OPS = {"div", "__truediv__", "div_"}
+_ADD_OPS = {"add", "__add__", "__radd__", "add_"}
+_SUB_OPS = {"sub", "__sub__", "sub_"}
+_ARITH = _SCALE_OPS | _DIV_OPS | _ADD_OPS | _SUB_OPS
+# Augmented assignment (``w *= 0.5``) arrives as the dunder; it is the in-place op.
+_INPLACE_DUNDERS = {
+    "__imul__": "mul_",
+    "__itruediv__": "div_",
+    "__iadd__": "add_",
+    "__isub__": "sub_",
+}
+# In-place methods that change metadata, autograd flags or placement, not values.
+_NOT_WRITES = {
+    "requires_grad_",
+    "share_memory_",
+    "detach_",
+    "rename_",
+    "resize_",
+    "resize_as_",
+    "as_strided_",
+    "squeeze_",
+    "unsqueeze_",
+    "t_",
+    "transpose_",
+    "swapdims_",
+    "swapaxes_",
+    "set_",
+    "pin_memory_",
+    "retain_grad_",
+    "record_stream",
+}
+# Positional parameter names of the tensor methods whose arguments we show; other methods'
+# positional arguments show as arg0, arg1, ...
+_METHOD_PARAMS: dict[str, tuple[str, ...]] = {
+    "uniform_": ("from", "to"),
+    "normal_": ("mean", "std"),
+    "fill_": ("value",),
+    "full": ("size", "value"),
+    "new_full": ("size", "value"),
+    "full_like": ("value",),
+    **{op: ("other",) for op in ("mul_", "div_", "add_", "sub_")},
+    "clamp_": ("min", "max"),
+    "bernoulli_": ("p",),
+    "exponential_": ("lambd",),
+    "log_normal_": ("mean", "std"),
+    "geometric_": ("p",),
+    "random_": ("from", "to"),
+}
+_CUSTOM = Distribution.custom()
+
+
+def _method_args(
+    name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> dict[str, ArgValue]:
+    names = _METHOD_PARAMS.get(name, ())
+    out = {
+        (names[i] if i < len(names) else f"arg{i}"): _json_arg(v)
+        for i, v in enumerate(args)
+        # tensor operands say nothing in a call's signature; scalars (0-dim) do
+        if not (isinstance(v, torch.Tensor) and v.numel() != 1)
+    }
+    # ``out=`` is where the result goes (the target), not an argument of the call.
+    out.update({k: _json_arg(v) for k, v in kwargs.items() if k not in ("generator", "out")})
+    return out
+
+
+@dataclass(frozen=True)
+class _Region:
+    storage: int  # the StorageImpl pointer: unique per live storage, meta tensors included
+    start: int
+    stop: int
+    numel: int
+    shape: tuple[int, ...]
+
+    def covers(self, other: _Region) -> bool:
+        return (
+            self.storage == other.storage
+            and self.start <= other.start
+            and self.stop >= other.stop
+            and self.numel >= other.numel
+        )
+
+    def overlaps(self, other: _Region) -> bool:
+        return self.storage == other.storage and self.start < other.stop and other.start < self.stop
+
+
+@dataclass(frozen=True)
+class _Event:
+    seq: int
+    region: _Region
+    state: DefaultInit
+    partial: bool = False  # known to write only part of its region (advanced indexing)
+
+
+def _region(t: torch.Tensor) -> _Region | None:
+    try:
+        storage = t.untyped_storage()
+        key = int(storage._cdata)
+    except Exception:  # sparse, nested and other storage-less tensors are not traced
+        return None
+    if t.numel() == 0:
+        return None
+    start = int(t.storage_offset())
+    extent = 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True))
+    return _Region(key, start, start + int(extent), t.numel(), tuple(int(s) for s in t.shape))
+
+
+def format_arg(v: ArgValue) -> str:
+    if isinstance(v, float):
+        if math.isclose(v, math.sqrt(5)):
+            return "√5"
+        return f"{v:.6g}"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _json_arg(v: Any) -> ArgValue:
+    if isinstance(v, bool | int | float | str) or v is None:
+        return v
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and v.device.type != "meta":
+        return float(v.item())
+    if isinstance(v, torch.dtype | torch.device):
+        return str(v)
+    return type(v).__name__
+
+
+def _scalar(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    return None
+
+
+def _display_path(filename: str) -> str:
+    marker = f"site-packages{os.sep}"
+    if marker in filename:
+        return filename.split(marker, 1)[1]
+    try:
+        rel = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if rel.startswith("..") else rel
+
+
+def _frame_source(frame: types.FrameType) -> str:
+    code = frame.f_code
+    qual = getattr(code, "co_qualname", code.co_name)
+    return f"{_display_path(code.co_filename)}:{frame.f_lineno} in {qual}"
+
+
+class InitTracer(TorchFunctionMode):
+    """A torch function mode that records how each tensor made under it got its values.
+
+    Use it as a context manager around model construction, then call :meth:`resolve` on the
+    model's parameters. It keeps every traced tensor alive until :meth:`close` (or leaving
+    :func:`trace_construction`) so that storage keys cannot be reused while tracing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._events: dict[int, list[_Event]] = {}
+        self._keep: list[torch.Tensor] = []
+        self._seq = 0
+
+    # -- recording -------------------------------------------------------------------------
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types_: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
+        kwargs = dict(kwargs or {})
+        result = func(*args, **kwargs)
+        # Tracing must never break the user's model construction.
+        with contextlib.suppress(Exception):
+            self._observe(func, args, kwargs, result)
+        return result
+
+    def _observe(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], result: Any
+    ) -> None:
+        name = getattr(func, "__name__", "")
+        # torch.nn.init's dispatching functions hand over *their module global* of the same
+        # name, which libraries may have patched: transformers' guard_torch_init_functions
+        # swaps in wrappers from transformers.initialization. So match by name and shape of
+        # the function, not by its module.
+        if name in _PUBLIC_INITS and isinstance(func, types.FunctionType):
+            bound = inspect.signature(func).bind(*args, **kwargs)
+            bound.apply_defaults()
+            tensor = bound.arguments.get("tensor")
+            if isinstance(tensor, torch.Tensor):
+                call_args = {
+                    k: _json_arg(v)
+                    for k, v in bound.arguments.items()
+                    if k not in ("tensor", "generator")
+                }
+                self._record_init(name, call_args, tensor)
+            return
+        name = _INPLACE_DUNDERS.get(name, name)
+        if name in _NOT_WRITES:
+            return
+        first = args[0] if args else None
+        out = kwargs.get("out")
+        if isinstance(out, torch.Tensor) and name not in _COPIES:
+            self._write_from_method(name, args, kwargs, out)
+            return
+        if name.endswith("_") and not name.startswith("__") and isinstance(first, torch.Tensor):
+            self._write_from_method(name, args[1:], kwargs, first)
+            return
+        if name == "__setitem__" and isinstance(first, torch.Tensor):
+            self._record_setitem(first, args[1] if len(args) > 1 else None)
+            return
+        if not isinstance(result, torch.Tensor):
+            return
+        if name in _FACTORIES:
+            self._record_factory(name, args, kwargs, result)
+        elif name in _COPIES and isinstance(first, torch.Tensor):
+            self._record_copy(name, first, result)
+        elif name in _ARITH:
+            self._record_arith(name, args, result)
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _add(
+        self,
+        tensor: torch.Tensor,
+        state: DefaultInit,
+        region: _Region | None = None,
+        partial: bool = False,
+    ) -> None:
+        region = region or _region(tensor)
+        if region is None:
+            return
+        self._keep.append(tensor)
+        event = _Event(self._next(), region, state, partial)
+        self._events.setdefault(region.storage, []).append(event)
+
+    def _caller(self) -> tuple[str | None, types.FrameType | None]:
+        """The first frame outside torch's init plumbing, and the outermost public
+        torch.nn.init function on the stack (if the op happens inside one)."""
+        # Start above _caller and its recording method; the frames of this module and of
+        # torch's dispatch plumbing are skipped by file below anyway.
+        frame: types.FrameType | None = sys._getframe(2)
+        source: str | None = None
+        init_frame: types.FrameType | None = None
+        while frame is not None:
+            filename = os.path.normcase(os.path.abspath(frame.f_code.co_filename))
+            if filename == _INIT_FILE and frame.f_code.co_name in _PUBLIC_INITS:
+                init_frame = frame
+                source = None  # look for the caller of the outermost init function
+            elif (
+                source is None
+                and filename not in _SKIP_FILES
+                and "contextlib" not in filename
+                # wrappers named like the init they wrap (transformers.initialization.normal_)
+                and frame.f_code.co_name not in _PUBLIC_INITS
+            ):
+                source = _frame_source(frame)
+                if init_frame is not None:
+                    break
+            frame = frame.f_back
+        return source, init_frame
+
+    def _record_init(self, name: str, call_args: dict[str, ArgValue], tensor: torch.Tensor) -> None:
+        source, _ = self._caller()
+        call = InitCall(name, call_args, source)
+        dist = init_distribution(name, call_args, tuple(tensor.shape))
+        self._add(tensor, DefaultInit(call, dist or _CUSTOM))
+
+    def _write_from_method(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        target: torch.Tensor,
+        partial: bool = False,
+    ) -> None:
+        """An in-place write to ``target`` (or to the tensor of the init function that
+        performs it); ``args`` excludes ``target`` itself."""
+        source, init_frame = self._caller()
+        if init_frame is not None:
+            self._record_init_frame(init_frame, source, target)
+            return
+        region = _region(target)
+        if region is None:
+            return
+        call = InitCall(name, _method_args(name, args, kwargs), source)
+        if partial:
+            self._add(target, DefaultInit(call, Distribution.custom()), region)
+        elif name == "copy_" and args and isinstance(args[0], torch.Tensor):
+            self._add(target, self._copied_state(args[0], "copy_", call), region)
+        elif (known := _method_distribution(name, call.args)) is not None:
+            self._add(target, DefaultInit(call, known), region)
+        else:
+            self._add(target, self._then(target, call, args[0] if args else None), region)
+
+    def _record_setitem(self, tensor: torch.Tensor, index: Any) -> None:
+        """``t[index] = value``: a write to the indexed part of ``t``. Basic indexing gives
+        a view whose region says how much; advanced indexing copies, so count it partial."""
+        source, init_frame = self._caller()
+        if init_frame is not None:
+            self._record_init_frame(init_frame, source, tensor)
+            return
+        whole = _region(tensor)
+        if whole is None:
+            return
+        try:
+            part = _region(tensor[index])
+        except Exception:
+            part = None
+        call = InitCall("__setitem__", {}, source)
+        if part is None or part.storage != whole.storage:
+            self._add(tensor, DefaultInit(call, _CUSTOM), whole, partial=True)
+        elif part.covers(whole):
+            self._add(tensor, self._then(tensor, call, None), whole)
+        else:
+            self._add(tensor, DefaultInit(call, _CUSTOM), part)
+
+    def _record_init_frame(
+        self, frame: types.FrameType, source: str | None, fallback: torch.Tensor
+    ) -> None:
+        """The op is part of a torch.nn.init function that does not dispatch itself
+        (xavier_uniform_, orthogonal_, ...): record the function with its arguments, read
+        from its frame, against the tensor it was given."""
+        code = frame.f_code
+        params = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        call_args = {
+            p: _json_arg(frame.f_locals.get(p)) for p in params if p not in ("tensor", "generator")
+        }
+        tensor = frame.f_locals.get("tensor")
+        target = tensor if isinstance(tensor, torch.Tensor) else fallback
+        dist = init_distribution(code.co_name, call_args, tuple(target.shape))
+        self._add(target, DefaultInit(InitCall(code.co_name, call_args, source), dist or _CUSTOM))
+
+    def _copied_state(self, src: torch.Tensor, how: str, fallback: InitCall) -> DefaultInit:
+        """The state of a tensor whose values were copied from ``src``."""
+        found = self.state_of(src)
+        if found is None or found[0] is None:
+            return DefaultInit(fallback, _CUSTOM)
+        base = found[0]
+        return replace(base, via=(*base.via, how))
+
+    def _then(self, target: torch.Tensor, call: InitCall, operand: Any) -> DefaultInit:
+        """In-place arithmetic on a traced tensor keeps its history and, for scalar
+        operands, transforms its numbers; anything else makes it custom."""
+        found = self.state_of(target)
+        if found is None or found[0] is None:
+            return DefaultInit(call, _CUSTOM)
+        base = found[0]
+        dist = _transform(call.name, base.distribution, _scalar(operand))
+        return replace(base, distribution=dist or _CUSTOM, then=(*base.then, call))
+
+    def _record_factory(
+        self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: torch.Tensor
+    ) -> None:
+        source, _ = self._caller()
+        call_args: dict[str, ArgValue] = {}
+        if name in ("full", "new_full") and len(args) >= 2:
+            call_args["value"] = _json_arg(args[-1])
+        elif name == "full_like" and len(args) >= 2:
+            call_args["value"] = _json_arg(args[1])
+        if "fill_value" in kwargs:
+            call_args["value"] = _json_arg(kwargs["fill_value"])
+        dist = _method_distribution(name, call_args) or Distribution.custom()
+        self._add(result, DefaultInit(InitCall(name, call_args, source), dist))
+
+    def _record_copy(self, name: str, src: torch.Tensor, result: torch.Tensor) -> None:
+        src_region, dst_region = _region(src), _region(result)
+        if src_region is None or dst_region is None or src_region.storage == dst_region.storage:
+            return  # a view: events on the source's storage already apply
+        found = self.state_of(src)
+        if found is None or found[0] is None:
+            return
+        label = "deepcopy" if name == "__deepcopy__" or _inside_deepcopy() else name
+        self._add(result, replace(found[0], via=(*found[0].via, label)), dst_region)
+
+    def _record_arith(self, name: str, args: tuple[Any, ...], result: torch.Tensor) -> None:
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        scalars = [s for s in (_scalar(a) for a in args) if s is not None]
+        if len(tensors) != 1 or len(scalars) != 1 or len(args) != 2:
+            return
+        if name in _SUB_OPS | _DIV_OPS and not isinstance(args[0], torch.Tensor):
+            return  # c - X and c / X are not affine in X the way we model
+        found = self.state_of(tensors[0])
+        if found is None or found[0] is None:
+            return
+        base = found[0]
+        dist = _transform(name, base.distribution, scalars[0])
+        source, _ = self._caller()
+        op = InitCall(name.strip("_") or name, {"other": scalars[0]}, source)
+        self._add(result, replace(base, distribution=dist or _CUSTOM, then=(*base.then, op)))
+
+    # -- resolving ---------------------------------------------------------------------------
+    def state_of(self, tensor: torch.Tensor) -> tuple[DefaultInit | None, list[InitCall]] | None:
+        """The latest whole write to ``tensor`` and the partial writes after it, or None."""
+        region = _region(tensor)
+        if region is None:
+            return None
+        return self._resolve_region(region)
+
+    def _resolve_region(self, region: _Region) -> tuple[DefaultInit | None, list[InitCall]] | None:
+        events = self._events.get(region.storage)
+        if not events:
+            return None
+        whole: _Event | None = None
+        partial: list[InitCall] = []
+        for ev in events:
+            if ev.region.covers(region) and not ev.partial:
+                whole, partial = ev, []
+            elif ev.region.overlaps(region):
+                partial.append(ev.state.call)
+        if whole is None and not partial:
+            return None
+        return (whole.state if whole else None), partial
+
+    def resolve(self, tensor: torch.Tensor) -> DefaultInit | None:
+        """The default init of ``tensor``, or None when construction never wrote it."""
+        found = self.state_of(tensor)
+        if found is None:
+            return None
+        base, partial = found
+        if base is None:
+            return DefaultInit(InitCall("unknown"), _CUSTOM, partial=tuple(partial))
+        return replace(base, partial=(*base.partial, *partial)) if partial else base
+
+    def close(self) -> None:
+        """Drop the references that kept traced tensors alive."""
+        self._events.clear()
+        self._keep.clear()
+
+
+def _inside_deepcopy(depth: int = 12) -> bool:
+    """Whether a ``__deepcopy__`` is on the recent stack: Parameter.__deepcopy__ copies with
+    ``clone``, and the user should read "deepcopy" (nn.TransformerEncoder's layer copies).
+    From the clone up to Parameter.__deepcopy__ are about six frames (this function, the
+    tracer's, torch's dispatch); twelve leaves room without walking the whole stack."""
+    frame: types.FrameType | None = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "__deepcopy__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _transform(name: str, dist: Distribution, c: float | None) -> Distribution | None:
+    if c is None:
+        return None
+    if name in _SCALE_OPS:
+        return dist.scaled(c)
+    if name in _DIV_OPS:
+        return dist.scaled(1.0 / c) if c else None
+    if name in _ADD_OPS:
+        return dist.shifted(c)
+    if name in _SUB_OPS:
+        return dist.shifted(-c)
+    return None

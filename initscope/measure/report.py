@@ -1,0 +1,467 @@
+"""Build the per-parameter report: names, types, shapes, fans, traced defaults and statistics.
+
+Only data lives here; :mod:`initscope.render.text` turns a :class:`Report` into text.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from initscope import __version__
+from initscope.errors import CheckpointError, TargetError
+from initscope.io.checkpoints import Checkpoint, StoredTensor, TensorInfo
+from initscope.io.models import TracedModel, open_target
+from initscope.io.targets import TargetOptions
+from initscope.io.yamlio import did_you_mean
+from initscope.knowledge.identification import (
+    MIN_ELEMENTS,
+    Fit,
+    Structure,
+    identify,
+    row_lines,
+    structure_of_rows,
+)
+from initscope.knowledge.tracing import DefaultInit, fans
+from initscope.parallel.distributed import Group
+from initscope.parallel.workers import ProgressFn, spread
+from initscope.stats import fused
+from initscope.stats.tensor import (
+    DEFAULT_MAX_MEMORY,
+    RunningStats,
+    TensorStats,
+    dense,
+    file_stats,
+    running_stats,
+    stream_stats,
+)
+
+__all__ = [
+    "ParameterReport",
+    "Report",
+    "ReportOptions",
+    "build_report",
+    "report_checkpoint",
+    "report_model",
+]
+
+SCHEMA = "initscope.report/1"
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Everything initscope knows about one parameter (or buffer)."""
+
+    name: str
+    module: str
+    module_type: str | None
+    param: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    fan_in: int | None
+    fan_out: int | None
+    tied_to: tuple[str, ...]
+    default: DefaultInit | None
+    stats: TensorStats | None
+    is_buffer: bool = False
+    fit: Fit | None = None  # what the values follow (None on the meta device)
+    matches_default: bool | None = None  # null: no known default, or too few values
+    # The bounded sample the identification used (float64, flat-position order; every value
+    # for tensors up to SAMPLE_SIZE elements): what histograms are drawn from. Not rendered
+    # in JSON and not compared, so reports from 1 or N processes stay equal.
+    sample: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    # The structured tests' result on the tensor itself (orthogonal rows, row independence):
+    # what a later judgement against another expectation needs besides the sample.
+    structure: Structure | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    """Counts over a report. ``with_default``: parameters whose traced default is a known
+    distribution; ``custom_default``: parameters built by the model whose values came from
+    calls that name no distribution (``untraced``, ``empty``, arbitrary in-place ops)."""
+
+    parameters: int
+    numel: int
+    buffers: int
+    with_default: int
+    custom_default: int
+    at_default: int = 0  # matches_default is true
+    differ: int = 0  # matches_default is false
+    inconclusive: int = 0  # a known default, but too few values to tell
+
+
+@dataclass(frozen=True)
+class Report:
+    """A model's (or checkpoint's) parameters, grouped by module in ``named_modules()`` order."""
+
+    target: str
+    parameters: tuple[ParameterReport, ...]
+    has_model: bool = True
+    initscope_version: str = __version__
+    torch_version: str = torch.__version__
+
+    def summary(self) -> ReportSummary:
+        params = [p for p in self.parameters if not p.is_buffer]
+        known = sum(1 for p in params if p.default is not None and p.default.is_known)
+        with_any = sum(1 for p in params if p.default is not None)
+        return ReportSummary(
+            parameters=len(params),
+            numel=sum(p.numel for p in params),
+            buffers=len(self.parameters) - len(params),
+            with_default=known,
+            custom_default=with_any - known,
+            at_default=sum(1 for p in params if p.matches_default is True),
+            differ=sum(1 for p in params if p.matches_default is False),
+            inconclusive=sum(
+                1
+                for p in params
+                if p.matches_default is None
+                and p.fit is not None
+                and p.default is not None
+                and p.default.is_known
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What to include: buffers, and filters by module type and by name glob."""
+
+    buffers: bool = False
+    types: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    # A tensor larger than this is read from a checkpoint in blocks of rows (the structured
+    # tests, orthogonal and row independence, are then skipped for it).
+    max_memory: int = DEFAULT_MAX_MEMORY
+    workers: int | None = None  # processes for the statistics; None: one per core when worth it
+    group: Group | None = None  # with --distributed: this rank's place in the torchrun job
+
+
+def _read(
+    ckpt: Checkpoint, key: str, budget: int
+) -> torch.Tensor | StoredTensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]]:
+    """A checkpoint tensor whole, or (its metadata, its pieces) when it exceeds ``budget``;
+    or where it is stored, when the fused kernel can read it from there (in chunks of a few
+    hundred KiB, whatever its size)."""
+    info = ckpt.infos[key]
+    if info.dtype in fused.DTYPES and info.numel:
+        stored = ckpt.stored(key)
+        if stored is not None and fused.available():
+            return stored
+    if info.numel * info.dtype.itemsize <= budget:
+        return ckpt.load(key)
+    return info, ckpt.chunks(key, budget)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def class_names(cls: type) -> set[str]:
+    """What ``--type`` may call a module of class ``cls``: the name or dotted path of the
+    class or of any base class (so subclasses match)."""
+    return {c.__name__ for c in cls.__mro__} | {_qualname(c) for c in cls.__mro__}
+
+
+def _type_matches(module: torch.nn.Module | None, types: Sequence[str]) -> bool:
+    if not types:
+        return True
+    if module is None:
+        return False
+    return any(t in class_names(type(module)) for t in types)
+
+
+def name_matches(name: str, module: str, globs: Sequence[str]) -> bool:
+    return not globs or any(
+        fnmatch.fnmatchcase(name, g) or fnmatch.fnmatchcase(module, g) for g in globs
+    )
+
+
+def _selected(name: str, module: torch.nn.Module | None, options: ReportOptions) -> bool:
+    return _type_matches(module, options.types) and name_matches(
+        name, _split(name)[0], options.names
+    )
+
+
+def _split(name: str) -> tuple[str, str]:
+    module, _, param = name.rpartition(".")
+    return module, param
+
+
+def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
+    f = fans(shape)
+    return (None, None) if f is None else f
+
+
+def _parameter(
+    name: str,
+    module: torch.nn.Module | None,
+    tensor: torch.Tensor | StoredTensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]],
+    *,
+    tied_to: Sequence[str],
+    default: DefaultInit | None,
+    is_buffer: bool = False,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+) -> ParameterReport:
+    """One parameter's entry: its metadata, statistics, and what its values follow."""
+    module_path, param = _split(name)
+    # The sample's positions depend on the name only, so reports are reproducible.
+    seed = zlib.crc32(name.encode())
+    rs: RunningStats | None = None
+    values: torch.Tensor | None = None  # whole values, for the structured tests
+    structure: Structure | None = None
+    if isinstance(tensor, StoredTensor):  # read from the file by the fused kernel
+        info = tensor.info
+        shape, dtype, numel = info.shape, info.dtype, info.numel
+        # As for a tensor loaded whole: the structured tests only within the memory budget.
+        whole = numel * dtype.itemsize <= max_memory and numel >= MIN_ELEMENTS
+        try:
+            rs, rows = file_stats(
+                tensor.fd,
+                tensor.offset,
+                dtype,
+                numel,
+                seed=seed,
+                lines=row_lines(shape) if whole else None,
+            )
+        except OSError as exc:
+            raise tensor.error(exc) from exc
+        structure = structure_of_rows(rows)
+    elif isinstance(tensor, tuple):  # a tensor over the memory budget, in pieces
+        info, pieces = tensor
+        shape, dtype, numel = info.shape, info.dtype, info.numel
+        rs = stream_stats(pieces, numel, seed=seed)
+    else:
+        shape, dtype, numel = tuple(int(s) for s in tensor.shape), tensor.dtype, tensor.numel()
+        if tensor.device.type != "meta":
+            values = dense(tensor)
+            rs = running_stats(values, seed=seed)
+    f_in, f_out = _tensor_fans(shape)
+    found = (
+        identify(rs, shape, default, values, structure=structure, dtype=dtype)
+        if rs is not None
+        else None
+    )
+    return ParameterReport(
+        name=name,
+        module=module_path,
+        module_type=_qualname(type(module)) if module is not None else None,
+        param=param,
+        shape=shape,
+        dtype=_dtype_name(dtype),
+        numel=numel,
+        fan_in=f_in,
+        fan_out=f_out,
+        tied_to=tuple(tied_to),
+        default=default,
+        stats=rs.result() if rs is not None else None,
+        is_buffer=is_buffer,
+        fit=found.fit if found else None,
+        matches_default=found.matches_default if found else None,
+        sample=rs.sample() if rs is not None else None,
+        structure=found.structure if found else None,
+    )
+
+
+def _check_types(model: torch.nn.Module, types: Sequence[str]) -> None:
+    """A --type that names no class of any module is a typo, not an empty selection."""
+    known: set[str] = set()
+    for m in model.modules():
+        for c in type(m).__mro__:
+            known |= {c.__name__, _qualname(c)}
+    for t in types:
+        if t not in known:
+            raise TargetError(
+                f"--type {t} matches no module class in the model{did_you_mean(t, known)}",
+                "give a class name (subclasses match) such as Conv2d or Linear",
+            )
+
+
+def report_model(
+    traced: TracedModel,
+    *,
+    target: str,
+    options: ReportOptions = ReportOptions(),
+    checkpoint: Checkpoint | None = None,
+    progress: ProgressFn | None = None,
+) -> Report:
+    """Report a constructed model; with ``checkpoint``, statistics come from its tensors."""
+    model = traced.model
+    _check_types(model, options.types)
+    modules = dict(model.named_modules(remove_duplicate=False))
+    order: dict[str, int] = {}
+    for i, path in enumerate(modules):
+        order.setdefault(path, i)
+    keys = fitted_keys(model, checkpoint) if checkpoint is not None else {}
+    # Tied tensors appear once, under their first name, listing the others in tied_to.
+    first_name: dict[int, str] = {}
+    tied: dict[str, list[str]] = {}
+    entries: list[tuple[str, torch.Tensor, bool]] = []
+    named: list[tuple[str, torch.Tensor, bool]] = [
+        (n, p, False) for n, p in model.named_parameters(remove_duplicate=False)
+    ]
+    if options.buffers:
+        named += [(n, b, True) for n, b in model.named_buffers(remove_duplicate=False)]
+    for name, t, is_buffer in named:
+        if id(t) in first_name:
+            tied[first_name[id(t)]].append(name)
+            continue
+        first_name[id(t)] = name
+        tied[name] = []
+        if _selected(name, modules.get(_split(name)[0]), options):
+            entries.append((name, t, is_buffer))
+    # Grouped by module, in named_modules() order; a module's buffers after its parameters.
+    entries.sort(key=lambda e: (order.get(_split(e[0])[0], len(order)), e[2]))
+
+    def one(i: int) -> ParameterReport:
+        name, t, is_buffer = entries[i]
+        source = (
+            _read(checkpoint, keys[name], options.max_memory)
+            if checkpoint is not None and name in keys
+            else t
+        )
+        return _parameter(
+            name,
+            modules.get(_split(name)[0]),
+            source,
+            tied_to=tied[name],
+            default=traced.defaults.get(name),
+            is_buffer=is_buffer,
+            max_memory=options.max_memory,
+        )
+
+    # What each entry reads: nothing for a tensor on the meta device (no values).
+    read = [
+        (checkpoint.infos[keys[n]].numel, checkpoint.infos[keys[n]].dtype.itemsize)
+        if checkpoint is not None and n in keys
+        else (0 if t.device.type == "meta" else t.numel(), t.dtype.itemsize)
+        for n, t, _ in entries
+    ]
+    out = spread(
+        one,
+        [n for n, _ in read],
+        workers=options.workers,
+        max_memory=options.max_memory,
+        group=options.group,
+        nbytes=[n * width for n, width in read],
+        progress=progress,
+    )
+    return Report(target=target, parameters=tuple(out))
+
+
+def fitted_keys(model: torch.nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
+    """The checkpoint key of each of the model's state-dict names, once the checkpoint is
+    known to fit the model (names and shapes; a CheckpointError says what does not)."""
+    keys = checkpoint.keyed(model.state_dict(keep_vars=True).keys())
+    _check_fits(model, {n: checkpoint.infos[k] for n, k in keys.items()}, checkpoint.path)
+    return keys
+
+
+def _check_fits(model: torch.nn.Module, have: Mapping[str, TensorInfo], path: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    # A tied tensor may be saved under only one of its names (transformers drops lm_head).
+    storage_names: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        storage_names.setdefault(id(p), []).append(n)
+    alias_groups = [set(g) for g in storage_names.values() if len(g) > 1]
+    missing = [
+        k
+        for k in expected
+        if k not in have and not any(k in g and g & have.keys() for g in alias_groups)
+    ]
+    unexpected = [k for k in have if k not in expected]
+    wrong = [
+        f"{k} {list(have[k].shape)} vs model {list(s)}"
+        for k, s in expected.items()
+        if k in have and have[k].shape != s
+    ]
+    problems: list[str] = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+        if items:
+            shown = ", ".join(items[:3])
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            problems.append(f"{len(items)} {label} ({shown}{more})")
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit the model: {'; '.join(problems)}",
+            "check that --model/--spec and its arguments match the checkpoint's architecture",
+        )
+
+
+def report_checkpoint(
+    ckpt: Checkpoint,
+    *,
+    target: str,
+    options: ReportOptions = ReportOptions(),
+    progress: ProgressFn | None = None,
+) -> Report:
+    """A stats-only report of a checkpoint's tensors, keyed by state-dict names."""
+    if ckpt.module is None and options.types:
+        raise TargetError(
+            "--type needs module types, which a bare checkpoint does not have",
+            "pass --model pkg.module:Class (with --arg) or --spec spec.yaml",
+        )
+    modules: dict[str, torch.nn.Module] = {}
+    if ckpt.module is not None:
+        _check_types(ckpt.module, options.types)
+        modules = dict(ckpt.module.named_modules())
+    keys = ckpt.keyed(ckpt.module.state_dict().keys() if ckpt.module is not None else None)
+    name_of = {k: n for n, k in keys.items()}
+    tied: dict[str, list[str]] = {}
+    for alias, first in ckpt.aliases.items():
+        tied.setdefault(name_of[first], []).append(name_of[alias])
+    selected = [
+        name
+        for name, key in keys.items()
+        if key not in ckpt.aliases and _selected(name, modules.get(_split(name)[0]), options)
+    ]
+
+    def one(i: int) -> ParameterReport:
+        name = selected[i]
+        return _parameter(
+            name,
+            modules.get(_split(name)[0]),
+            _read(ckpt, keys[name], options.max_memory),
+            tied_to=tied.get(name, ()),
+            default=None,
+            max_memory=options.max_memory,
+        )
+
+    infos = [ckpt.infos[keys[n]] for n in selected]
+    out = spread(
+        one,
+        [i.numel for i in infos],
+        workers=options.workers,
+        max_memory=options.max_memory,
+        group=options.group,
+        nbytes=[i.numel * i.dtype.itemsize for i in infos],
+        progress=progress,
+    )
+    return Report(target=target, parameters=tuple(out), has_model=ckpt.module is not None)
+
+
+def build_report(
+    target: str,
+    how: TargetOptions = TargetOptions(),
+    options: ReportOptions = ReportOptions(),
+    progress: ProgressFn | None = None,
+) -> Report:
+    """The report for TARGET as the CLI understands it (see README, "Targets")."""
+    with open_target(target, how) as (traced, ckpt):
+        if traced is None:
+            assert ckpt is not None
+            return report_checkpoint(ckpt, target=target, options=options, progress=progress)
+        return report_model(
+            traced, target=target, options=options, checkpoint=ckpt, progress=progress
+        )

@@ -1,0 +1,1 @@
+"""Spreading per-tensor work over worker processes and torchrun ranks."""

@@ -17,7 +17,6 @@ counted as inconclusive, never as a violation.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from initscope.io.targets import TargetOptions
 from initscope.knowledge.distributions import Distribution, Family, format_number
 from initscope.knowledge.identification import identify
 from initscope.knowledge.tracing import DefaultInit, InitCall, init_distribution
+from initscope.measure.pipeline import Measured, Readable, measure, readable
 from initscope.parallel.distributed import Group
 from initscope.parallel.workers import ProgressFn, spread
 from initscope.rules.language import RulesError, RuleSet, Unmatched, nothing_was
@@ -41,14 +41,7 @@ from initscope.rules.plan import (
     match_problems,
     sites_from_checkpoint,
 )
-from initscope.stats.tensor import (
-    DEFAULT_MAX_MEMORY,
-    RunningStats,
-    TensorStats,
-    dense,
-    running_stats,
-    stream_stats,
-)
+from initscope.stats.tensor import DEFAULT_MAX_MEMORY, RunningStats, TensorStats
 
 __all__ = [
     "EXACT_INITS",
@@ -152,10 +145,17 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class _Tensor:
+    """One measured tensor, as the checks read it."""
+
     site: ParamSite
     stats: TensorStats
     rs: RunningStats
-    tensor: torch.Tensor | None  # None when it was read in pieces (over --max-memory)
+    tensor: torch.Tensor | None  # the values, when they were read whole
+    measured: Measured
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.measured.dtype
 
 
 def _fmt(x: float | None) -> str:
@@ -222,7 +222,15 @@ def _follows(
     t: _Tensor, expected: DefaultInit, label: str, source: str, alpha: float
 ) -> tuple[Violation | None, bool]:
     """(the violation, if any; whether it was inconclusive)."""
-    found = identify(t.rs, t.site.shape, expected, t.tensor, alpha)
+    found = identify(
+        t.rs,
+        t.site.shape,
+        expected,
+        t.tensor,
+        alpha,
+        structure=t.measured.structure,
+        dtype=t.dtype,
+    )
     if found.matches_default is None:
         return None, True
     if found.matches_default:
@@ -349,37 +357,51 @@ def _follows_expected(
 # -- the whole target -----------------------------------------------------------------------
 
 
-def _sites_and_loader(
-    traced: Any, ckpt: Any
-) -> tuple[list[ParamSite], Callable[[str], torch.Tensor], list[set[str]], Callable[[str], str]]:
-    """The parameters to check, how to read each one's values, and the tied groups."""
+@dataclass(frozen=True)
+class _Tensors:
+    """The tensors to check: one site per tensor (tied names under their first), the tied
+    groups, and how to read a site's values (see :func:`initscope.measure.pipeline.readable`)."""
+
+    sites: list[ParamSite]
+    tied: list[set[str]]
+    read: Callable[[str, bool], Readable]  # (name, whether the values are needed)
+    load: Callable[[str], torch.Tensor]
+
+
+def _tensors(traced: Any, ckpt: Any, budget: int) -> _Tensors:
+    """The sites of a model (with or without a checkpoint) or of a bare checkpoint."""
     if traced is not None:
         from initscope.rules.plan import sites_from_model
 
         model = traced.model
-        every = sites_from_model(model)
-        sites, tied = _untied(every)
+        sites, tied = _untied(sites_from_model(model))
         if ckpt is None:
             params = dict(model.named_parameters())
-            return sites, lambda n: params[n].detach(), tied, lambda n: ""
+            return _Tensors(
+                sites, tied, lambda n, values: params[n].detach(), lambda n: params[n].detach()
+            )
         from initscope.measure.report import fitted_keys
 
         keys = fitted_keys(model, ckpt)
 
-        def key_of(name: str) -> str:
+        def tied_key(name: str) -> str:
             # A tied name saved under another of its names reads that one.
             if name in keys:
                 return str(keys[name])
             group = next(g for g in tied if name in g)
             return str(keys[next(n for n in group if n in keys)])
 
-        def load(name: str) -> torch.Tensor:
-            return ckpt.load(key_of(name))  # type: ignore[no-any-return]
-
-        return sites, load, tied, key_of
-    keys, every = sites_from_checkpoint(ckpt)
-    sites, tied = _untied(every)
-    return sites, lambda n: ckpt.load(keys[n]), tied, keys.__getitem__
+        key_of: Callable[[str], str] = tied_key
+    else:
+        file_keys, every = sites_from_checkpoint(ckpt)
+        sites, tied = _untied(every)
+        key_of = file_keys.__getitem__
+    return _Tensors(
+        sites,
+        tied,
+        lambda n, values: readable(ckpt, key_of(n), budget, values=values),
+        lambda n: ckpt.load(key_of(n)),
+    )
 
 
 def _untied(sites: list[ParamSite]) -> tuple[list[ParamSite], list[set[str]]]:
@@ -392,6 +414,139 @@ def _untied(sites: list[ParamSite]) -> tuple[list[ParamSite], list[set[str]]]:
     return [s for s in sites if s.tied_to is None], list(groups.values())
 
 
+@dataclass(frozen=True)
+class _Judge:
+    """Everything that decides one tensor's verdict, the same for every tensor of a run."""
+
+    health: Health
+    entries: Mapping[str, PlanEntry]  # the rules' plan, by parameter name
+    defaults: Mapping[str, DefaultInit]
+    checks: Sequence[Check]
+    env: Mapping[str, float]
+    alpha: float  # per decision
+    default_check: bool
+
+    def wants_values(self, site: ParamSite) -> bool:
+        """Whether the verdict compares values exactly (eye_, dirac_), not statistics."""
+        entry = self.entries.get(site.name)
+        return entry is not None and entry.action is Action.INIT and entry.init in EXACT_INITS
+
+
+def _plan_entries(
+    options: CheckOptions, sites: list[ParamSite], traced: Any
+) -> Mapping[str, PlanEntry]:
+    """The rules' plan for the sites (uncovered parameters kept), by parameter name."""
+    if options.rules is None:
+        return {}
+    with nothing_was("checked"):
+        plan = make_plan(
+            sites,
+            options.rules,
+            unmatched=Unmatched.KEEP,
+            defaults=traced.defaults if traced is not None else {},
+            resettable={s.module: True for s in sites} if traced is not None else None,
+            bare=traced is None,
+        )
+    return {e.site.name: e for e in plan.entries}
+
+
+def _judge(options: CheckOptions, sites: list[ParamSite], traced: Any) -> _Judge:
+    expect = options.expect
+    checks = expect.checks if expect is not None else ()
+    _validate_checks(checks, sites, bare=traced is None)
+    # Each "follows" decision on values drawn exactly as expected still fails with
+    # probability alpha; split the run's budget over every decision it may make
+    # (Bonferroni), so a correct 7B checkpoint with hundreds of tensors passes too.
+    decisions = len(sites) * (
+        (options.rules is not None) + sum(c.follows is not None for c in checks)
+    )
+    return _Judge(
+        health=expect.health if expect is not None else Health(),
+        entries=_plan_entries(options, sites, traced),
+        defaults=traced.defaults if traced is not None else {},
+        checks=checks,
+        env=dict(expect.vars) if expect is not None else {},
+        alpha=RUN_ALPHA / max(decisions, 1),
+        default_check=options.default_check,
+    )
+
+
+def _judge_rules(t: _Tensor, judge: _Judge) -> tuple[list[Violation], bool, int]:
+    """The rules' verdict on one tensor: (violations, inconclusive, checks run)."""
+    entry = judge.entries.get(t.site.name)
+    if entry is None or (entry.action is Action.UNMATCHED and not judge.default_check):
+        return [], False, 0
+    found: list[Violation] = []
+    count, unsure = 0, False
+    if entry.action is Action.INIT and entry.init in EXACT_INITS:
+        count += 1
+        v = _exact(t, entry, entry.rule.label if entry.rule else "rules")
+        if v is not None:
+            found.append(v)
+    expected = expected_of(entry, judge.defaults)
+    if expected is not None:
+        source = entry.rule.label if entry.rule is not None else "traced default"
+        v, unsure = _follows(t, expected, expected_label(entry, expected), source, judge.alpha)
+        count += 1
+        if v is not None:
+            found.append(v)
+    return found, unsure, count
+
+
+def _zeros_by_design(t: _Tensor, judge: _Judge, matched: Sequence[Check]) -> bool:
+    """Whether all-zero values are what this tensor is meant to hold: a rule asks for zeros,
+    an expectation says it follows zeros_/constant_, or the model's own code zeroes it (a
+    zero-initialized projection)."""
+    entry = judge.entries.get(t.site.name)
+    if entry is not None and _is_zero_init(entry):
+        return True
+    if any(c.follows is not None and c.follows.init in ("zeros_", "constant_") for c in matched):
+        return True
+    default = judge.defaults.get(t.site.name)
+    return (
+        default is not None and default.is_known and _degenerate(default.distribution).value == 0.0
+    )
+
+
+def _fingerprint(t: _Tensor, health: Health) -> tuple[Any, ...] | None:
+    """What two copies of one tensor share, for the identical-tensors check; None for a
+    tensor too small or constant (norm weights of 1, zero biases are equal by design)."""
+    s = t.stats
+    if health.identical and s.numel >= _IDENTICAL_MIN and s.mean is not None and s.min != s.max:
+        return (t.site.shape, str(t.dtype), s.mean, s.std, s.min, s.max, s.nan_count)
+    return None
+
+
+def evaluate(t: _Tensor, judge: _Judge) -> _SiteResult:
+    """Every check on one measured tensor."""
+    found = list(_health(t, judge.health))
+    count = 4
+    found_rules, unsure, ran = _judge_rules(t, judge)
+    found += found_rules
+    count += ran
+    site = t.site
+    matched = [
+        c
+        for c in judge.checks
+        if c.match.matches_name(site.module, site.param, len(site.shape))
+        and c.match.matches_type(site.module_class)
+    ]
+    for check in matched:
+        vs, unsure_here = _check_expect(t, check, judge.defaults, judge.env, judge.alpha)
+        count += 1
+        found += vs
+        unsure = unsure or unsure_here
+    if _zeros_by_design(t, judge, matched):
+        found = [v for v in found if v.check != "zeros"]
+    return _SiteResult(
+        tuple(found),
+        unsure,
+        _fingerprint(t, judge.health),
+        count,
+        frozenset(c.match.index for c in matched),
+    )
+
+
 def check_target(
     target: str,
     how: TargetOptions = TargetOptions(),
@@ -399,116 +554,18 @@ def check_target(
     progress: ProgressFn | None = None,
 ) -> CheckResult:
     """Run every check on TARGET (a checkpoint, or a model built fresh)."""
-    health = options.expect.health if options.expect is not None else Health()
     with open_target(target, how) as (traced, ckpt):
-        sites, load, tied, key_of = _sites_and_loader(traced, ckpt)
-        defaults: Mapping[str, DefaultInit] = traced.defaults if traced is not None else {}
-        plan_entries: dict[str, PlanEntry] = {}
-        if options.rules is not None:
-            with nothing_was("checked"):
-                plan = make_plan(
-                    sites,
-                    options.rules,
-                    unmatched=Unmatched.KEEP,
-                    defaults=defaults,
-                    resettable={s.module: True for s in sites} if traced is not None else None,
-                    bare=traced is None,
-                )
-            plan_entries = {e.site.name: e for e in plan.entries}
-        env = dict(options.expect.vars) if options.expect is not None else {}
-        checks = options.expect.checks if options.expect is not None else ()
-        _validate_checks(checks, sites, bare=traced is None)
-        matched: set[int] = set()
-        # Each "follows" decision on values drawn exactly as expected still fails with
-        # probability alpha; split the run's budget over every decision it may make
-        # (Bonferroni), so a correct 7B checkpoint with hundreds of tensors passes too.
-        decisions = len(sites) * (
-            (options.rules is not None) + sum(c.follows is not None for c in checks)
-        )
-        alpha = RUN_ALPHA / max(decisions, 1)
-        violations: list[Violation] = []
-        inconclusive: list[str] = []
-        fingerprints: dict[tuple[Any, ...], list[str]] = {}
+        tensors = _tensors(traced, ckpt, options.max_memory)
+        sites = tensors.sites
+        judge = _judge(options, sites, traced)
 
         def one(i: int) -> _SiteResult:
             site = sites[i]
-            seed = zlib.crc32(site.name.encode())
-            values: torch.Tensor | None
-            if (
-                ckpt is not None
-                and math.prod(site.shape) * site.dtype.itemsize > options.max_memory
-            ):
-                # Over the budget: statistics from blocks of rows, one at a time.
-                key = key_of(site.name)
-                rs = stream_stats(ckpt.chunks(key, options.max_memory), math.prod(site.shape), seed)
-                values = None
-                dtype_name = str(ckpt.infos[key].dtype)
-            else:
-                raw = load(site.name)
-                if raw.device.type == "meta":
-                    return _SiteResult()
-                values = dense(raw)
-                rs = running_stats(values, seed=seed)
-                dtype_name = str(raw.dtype)
-            t = _Tensor(site, rs.result(), rs, values)
-            found = list(_health(t, health))
-            count = 4
-            unsure_any = False
-            matched_here: set[int] = set()
-            entry = plan_entries.get(site.name)
-            if entry is not None and (
-                entry.action is not Action.UNMATCHED or options.default_check
-            ):
-                expected = expected_of(entry, defaults)
-                if entry.action is Action.INIT and entry.init in EXACT_INITS:
-                    count += 1
-                    v = _exact(t, entry, entry.rule.label if entry.rule else "rules")
-                    if v is not None:
-                        found.append(v)
-                if expected is not None:
-                    source = entry.rule.label if entry.rule is not None else "traced default"
-                    v, unsure = _follows(
-                        t, expected, expected_label(entry, expected), source, alpha
-                    )
-                    count += 1
-                    if v is not None:
-                        found.append(v)
-                    unsure_any = unsure_any or unsure
-                # A rule that asks for zeros is not an all-zeros accident.
-                if _is_zero_init(entry):
-                    found = [v for v in found if v.check != "zeros"]
-            for check in checks:
-                if check.match.matches_name(
-                    site.module, site.param, len(site.shape)
-                ) and check.match.matches_type(site.module_class):
-                    matched_here.add(check.match.index)
-                    vs, unsure = _check_expect(t, check, defaults, env, alpha)
-                    count += 1
-                    found += vs
-                    unsure_any = unsure_any or unsure
-                    if check.follows is not None and check.follows.init in ("zeros_", "constant_"):
-                        found = [v for v in found if v.check != "zeros"]
-            traced_default = defaults.get(site.name)
-            if (
-                traced_default is not None
-                and traced_default.is_known
-                and _degenerate(traced_default.distribution).value == 0.0
-            ):
-                # The model's own code zeroes this weight (a zero-initialized projection).
-                found = [v for v in found if v.check != "zeros"]
-            s = t.stats
-            fingerprint: tuple[Any, ...] | None = None
-            # Constant tensors (norm weights of 1, zero biases) are equal by design.
-            if (
-                health.identical
-                and s.numel >= _IDENTICAL_MIN
-                and s.mean is not None
-                and s.min != s.max
-            ):
-                fingerprint = (site.shape, dtype_name, s.mean, s.std, s.min, s.max, s.nan_count)
-            return _SiteResult(
-                tuple(found), unsure_any, fingerprint, count, frozenset(matched_here)
-            )
+            source = tensors.read(site.name, judge.wants_values(site))
+            m = measure(site.name, source, max_memory=options.max_memory)
+            if m.stats is None:  # on the meta device: no values to check
+                return _SiteResult()
+            return evaluate(_Tensor(site, m.stats.result(), m.stats, m.values, m), judge)
 
         results = spread(
             one,
@@ -519,32 +576,47 @@ def check_target(
             nbytes=[math.prod(s.shape) * s.dtype.itemsize for s in sites],
             progress=progress,
         )
-        count = 0
-        for site, result in zip(sites, results, strict=True):
-            violations += result.violations
-            count += result.count
-            matched |= result.matched
-            if result.inconclusive:
-                inconclusive.append(site.name)
-            if result.fingerprint is not None:
-                fingerprints.setdefault(result.fingerprint, []).append(site.name)
-        if health.identical:
-            violations += _identical(fingerprints, load, tied)
-        notes = tuple(
-            f"{c.match.where}: {c.label} matched no parameter; check its type/name/param "
-            "(usually a typo)"
-            for c in checks
-            if c.match.index not in matched
-        )
-        return CheckResult(
-            target,
-            tuple(s.name for s in sites),
-            tuple(violations),
-            tuple(dict.fromkeys(inconclusive)),
-            count,
-            traced is not None,
-            notes,
-        )
+        return _result(target, traced is not None, sites, results, judge, tensors)
+
+
+def _result(
+    target: str,
+    has_model: bool,
+    sites: Sequence[ParamSite],
+    results: Sequence[_SiteResult],
+    judge: _Judge,
+    tensors: _Tensors,
+) -> CheckResult:
+    """The run's result from each tensor's: the identical-copies check across tensors, and
+    a note for each expectation that matched nothing (usually a typo)."""
+    violations: list[Violation] = []
+    inconclusive: list[str] = []
+    fingerprints: dict[tuple[Any, ...], list[str]] = {}
+    matched: set[int] = set()
+    for site, result in zip(sites, results, strict=True):
+        violations += result.violations
+        matched |= result.matched
+        if result.inconclusive:
+            inconclusive.append(site.name)
+        if result.fingerprint is not None:
+            fingerprints.setdefault(result.fingerprint, []).append(site.name)
+    if judge.health.identical:
+        violations += _identical(fingerprints, tensors.load, tensors.tied)
+    notes = tuple(
+        f"{c.match.where}: {c.label} matched no parameter; check its type/name/param "
+        "(usually a typo)"
+        for c in judge.checks
+        if c.match.index not in matched
+    )
+    return CheckResult(
+        target,
+        tuple(s.name for s in sites),
+        tuple(violations),
+        tuple(dict.fromkeys(inconclusive)),
+        sum(r.count for r in results),
+        has_model,
+        notes,
+    )
 
 
 _NOTHING_CHECKED = "in the expectations; nothing was checked"

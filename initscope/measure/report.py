@@ -6,8 +6,7 @@ Only data lives here; :mod:`initscope.render.text` turns a :class:`Report` into 
 from __future__ import annotations
 
 import fnmatch
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,31 +14,16 @@ import torch
 
 from initscope import __version__
 from initscope.errors import CheckpointError, TargetError
-from initscope.io.checkpoints import Checkpoint, StoredTensor, TensorInfo
+from initscope.io.checkpoints import Checkpoint, TensorInfo
 from initscope.io.models import TracedModel, open_target
 from initscope.io.targets import TargetOptions
 from initscope.io.yamlio import did_you_mean
-from initscope.knowledge.identification import (
-    MIN_ELEMENTS,
-    Fit,
-    Structure,
-    identify,
-    row_lines,
-    structure_of_rows,
-)
+from initscope.knowledge.identification import Fit, Structure, identify
 from initscope.knowledge.tracing import DefaultInit, fans
+from initscope.measure.pipeline import Readable, measure, readable
 from initscope.parallel.distributed import Group
 from initscope.parallel.workers import ProgressFn, spread
-from initscope.stats import fused
-from initscope.stats.tensor import (
-    DEFAULT_MAX_MEMORY,
-    RunningStats,
-    TensorStats,
-    dense,
-    file_stats,
-    running_stats,
-    stream_stats,
-)
+from initscope.stats.tensor import DEFAULT_MAX_MEMORY, TensorStats
 
 __all__ = [
     "ParameterReport",
@@ -144,22 +128,6 @@ class ReportOptions:
     group: Group | None = None  # with --distributed: this rank's place in the torchrun job
 
 
-def _read(
-    ckpt: Checkpoint, key: str, budget: int
-) -> torch.Tensor | StoredTensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]]:
-    """A checkpoint tensor whole, or (its metadata, its pieces) when it exceeds ``budget``;
-    or where it is stored, when the fused kernel can read it from there (in chunks of a few
-    hundred KiB, whatever its size)."""
-    info = ckpt.infos[key]
-    if info.dtype in fused.DTYPES and info.numel:
-        stored = ckpt.stored(key)
-        if stored is not None and fused.available():
-            return stored
-    if info.numel * info.dtype.itemsize <= budget:
-        return ckpt.load(key)
-    return info, ckpt.chunks(key, budget)
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -207,7 +175,7 @@ def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
 def _parameter(
     name: str,
     module: torch.nn.Module | None,
-    tensor: torch.Tensor | StoredTensor | tuple[TensorInfo, Iterator[tuple[int, torch.Tensor]]],
+    source: Readable,
     *,
     tied_to: Sequence[str],
     default: DefaultInit | None,
@@ -216,40 +184,11 @@ def _parameter(
 ) -> ParameterReport:
     """One parameter's entry: its metadata, statistics, and what its values follow."""
     module_path, param = _split(name)
-    # The sample's positions depend on the name only, so reports are reproducible.
-    seed = zlib.crc32(name.encode())
-    rs: RunningStats | None = None
-    values: torch.Tensor | None = None  # whole values, for the structured tests
-    structure: Structure | None = None
-    if isinstance(tensor, StoredTensor):  # read from the file by the fused kernel
-        info = tensor.info
-        shape, dtype, numel = info.shape, info.dtype, info.numel
-        # As for a tensor loaded whole: the structured tests only within the memory budget.
-        whole = numel * dtype.itemsize <= max_memory and numel >= MIN_ELEMENTS
-        try:
-            rs, rows = file_stats(
-                tensor.fd,
-                tensor.offset,
-                dtype,
-                numel,
-                seed=seed,
-                lines=row_lines(shape) if whole else None,
-            )
-        except OSError as exc:
-            raise tensor.error(exc) from exc
-        structure = structure_of_rows(rows)
-    elif isinstance(tensor, tuple):  # a tensor over the memory budget, in pieces
-        info, pieces = tensor
-        shape, dtype, numel = info.shape, info.dtype, info.numel
-        rs = stream_stats(pieces, numel, seed=seed)
-    else:
-        shape, dtype, numel = tuple(int(s) for s in tensor.shape), tensor.dtype, tensor.numel()
-        if tensor.device.type != "meta":
-            values = dense(tensor)
-            rs = running_stats(values, seed=seed)
-    f_in, f_out = _tensor_fans(shape)
+    m = measure(name, source, max_memory=max_memory)
+    f_in, f_out = _tensor_fans(m.shape)
+    rs = m.stats
     found = (
-        identify(rs, shape, default, values, structure=structure, dtype=dtype)
+        identify(rs, m.shape, default, m.values, structure=m.structure, dtype=m.dtype)
         if rs is not None
         else None
     )
@@ -258,9 +197,9 @@ def _parameter(
         module=module_path,
         module_type=_qualname(type(module)) if module is not None else None,
         param=param,
-        shape=shape,
-        dtype=_dtype_name(dtype),
-        numel=numel,
+        shape=m.shape,
+        dtype=_dtype_name(m.dtype),
+        numel=m.numel,
         fan_in=f_in,
         fan_out=f_out,
         tied_to=tuple(tied_to),
@@ -327,7 +266,7 @@ def report_model(
     def one(i: int) -> ParameterReport:
         name, t, is_buffer = entries[i]
         source = (
-            _read(checkpoint, keys[name], options.max_memory)
+            readable(checkpoint, keys[name], options.max_memory)
             if checkpoint is not None and name in keys
             else t
         )
@@ -432,7 +371,7 @@ def report_checkpoint(
         return _parameter(
             name,
             modules.get(_split(name)[0]),
-            _read(ckpt, keys[name], options.max_memory),
+            readable(ckpt, keys[name], options.max_memory),
             tied_to=tied.get(name, ()),
             default=None,
             max_memory=options.max_memory,

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from initscope.knowledge.identification import Identification, identify
-from initscope.stats.tensor import running_stats
 from initscope.knowledge.tracing import DefaultInit, InitTracer, fans
+from initscope.stats.tensor import running_stats
 
 SEEDS = int(os.environ.get("INITSCOPE_BENCH_SEEDS", "10"))
 TOL = 0.005  # "identical distribution": bound/std within 0.5%

@@ -66,8 +66,9 @@ def floor(path: Path) -> float:
 
 
 def library_report(path: Path) -> float:
-    from initscope.render.text import OutputFormat, render_report
     from initscope.measure.report import build_report
+    from initscope.render.common import OutputFormat
+    from initscope.render.report import render_report
 
     start = time.perf_counter()
     render_report(build_report(str(path)), OutputFormat.JSON)
@@ -198,8 +199,8 @@ def main() -> None:
     }
 
     def timed(workers: int) -> float:
-        from initscope.measure.report import ReportOptions, build_report
         from initscope.io.targets import TargetOptions
+        from initscope.measure.report import ReportOptions, build_report
 
         start = time.perf_counter()
         build_report(str(path), TargetOptions(), ReportOptions(workers=workers))

@@ -9,7 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LSTMTagger", "TinyTransformer", "UNet"]
+__all__ = [
+    "LSTMTagger",
+    "TinyTransformer",
+    "UNet",
+]
 
 
 class _DoubleConv(nn.Sequential):

@@ -126,7 +126,7 @@ def test_api_functions_stay_functions_after_their_modules_load() -> None:
     # function on the package as soon as anything imported it.
     import initscope
 
-    initscope.build_report(
+    initscope.report(
         "torch.nn:Linear", initscope.TargetOptions(kwargs={"in_features": 3, "out_features": 4})
     )
     initscope.explain("nn.Linear")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import initscope
 from initscope.cli import app
 from initscope.render.html import CSP
-from initscope.render.text import report_to_dict
+from initscope.render.report import report_to_dict
 from initscope.rules.language import load_rules
 from tests import chromium
 
@@ -42,7 +42,7 @@ class Odd(nn.Module):
 
 @pytest.fixture(scope="module")
 def unet_html() -> str:
-    return initscope.render_html(initscope.build_report(UNET))
+    return initscope.render_html(initscope.report(UNET))
 
 
 def embedded_json(page: str) -> object:
@@ -74,7 +74,7 @@ def test_page_holds_the_summary_table_and_panels(unet_html: str) -> None:
 
 
 def test_page_embeds_the_json_report() -> None:
-    report = initscope.build_report(UNET)
+    report = initscope.report(UNET)
     page = initscope.render_html(report)
     assert embedded_json(page) == json.loads(json.dumps(report_to_dict(report)))
 
@@ -83,7 +83,7 @@ def test_differing_parameters_are_highlighted(tmp_path: Path) -> None:
     out = tmp_path / "unet.safetensors"
     result = CliRunner().invoke(app, ["apply", "--rules", "xavier", UNET, "-o", str(out)])
     assert result.exit_code == 0, result.output
-    report = initscope.build_report(str(out))
+    report = initscope.report(str(out))
     against_default = initscope.render_html(report)
     # 12 conv weights are xavier and 4 conv biases zeros: none is torch's default.
     assert against_default.count('<figure id="panel-') == 32
@@ -91,12 +91,12 @@ def test_differing_parameters_are_highlighted(tmp_path: Path) -> None:
     assert against_default.count("≠ default") == 16
     against_rules = initscope.render_html(report, load_rules("xavier"))
     assert 'class="marked"' not in against_rules and "expected (rule)" in against_rules
-    before = initscope.render_html(initscope.build_report(UNET), load_rules("xavier"))
+    before = initscope.render_html(initscope.report(UNET), load_rules("xavier"))
     assert before.count("≠ rule") == 16
 
 
 def test_names_are_escaped() -> None:
-    page = initscope.render_html(initscope.build_report("tests.test_html:Odd"))
+    page = initscope.render_html(initscope.report("tests.test_html:Odd"))
     body = page[page.index("<body>") : page.index('<script type="application/json"')]
     assert "<script>alert" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
     assert "a&amp;b" in body
@@ -151,7 +151,7 @@ def test_report_html_bad_rules(runner: CliRunner, tmp_path: Path) -> None:
 
 def test_500_parameters_stay_under_5_mb() -> None:
     torch.manual_seed(0)
-    report = initscope.build_report("tests.test_html:Wide")
+    report = initscope.report("tests.test_html:Wide")
     assert len(report.parameters) == 500
     page = initscope.render_html(report)
     size = len(page.encode("utf-8"))
@@ -197,7 +197,7 @@ def test_chromium_filter_script_works(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     page_file = tmp_path / "report.html"
-    page_file.write_text(initscope.render_html(initscope.build_report(UNET)), encoding="utf-8")
+    page_file.write_text(initscope.render_html(initscope.report(UNET)), encoding="utf-8")
     errors: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -238,7 +238,7 @@ def test_against_rules_judges_structure_as_check_does(tmp_path: Path) -> None:
     rules = load_rules(str(rules_file))
     checked = check_target(str(path), TargetOptions(), CheckOptions(rules=rules))
     assert [(v.parameter, v.check) for v in checked.violations] == [("fc.weight", "follows")]
-    report = initscope.build_report(str(path))
+    report = initscope.report(str(path))
     assert expectations(report, rules)["fc.weight"].follows is False
 
 

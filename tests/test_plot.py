@@ -346,7 +346,7 @@ def test_report_hist_is_for_the_table(runner: CliRunner) -> None:
 def test_api_plot_returns_a_figure(xavier_unet: Path) -> None:
     from matplotlib.figure import Figure
 
-    report = initscope.build_report(str(xavier_unet))
+    report = initscope.report(str(xavier_unet))
     fig = initscope.plot(report)
     assert isinstance(fig, Figure)
     assert [ax.get_gid() for ax in fig.axes] == [

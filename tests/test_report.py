@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from initscope.cli import app
 from initscope.measure.report import ReportOptions, build_report
+from initscope.render.report import report_to_dict
 
 
 def run_json(runner: CliRunner, *args: str) -> dict[str, Any]:
@@ -334,8 +335,8 @@ def test_python_api_matches_cli(runner: CliRunner) -> None:
     import initscope
 
     how = initscope.TargetOptions(kwargs={"in_features": 5, "out_features": 100}, seed=0)
-    report = initscope.build_report("nn.Linear", how)
-    assert initscope.report_to_dict(report) == run_json(
+    report = initscope.report("nn.Linear", how)
+    assert report_to_dict(report) == run_json(
         runner, "nn.Linear", "--arg", "in_features=5", "--arg", "out_features=100"
     )
 

@@ -325,12 +325,12 @@ class _Terminal(io.StringIO):
 
 
 def _bar_output(monkeypatch: pytest.MonkeyPatch, after: float, steps: list[Advance]) -> str:
-    from initscope import cli
+    from initscope.cli import runtime
 
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
-    monkeypatch.setattr(cli, "PROGRESS_AFTER", after)
-    with cli._progress(True, "statistics") as update:
+    monkeypatch.setattr(runtime, "PROGRESS_AFTER", after)
+    with runtime.progress_bar(True, "statistics") as update:
         assert update is not None
         for step in steps:
             update(step)
@@ -353,12 +353,12 @@ def test_progress_bar_shows_bytes_tensors_rate_and_eta(monkeypatch: pytest.Monke
 def test_progress_bar_stays_silent_for_quick_runs_and_pipes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from initscope import cli
+    from initscope.cli import runtime
 
     steps = [Advance(0, 10, 0, 1), Advance(10, 10, 1, 1)]
     assert _bar_output(monkeypatch, 60.0, steps) == ""
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
-    with cli._progress(True) as update:
+    with runtime.progress_bar(True) as update:
         assert update is None
 
 

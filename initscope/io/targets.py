@@ -17,13 +17,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from initscope.errors import TargetError
-from initscope.io.checkpoints import CHECKPOINT_SUFFIXES
+from initscope.errors import InitScopeError, TargetError
+from initscope.io.checkpoints import CHECKPOINT_SUFFIXES, checkpoint_files
 from initscope.io.yamlio import did_you_mean, load_yaml, parse_scalar
 
 __all__ = [
     "ModelSpec",
     "TargetOptions",
+    "check_output",
+    "files_read",
     "import_ref",
     "is_checkpoint_path",
     "is_spec_path",
@@ -420,3 +422,52 @@ def _build_nested(value: Any, base_dir: Path | None) -> Any:
 
 def _short_name(ref: str) -> str:
     return ref.replace(":", ".").rsplit(".", 1)[-1]
+
+
+# -- what the command line gives ----------------------------------------------------------
+
+
+def check_output(output: Path, *inputs: object) -> None:
+    """Check an output can be written (see output.check_writable) and refuse one that names
+    one of the command's own input files."""
+    from initscope.io.output import check_writable, refuse_input_files, same_file
+
+    check_writable(output)
+    if not output.exists():
+        return
+    for item in inputs:
+        if item is not None and same_file(Path(str(item)), output):
+            raise InitScopeError(
+                f"--output {output} is one of the inputs ({item})",
+                "write the result to another file",
+            )
+    refuse_input_files(output, files_read(inputs))
+
+
+def files_read(inputs: tuple[object, ...]) -> list[Path]:
+    """The files behind the inputs, which an output must not replace either: a spec's
+    ``checkpoint:``, and the shards, index and DCP storage files behind a folder or an
+    index. A folder that cannot be opened as a checkpoint lists its checkpoint-like files:
+    the command will report the problem itself."""
+    paths: list[Path] = []
+    for item in inputs:
+        if item is None:
+            continue
+        paths.append(Path(str(item)))
+        if is_spec_path(str(item)) and paths[-1].is_file():
+            # A broken spec (or a rules file) is the command's own error to report.
+            with suppress(InitScopeError, OSError, ValueError):
+                checkpoint = load_spec(paths[-1]).checkpoint
+                if checkpoint is not None:
+                    paths.append(checkpoint)
+    files: list[Path] = paths.copy()
+    for path in paths:
+        if not (path.is_dir() or path.name.lower().endswith(".index.json")):
+            continue
+        try:
+            files += checkpoint_files(path, allow_outside=True)
+        except InitScopeError:
+            if path.is_dir():
+                suffixes = (*CHECKPOINT_SUFFIXES, ".distcp", ".metadata", ".json")
+                files += [f for f in path.iterdir() if f.name.lower().endswith(suffixes)]
+    return files

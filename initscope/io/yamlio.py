@@ -20,7 +20,14 @@ import yaml
 
 from initscope.errors import SpecError
 
-__all__ = ["Located", "did_you_mean", "load_yaml", "parse_scalar", "read_small_text", "shorten"]
+__all__ = [
+    "Located",
+    "did_you_mean",
+    "load_yaml",
+    "parse_scalar",
+    "read_small_text",
+    "shorten",
+]
 
 DocPath = tuple[str | int, ...]
 

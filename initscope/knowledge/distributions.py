@@ -14,7 +14,11 @@ from enum import Enum
 
 import torch
 
-__all__ = ["Distribution", "Family", "format_number"]
+__all__ = [
+    "Distribution",
+    "Family",
+    "format_number",
+]
 
 _SQRT2 = math.sqrt(2.0)
 _SQRT12 = math.sqrt(12.0)  # the std of U(a, b) is (b - a) / sqrt(12)

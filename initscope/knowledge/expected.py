@@ -20,11 +20,14 @@ from initscope.errors import InitScopeError
 from initscope.knowledge.distributions import Distribution
 from initscope.knowledge.tracing import DefaultInit
 from initscope.measure.report import ParameterReport, Report
-from initscope.render.text import short_call
+from initscope.render.common import short_call
 from initscope.rules.language import RuleSet, Unmatched, nothing_was
 from initscope.rules.plan import Action, ParamSite, make_plan
 
-__all__ = ["Expected", "expectations"]
+__all__ = [
+    "Expected",
+    "expectations",
+]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,12 @@ from initscope.io.targets import ModelSpec, import_ref
 from initscope.knowledge.distributions import Family
 from initscope.knowledge.tracing import DefaultInit, fans, format_arg
 
-__all__ = ["REPRESENTATIVE_ARGS", "Explanation", "ParamExplanation", "explain"]
+__all__ = [
+    "REPRESENTATIVE_ARGS",
+    "Explanation",
+    "ParamExplanation",
+    "explain",
+]
 
 # Small values for required constructor arguments, by parameter name. Only one layer's
 # arguments are in play at a time, so the values repeat across layers; what holds (and

@@ -15,7 +15,11 @@ import torch
 
 from initscope.knowledge.distributions import Distribution
 
-__all__ = ["KSResult", "kolmogorov_sf", "ks_test"]
+__all__ = [
+    "KSResult",
+    "kolmogorov_sf",
+    "ks_test",
+]
 
 
 @dataclass(frozen=True)

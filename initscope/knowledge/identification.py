@@ -37,7 +37,13 @@ from initscope.stats import fused
 from initscope.stats.fused import Lines
 from initscope.stats.tensor import RunningStats, TensorStats
 
-__all__ = ["ALPHA", "MIN_ELEMENTS", "Fit", "Identification", "identify"]
+__all__ = [
+    "ALPHA",
+    "MIN_ELEMENTS",
+    "Fit",
+    "Identification",
+    "identify",
+]
 
 # Level of each candidate's test: a tensor drawn from its default is called "differs" with
 # probability about ALPHA.

@@ -38,7 +38,14 @@ from initscope.stats.tensor import (
     stream_stats,
 )
 
-__all__ = ["Measured", "Pieces", "Readable", "measure", "readable", "sample_seed"]
+__all__ = [
+    "Measured",
+    "Pieces",
+    "Readable",
+    "measure",
+    "readable",
+    "sample_seed",
+]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Build the per-parameter report: names, types, shapes, fans, traced defaults and statistics.
 
-Only data lives here; :mod:`initscope.render.text` turns a :class:`Report` into text.
+Only data lives here; :mod:`initscope.render.report` turns a :class:`Report` into text.
 """
 
 from __future__ import annotations

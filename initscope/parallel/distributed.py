@@ -17,7 +17,13 @@ from typing import Any, TypeVar
 
 from initscope.errors import InitScopeError
 
-__all__ = ["Group", "assign", "finish", "init_from_env", "map_over_ranks"]
+__all__ = [
+    "Group",
+    "assign",
+    "finish",
+    "init_from_env",
+    "map_over_ranks",
+]
 
 T = TypeVar("T")
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

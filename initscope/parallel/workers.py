@@ -28,7 +28,14 @@ from initscope.stats import fused
 if TYPE_CHECKING:
     from initscope.parallel.distributed import Group
 
-__all__ = ["Advance", "ProgressFn", "auto_workers", "parallel_map", "spread", "ticker"]
+__all__ = [
+    "Advance",
+    "ProgressFn",
+    "auto_workers",
+    "parallel_map",
+    "spread",
+    "ticker",
+]
 
 T = TypeVar("T")
 

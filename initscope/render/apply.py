@@ -12,11 +12,16 @@ import json
 from collections import Counter
 from typing import Any
 
-from initscope.render.text import escape_text
+from initscope.render.common import FORMATS, Format, escape_text
 from initscope.rules.apply import ApplyResult
 from initscope.rules.plan import Action, Plan, plan_to_dict, shape_tuple
 
-__all__ = ["APPLY_SCHEMA", "apply_to_dict", "render_apply", "summary_lines"]
+__all__ = [
+    "APPLY_SCHEMA",
+    "apply_to_dict",
+    "render_apply",
+    "summary_lines",
+]
 
 APPLY_SCHEMA = "initscope.apply/1"
 
@@ -91,10 +96,11 @@ def _table(plan: Plan) -> list[str]:
 _HEAD = ("parameter", "shape", "rule", "init")
 
 
-def render_apply(result: ApplyResult, fmt: str = "table") -> str:
+def render_apply(result: ApplyResult, fmt: Format | str = Format.TABLE) -> str:
     """``table``: on a dry run every parameter's decision, then the account; ``json``: the
     ``initscope.apply/1`` document."""
-    if fmt == "json":
+    fmt = Format(fmt).require("apply", FORMATS["apply"])
+    if fmt is Format.JSON:
         return json.dumps(apply_to_dict(result), indent=2, allow_nan=False) + "\n"
     plan = result.plan
     out: list[str] = []

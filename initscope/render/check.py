@@ -17,9 +17,13 @@ from collections import defaultdict
 from typing import Any
 
 from initscope.gate.check import CheckResult, Violation
-from initscope.render.text import escape_text
+from initscope.render.common import FORMATS, Format, escape_text
 
-__all__ = ["CHECK_SCHEMA", "check_to_dict", "render_check"]
+__all__ = [
+    "CHECK_SCHEMA",
+    "check_to_dict",
+    "render_check",
+]
 
 CHECK_SCHEMA = "initscope.check/1"
 
@@ -141,7 +145,8 @@ def _junit(result: CheckResult) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"
 
 
-def render_check(result: CheckResult, fmt: str = "text") -> str:
+def render_check(result: CheckResult, fmt: Format | str = Format.TEXT) -> str:
+    fmt = Format(fmt).require("check", FORMATS["check"]).value
     if fmt == "json":
         return json.dumps(check_to_dict(result), indent=2) + "\n"
     if fmt == "junit":

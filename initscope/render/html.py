@@ -14,8 +14,9 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from initscope.render.common import cut_text, default_parts, format_stat, type_name
 from initscope.render.panels import Panel, make_panels
-from initscope.render.text import cut_text, default_parts, format_stat, report_to_dict, type_name
+from initscope.render.report import report_to_dict
 from initscope.stats.histogram import bars as block_bars
 from initscope.stats.histogram import histogram as make_histogram
 from initscope.stats.histogram import one_thread
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
     from initscope.measure.report import ParameterReport, Report
     from initscope.rules.language import RuleSet
 
-__all__ = ["CSP", "render_html"]
+__all__ = [
+    "CSP",
+    "render_html",
+]
 
 # Nothing may be fetched: no scripts, styles, fonts or images from anywhere; inline styles,
 # the one inline script, and data: images only.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from initscope.knowledge.expected import Expected, expectations
 from initscope.measure.report import ParameterReport, Report, class_names, name_matches
-from initscope.render.text import shape_label
+from initscope.render.common import shape_label
 from initscope.rules.language import RuleSet
 from initscope.stats.histogram import (
     Density,
@@ -25,7 +25,12 @@ from initscope.stats.histogram import (
     value_range,
 )
 
-__all__ = ["BINS", "Panel", "make_panels", "select"]
+__all__ = [
+    "BINS",
+    "Panel",
+    "make_panels",
+    "select",
+]
 
 # Bars per panel: fine enough to show a uniform's flat top or a normal's bell from a
 # 4,096-value sample (about 170 values a bar), coarse enough that bars are not noise.

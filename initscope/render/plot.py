@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from initscope.errors import InitScopeError
 from initscope.knowledge.distributions import format_number
+from initscope.render.common import cut_text, escape_text
 from initscope.render.panels import BINS, Panel, make_panels
-from initscope.render.text import cut_text, escape_text
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,12 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["FUNCTIONS", "Expression", "ExpressionError", "parse_expression"]
+__all__ = [
+    "FUNCTIONS",
+    "Expression",
+    "ExpressionError",
+    "parse_expression",
+]
 
 FUNCTIONS: Mapping[str, Callable[[float], float]] = {"sqrt": math.sqrt, "log": math.log}
 _BINARY: Mapping[type[ast.operator], Callable[[float, float], float]] = {

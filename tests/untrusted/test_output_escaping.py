@@ -123,7 +123,7 @@ def test_diff_apply_and_errors_print_names_escaped(
 
 
 def test_escape_helpers() -> None:
-    from initscope.render.text import csv_cell, escape_text
+    from initscope.render.common import csv_cell, escape_text
 
     assert escape_text("a\x1bb\u202ec\nd") == "a\\x1bb\\u202ec\\x0ad"
     assert escape_text("a\nb\tc\x1b", keep="\n\t") == "a\nb\tc\\x1b"

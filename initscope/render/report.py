@@ -1,8 +1,7 @@
-"""Turn reports and explanations into text: a rich table, JSON, Markdown or CSV.
+"""A :class:`~initscope.measure.report.Report` as a rich table, JSON, Markdown or CSV.
 
-The JSON shape (``initscope.report/1``) is a public contract documented in the README; fields
-are only ever added to it.
-"""
+The JSON shape (``initscope.report/1``) is a public contract documented in docs/formats.md;
+fields are only ever added to it."""
 
 from __future__ import annotations
 
@@ -10,112 +9,36 @@ import csv
 import dataclasses
 import io
 import json
-import math
-import re
-from collections.abc import Iterable
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from initscope.knowledge.explanation import Explanation
-    from initscope.knowledge.tracing import DefaultInit
     from initscope.measure.report import ParameterReport, Report
+from initscope.render.common import (
+    FORMATS,
+    HIST_WIDTH,
+    TABLE_WIDTH,
+    Format,
+    csv_cell,
+    cut_text,
+    default_parts,
+    default_to_dict,
+    escape_text,
+    finite,
+    format_stat,
+    plural,
+    shape_label,
+    short_call,
+    type_name,
+)
 
 __all__ = [
-    "OutputFormat",
-    "csv_cell",
-    "cut_text",
-    "default_parts",
-    "escape_text",
-    "explanation_to_dict",
-    "format_stat",
-    "render_explanation",
+    "parameter_to_dict",
+    "render_csv",
+    "render_markdown",
     "render_report",
+    "render_table",
     "report_to_dict",
-    "shape_label",
-    "short_call",
-    "type_name",
 ]
-
-TABLE_WIDTH = 100
-# Bars of the table's one-line histogram (--hist).
-HIST_WIDTH = 10
-# Calls whose numbers the distribution label already shows in full.
-_PLAIN_CALLS = {"uniform_", "normal_", "constant_", "zeros_", "ones_", "fill_", "zero_"}
-# Calls longer than this are cut with an ellipsis in tables; JSON keeps them whole.
-_MAX_CALL = 48
-
-
-class OutputFormat(str, Enum):
-    TABLE = "table"
-    JSON = "json"
-    MARKDOWN = "markdown"
-    CSV = "csv"
-
-
-# -- names from files are data -----------------------------------------------------------------
-
-# Characters that act on a terminal or on how text reads rather than showing: C0 controls,
-# DEL, C1 controls (ESC [ and CSI start escape sequences that clear screens, set titles,
-# write to the clipboard), and the Unicode bidirectional controls that reorder what a
-# reader sees (the "Trojan Source" characters, CVE-2021-42574).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def escape_text(text: str, keep: str = "") -> str:
-    """``text`` with every control character shown as ``\\xNN`` (``\\uNNNN`` for the bidi
-    controls), so a tensor name from a file cannot move the cursor, clear a terminal or
-    forge a line; those in ``keep`` stay (``"\\n\\t"`` for a whole rendered output, whose
-    lines they lay out)."""
-
-    def shown(match: re.Match[str]) -> str:
-        char = match.group()
-        if char in keep:
-            return char
-        code = ord(char)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-    return _CONTROL.sub(shown, text)
-
-
-def csv_cell(text: str) -> str:
-    """A text cell a spreadsheet will not run: one that starts with ``= + - @`` (or a tab or
-    CR) is a formula to Excel and LibreOffice, so it gets a leading ``'`` (OWASP, "CSV
-    Injection"); control characters are escaped."""
-    text = escape_text(text)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-# -- data ------------------------------------------------------------------------------------
-
-
-def _finite(x: float | None) -> float | None:
-    if x is None or math.isnan(x) or math.isinf(x):
-        return None
-    return x
-
-
-def default_to_dict(d: DefaultInit | None) -> dict[str, Any] | None:
-    if d is None:
-        return None
-    dist = d.distribution
-    # JSON has no inf/nan: a constant -inf (an attention mask buffer) is null here and
-    # "const -inf" in the label.
-    return {
-        "init": d.call.name,
-        "args": {k: _finite(v) if isinstance(v, float) else v for k, v in d.call.args.items()},
-        "family": dist.family.value,
-        "low": _finite(dist.low),
-        "high": _finite(dist.high),
-        "mean": _finite(dist.mean),
-        "std": _finite(dist.std),
-        "value": _finite(dist.value),
-        "label": dist.label(),
-        "source": d.call.source,
-        "then": [c.signature() for c in d.then],
-        "partial_writes": [c.signature() for c in d.partial],
-        "via": list(d.via),
-    }
 
 
 def parameter_to_dict(p: ParameterReport) -> dict[str, Any]:
@@ -138,18 +61,18 @@ def parameter_to_dict(p: ParameterReport) -> dict[str, Any]:
         else {
             "label": p.fit.label,
             "family": p.fit.family.value if p.fit.family is not None else None,
-            "params": {k: _finite(v) for k, v in p.fit.params.items()},
+            "params": {k: finite(v) for k, v in p.fit.params.items()},
             "p_value": p.fit.p_value,
         },
         "matches_default": p.matches_default,
         "stats": None
         if s is None
         else {
-            "mean": _finite(s.mean),
-            "std": _finite(s.std),
-            "min": _finite(s.min),
-            "max": _finite(s.max),
-            "abs_max": _finite(s.abs_max),
+            "mean": finite(s.mean),
+            "std": finite(s.std),
+            "min": finite(s.min),
+            "max": finite(s.max),
+            "abs_max": finite(s.abs_max),
             "zero_fraction": s.zero_fraction,
             "nan_count": s.nan_count,
             "inf_count": s.inf_count,
@@ -166,69 +89,6 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "parameters": [parameter_to_dict(p) for p in report.parameters],
         "summary": dataclasses.asdict(report.summary()),
     }
-
-
-# -- text helpers ----------------------------------------------------------------------------
-
-
-def format_stat(x: float | None) -> str:
-    from initscope.knowledge.distributions import format_number
-
-    return format_number(x, missing="-")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
-def shape_label(shape: Iterable[int]) -> str:
-    return "[" + ",".join(str(s) for s in shape) + "]"
-
-
-def short_call(d: DefaultInit) -> str:
-    """``kaiming_uniform_(a=√5)``: only the arguments that differ from torch's defaults."""
-    from initscope.knowledge.tracing import InitCall
-
-    call = d.call
-    if call.name in _PLAIN_CALLS:
-        text = call.name
-    else:
-        shown = {k: v for k, v in call.args.items() if not _is_default_arg(call.name, k, v)}
-        text = InitCall(call.name, shown).signature() if shown else call.name
-    # Repeated identical steps (a parametrization's power iteration) collapse into one.
-    steps: list[list[Any]] = []
-    for step in d.then:
-        sig = step.signature()
-        if steps and steps[-1][0] == sig:
-            steps[-1][1] += 1
-        else:
-            steps.append([sig, 1])
-    for sig, count in steps:
-        text += f" → {sig}" + (f" ×{count}" if count > 1 else "")
-    return cut_text(text, _MAX_CALL)
-
-
-def _is_default_arg(func: str, key: str, value: Any) -> bool:
-    import inspect
-
-    import torch
-
-    fn = getattr(torch.nn.init, func, None)
-    if fn is None:
-        return False
-    try:
-        param = inspect.signature(fn).parameters.get(key)
-    except (TypeError, ValueError):
-        return False
-    return (
-        param is not None
-        and param.default is not inspect.Parameter.empty
-        and param.default == value
-    )
-
-
-def type_name(module_type: str | None) -> str:
-    return module_type.rsplit(".", 1)[-1] if module_type else ""
 
 
 # -- renderers -------------------------------------------------------------------------------
@@ -322,27 +182,11 @@ def _follows(p: ParameterReport) -> tuple[str, str]:
     return cut_text(p.fit.label, 28), "?" if known else "-"
 
 
-def cut_text(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def default_parts(d: DefaultInit | None) -> tuple[str, str]:
-    if d is None:
-        return "-", ""
-    call = short_call(d)
-    label = d.distribution.label()
-    if d.partial:
-        label += " +partial"
-    if label == "custom":
-        label = ""
-    return call, label
-
-
 def _summary_line(report: Report) -> str:
     s = report.summary()
-    text = f"{_plural(s.parameters, 'parameter')}, {_plural(s.numel, 'element')}"
+    text = f"{plural(s.parameters, 'parameter')}, {plural(s.numel, 'element')}"
     if s.buffers:
-        text += f", {_plural(s.buffers, 'buffer')}"
+        text += f", {plural(s.buffers, 'buffer')}"
     if not report.has_model:
         return text + "; no model given, so no default init (pass --model or --spec)"
     if s.parameters:
@@ -352,7 +196,7 @@ def _summary_line(report: Report) -> str:
         decided = s.at_default + s.differ + s.inconclusive
         if decided:
             text += (
-                f"\n{_plural(s.at_default, 'parameter')} at their default, {s.differ} differ, "
+                f"\n{plural(s.at_default, 'parameter')} at their default, {s.differ} differ, "
                 f"{s.inconclusive} inconclusive"
             )
     return text
@@ -457,80 +301,16 @@ def render_csv(report: Report) -> str:
 
 
 def render_report(
-    report: Report, fmt: OutputFormat, width: int = TABLE_WIDTH, hist: bool = False
+    report: Report, fmt: Format | str, width: int = TABLE_WIDTH, hist: bool = False
 ) -> str:
     """``hist`` (table only) adds a one-line histogram of each parameter's values."""
-    if hist and fmt is not OutputFormat.TABLE:
+    fmt = Format(fmt).require("report", FORMATS["report"])
+    if hist and fmt is not Format.TABLE:
         raise ValueError(f"hist is a column of the table format, not of {fmt.value}")
-    if fmt is OutputFormat.JSON:
+    if fmt is Format.JSON:
         return json.dumps(report_to_dict(report), indent=2) + "\n"
-    if fmt is OutputFormat.MARKDOWN:
+    if fmt is Format.MARKDOWN:
         return render_markdown(report)
-    if fmt is OutputFormat.CSV:
+    if fmt is Format.CSV:
         return render_csv(report)
     return render_table(report, width, hist)
-
-
-# -- explain ---------------------------------------------------------------------------------
-
-
-def explanation_to_dict(e: Explanation) -> dict[str, Any]:
-    return {
-        "schema": "initscope.explain/1",
-        "layer": e.layer,
-        "arguments": dict(e.arguments),
-        "representative": e.representative,
-        "filled": list(e.filled),
-        "parameters": [
-            {
-                "name": p.name,
-                "shape": list(p.shape),
-                "fan_in": p.fan_in,
-                "fan_out": p.fan_out,
-                "call": p.default.call.signature(),
-                "default": default_to_dict(p.default),
-                "formula": list(p.formula),
-                "source": p.default.call.source,
-                "torch_function": p.torch_function,
-            }
-            for p in e.parameters
-        ],
-    }
-
-
-def render_explanation(e: Explanation, fmt: OutputFormat, width: int = TABLE_WIDTH) -> str:
-    if fmt is OutputFormat.JSON:
-        return json.dumps(explanation_to_dict(e), indent=2) + "\n"
-    if fmt not in (OutputFormat.TABLE, OutputFormat.MARKDOWN):
-        raise ValueError(f"explain renders as table, markdown or json, not {fmt.value}")
-    args = ", ".join(f"{k}={v!r}" for k, v in e.arguments.items())
-    lines = [f"{e.layer}({args})"]
-    if e.filled and set(e.filled) == set(e.arguments):
-        lines.append("  (no --arg given: these are small representative arguments)")
-    elif e.filled:
-        items = ", ".join(f"{k}={e.arguments[k]!r}" for k in e.filled)
-        verb = "is a representative value" if len(e.filled) == 1 else "are representative values"
-        lines.append(f"  ({items} {verb}, not given)")
-    if not e.parameters:
-        lines.append("  no parameters")
-    for p in e.parameters:
-        lines.append("")
-        lines.append(f"{p.name}  {shape_label(p.shape)}")
-        lines.append(f"  init     {p.default.call.signature()}")
-        for step in p.default.then:
-            lines.append(f"  then     {step.signature()}")
-        lines.append(f"  gives    {p.default.distribution.label()}")
-        for i, f in enumerate(p.formula):
-            lines.append(f"  {'formula' if i == 0 else '':8} {f}")
-        for c in p.default.partial:
-            lines.append(f"  partial  {c.signature()}  (part of the tensor, afterwards)")
-        if p.default.via:
-            lines.append(f"  via      {' → '.join(p.default.via)}")
-        if p.default.call.source:
-            lines.append(f"  source   {p.default.call.source}")
-        if p.torch_function:
-            lines.append(f"  see      {p.torch_function}")
-    text = "\n".join(lines) + "\n"
-    if fmt is OutputFormat.MARKDOWN:
-        return "```\n" + text + "```\n"
-    return text

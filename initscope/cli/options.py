@@ -1,0 +1,277 @@
+"""The options the commands share, declared once: typed aliases for each, and the TARGET
+options as one :class:`TargetArgs` (the :func:`target_options` decorator)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from initscope.io.targets import TargetOptions
+from initscope.io.parsing import constructor_kwargs, parse_shape
+
+__all__ = [
+    "MAX_SEED",
+    "AgainstOpt",
+    "AllowOutsideOpt",
+    "ArgOpt",
+    "ArgsFileOpt",
+    "DebugOpt",
+    "DistributedOpt",
+    "InputShapeOpt",
+    "MaxMemoryOpt",
+    "ModelOpt",
+    "QuietOpt",
+    "RulesOpt",
+    "SeedOpt",
+    "SpecOpt",
+    "StrictOpt",
+    "TargetArgs",
+    "UnmatchedOpt",
+    "UnmatchedOptT",
+    "UnsafeOpt",
+    "VarOpt",
+    "WorkersOpt",
+    "complete_signatures",
+    "target_options",
+]
+
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+ArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arg",
+        "-a",
+        help="Constructor argument name=value (value read as YAML: 3, [3,5], false). Repeatable.",
+    ),
+]
+ArgsFileOpt = Annotated[
+    Path | None,
+    typer.Option("--args-file", help="YAML mapping of constructor arguments."),
+]
+InputShapeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-shape",
+        help="Shape of a random input, e.g. 1,3,64,64, to materialize Lazy modules.",
+    ),
+]
+# torch.manual_seed takes at most 64 bits; 2**63 - 1 keeps it a signed int64.
+MAX_SEED = 2**63 - 1
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", min=0, max=MAX_SEED, help="Seed for constructing the model."),
+]
+
+
+MaxMemoryOpt = Annotated[
+    str,
+    typer.Option(
+        "--max-memory",
+        help="Largest tensor read whole (e.g. 2GiB, 512MB); a larger one is read in blocks "
+        "of rows.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Processes for the statistics (default: one per core when the work is large "
+        "enough, as many as --max-memory holds).",
+    ),
+]
+DistributedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="Spread the tensors over the ranks of a torchrun job (gloo); rank 0 prints.",
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="pkg.module:Class to load a checkpoint TARGET into."),
+]
+SpecOpt = Annotated[
+    Path | None,
+    typer.Option("--spec", help="YAML spec of the model to load a checkpoint TARGET into."),
+]
+UnsafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unsafe-load",
+        help="Allow loading pickled objects (runs code from the file; only for trusted files).",
+    ),
+]
+AllowOutsideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside",
+        help="Let a shard index name files outside its own folder (absolute paths, '..', "
+        "symlinks leaving it).",
+    ),
+]
+AgainstOpt = Annotated[
+    str,
+    typer.Option(
+        "--against",
+        help="What the panels compare each parameter with: 'default' (its traced default) or "
+        "a rules file / preset name (the distribution its rule resolves to, as check --rules).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class TargetArgs:
+    """The options every command that reads a TARGET shares (declared once, in
+    :func:`target_options`), as the command receives them."""
+
+    arg: list[str] | None = None
+    args_file: Path | None = None
+    model: str | None = None
+    spec: Path | None = None
+    input_shape: str | None = None
+    unsafe_load: bool = False
+    allow_outside: bool = False
+
+    def how(
+        self, *, seed: int = 0, meta: bool = False, max_memory: int | None = None
+    ) -> TargetOptions:
+        """How to read TARGET: the library's TargetOptions for these options."""
+        return _how(
+            self.arg,
+            self.args_file,
+            self.model,
+            self.spec,
+            self.input_shape,
+            self.unsafe_load,
+            seed=seed,
+            meta=meta,
+            allow_outside=self.allow_outside,
+            max_memory=max_memory,
+        )
+
+
+# Each shared option: its parameter name and annotation, as the commands' signatures list it.
+_TARGET_OPTIONS: tuple[tuple[str, object, object], ...] = (
+    ("arg", ArgOpt, None),
+    ("args_file", ArgsFileOpt, None),
+    ("model", ModelOpt, None),
+    ("spec", SpecOpt, None),
+    ("input_shape", InputShapeOpt, None),
+    ("unsafe_load", UnsafeOpt, False),
+    ("allow_outside", AllowOutsideOpt, False),
+)
+
+
+def target_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add the shared TARGET options to ``command``'s command-line signature and hand them
+    to it as one ``targets: TargetArgs`` argument (as sqlfluff's ``common_options`` does for
+    click): the commands declare them once, here. The signature typer reads is completed at
+    the end of this module, once every option alias it names is defined."""
+    names = [name for name, _, _ in _TARGET_OPTIONS]
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        shared = {name: kwargs.pop(name) for name in names if name in kwargs}
+        command(*args, targets=TargetArgs(**shared), **kwargs)  # type: ignore[arg-type]
+
+    _PENDING.append((run, command))
+    return run
+
+
+_PENDING: list[tuple[Callable[..., None], Callable[..., None]]] = []
+
+
+def complete_signatures() -> None:
+    """Give each :func:`target_options` command the signature typer reads: its own
+    options, then the shared ones, then ``--debug``."""
+    for run, command in _PENDING:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "targets"]
+        shared = [
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind
+            )
+            for name, kind, default in _TARGET_OPTIONS
+        ]
+        params = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.default is not p.empty else p
+            for p in [*(p for p in own if p.name != "debug"), *shared]
+        ] + [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p.name == "debug"]
+        run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {**{p.name: p.annotation for p in params}, "return": None}
+    _PENDING.clear()
+
+
+def _how(
+    arg: list[str] | None,
+    args_file: Path | None,
+    model: str | None,
+    spec: Path | None,
+    input_shape: str | None,
+    unsafe_load: bool,
+    *,
+    seed: int = 0,
+    meta: bool = False,
+    allow_outside: bool = False,
+    max_memory: int | None = None,
+) -> TargetOptions:
+    """How to read TARGET, from the options every target-taking command shares."""
+    from initscope.io.targets import TargetOptions
+
+    return TargetOptions(
+        kwargs=constructor_kwargs(arg, args_file),
+        model=model,
+        spec=spec,
+        input_shape=parse_shape(input_shape),
+        unsafe_load=unsafe_load,
+        seed=seed,
+        meta=meta,
+        allow_outside=allow_outside,
+        **({"max_memory": max_memory} if max_memory is not None else {}),
+    )
+
+
+class UnmatchedOpt(str, Enum):
+    KEEP = "keep"
+    ERROR = "error"
+    DEFAULT = "default"
+
+
+RulesOpt = Annotated[
+    str,
+    typer.Option(
+        "--rules",
+        "-r",
+        help="Rules file (.yaml), or a preset name: xavier, kaiming, gpt2, ... "
+        "(see 'initscope rules presets').",
+    ),
+]
+VarOpt = Annotated[
+    list[str] | None,
+    typer.Option("--var", help="Set a rules var, name=number (overrides vars:). Repeatable."),
+]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict",
+        help="Fail (exit 2, nothing written) when a rule matches nothing or a parameter "
+        "is covered by no rule.",
+    ),
+]
+UnmatchedOptT = Annotated[
+    UnmatchedOpt | None,
+    typer.Option(
+        "--unmatched",
+        help="What to do with parameters no rule matches (overrides the file's unmatched:).",
+    ),
+]

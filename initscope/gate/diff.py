@@ -20,6 +20,7 @@ import torch
 
 from initscope.io.models import open_target
 from initscope.io.targets import TargetOptions
+from initscope.naming import dtype_name
 from initscope.parallel.distributed import Group
 from initscope.parallel.workers import ProgressFn, spread
 from initscope.stats.tensor import CHUNK_ELEMENTS, DEFAULT_MAX_MEMORY, dense
@@ -77,10 +78,6 @@ class DiffResult:
         return sorted(changed, key=lambda e: -(e.rel_l2 if e.rel_l2 is not None else math.inf))
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _bit_identical(a: torch.Tensor, b: torch.Tensor) -> bool:
     # torch.equal says NaN != NaN; bytes say whether anything changed at all.
     if a.dtype != b.dtype or a.shape != b.shape:
@@ -100,8 +97,8 @@ def _base(
     return {
         "shape_a": shape_a,
         "shape_b": shape_b,
-        "dtype_a": _dtype_name(dtype_a),
-        "dtype_b": _dtype_name(dtype_b),
+        "dtype_a": dtype_name(dtype_a),
+        "dtype_b": dtype_name(dtype_b),
     }
 
 
@@ -274,13 +271,13 @@ def diff_targets(
                 continue
             shape_a, dtype_a = side_a.info(name)
             entries.append(
-                DiffEntry(name, Status.REMOVED, shape_a, None, _dtype_name(dtype_a), None)
+                DiffEntry(name, Status.REMOVED, shape_a, None, dtype_name(dtype_a), None)
             )
         for name in side_b.names:
             if name not in in_a:
                 shape_b, dtype_b = side_b.info(name)
                 entries.append(
-                    DiffEntry(name, Status.ADDED, None, shape_b, None, _dtype_name(dtype_b))
+                    DiffEntry(name, Status.ADDED, None, shape_b, None, dtype_name(dtype_b))
                 )
         return DiffResult(a, b, tuple(entries))
 

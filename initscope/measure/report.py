@@ -21,6 +21,7 @@ from initscope.io.yamlio import did_you_mean
 from initscope.knowledge.identification import Fit, Structure, identify
 from initscope.knowledge.tracing import DefaultInit, fans
 from initscope.measure.pipeline import Readable, measure, readable
+from initscope.naming import dtype_name, split_name
 from initscope.parallel.distributed import Group
 from initscope.parallel.workers import ProgressFn, spread
 from initscope.stats.tensor import DEFAULT_MAX_MEMORY, TensorStats
@@ -128,10 +129,6 @@ class ReportOptions:
     group: Group | None = None  # with --distributed: this rank's place in the torchrun job
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -158,13 +155,8 @@ def name_matches(name: str, module: str, globs: Sequence[str]) -> bool:
 
 def _selected(name: str, module: torch.nn.Module | None, options: ReportOptions) -> bool:
     return _type_matches(module, options.types) and name_matches(
-        name, _split(name)[0], options.names
+        name, split_name(name)[0], options.names
     )
-
-
-def _split(name: str) -> tuple[str, str]:
-    module, _, param = name.rpartition(".")
-    return module, param
 
 
 def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
@@ -183,7 +175,7 @@ def _parameter(
     max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> ParameterReport:
     """One parameter's entry: its metadata, statistics, and what its values follow."""
-    module_path, param = _split(name)
+    module_path, param = split_name(name)
     m = measure(name, source, max_memory=max_memory)
     f_in, f_out = _tensor_fans(m.shape)
     rs = m.stats
@@ -198,7 +190,7 @@ def _parameter(
         module_type=_qualname(type(module)) if module is not None else None,
         param=param,
         shape=m.shape,
-        dtype=_dtype_name(m.dtype),
+        dtype=dtype_name(m.dtype),
         numel=m.numel,
         fan_in=f_in,
         fan_out=f_out,
@@ -258,10 +250,10 @@ def report_model(
             continue
         first_name[id(t)] = name
         tied[name] = []
-        if _selected(name, modules.get(_split(name)[0]), options):
+        if _selected(name, modules.get(split_name(name)[0]), options):
             entries.append((name, t, is_buffer))
     # Grouped by module, in named_modules() order; a module's buffers after its parameters.
-    entries.sort(key=lambda e: (order.get(_split(e[0])[0], len(order)), e[2]))
+    entries.sort(key=lambda e: (order.get(split_name(e[0])[0], len(order)), e[2]))
 
     def one(i: int) -> ParameterReport:
         name, t, is_buffer = entries[i]
@@ -272,7 +264,7 @@ def report_model(
         )
         return _parameter(
             name,
-            modules.get(_split(name)[0]),
+            modules.get(split_name(name)[0]),
             source,
             tied_to=tied[name],
             default=traced.defaults.get(name),
@@ -363,14 +355,14 @@ def report_checkpoint(
     selected = [
         name
         for name, key in keys.items()
-        if key not in ckpt.aliases and _selected(name, modules.get(_split(name)[0]), options)
+        if key not in ckpt.aliases and _selected(name, modules.get(split_name(name)[0]), options)
     ]
 
     def one(i: int) -> ParameterReport:
         name = selected[i]
         return _parameter(
             name,
-            modules.get(_split(name)[0]),
+            modules.get(split_name(name)[0]),
             readable(ckpt, keys[name], options.max_memory),
             tied_to=tied.get(name, ()),
             default=None,

@@ -2,7 +2,7 @@
 
 JSON (``--format json``) is a public contract, schema ``initscope.apply/1``: the target,
 rules file, seed, output (null on a dry run), one entry per parameter (see
-:func:`initscope.rules.plan.plan_to_dict`), the rules that matched nothing, the parameters no rule
+:func:`plan_to_dict`), the rules that matched nothing, the parameters no rule
 covered, and the warnings.
 """
 
@@ -12,13 +12,15 @@ import json
 from collections import Counter
 from typing import Any
 
-from initscope.render.common import FORMATS, Format, escape_text
+from initscope.naming import dtype_name
+from initscope.render.common import FORMATS, Format, escape_text, finite
 from initscope.rules.apply import ApplyResult
-from initscope.rules.plan import Action, Plan, plan_to_dict, shape_tuple
+from initscope.rules.plan import Action, Plan, shape_tuple
 
 __all__ = [
     "APPLY_SCHEMA",
     "apply_to_dict",
+    "plan_to_dict",
     "render_apply",
     "summary_lines",
 ]
@@ -115,3 +117,58 @@ def render_apply(result: ApplyResult, fmt: Format | str = Format.TABLE) -> str:
     else:
         out.append("dry run: nothing was written")
     return "\n".join(out) + "\n"
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as JSON-ready data (the ``initscope.apply/1`` parameter list and summary)."""
+    params = []
+    for e in plan.entries:
+        d = e.distribution
+        params.append(
+            {
+                "name": e.site.name,
+                "module": e.site.module,
+                "param": e.site.param,
+                "type": e.site.module_class.__name__ if e.site.module_class else None,
+                "shape": list(e.site.shape),
+                "dtype": dtype_name(e.site.dtype),
+                "rule": None
+                if e.rule is None
+                else {"index": e.rule.index, "line": e.rule.line, "init": e.rule.init},
+                "action": e.action.value,
+                "init": e.init
+                if e.action is Action.INIT
+                else ("default" if e.action is Action.DEFAULT else None),
+                "args": dict(e.args),
+                "distribution": None
+                if d is None
+                else {
+                    "family": d.family.value,
+                    "low": finite(d.low),
+                    "high": finite(d.high),
+                    "mean": finite(d.mean),
+                    "std": finite(d.std),
+                    "value": finite(d.value),
+                    "label": d.label(),
+                },
+                "default_via": e.default_via,
+                "tied_to": e.site.tied_to,
+                "description": e.describe(),
+            }
+        )
+    return {
+        "parameters": params,
+        "unused_rules": [{"index": r.index, "line": r.line} for r in plan.unused],
+        "unmatched": [e.site.name for e in plan.unmatched],
+        "unmatched_policy": plan.unmatched_policy.value,
+        "tie_conflicts": [
+            {
+                "name": c.name,
+                "tied_to": c.tied_to,
+                "rule": None if c.rule is None else c.rule.index,
+                "winner": None if c.winner is None else c.winner.index,
+            }
+            for c in plan.conflicts
+        ],
+        "seed": plan.seed,
+    }

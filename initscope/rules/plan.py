@@ -14,13 +14,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from initscope.io.yamlio import did_you_mean
 from initscope.knowledge.distributions import Distribution, Family
 from initscope.knowledge.tracing import DefaultInit, init_distribution
+from initscope.naming import dtype_name, split_name
 from initscope.rules.expressions import Expression, ExpressionError
 from initscope.rules.language import (
     Problem,
@@ -222,11 +223,6 @@ class Plan:
 # -- sites ---------------------------------------------------------------------------------
 
 
-def _split(name: str) -> tuple[str, str]:
-    module, _, param = name.rpartition(".")
-    return module, param
-
-
 def sites_from_model(model: torch.nn.Module) -> list[ParamSite]:
     """Every floating-point parameter of ``model`` in ``named_parameters`` order, tied names
     included (integer parameters, as in quantized models, are not initializable)."""
@@ -235,7 +231,7 @@ def sites_from_model(model: torch.nn.Module) -> list[ParamSite]:
     for name, p in model.named_parameters(remove_duplicate=False):
         if not (p.dtype.is_floating_point or p.dtype.is_complex):
             continue
-        module, param = _split(name)
+        module, param = split_name(name)
         cls = type(model.get_submodule(module))
         tied = first.get(id(p))
         first.setdefault(id(p), name)
@@ -252,7 +248,7 @@ def sites_from_tensors(
     for name, (shape, dtype) in infos.items():
         if not dtype.is_floating_point:
             continue
-        module, param = _split(name)
+        module, param = split_name(name)
         sites.append(ParamSite(name, module, param, shape, dtype, None, aliases.get(name)))
     return sites
 
@@ -556,7 +552,7 @@ def _resolve(
                 rule.at("init"),
                 f"{label}",
                 f"{rule.init.removesuffix('_')} would write values up to {reach:.3g} into "
-                f"{{name}}, beyond {str(site.dtype).removeprefix('torch.')}'s {limit:.3g}",
+                f"{{name}}, beyond {dtype_name(site.dtype)}'s {limit:.3g}",
                 "use smaller numbers (they would become inf)",
                 who,
                 "reach",
@@ -630,62 +626,3 @@ def _default(
 
 def shape_tuple(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def plan_to_dict(plan: Plan) -> dict[str, Any]:
-    """The plan as JSON-ready data (the ``initscope.apply/1`` parameter list and summary)."""
-    params = []
-    for e in plan.entries:
-        d = e.distribution
-        params.append(
-            {
-                "name": e.site.name,
-                "module": e.site.module,
-                "param": e.site.param,
-                "type": e.site.module_class.__name__ if e.site.module_class else None,
-                "shape": list(e.site.shape),
-                "dtype": str(e.site.dtype).removeprefix("torch."),
-                "rule": None
-                if e.rule is None
-                else {"index": e.rule.index, "line": e.rule.line, "init": e.rule.init},
-                "action": e.action.value,
-                "init": e.init
-                if e.action is Action.INIT
-                else ("default" if e.action is Action.DEFAULT else None),
-                "args": dict(e.args),
-                "distribution": None
-                if d is None
-                else {
-                    "family": d.family.value,
-                    "low": _finite(d.low),
-                    "high": _finite(d.high),
-                    "mean": _finite(d.mean),
-                    "std": _finite(d.std),
-                    "value": _finite(d.value),
-                    "label": d.label(),
-                },
-                "default_via": e.default_via,
-                "tied_to": e.site.tied_to,
-                "description": e.describe(),
-            }
-        )
-    return {
-        "parameters": params,
-        "unused_rules": [{"index": r.index, "line": r.line} for r in plan.unused],
-        "unmatched": [e.site.name for e in plan.unmatched],
-        "unmatched_policy": plan.unmatched_policy.value,
-        "tie_conflicts": [
-            {
-                "name": c.name,
-                "tied_to": c.tied_to,
-                "rule": None if c.rule is None else c.rule.index,
-                "winner": None if c.winner is None else c.winner.index,
-            }
-            for c in plan.conflicts
-        ],
-        "seed": plan.seed,
-    }
-
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None

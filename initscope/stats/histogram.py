@@ -106,7 +106,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _finite(sample: torch.Tensor) -> torch.Tensor:
+def finite_values(sample: torch.Tensor) -> torch.Tensor:
     flat = sample.reshape(-1).to(torch.float64)
     finite = torch.isfinite(flat)
     # Few torch calls per tensor: on 4,096 values each call's overhead is what costs.
@@ -118,7 +118,7 @@ def histogram(
 ) -> Histogram:
     """Count the finite values of ``sample`` in ``bins`` equal bins over ``span`` (default:
     the values' own range). Values outside ``span`` are left out; the last bin is closed."""
-    values = _finite(sample)
+    values = finite_values(sample)
     if values.numel() == 0:
         return Histogram(0.0, 0.0, (0,) * bins, 0)
     lo, hi = (float(v) for v in torch.aminmax(values))
@@ -161,7 +161,7 @@ def value_range(
     axis drawn around it)."""
     points: list[float] = []
     if sample is not None:
-        values = _finite(sample)
+        values = finite_values(sample)
         if values.numel():
             points += [float(values.min()), float(values.max())]
     support = _support(expected) if expected is not None else None

@@ -29,7 +29,13 @@ from initscope.io.targets import TargetOptions
 from initscope.knowledge.distributions import Distribution, Family, format_number
 from initscope.knowledge.identification import identify
 from initscope.knowledge.tracing import DefaultInit, InitCall, init_distribution
-from initscope.measure.pipeline import Measured, Readable, measure, readable
+from initscope.measure.pipeline import (
+    Measured,
+    TensorSource,
+    checkpoint_source,
+    measure,
+    model_source,
+)
 from initscope.parallel.distributed import Group
 from initscope.parallel.workers import ProgressFn, spread
 from initscope.rules.language import RulesError, RuleSet, Unmatched, nothing_was
@@ -360,48 +366,37 @@ def _follows_expected(
 @dataclass(frozen=True)
 class _Tensors:
     """The tensors to check: one site per tensor (tied names under their first), the tied
-    groups, and how to read a site's values (see :func:`initscope.measure.pipeline.readable`)."""
+    groups, and where their values come from."""
 
     sites: list[ParamSite]
     tied: list[set[str]]
-    read: Callable[[str, bool], Readable]  # (name, whether the values are needed)
-    load: Callable[[str], torch.Tensor]
+    source: TensorSource
 
 
-def _tensors(traced: Any, ckpt: Any, budget: int) -> _Tensors:
+def _tensors(traced: Any, ckpt: Any) -> _Tensors:
     """The sites of a model (with or without a checkpoint) or of a bare checkpoint."""
-    if traced is not None:
-        from initscope.rules.plan import sites_from_model
-
-        model = traced.model
-        sites, tied = _untied(sites_from_model(model))
-        if ckpt is None:
-            params = dict(model.named_parameters())
-            return _Tensors(
-                sites, tied, lambda n, values: params[n].detach(), lambda n: params[n].detach()
-            )
-        from initscope.measure.report import fitted_keys
-
-        keys = fitted_keys(model, ckpt)
-
-        def tied_key(name: str) -> str:
-            # A tied name saved under another of its names reads that one.
-            if name in keys:
-                return str(keys[name])
-            group = next(g for g in tied if name in g)
-            return str(keys[next(n for n in group if n in keys)])
-
-        key_of: Callable[[str], str] = tied_key
-    else:
+    if traced is None:
         file_keys, every = sites_from_checkpoint(ckpt)
         sites, tied = _untied(every)
-        key_of = file_keys.__getitem__
-    return _Tensors(
-        sites,
-        tied,
-        lambda n, values: readable(ckpt, key_of(n), budget, values=values),
-        lambda n: ckpt.load(key_of(n)),
-    )
+        return _Tensors(sites, tied, checkpoint_source(ckpt, file_keys))
+    from initscope.rules.plan import sites_from_model
+
+    model = traced.model
+    sites, tied = _untied(sites_from_model(model))
+    if ckpt is None:
+        return _Tensors(sites, tied, model_source(dict(model.named_parameters())))
+    from initscope.measure.report import fitted_keys
+
+    keys = fitted_keys(model, ckpt)
+
+    def key_of(name: str) -> str:
+        # A tied name saved under another of its names reads that one.
+        if name in keys:
+            return str(keys[name])
+        group = next(g for g in tied if name in g)
+        return str(keys[next(n for n in group if n in keys)])
+
+    return _Tensors(sites, tied, checkpoint_source(ckpt, {s.name: key_of(s.name) for s in sites}))
 
 
 def _untied(sites: list[ParamSite]) -> tuple[list[ParamSite], list[set[str]]]:
@@ -555,13 +550,15 @@ def check_target(
 ) -> CheckResult:
     """Run every check on TARGET (a checkpoint, or a model built fresh)."""
     with open_target(target, how) as (traced, ckpt):
-        tensors = _tensors(traced, ckpt, options.max_memory)
+        tensors = _tensors(traced, ckpt)
         sites = tensors.sites
         judge = _judge(options, sites, traced)
 
         def one(i: int) -> _SiteResult:
             site = sites[i]
-            source = tensors.read(site.name, judge.wants_values(site))
+            source = tensors.source.readable(
+                site.name, options.max_memory, judge.wants_values(site)
+            )
             m = measure(site.name, source, max_memory=options.max_memory)
             if m.stats is None:  # on the meta device: no values to check
                 return _SiteResult()
@@ -601,7 +598,7 @@ def _result(
         if result.fingerprint is not None:
             fingerprints.setdefault(result.fingerprint, []).append(site.name)
     if judge.health.identical:
-        violations += _identical(fingerprints, tensors.load, tensors.tied)
+        violations += _identical(fingerprints, tensors.source.load, tensors.tied)
     notes = tuple(
         f"{c.match.where}: {c.label} matched no parameter; check its type/name/param "
         "(usually a typo)"

@@ -20,6 +20,7 @@ import torch
 
 from initscope.io.models import open_target
 from initscope.io.targets import TargetOptions
+from initscope.measure.pipeline import TensorSource, checkpoint_source, model_source
 from initscope.naming import dtype_name
 from initscope.parallel.distributed import Group
 from initscope.parallel.workers import ProgressFn, spread
@@ -179,42 +180,17 @@ def diff_blocks(
     )
 
 
-@dataclass(frozen=True)
-class _Side:
-    """One side of a diff: its names, their shape and dtype, and readers."""
-
-    names: list[str]
-    info: Callable[[str], tuple[tuple[int, ...], torch.dtype]]
-    load: Callable[[str], torch.Tensor]
-    rows: Callable[[str, int, int], torch.Tensor] | None  # None: only whole tensors
-
-
 @contextmanager
-def _side(target: str, how: TargetOptions) -> Iterator[_Side]:
+def _side(target: str, how: TargetOptions) -> Iterator[TensorSource]:
     """A checkpoint's tensors (read on demand, by rows when large), or a freshly built
     model's state dict."""
     with open_target(target, how) as (traced, ckpt):
         if ckpt is not None:
             expected = traced.model.state_dict().keys() if traced is not None else None
-            keys = ckpt.keyed(expected)
-            infos = ckpt.infos
-            yield _Side(
-                list(keys),
-                lambda n: (infos[keys[n]].shape, infos[keys[n]].dtype),
-                lambda n: ckpt.load(keys[n]),
-                (lambda n, start, stop: ckpt.read_rows(keys[n], start, stop))
-                if ckpt.reads_rows
-                else None,
-            )
+            yield checkpoint_source(ckpt, ckpt.keyed(expected))
             return
         assert traced is not None
-        state = {k: v.detach() for k, v in traced.model.state_dict().items()}
-        yield _Side(
-            list(state),
-            lambda n: (tuple(state[n].shape), state[n].dtype),
-            state.__getitem__,
-            lambda n, start, stop: state[n][start:stop],
-        )
+        yield model_source(traced.model.state_dict())
 
 
 def diff_targets(
@@ -236,7 +212,7 @@ def diff_targets(
         side_b = stack.enter_context(_side(b, how_b or how))
         in_a, in_b = set(side_a.names), set(side_b.names)
         both = [n for n in side_a.names if n in in_b]
-        infos = {n: (side_a.info(n), side_b.info(n)) for n in both}
+        infos = {n: (_meta(side_a, n), _meta(side_b, n)) for n in both}
         # Elements read per pair, for balancing, and bytes, for progress: nothing when the
         # shapes differ.
         sizes = [math.prod(infos[n][0][0]) if infos[n][0][0] == infos[n][1][0] else 0 for n in both]
@@ -269,27 +245,37 @@ def diff_targets(
             if name in compared:
                 entries.append(compared[name])
                 continue
-            shape_a, dtype_a = side_a.info(name)
+            shape_a, dtype_a = _meta(side_a, name)
             entries.append(
                 DiffEntry(name, Status.REMOVED, shape_a, None, dtype_name(dtype_a), None)
             )
         for name in side_b.names:
             if name not in in_a:
-                shape_b, dtype_b = side_b.info(name)
+                shape_b, dtype_b = _meta(side_b, name)
                 entries.append(
                     DiffEntry(name, Status.ADDED, None, shape_b, None, dtype_name(dtype_b))
                 )
         return DiffResult(a, b, tuple(entries))
 
 
-def _sliced(t: torch.Tensor) -> Callable[[str, int, int], torch.Tensor]:
-    return lambda name, start, stop: t[start:stop]
+def _meta(side: TensorSource, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+    info = side.info(name)
+    return info.shape, info.dtype
+
+
+def _rows(side: TensorSource, name: str) -> Callable[[str, int, int], torch.Tensor]:
+    """How to read blocks of rows of ``name``: from the file where the format allows it,
+    else from the tensor read once, whole (not once per block)."""
+    if side.reads_rows:
+        return side.rows
+    whole = side.load(name)
+    return lambda _, start, stop: whole[start:stop]
 
 
 def _compare(
     name: str,
-    side_a: _Side,
-    side_b: _Side,
+    side_a: TensorSource,
+    side_b: TensorSource,
     shape_a: tuple[int, ...],
     dtype_a: torch.dtype,
     shape_b: tuple[int, ...],
@@ -305,8 +291,7 @@ def _compare(
         return diff_blocks(name, base, [(dense(side_a.load(name)), dense(side_b.load(name)))])
     # Over the budget: the same rows of both, a block at a time (two blocks fit the budget);
     # a side that cannot read rows (DCP) is read once, whole, not once per block.
-    rows_a = side_a.rows or _sliced(side_a.load(name))
-    rows_b = side_b.rows or _sliced(side_b.load(name))
+    rows_a, rows_b = _rows(side_a, name), _rows(side_b, name)
     step = max(1, budget // 2 // max(numel // shape_a[0] * width, 1))
     blocks = (
         (rows_a(name, r, min(r + step, shape_a[0])), rows_b(name, r, min(r + step, shape_a[0])))

@@ -16,7 +16,7 @@ themselves when the caller asks for them and they fit.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +94,51 @@ def readable(
     if info.numel * info.dtype.itemsize <= budget:
         return ckpt.load(key)
     return Pieces(info, ckpt.chunks(key, budget))
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """One TARGET's tensors by name, as report, check and diff read them: their metadata,
+    each one whole, some rows of one, or as a :data:`Readable` for :func:`measure`."""
+
+    names: tuple[str, ...]
+    info: Callable[[str], TensorInfo]
+    load: Callable[[str], torch.Tensor]
+    # Rows [start, stop) of a tensor, reading only those where the format allows it.
+    rows: Callable[[str, int, int], torch.Tensor]
+    # Whether ``rows`` reads only the rows asked for (else it loads the tensor).
+    reads_rows: bool
+    readable: Callable[[str, int, bool], Readable]  # (name, budget, values needed)
+
+
+def checkpoint_source(ckpt: Checkpoint, keys: Mapping[str, str]) -> TensorSource:
+    """The tensors of ``ckpt``, by the names in ``keys`` (name -> saved key)."""
+    return TensorSource(
+        tuple(keys),
+        lambda n: ckpt.infos[keys[n]],
+        lambda n: ckpt.load(keys[n]),
+        lambda n, start, stop: ckpt.read_rows(keys[n], start, stop),
+        ckpt.reads_rows,
+        lambda n, budget, values: readable(ckpt, keys[n], budget, values=values),
+    )
+
+
+def model_source(tensors: Mapping[str, torch.Tensor]) -> TensorSource:
+    """Tensors in memory (a model's parameters, buffers or state dict), detached."""
+    state = {name: t.detach() for name, t in tensors.items()}
+
+    def info(name: str) -> TensorInfo:
+        t = state[name]
+        return TensorInfo(name, tuple(int(d) for d in t.shape), t.dtype)
+
+    return TensorSource(
+        tuple(state),
+        info,
+        state.__getitem__,
+        lambda n, start, stop: state[n][start:stop],
+        True,
+        lambda n, budget, values: state[n],
+    )
 
 
 def measure(name: str, source: Readable, *, max_memory: int = DEFAULT_MAX_MEMORY) -> Measured:

@@ -20,7 +20,7 @@ from initscope.io.targets import TargetOptions
 from initscope.io.yamlio import did_you_mean
 from initscope.knowledge.identification import Fit, Structure, identify
 from initscope.knowledge.tracing import DefaultInit, fans
-from initscope.measure.pipeline import Readable, measure, readable
+from initscope.measure.pipeline import Readable, checkpoint_source, measure
 from initscope.naming import dtype_name, split_name
 from initscope.parallel.distributed import Group
 from initscope.parallel.workers import ProgressFn, spread
@@ -235,6 +235,7 @@ def report_model(
     for i, path in enumerate(modules):
         order.setdefault(path, i)
     keys = fitted_keys(model, checkpoint) if checkpoint is not None else {}
+    stored = checkpoint_source(checkpoint, keys) if checkpoint is not None else None
     # Tied tensors appear once, under their first name, listing the others in tied_to.
     first_name: dict[int, str] = {}
     tied: dict[str, list[str]] = {}
@@ -258,8 +259,8 @@ def report_model(
     def one(i: int) -> ParameterReport:
         name, t, is_buffer = entries[i]
         source = (
-            readable(checkpoint, keys[name], options.max_memory)
-            if checkpoint is not None and name in keys
+            stored.readable(name, options.max_memory, False)
+            if stored is not None and name in keys
             else t
         )
         return _parameter(
@@ -358,12 +359,14 @@ def report_checkpoint(
         if key not in ckpt.aliases and _selected(name, modules.get(split_name(name)[0]), options)
     ]
 
+    source = checkpoint_source(ckpt, keys)
+
     def one(i: int) -> ParameterReport:
         name = selected[i]
         return _parameter(
             name,
             modules.get(split_name(name)[0]),
-            readable(ckpt, keys[name], options.max_memory),
+            source.readable(name, options.max_memory, False),
             tied_to=tied.get(name, ()),
             default=None,
             max_memory=options.max_memory,

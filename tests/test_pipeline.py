@@ -1,0 +1,121 @@
+"""One measurement pipeline: report, check and diff read a TARGET's tensors the same way."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from initscope.gate.check import check_target
+from initscope.gate.diff import diff_targets
+from initscope.io.checkpoints import Checkpoint, StoredTensor, open_checkpoint
+from initscope.measure.pipeline import (
+    Pieces,
+    checkpoint_source,
+    measure,
+    model_source,
+    readable,
+)
+from initscope.measure.report import build_report
+from initscope.stats import fused
+
+needs_kernel = pytest.mark.skipif(not fused.available(), reason="the C kernel is not built")
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    save_file(
+        {
+            "fc.weight": torch.empty(64, 32).uniform_(-0.1, 0.1),
+            "fc.bias": torch.zeros(64),
+            "emb.weight": torch.randn(100, 16),
+        },
+        str(path),
+    )
+    return path
+
+
+@needs_kernel
+def test_check_reads_through_the_fused_file_reader_as_report_does(
+    weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Neither command loads a tensor whole when the kernel can scan it in the file.
+    def no_load(self: Checkpoint, name: str) -> torch.Tensor:
+        raise AssertionError(f"{name} was loaded whole")
+
+    monkeypatch.setattr(Checkpoint, "load", no_load)
+    report = build_report(str(weights))
+    assert {p.name for p in report.parameters} == {"fc.weight", "fc.bias", "emb.weight"}
+    result = check_target(str(weights))
+    assert result.ok, [v.line() for v in result.violations]
+    assert set(result.parameters) == {"fc.weight", "fc.bias", "emb.weight"}
+
+
+def test_every_readable_form_measures_alike(weights: Path) -> None:
+    ckpt = open_checkpoint(weights)
+    try:
+        whole = ckpt.load("emb.weight")
+        forms = [
+            measure("emb.weight", whole),
+            measure(
+                "emb.weight", Pieces(ckpt.infos["emb.weight"], ckpt.chunks("emb.weight", 1024))
+            ),
+        ]
+        if fused.available():
+            stored = readable(ckpt, "emb.weight")
+            assert isinstance(stored, StoredTensor)
+            forms.append(measure("emb.weight", stored))
+        assert isinstance(readable(ckpt, "emb.weight", 1024, values=True), Pieces)
+        assert isinstance(readable(ckpt, "emb.weight", values=True), torch.Tensor)
+    finally:
+        ckpt.close()
+    first = forms[0].stats
+    assert first is not None
+    assert forms[0].values is not None and forms[1].values is None
+    for m in forms:
+        assert m.shape == (100, 16) and m.dtype == torch.float32 and m.numel == 1600
+        assert m.stats is not None
+        a, b = first.result(), m.stats.result()
+        assert math.isclose(a.mean or 0.0, b.mean or 0.0, rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(a.std or 0.0, b.std or 0.0, rel_tol=1e-9)
+        assert (a.min, a.max) == (b.min, b.max)
+        # The sample's positions depend on the name only.
+        assert torch.equal(first.sample(), m.stats.sample())
+
+
+def test_a_meta_tensor_has_no_statistics() -> None:
+    m = measure("w", torch.empty(3, 4, device="meta"))
+    assert m.stats is None and m.shape == (3, 4)
+
+
+def test_model_and_checkpoint_sources_read_the_same_tensors(weights: Path) -> None:
+    ckpt = open_checkpoint(weights)
+    try:
+        from_file = checkpoint_source(ckpt, ckpt.keyed())
+        in_memory = model_source({k: ckpt.load(k) for k in ckpt.infos})
+        assert set(from_file.names) == set(in_memory.names)
+        for name in from_file.names:
+            assert from_file.info(name).shape == in_memory.info(name).shape
+            assert torch.equal(from_file.load(name), in_memory.load(name))
+            assert torch.equal(from_file.rows(name, 1, 3), in_memory.rows(name, 1, 3))
+    finally:
+        ckpt.close()
+
+
+def test_diff_reads_both_sides_through_the_sources(weights: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.safetensors"
+    ckpt = open_checkpoint(weights)
+    try:
+        state = {k: ckpt.load(k).clone() for k in ckpt.infos}
+    finally:
+        ckpt.close()
+    state["fc.bias"] += 1
+    save_file(state, str(other))
+    result = diff_targets(str(weights), str(other), max_memory=512)  # rows, block by block
+    status = {e.name: e.status.value for e in result.entries}
+    assert status == {"fc.weight": "unchanged", "fc.bias": "changed", "emb.weight": "unchanged"}

@@ -16,17 +16,14 @@ if TYPE_CHECKING:
 from initscope.cli.app import app
 from initscope.cli.options import (
     DebugOpt,
-    DistributedOpt,
-    MaxMemoryOpt,
-    QuietOpt,
+    RunArgs,
     SeedOpt,
     TargetArgs,
     VarOpt,
-    WorkersOpt,
-    target_options,
+    shared_options,
 )
 from initscope.cli.runtime import boundary, debug_mode, emit, leads, progress_bar, warn
-from initscope.io.parsing import parse_size, parse_vars
+from initscope.io.parsing import parse_vars
 from initscope.render.common import FORMATS, Format
 
 __all__ = [
@@ -36,7 +33,7 @@ __all__ = [
 
 
 @app.command()
-@target_options
+@shared_options("targets", "run")
 def check(
     ctx: typer.Context,
     target: Annotated[
@@ -76,12 +73,9 @@ def check(
     ] = None,
     var: VarOpt = None,
     seed: SeedOpt = 0,
-    max_memory: MaxMemoryOpt = "2GiB",
-    workers: WorkersOpt = None,
-    distributed: DistributedOpt = False,
-    quiet: QuietOpt = False,
     debug: DebugOpt = False,
     targets: TargetArgs = TargetArgs(),
+    run: RunArgs = RunArgs(),
 ) -> None:
     """Check TARGET's statistics: health always, --rules and --expect when given. Exit 0 if
     every check passes, 1 on violations, 2 on bad input."""
@@ -100,22 +94,12 @@ def check(
         with nothing_was("checked"):
             rule_set = load_rules(rules, variables) if rules is not None else None
         expectations = load_expectations(expect) if expect is not None else None
-        how = targets.how(
-            seed=seed,
-            max_memory=parse_size(max_memory),
-        )
-        from initscope.parallel.distributed import init_from_env
-
+        how = targets.how(seed=seed, max_memory=run.memory)
         options = CheckOptions(
-            rule_set,
-            expectations,
-            not no_default_check,
-            parse_size(max_memory),
-            workers,
-            init_from_env() if distributed else None,
+            rule_set, expectations, not no_default_check, run.memory, run.workers, run.group()
         )
         leader = leads(options.group)
-        with progress_bar(not quiet and leader, "checking") as progress:
+        with progress_bar(not run.quiet and leader, "checking") as progress:
             result = check_target(target, how, options, progress)
         text = None
         if leader:  # under torchrun, rank 0 renders and writes
@@ -128,7 +112,7 @@ def check(
 
 
 @app.command()
-@target_options
+@shared_options("targets", "run")
 def diff(
     ctx: typer.Context,
     a: Annotated[str, typer.Argument(help="Before: a checkpoint or a model target.")],
@@ -141,46 +125,25 @@ def diff(
         typer.Option("--output", "-o", help="Write to this file (atomically)."),
     ] = None,
     seed: SeedOpt = 0,
-    max_memory: MaxMemoryOpt = "2GiB",
-    workers: WorkersOpt = None,
-    distributed: DistributedOpt = False,
-    quiet: QuietOpt = False,
     debug: DebugOpt = False,
     targets: TargetArgs = TargetArgs(),
+    run: RunArgs = RunArgs(),
 ) -> None:
     """Compare two checkpoints (or a checkpoint and a fresh model), parameter by parameter."""
     debug = debug_mode(ctx, debug)
     with boundary(debug):
         fmt = fmt.require("diff", FORMATS["diff"])  # before any work
         from initscope.gate.diff import diff_targets
-        from initscope.io.targets import TargetOptions, check_output, is_checkpoint_path
+        from initscope.io.targets import check_output
         from initscope.render.diff import render_diff
 
         if output is not None:
             check_output(output, a, b, targets.spec, targets.args_file)
-        how = targets.how(
-            seed=seed,
-            max_memory=parse_size(max_memory),
-        )
-        # --model/--spec describe the checkpoints; a model target needs only its --arg.
-        plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)
-        if targets.model is None and targets.spec is None:
-            # a bare checkpoint takes no --arg
-            how = TargetOptions(
-                unsafe_load=targets.unsafe_load,
-                allow_outside=targets.allow_outside,
-                max_memory=how.max_memory,
-            )
-        how_a = how if is_checkpoint_path(a) else plain
-        how_b = how if is_checkpoint_path(b) else plain
-        from initscope.parallel.distributed import init_from_env
-
-        group = init_from_env() if distributed else None
+        how_a, how_b = targets.pair(a, b, seed=seed, max_memory=run.memory)
+        group = run.group()
         leader = leads(group)
-        with progress_bar(not quiet and leader, "comparing") as progress:
-            result = diff_targets(
-                a, b, how_a, how_b, progress, parse_size(max_memory), workers, group
-            )
+        with progress_bar(not run.quiet and leader, "comparing") as progress:
+            result = diff_targets(a, b, how_a, how_b, progress, run.memory, run.workers, group)
         if not leader:  # under torchrun, rank 0 renders and writes
             return
         text = render_diff(result, fmt.value)

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from initscope.io.parsing import constructor_kwargs, parse_shape, parse_size
+
 if TYPE_CHECKING:
     from initscope.io.targets import TargetOptions
-from initscope.io.parsing import constructor_kwargs, parse_shape
+    from initscope.parallel.distributed import Group
 
 __all__ = [
     "MAX_SEED",
@@ -30,6 +32,7 @@ __all__ = [
     "ModelOpt",
     "QuietOpt",
     "RulesOpt",
+    "RunArgs",
     "SeedOpt",
     "SpecOpt",
     "StrictOpt",
@@ -40,6 +43,7 @@ __all__ = [
     "VarOpt",
     "WorkersOpt",
     "complete_signatures",
+    "shared_options",
     "target_options",
 ]
 
@@ -159,49 +163,111 @@ class TargetArgs:
             max_memory=max_memory,
         )
 
+    def pair(self, a: str, b: str, *, seed: int, max_memory: int) -> tuple[TargetOptions, ...]:
+        """How ``diff`` reads A and B: ``--model``/``--spec`` describe checkpoints (and with
+        neither, a bare checkpoint takes no ``--arg``); a model target needs only its
+        ``--arg`` and ``--input-shape``."""
+        from initscope.io.targets import TargetOptions, is_checkpoint_path
 
-# Each shared option: its parameter name and annotation, as the commands' signatures list it.
-_TARGET_OPTIONS: tuple[tuple[str, object, object], ...] = (
-    ("arg", ArgOpt, None),
-    ("args_file", ArgsFileOpt, None),
-    ("model", ModelOpt, None),
-    ("spec", SpecOpt, None),
-    ("input_shape", InputShapeOpt, None),
-    ("unsafe_load", UnsafeOpt, False),
-    ("allow_outside", AllowOutsideOpt, False),
-)
-
-
-def target_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Add the shared TARGET options to ``command``'s command-line signature and hand them
-    to it as one ``targets: TargetArgs`` argument (as sqlfluff's ``common_options`` does for
-    click): the commands declare them once, here. The signature typer reads is completed at
-    the end of this module, once every option alias it names is defined."""
-    names = [name for name, _, _ in _TARGET_OPTIONS]
-
-    @functools.wraps(command)
-    def run(*args: object, **kwargs: object) -> None:
-        shared = {name: kwargs.pop(name) for name in names if name in kwargs}
-        command(*args, targets=TargetArgs(**shared), **kwargs)  # type: ignore[arg-type]
-
-    _PENDING.append((run, command))
-    return run
+        how = self.how(seed=seed, max_memory=max_memory)
+        plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)
+        if self.model is None and self.spec is None:
+            how = TargetOptions(
+                unsafe_load=self.unsafe_load,
+                allow_outside=self.allow_outside,
+                max_memory=max_memory,
+            )
+        return tuple(how if is_checkpoint_path(t) else plain for t in (a, b))
 
 
-_PENDING: list[tuple[Callable[..., None], Callable[..., None]]] = []
+@dataclass(frozen=True)
+class RunArgs:
+    """How a command that measures every tensor spreads and shows its work (declared once,
+    in :func:`run_options`)."""
+
+    max_memory: str = "2GiB"
+    workers: int | None = None
+    distributed: bool = False
+    quiet: bool = False
+
+    @property
+    def memory(self) -> int:
+        """``--max-memory`` in bytes (a usage error when it is not a size)."""
+        return parse_size(self.max_memory)
+
+    def group(self) -> Group | None:
+        """With ``--distributed``, this process's place in the torchrun job (joining it)."""
+        if not self.distributed:
+            return None
+        from initscope.parallel.distributed import init_from_env
+
+        return init_from_env()
+
+
+# Each group of shared options: the parameter that receives it, its class, and each option's
+# parameter name, annotation and default, as the commands' signatures list them.
+_GROUPS: dict[str, tuple[type, tuple[tuple[str, object, object], ...]]] = {
+    "targets": (
+        TargetArgs,
+        (
+            ("arg", ArgOpt, None),
+            ("args_file", ArgsFileOpt, None),
+            ("model", ModelOpt, None),
+            ("spec", SpecOpt, None),
+            ("input_shape", InputShapeOpt, None),
+            ("unsafe_load", UnsafeOpt, False),
+            ("allow_outside", AllowOutsideOpt, False),
+        ),
+    ),
+    "run": (
+        RunArgs,
+        (
+            ("max_memory", MaxMemoryOpt, "2GiB"),
+            ("workers", WorkersOpt, None),
+            ("distributed", DistributedOpt, False),
+            ("quiet", QuietOpt, False),
+        ),
+    ),
+}
+
+
+def shared_options(*groups: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Add the options of ``groups`` ("targets", "run") to a command's command-line signature
+    and hand each group to it as one argument (``targets: TargetArgs``, ``run: RunArgs``),
+    as sqlfluff's ``common_options`` does for click: the commands declare them once, here.
+    The signature typer reads is completed by :func:`complete_signatures`, once every
+    command module is imported."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def run(*args: object, **kwargs: object) -> None:
+            for group in groups:
+                cls, options = _GROUPS[group]
+                kwargs[group] = cls(**{n: kwargs.pop(n) for n, _, _ in options if n in kwargs})
+            command(*args, **kwargs)
+
+        _PENDING.append((run, command, groups))
+        return run
+
+    return decorate
+
+
+target_options = shared_options("targets")
+_PENDING: list[tuple[Callable[..., None], Callable[..., None], tuple[str, ...]]] = []
 
 
 def complete_signatures() -> None:
-    """Give each :func:`target_options` command the signature typer reads: its own
+    """Give each :func:`shared_options` command the signature typer reads: its own
     options, then the shared ones, then ``--debug``."""
-    for run, command in _PENDING:
+    for run, command, groups in _PENDING:
         signature = inspect.signature(command, eval_str=True)
-        own = [p for p in signature.parameters.values() if p.name != "targets"]
+        own = [p for p in signature.parameters.values() if p.name not in groups]
         shared = [
             inspect.Parameter(
                 name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind
             )
-            for name, kind, default in _TARGET_OPTIONS
+            for group in groups
+            for name, kind, default in _GROUPS[group][1]
         ]
         params = [
             p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.default is not p.empty else p

@@ -20,13 +20,13 @@ from initscope.cli.app import app
 from initscope.cli.options import (
     AgainstOpt,
     DebugOpt,
-    DistributedOpt,
     MaxMemoryOpt,
     QuietOpt,
+    RunArgs,
     SeedOpt,
     TargetArgs,
     VarOpt,
-    WorkersOpt,
+    shared_options,
     target_options,
 )
 from initscope.cli.runtime import (
@@ -47,7 +47,7 @@ __all__ = [
 
 
 @app.command()
-@target_options
+@shared_options("targets", "run")
 def report(
     ctx: typer.Context,
     target: Annotated[
@@ -72,9 +72,6 @@ def report(
         typer.Option("--name", help="Only parameters whose name or module matches this glob."),
     ] = None,
     seed: SeedOpt = 0,
-    max_memory: MaxMemoryOpt = "2GiB",
-    workers: WorkersOpt = None,
-    distributed: DistributedOpt = False,
     meta: Annotated[
         bool,
         typer.Option(
@@ -95,9 +92,9 @@ def report(
     ] = False,
     against: AgainstOpt = "default",
     var: VarOpt = None,
-    quiet: QuietOpt = False,
     debug: DebugOpt = False,
     targets: TargetArgs = TargetArgs(),
+    run: RunArgs = RunArgs(),
 ) -> None:
     """Show every parameter's default init (traced from torch), next to its actual statistics."""
     debug = debug_mode(ctx, debug)
@@ -105,7 +102,6 @@ def report(
         fmt = fmt.require("report", FORMATS["report"])  # before any work
         from initscope.io.targets import check_output
         from initscope.measure.report import ReportOptions, build_report
-        from initscope.parallel.distributed import init_from_env
         from initscope.render.report import render_report
 
         if hist and fmt is not Format.TABLE:
@@ -134,12 +130,12 @@ def report(
             buffers=buffers,
             types=tuple(type_ or ()),
             names=tuple(name or ()),
-            max_memory=parse_size(max_memory),
-            workers=workers,
-            group=init_from_env() if distributed else None,
+            max_memory=run.memory,
+            workers=run.workers,
+            group=run.group(),
         )
         leader = leads(options.group)
-        with progress_bar(not quiet and leader) as progress:
+        with progress_bar(not run.quiet and leader) as progress:
             how = targets.how(
                 meta=meta,
                 seed=seed,

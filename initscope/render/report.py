@@ -9,6 +9,7 @@ import csv
 import dataclasses
 import io
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -94,14 +95,35 @@ def report_to_dict(report: Report) -> dict[str, Any]:
 # -- renderers -------------------------------------------------------------------------------
 
 
-def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -> str:
-    """Parameters grouped under a heading line per module. "default init" is the traced call
-    and its distribution (folded onto a second line when the row would not fit); "follows"
-    is what the values follow ("default" when that is the default); "= default?" marks
-    whether they match it (✓, ✗, ? when too few values, - when no default is known). With
-    ``hist``, a last column draws each parameter's sampled values as a one-line histogram."""
+@dataclass(frozen=True)
+class _Columns:
+    """The table's column widths, for the rows it will print within ``width``."""
+
+    name: int
+    shape: int
+    call: int
+    default: int  # the call and its label, side by side or folded
+    follows: int
+    mark: int
+    std: int
+    hist: int  # 0: no histogram column
+    aligned: bool  # labels line up in their own sub-column
+
+    def line(
+        self, name: str, shape: str, default: str, follows: str, mark: str, std: str, spark: str
+    ) -> str:
+        text = (
+            f"{name:<{self.name}}  {shape:<{self.shape}}  {default:<{self.default}}  "
+            f"{follows:<{self.follows}}  {mark:^{self.mark}}  {std:>{self.std}}"
+        )
+        if self.hist:
+            text += f"  {spark:<{self.hist}}"
+        return text.rstrip()
+
+
+def _table_rows(report: Report) -> list[tuple[str, ...]]:
+    """Per parameter: name, shape, default call, its label, follows, mark, std."""
     rows: list[tuple[str, ...]] = []
-    sparks: list[str] = []
     for p in report.parameters:
         s = p.stats
         name = f"  {escape_text(p.param)}" + (" (buffer)" if p.is_buffer else "")
@@ -110,10 +132,14 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
         if s is not None and (s.nan_count or s.inf_count):
             std += f" nan={s.nan_count} inf={s.inf_count}"
         rows.append((name, shape_label(p.shape), call, label, *_follows(p), std))
-        if hist:
-            from initscope.stats.histogram import sparkline
+    return rows
 
-            sparks.append(sparkline(p.sample, HIST_WIDTH))
+
+def _columns(
+    rows: list[tuple[str, ...]], sparks: list[str], width: int, hist: bool
+) -> tuple[_Columns, list[tuple[str, ...]]]:
+    """The widths, and the rows with the default-init column cut to what the others leave
+    of ``width`` (at least 24)."""
     w_hist = max([len("histogram"), *(len(h) for h in sparks)]) if hist else 0
     w_name = max([len("parameter"), *(len(r[0]) for r in rows)])
     w_shape = max([len("shape"), *(len(r[1]) for r in rows)])
@@ -121,7 +147,6 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
     w_mark = len("= default?")
     w_std = max([9, *(len(r[6]) for r in rows)])
     fixed = w_name + w_shape + w_follows + w_mark + w_std + 10 + (w_hist + 2 if hist else 0)
-    # The default-init column gets what the others leave of the width (at least 24).
     budget = max(width - fixed, 24)
     rows = [(r[0], r[1], cut_text(r[2], budget), cut_text(r[3], budget), *r[4:]) for r in rows]
     w_call = max([len("default init"), *(len(r[2]) for r in rows)])
@@ -130,20 +155,35 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
     # its label after the call if that fits, or on a second line.
     aligned = fixed + w_call + 1 + w_label <= width
     w_default = w_call + 1 + w_label if aligned else max(width - fixed, w_call, w_label)
+    widths = (w_name, w_shape, w_call, w_default, w_follows, w_mark, w_std, w_hist)
+    return _Columns(*widths, aligned=aligned), rows
 
-    def line(
-        name: str, shape: str, default: str, follows: str, mark: str, std: str, spark: str = ""
-    ) -> str:
-        text = (
-            f"{name:<{w_name}}  {shape:<{w_shape}}  {default:<{w_default}}  "
-            f"{follows:<{w_follows}}  {mark:^{w_mark}}  {std:>{w_std}}"
-        )
-        if hist:
-            text += f"  {spark:<{w_hist}}"
-        return text.rstrip()
 
+def _module_heading(p: ParameterReport, width: int) -> list[str]:
+    """The line (or two) that opens a module's group: its path and its class."""
+    head = escape_text(p.module) or "(root)"
+    kind = type_name(p.module_type)
+    if kind and len(head) + 2 + len(kind) <= width:
+        return [f"{head}  {kind}"]
+    return [head, f"  ({kind})"] if kind else [head]
+
+
+def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -> str:
+    """Parameters grouped under a heading line per module. "default init" is the traced call
+    and its distribution (folded onto a second line when the row would not fit); "follows"
+    is what the values follow ("default" when that is the default); "= default?" marks
+    whether they match it (✓, ✗, ? when too few values, - when no default is known). With
+    ``hist``, a last column draws each parameter's sampled values as a one-line histogram."""
+    sparks: list[str] = []
+    if hist:
+        from initscope.stats.histogram import sparkline
+
+        sparks = [sparkline(p.sample, HIST_WIDTH) for p in report.parameters]
+    cols, rows = _columns(_table_rows(report), sparks, width, hist)
     out = [f"{escape_text(report.target)}  (torch {report.torch_version})", ""]
-    header = line("parameter", "shape", "default init", "follows", "= default?", "std", "histogram")
+    header = cols.line(
+        "parameter", "shape", "default init", "follows", "= default?", "std", "histogram"
+    )
     out += [header, "-" * len(header)]
     current: str | None = None
     for i, (p, (name, shape, call, label, follows, mark, std)) in enumerate(
@@ -152,21 +192,16 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
         spark = sparks[i] if hist else ""
         if p.module != current:
             current = p.module
-            head = escape_text(p.module) or "(root)"
-            kind = type_name(p.module_type)
-            if kind and len(head) + 2 + len(kind) <= width:
-                out.append(f"{head}  {kind}")
-            else:
-                out += [head, f"  ({kind})"] if kind else [head]
-        inline = f"{call:<{w_call}} {label}" if aligned else f"{call} {label}"
-        if len(inline.rstrip()) <= w_default:
-            out.append(line(name, shape, inline.rstrip(), follows, mark, std, spark))
+            out += _module_heading(p, width)
+        inline = f"{call:<{cols.call}} {label}" if cols.aligned else f"{call} {label}"
+        if len(inline.rstrip()) <= cols.default:
+            out.append(cols.line(name, shape, inline.rstrip(), follows, mark, std, spark))
         else:
-            out.append(line(name, shape, call, follows, mark, std, spark))
+            out.append(cols.line(name, shape, call, follows, mark, std, spark))
             if label:
-                out.append(line("", "", label, "", "", ""))
+                out.append(cols.line("", "", label, "", "", "", ""))
         if p.tied_to:
-            out.append(f"{'':{w_name}}  tied: {escape_text(', '.join(p.tied_to))}")
+            out.append(f"{'':{cols.name}}  tied: {escape_text(', '.join(p.tied_to))}")
     out += ["", _summary_line(report)]
     return "\n".join(out) + "\n"
 

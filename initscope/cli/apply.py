@@ -20,6 +20,7 @@ from initscope.cli.options import (
     TargetArgs,
     UnmatchedOptT,
     VarOpt,
+    format_option,
     target_options,
 )
 from initscope.cli.runtime import boundary, debug_mode, emit, progress_bar, warn
@@ -70,9 +71,7 @@ def apply(
         bool,
         typer.Option("--in-place", help="Allow replacing the input checkpoint (atomically)."),
     ] = False,
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="table (text) or json.")
-    ] = Format.TABLE,
+    fmt: Annotated[Format, format_option("apply", "table (text) or json.")] = Format.TABLE,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
     targets: TargetArgs = TargetArgs(),
@@ -117,9 +116,7 @@ def rules_validate(
     strict: StrictOpt = False,
     unmatched: UnmatchedOptT = None,
     var: VarOpt = None,
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="table (text) or json.")
-    ] = Format.TABLE,
+    fmt: Annotated[Format, format_option("rules validate", "table (text) or json.")] = Format.TABLE,
     debug: DebugOpt = False,
     targets: TargetArgs = TargetArgs(),
 ) -> None:

@@ -11,7 +11,7 @@ from initscope.render.common import FORMATS, Format
 if TYPE_CHECKING:
     pass
 from initscope.cli.app import app
-from initscope.cli.options import ArgOpt, ArgsFileOpt, DebugOpt, InputShapeOpt
+from initscope.cli.options import ArgOpt, ArgsFileOpt, DebugOpt, InputShapeOpt, format_option
 from initscope.cli.runtime import boundary, debug_mode, emit
 from initscope.io.parsing import constructor_kwargs, parse_shape
 
@@ -27,7 +27,7 @@ def explain(
     arg: ArgOpt = None,
     args_file: ArgsFileOpt = None,
     fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="table (text), markdown or json.")
+        Format, format_option("explain", "table (text), markdown or json.")
     ] = Format.TABLE,
     input_shape: InputShapeOpt = None,
     debug: DebugOpt = False,

@@ -20,6 +20,7 @@ from initscope.cli.options import (
     SeedOpt,
     TargetArgs,
     VarOpt,
+    format_option,
     shared_options,
 )
 from initscope.cli.runtime import boundary, debug_mode, emit, leads, progress_bar, warn
@@ -62,9 +63,7 @@ def check(
             help="With --rules: do not require uncovered parameters to follow their default.",
         ),
     ] = False,
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="text, json, junit or github.")
-    ] = Format.TEXT,
+    fmt: Annotated[Format, format_option("check", "text, json, junit or github.")] = Format.TEXT,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -117,9 +116,7 @@ def diff(
     ctx: typer.Context,
     a: Annotated[str, typer.Argument(help="Before: a checkpoint or a model target.")],
     b: Annotated[str, typer.Argument(help="After: a checkpoint or a model target.")],
-    fmt: Annotated[
-        Format, typer.Option("--format", "-f", help="table (text) or json.")
-    ] = Format.TABLE,
+    fmt: Annotated[Format, format_option("diff", "table (text) or json.")] = Format.TABLE,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write to this file (atomically)."),

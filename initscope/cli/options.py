@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,11 +25,13 @@ __all__ = [
     "AllowOutsideOpt",
     "ArgOpt",
     "ArgsFileOpt",
+    "BuffersOpt",
     "DebugOpt",
     "DistributedOpt",
     "InputShapeOpt",
     "MaxMemoryOpt",
     "ModelOpt",
+    "NameOpt",
     "QuietOpt",
     "RulesOpt",
     "RunArgs",
@@ -37,12 +39,14 @@ __all__ = [
     "SpecOpt",
     "StrictOpt",
     "TargetArgs",
+    "TypeOpt",
     "UnmatchedOpt",
     "UnmatchedOptT",
     "UnsafeOpt",
     "VarOpt",
     "WorkersOpt",
     "complete_signatures",
+    "format_option",
     "shared_options",
     "target_options",
 ]
@@ -123,6 +127,27 @@ AllowOutsideOpt = Annotated[
         "symlinks leaving it).",
     ),
 ]
+
+
+def format_option(command: str, help: str) -> Any:
+    """``--format``: the one Format enum, shown with the formats ``command`` writes."""
+    from initscope.render.common import FORMATS, Format
+
+    names = [f.value for f in FORMATS[command]]
+    if command == "check":  # check calls its table "text"
+        names[0] = Format.TEXT.value
+    return typer.Option("--format", "-f", metavar=f"<{'|'.join(names)}>", help=help)
+
+
+TypeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--type", help="Only modules of this class (subclasses match). Repeatable."),
+]
+NameOpt = Annotated[
+    list[str] | None,
+    typer.Option("--name", help="Only parameters whose name or module matches this glob."),
+]
+BuffersOpt = Annotated[bool, typer.Option("--buffers", help="Include buffers.")]
 AgainstOpt = Annotated[
     str,
     typer.Option(

@@ -19,13 +19,17 @@ if TYPE_CHECKING:
 from initscope.cli.app import app
 from initscope.cli.options import (
     AgainstOpt,
+    BuffersOpt,
     DebugOpt,
     MaxMemoryOpt,
+    NameOpt,
     QuietOpt,
     RunArgs,
     SeedOpt,
     TargetArgs,
+    TypeOpt,
     VarOpt,
+    format_option,
     shared_options,
     target_options,
 )
@@ -57,20 +61,14 @@ def report(
             "(.pt/.pth/.bin/.safetensors)."
         ),
     ],
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.TABLE,
+    fmt: Annotated[Format, format_option("report", "table, json, markdown or csv.")] = Format.TABLE,
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write to this file (atomically) instead of stdout."),
     ] = None,
-    buffers: Annotated[bool, typer.Option("--buffers", help="Include buffers.")] = False,
-    type_: Annotated[
-        list[str] | None,
-        typer.Option("--type", help="Only modules of this class (subclasses match). Repeatable."),
-    ] = None,
-    name: Annotated[
-        list[str] | None,
-        typer.Option("--name", help="Only parameters whose name or module matches this glob."),
-    ] = None,
+    buffers: BuffersOpt = False,
+    type_: TypeOpt = None,
+    name: NameOpt = None,
     seed: SeedOpt = 0,
     meta: Annotated[
         bool,
@@ -172,14 +170,8 @@ def plot(
             "--output", "-o", help="Image to write: .png, .svg or .pdf (paged when large)."
         ),
     ],
-    name: Annotated[
-        list[str] | None,
-        typer.Option("--name", help="Only parameters whose name or module matches this glob."),
-    ] = None,
-    type_: Annotated[
-        list[str] | None,
-        typer.Option("--type", help="Only modules of this class (subclasses match). Repeatable."),
-    ] = None,
+    name: NameOpt = None,
+    type_: TypeOpt = None,
     against: AgainstOpt = "default",
     var: VarOpt = None,
     max_panels: Annotated[
@@ -192,7 +184,7 @@ def plot(
     ] = 48,
     columns: Annotated[int, typer.Option("--columns", min=1, help="Panels per row.")] = 6,
     dpi: Annotated[int, typer.Option("--dpi", min=10, max=600, help="PNG resolution.")] = 100,
-    buffers: Annotated[bool, typer.Option("--buffers", help="Include buffers.")] = False,
+    buffers: BuffersOpt = False,
     seed: SeedOpt = 0,
     max_memory: MaxMemoryOpt = "2GiB",
     quiet: QuietOpt = False,

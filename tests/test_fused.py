@@ -1,6 +1,6 @@
 """The fused statistics kernel: the same results as the torch path, from memory or a file,
-whatever the thread count; a file that shrinks while it is read is a clear error; and no
-compiler means the torch path, not a failure."""
+whatever the thread count or the CPU's instruction set; a file that shrinks while it is read is
+a clear error; and no compiler means the torch path, not a failure."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -257,3 +258,41 @@ def test_a_foreign_library_under_the_cached_name_is_rebuilt(tmp_path: Path) -> N
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(built), str(stub)], check=True)
     assert _available(env) == "True"
     assert b"fused_scan" in built.read_bytes()
+
+
+def test_avx2_and_portable_code_give_the_same_bits() -> None:
+    # One build serves every CPU, and a report must be the same bytes on each: the AVX2
+    # code and the portable code run the same operations in the same order.
+    lib = fused._lib()
+    assert lib is not None
+    if lib.fused_isa() != b"avx2":
+        pytest.skip("this CPU has no AVX2: only the portable code runs here")
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(64, 1000, generator=g, dtype=torch.float64) * 3 + 1
+
+    def run() -> list[bytes]:
+        got = []
+        for t in _cases().values():
+            for dtype in DTYPES:
+                x = t.to(dtype)
+                n = x.numel()
+                lines = fused.Lines(torch.arange(0, 640, 10), 10, 1) if n >= 1000 else None
+                done = fused.scan(dtype, n, address=x.data_ptr(), positions=torch.arange(0, n, 97),
+                                  lines=lines)  # fmt: skip
+                got += [bytes(a) for a in done.accumulators]
+                got += [_bits(done.sample), _bits(done.lines)]
+        means, squares, grand, fourth = fused.row_sums(rows)
+        return [*got, _bits(means), _bits(squares), struct.pack("2d", grand, fourth)]
+
+    avx2 = run()
+    try:
+        assert lib.fused_prefer_portable(1) == b"portable"
+        portable = run()
+    finally:
+        lib.fused_prefer_portable(0)
+    assert lib.fused_isa() == b"avx2"
+    assert avx2 == portable
+
+
+def _bits(t: torch.Tensor | None) -> bytes:
+    return b"" if t is None else t.numpy().tobytes()

@@ -53,8 +53,20 @@ SEGMENT = 1 << 18
 # dtype codes, as kernel.c's DT_* enum
 DTYPES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _STATUS_SHORT = 1
-_VERSION = 3  # fused_version() in kernel.c
-_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+_VERSION = 4  # fused_version() in kernel.c
+# No -march=native: kernel.c picks its AVX2 code at load time, so the library is the same on
+# every CPU. No fused multiply-add (-ffp-contract=off): a*b+c rounded once gives other bits on
+# CPUs with FMA, and a report must be the same bytes on every machine. -Wno-psabi: GCC notes
+# that 32-byte vectors pass differently with AVX; the helpers taking them are inlined.
+_FLAGS = [
+    "-O3",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-ffp-contract=off",
+    "-Wno-psabi",
+    "-fPIC",
+    "-shared",
+]
 
 
 class FileChangedError(OSError):
@@ -113,8 +125,8 @@ def _private(folder: Path) -> bool:
 
 
 def _cpu_id() -> str:
-    """What -march=native compiles for: the CPU's model and features (x86's "model name" and
-    "flags", ARM's "CPU implementer/part" and "Features", ...)."""
+    """The CPU's model and features (x86's "model name" and "flags", ARM's "CPU
+    implementer/part" and "Features", ...)."""
     keys = ("model name", "flags", "features", "cpu implementer", "cpu part", "isa", "uarch")
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -143,16 +155,12 @@ def _compile(cc: list[str], source: Path, target: Path) -> bool:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        for arch in (["-march=native"], []):
-            done = subprocess.run(
-                [*cc, *_FLAGS, *arch, "-o", tmp, str(source)],
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
-            if done.returncode == 0:
-                os.replace(tmp, target)  # atomic: a concurrent run loads one or the other
-                return True
+        done = subprocess.run(
+            [*cc, *_FLAGS, "-o", tmp, str(source)], capture_output=True, timeout=120, check=False
+        )
+        if done.returncode == 0:
+            os.replace(tmp, target)  # atomic: a concurrent run loads one or the other
+            return True
         return False
     finally:
         if os.path.exists(tmp):
@@ -179,6 +187,9 @@ def _open(target: Path, fresh: bool = False) -> ctypes.CDLL:
         lib.fused_scan.argtypes = [ctypes.POINTER(_Job), ctypes.c_int64, ctypes.c_int64]
         ptr, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.fused_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
+        lib.fused_isa.restype = ctypes.c_char_p
+        lib.fused_prefer_portable.argtypes = [ctypes.c_int]
+        lib.fused_prefer_portable.restype = ctypes.c_char_p
         version = lib.fused_version()
     except AttributeError as exc:  # a library without our symbols
         raise OSError(str(exc)) from exc

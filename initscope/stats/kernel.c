@@ -1,8 +1,9 @@
 /* initscope's fused statistics kernel: one pass over a tensor's memory for every statistic.
  *
- * Plain C with no Python or torch headers, so it compiles in well under a second with the
- * system's C compiler (initscope/fused.py builds it on first use, caches the shared library
- * and calls it through ctypes; without a compiler initscope uses its torch path instead).
+ * Built when initscope is installed, as the optional extension module initscope.stats._kernel
+ * (setup.py); without a C compiler the install still succeeds and initscope uses its torch path.
+ * Python only imports the module to find its file: the functions below are plain C, called
+ * through ctypes (initscope/stats/native.py), and Python.h serves only PyInit__kernel at the end.
  *
  * Why a kernel at all: the statistics (count, mean, M2, min, max, zero/NaN/inf counts) cost at
  * least four passes over memory in torch ops (extremes, signs, a float64 copy, sums), while
@@ -16,12 +17,15 @@
  * median keeps small (|median - mean| <= std for any distribution). Blocks and segments
  * combine by Chan, Golub & LeVeque (1979). Results depend only on the segment size the caller
  * passes, never on how many threads ran nor on the CPU: the AVX2 code and the portable code
- * below compute the same operations in the same order (no fused multiply-add: -ffp-contract=off).
+ * below compute the same operations in the same order (no fused multiply-add, see setup.py).
  *
  * Files are read with pread into a small buffer, not memory-mapped: a mapped file that
  * shrinks under its reader (a trainer saving over the checkpoint) raises SIGBUS and kills the
  * process with no message, where a short read is an error Python can name.
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h> /* first, as Python requires: it sets feature macros the C library reads */
+
 #include <math.h>
 #include <errno.h>
 #include <stdint.h>
@@ -684,3 +688,27 @@ const char *fused_prefer_portable(int portable) {
     pick_isa(portable);
     return isa;
 }
+
+/* The extension module: nothing but a file Python can find and import (as
+ * initscope.stats._kernel), which is how the installed library is located. Limited API, so
+ * one build serves every Python from 3.10 on. */
+static PyModuleDef_Slot kernel_slots[] = {
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED}, /* free-threaded Python: nothing here needs the GIL */
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef kernel_module = {
+    PyModuleDef_HEAD_INIT,
+    "initscope.stats._kernel",
+    "initscope's fused statistics kernel; its functions are called through ctypes.",
+    0,
+    NULL,
+    kernel_slots,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModuleDef_Init(&kernel_module); }

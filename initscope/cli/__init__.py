@@ -222,7 +222,11 @@ def _complete_signatures() -> None:
 
 def _version(value: bool) -> None:
     if value:
+        # native, not fused: it names the statistics path without importing torch
+        from initscope.stats.native import describe
+
         typer.echo(f"initscope {__version__}")
+        typer.echo(f"statistics: {describe()}")
         raise typer.Exit()
 
 
@@ -233,7 +237,12 @@ def _main(
     debug: DebugOpt = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and which code computes statistics.",
+        ),
     ] = False,
 ) -> None:
     """Inspect, explain and check how a PyTorch model's parameters are initialized."""

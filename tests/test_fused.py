@@ -13,6 +13,7 @@ import shutil
 import struct
 import sys
 import sysconfig
+from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec
 from pathlib import Path
 from types import ModuleType
 
@@ -243,7 +244,9 @@ def test_initscope_fused_0_takes_the_torch_path(monkeypatch: pytest.MonkeyPatch)
 def test_without_the_built_module_initscope_uses_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("INITSCOPE_FUSED", raising=False)
     _no_kernel_module(monkeypatch, None)
-    assert fused.describe().startswith("torch (the C kernel is not built: ")
+    assert fused.describe() == (
+        "torch (the C kernel is not built; installing initscope where a C compiler works builds it)"
+    )
     _torch_only(monkeypatch)
 
 
@@ -252,10 +255,25 @@ def test_a_module_that_is_not_our_library_is_not_used(
 ) -> None:
     fake = ModuleType("initscope.stats._kernel")
     fake.__file__ = str(tmp_path / "_kernel.so")
+    fake.__spec__ = ModuleSpec(fake.__name__, None, origin=fake.__file__)
     (tmp_path / "_kernel.so").write_bytes(b"not a library")
     monkeypatch.delenv("INITSCOPE_FUSED", raising=False)
     _no_kernel_module(monkeypatch, fake)
     assert fused.describe().startswith(f"torch (the C kernel at {fake.__file__} cannot be used")
+    _torch_only(monkeypatch)
+
+
+def test_a_built_module_that_does_not_load_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # as a module built for another platform, or a damaged file, would be
+    (tmp_path / f"_kernel{EXTENSION_SUFFIXES[0]}").write_bytes(b"not a library")
+    monkeypatch.delenv("INITSCOPE_FUSED", raising=False)
+    monkeypatch.delattr(initscope.stats, "_kernel", raising=False)
+    monkeypatch.delitem(sys.modules, "initscope.stats._kernel", raising=False)
+    monkeypatch.setattr(initscope.stats, "__path__", [str(tmp_path)])
+    monkeypatch.setattr(native, "_LOADED", [])
+    assert fused.describe().startswith("torch (the C kernel cannot be imported (")
     _torch_only(monkeypatch)
 
 

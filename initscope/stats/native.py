@@ -13,6 +13,7 @@ library with torch tensors.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import NamedTuple
 __all__ = ["VERSION", "describe", "library"]
 
 VERSION = 4  # fused_version() in kernel.c: the layout and signatures fused.py expects
+_BUILD = "installing initscope where a C compiler works builds it"
 
 
 class _Loaded(NamedTuple):
@@ -36,10 +38,13 @@ _LOADED: list[_Loaded] = []  # loaded once per process, on first use
 def _load() -> _Loaded:
     if sys.byteorder != "little":
         return _Loaded(None, "", "the C kernel reads little-endian values only")
+    if importlib.util.find_spec("initscope.stats._kernel") is None:
+        # no C compiler worked when initscope was installed, or it runs from a source tree
+        return _Loaded(None, "", f"the C kernel is not built; {_BUILD}")
     try:
         from initscope.stats import _kernel
-    except ImportError as exc:  # not built: no C compiler worked when initscope was installed
-        return _Loaded(None, "", f"the C kernel is not built: {exc}")
+    except ImportError as exc:  # built, but not loadable here (another platform, a bad file)
+        return _Loaded(None, "", f"the C kernel cannot be imported ({exc}); {_BUILD}")
     path = str(_kernel.__file__)
     try:
         lib = ctypes.CDLL(path)

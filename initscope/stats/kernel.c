@@ -675,7 +675,7 @@ void fused_rows(const double *rows, int64_t k, int64_t len, double *row_means,
     rows_portable(rows, k, len, row_means, row_squares, grand_and_fourth);
 }
 
-/* The layout of scan_t and acc_t and the functions' signatures: fused.py checks it matches its
+/* The layout of scan_t and acc_t and the functions' signatures: native.py checks it matches its
  * own (a module built from another version of this file is not used). */
 int fused_version(void) { return 4; }
 

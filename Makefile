@@ -11,7 +11,9 @@ TORCH  ?= torch==2.13.0
 help:  ## list the tasks
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# setup.py builds the C kernel (initscope/stats/kernel.c) into the source tree: a changed kernel
+# is rebuilt by the next target that needs the install.
+$(STAMP): pyproject.toml setup.py initscope/stats/kernel.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
@@ -49,3 +51,4 @@ docs-site: $(STAMP)  ## build the documentation site (docs/, mkdocs) into site/
 
 clean:  ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build site *.egg-info
+	rm -f initscope/stats/_kernel*.so

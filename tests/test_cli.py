@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -10,12 +11,31 @@ from typer.testing import CliRunner
 
 from initscope import __version__
 from initscope.cli import app, main
+from initscope.stats import native
 
 
 def test_version(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == f"initscope {__version__}"
+    assert result.stdout.splitlines() == [
+        f"initscope {__version__}",
+        f"statistics: {native.describe()}",
+    ]
+
+
+def test_version_names_the_statistics_path(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INITSCOPE_FUSED", "0")
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == "statistics: torch (INITSCOPE_FUSED=0)"
+    monkeypatch.delenv("INITSCOPE_FUSED")
+    line = runner.invoke(app, ["--version"]).stdout.splitlines()[1]
+    if native.library() is not None:
+        assert re.fullmatch(r"statistics: fused C kernel \((avx2|portable)\) at .*_kernel.*", line)
+    else:
+        assert line.startswith("statistics: torch (the C kernel ")
 
 
 def test_help_lists_commands(runner: CliRunner) -> None:
@@ -69,7 +89,9 @@ def test_python_dash_m(tmp_path: object) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "initscope", "--version"], capture_output=True, text=True
     )
-    assert out.returncode == 0 and out.stdout.strip() == f"initscope {__version__}"
+    assert out.returncode == 0
+    assert out.stdout.splitlines()[0] == f"initscope {__version__}"
+    assert out.stdout.splitlines()[1].startswith("statistics: ")
 
 
 def test_debug_shows_traceback(runner: CliRunner) -> None:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from initscope import __version__
-
-if TYPE_CHECKING:
-    pass
 from initscope.cli.options import DebugOpt
 
 __all__ = [
@@ -28,7 +25,11 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
+        # native, not fused: it names the statistics path without importing torch
+        from initscope.stats.native import describe
+
         typer.echo(f"initscope {__version__}")
+        typer.echo(f"statistics: {describe()}")
         raise typer.Exit()
 
 
@@ -39,7 +40,12 @@ def _main(
     debug: DebugOpt = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and which code computes statistics.",
+        ),
     ] = False,
 ) -> None:
     """Inspect, explain and check how a PyTorch model's parameters are initialized."""

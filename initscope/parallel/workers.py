@@ -114,7 +114,7 @@ def parallel_map(
         return out
     global _TASK
     _TASK = task
-    fused.available()  # build or load the kernel once here, not in each forked worker
+    fused.available()  # load the kernel once here, not in each forked worker
     results: list[Any] = [None] * count
     order = sorted(range(count), key=lambda i: -weights[i])
     try:

@@ -1,12 +1,13 @@
 /* initscope's fused statistics kernel: one pass over a tensor's memory for every statistic.
  *
- * Plain C with no Python or torch headers, so it compiles in well under a second with the
- * system's C compiler (initscope/fused.py builds it on first use, caches the shared library
- * and calls it through ctypes; without a compiler initscope uses its torch path instead).
+ * Built when initscope is installed, as the optional extension module initscope.stats._kernel
+ * (setup.py); without a C compiler the install still succeeds and initscope uses its torch path.
+ * Python only imports the module to find its file: the functions below are plain C, called
+ * through ctypes (initscope/stats/native.py), and Python.h serves only PyInit__kernel at the end.
  *
  * Why a kernel at all: the statistics (count, mean, M2, min, max, zero/NaN/inf counts) cost at
  * least four passes over memory in torch ops (extremes, signs, a float64 copy, sums), while
- * reading the values once is the floor a report is measured against (issue 6, `make bench`).
+ * reading the values once is the floor a report is measured against (`make bench`).
  * Here every value is read once, in its own width, and all of them are accumulated together.
  *
  * Precision is that of initscope's float64 torch path. Each block's deviations d = x - K
@@ -15,18 +16,33 @@
  * rounding, and M2 = sum(d^2) - sum(d)^2/m loses only about eps * ((mean - K) / std)^2, which a
  * median keeps small (|median - mean| <= std for any distribution). Blocks and segments
  * combine by Chan, Golub & LeVeque (1979). Results depend only on the segment size the caller
- * passes, never on how many threads ran.
+ * passes, never on how many threads ran nor on the CPU: the AVX2 code and the portable code
+ * below compute the same operations in the same order (no fused multiply-add, see setup.py).
  *
  * Files are read with pread into a small buffer, not memory-mapped: a mapped file that
  * shrinks under its reader (a trainer saving over the checkpoint) raises SIGBUS and kills the
  * process with no message, where a short read is an error Python can name.
  */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h> /* first, as Python requires: it sets feature macros the C library reads */
+
 #include <math.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* One binary for every x86-64 CPU: the hot code is compiled twice, for the baseline and with
+ * AVX2 enabled function by function (target attribute), and the AVX2 copy is picked at load
+ * time when the CPU and the OS support it. Not -march=native: a wheel or a shared install
+ * runs on other CPUs than the one that built it. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define KERNEL_AVX2 1
+#include <immintrin.h>
+#else
+#define KERNEL_AVX2 0
+#endif
 
 enum { DT_F32 = 0, DT_F64 = 1, DT_F16 = 2, DT_BF16 = 3 };
 
@@ -77,6 +93,27 @@ static inline float bf16_to_f32(uint16_t v) {
     return f;
 }
 
+/* IEEE half to float32 by integer arithmetic, exact and as the F16C instruction converts (a
+ * signalling NaN made quiet): the baseline x86-64 has no half-precision conversion, and the
+ * compiler's own is a library call per value, ten times slower. No denormal float is formed
+ * on the way, so a flush-to-zero mode cannot change the result. load_f16_ISA below does the
+ * same for eight values. */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t em = h & 0x7fffu, bits; /* exponent and mantissa */
+    if (em < 0x400u) {               /* zero or subnormal: m * 2^-24, exact in float32 */
+        float f = (float)em * 0x1p-24f;
+        memcpy(&bits, &f, sizeof bits);
+    } else {
+        bits = (em << 13) + (112u << 23);       /* exponent bias 15 -> 127 */
+        if (em >= 0x7c00u) bits += 112u << 23;  /* inf and NaN: exponent 255 */
+        if (em > 0x7c00u) bits |= 0x400000u;    /* NaN: quiet */
+    }
+    bits |= (uint32_t)(h & 0x8000u) << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
 /* Each reduction keeps several independent vector accumulators: a single one would wait on
  * the add's latency every step. No reassociation is asked of the compiler (no -ffast-math),
  * so results are exact to the order written here and identical on every run. */
@@ -88,58 +125,91 @@ typedef float v4f __attribute__((vector_size(16)));
 typedef double v4d __attribute__((vector_size(32)));
 typedef int64_t v4l __attribute__((vector_size(32)));
 
-/* Element-wise min and max: one instruction with AVX. NaN needs no care here: a NaN sends the
- * block's sum to NaN, and the careful path takes the block. */
-#if defined(__AVX__)
-#include <immintrin.h>
-static inline v8f vmin(v8f a, v8f b) { return (v8f)_mm256_min_ps((__m256)a, (__m256)b); }
-static inline v8f vmax(v8f a, v8f b) { return (v8f)_mm256_max_ps((__m256)a, (__m256)b); }
-static inline v4d vmind(v4d a, v4d b) { return (v4d)_mm256_min_pd((__m256d)a, (__m256d)b); }
-static inline v4d vmaxd(v4d a, v4d b) { return (v4d)_mm256_max_pd((__m256d)a, (__m256d)b); }
-#else
-static inline v8f vmin(v8f a, v8f b) {
+/* Element-wise min and max, as x86's minps/maxps: a < b ? a : b (a > b ? a : b), so both
+ * versions give the same bits, -0.0 against 0.0 included. NaN needs no care here: a NaN sends
+ * the block's sum to NaN, and the careful path takes the block. The portable version is
+ * a compare and a select; with AVX one instruction. */
+static inline v8f vmin_portable(v8f a, v8f b) {
     v8i m = a < b;
     return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
 }
-static inline v8f vmax(v8f a, v8f b) {
+static inline v8f vmax_portable(v8f a, v8f b) {
     v8i m = a > b;
     return (v8f)(((v8i)a & m) | ((v8i)b & ~m));
 }
-static inline v4d vmind(v4d a, v4d b) {
+static inline v4d vmind_portable(v4d a, v4d b) {
     v4l m = a < b;
     return (v4d)(((v4l)a & m) | ((v4l)b & ~m));
 }
-static inline v4d vmaxd(v4d a, v4d b) {
+static inline v4d vmaxd_portable(v4d a, v4d b) {
     v4l m = a > b;
     return (v4d)(((v4l)a & m) | ((v4l)b & ~m));
 }
+
+/* float32 lanes 0-3 and 4-7 widened to float64 (exact). */
+static inline void widen_portable(v8f v, v4d *a, v4d *b) {
+    v4f x = {v[0], v[1], v[2], v[3]}, y = {v[4], v[5], v[6], v[7]};
+    *a = __builtin_convertvector(x, v4d);
+    *b = __builtin_convertvector(y, v4d);
+}
+
+#define TARGET_portable /* the compiler's default instruction set */
+
+#if KERNEL_AVX2
+#define TARGET_avx2 __attribute__((target("avx2")))
+TARGET_avx2 static inline v8f vmin_avx2(v8f a, v8f b) {
+    return (v8f)_mm256_min_ps((__m256)a, (__m256)b);
+}
+TARGET_avx2 static inline v8f vmax_avx2(v8f a, v8f b) {
+    return (v8f)_mm256_max_ps((__m256)a, (__m256)b);
+}
+TARGET_avx2 static inline v4d vmind_avx2(v4d a, v4d b) {
+    return (v4d)_mm256_min_pd((__m256d)a, (__m256d)b);
+}
+TARGET_avx2 static inline v4d vmaxd_avx2(v4d a, v4d b) {
+    return (v4d)_mm256_max_pd((__m256d)a, (__m256d)b);
+}
+TARGET_avx2 static inline void widen_avx2(v8f v, v4d *a, v4d *b) {
+    *a = (v4d)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)v));
+    *b = (v4d)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)v, 1));
+}
 #endif
 
-/* Eight values widened exactly to float32 (unaligned loads through memcpy). */
-static inline v8f load_f32(const void *p) {
-    v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline v8f load_bf16(const void *p) {
-    v8h h;
-    memcpy(&h, p, sizeof h);
-    return (v8f)(__builtin_convertvector(h, v8u) << 16); /* bf16 is float32's top half */
-}
-static inline v8f load_f16(const void *p) {
-    _Float16 h[8];
-    memcpy(h, p, sizeof h);
-    v8f v;
-    for (int k = 0; k < 8; k++) v[k] = (float)h[k];
-    return v;
-}
+/* Eight values widened exactly to float32 (unaligned loads through memcpy), per instruction
+ * set as the block functions below that call them: a call between functions of different
+ * targets that passes a 32-byte vector is refused by clang (the ABI differs without AVX). */
+#define LOADS(ISA)                                                                             \
+    TARGET_##ISA static inline v8f load_f32_##ISA(const void *p) {                             \
+        v8f v;                                                                                 \
+        memcpy(&v, p, sizeof v);                                                               \
+        return v;                                                                              \
+    }                                                                                          \
+    TARGET_##ISA static inline v8f load_bf16_##ISA(const void *p) {                            \
+        v8h h;                                                                                 \
+        memcpy(&h, p, sizeof h);                                                               \
+        return (v8f)(__builtin_convertvector(h, v8u) << 16); /* float32's top half */          \
+    }                                                                                          \
+    /* f16_to_f32 for eight values: the same integer steps, lane by lane */                    \
+    TARGET_##ISA static inline v8f load_f16_##ISA(const void *p) {                             \
+        v8h h;                                                                                 \
+        memcpy(&h, p, sizeof h);                                                               \
+        v8u x = __builtin_convertvector(h, v8u);                                               \
+        v8u em = x & 0x7fff;                                /* exponent and mantissa */        \
+        v8u bits = (em << 13) + (112u << 23);               /* exponent bias 15 -> 127 */      \
+        bits += (v8u)(em >= 0x7c00) & (112u << 23);         /* inf and NaN: exponent 255 */    \
+        bits |= (v8u)(em > 0x7c00) & 0x400000u;             /* NaN: quiet */                   \
+        v8f sub = __builtin_convertvector((v8i)em, v8f) * 0x1p-24f; /* subnormal: m 2^-24 */   \
+        v8u small = (v8u)(em < 0x400);                                                         \
+        bits = ((v8u)sub & small) | (bits & ~small);                                           \
+        return (v8f)(bits | (x & 0x8000) << 16);                                               \
+    }
 
 static inline float scalar_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
 static inline float scalar_bf16(const void *p, int64_t i) {
     return bf16_to_f32(((const uint16_t *)p)[i]);
 }
 static inline float scalar_f16(const void *p, int64_t i) {
-    return (float)((const _Float16 *)p)[i];
+    return f16_to_f32(((const uint16_t *)p)[i]);
 }
 
 /* Sums about the shift of one block. */
@@ -148,23 +218,15 @@ typedef struct {
     double s, q, lo, hi;
 } sums_t;
 
-/* float32 lanes 0-3 and 4-7 widened to float64. */
-static inline void widen(v8f v, v4d *a, v4d *b) {
-#if defined(__AVX__)
-    *a = (v4d)_mm256_cvtps_pd(_mm256_castps256_ps128((__m256)v));
-    *b = (v4d)_mm256_cvtps_pd(_mm256_extractf128_ps((__m256)v, 1));
-#else
-    v4f x = {v[0], v[1], v[2], v[3]}, y = {v[4], v[5], v[6], v[7]};
-    *a = __builtin_convertvector(x, v4d);
-    *b = __builtin_convertvector(y, v4d);
-#endif
-}
-
-/* One block of m values at x (16- or 32-bit floats, read through LOAD8/SCALAR): extremes and
+/* The block functions are written once, as macros, and compiled once per instruction set ISA
+ * (portable, avx2): NAME_ISA, built with TARGET_ISA and the helpers vmin_ISA, widen_ISA...
+ *
+ * One block of m values at x (16- or 32-bit floats, read through LOAD8/SCALAR): extremes and
  * zeros in float32, deviations from k and their squares in float64. Four accumulators of
  * each sum, one of each extreme: what AVX2's 16 registers hold without spilling. */
-#define BLOCK_NARROW(NAME, LOAD8, SCALAR, SIZE)                                                \
-    static inline void NAME(const char *x, int64_t m, double k, sums_t *out) {                 \
+#define BLOCK_NARROW(NAME, ISA, LOAD8, SCALAR, SIZE)                                           \
+    TARGET_##ISA static inline void NAME##_##ISA(const char *x, int64_t m, double k,           \
+                                                 sums_t *out) {                                \
         const v8f inf = {INFINITY, INFINITY, INFINITY, INFINITY,                               \
                          INFINITY, INFINITY, INFINITY, INFINITY};                              \
         const v8f zero = {0};                                                                  \
@@ -174,13 +236,13 @@ static inline void widen(v8f v, v4d *a, v4d *b) {
         v4d s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};    \
         int64_t i = 0;                                                                         \
         for (; i + 16 <= m; i += 16) {                                                         \
-            v8f v = LOAD8(x + i * SIZE), u = LOAD8(x + (i + 8) * SIZE);                        \
-            lo = vmin(vmin(v, u), lo);                                                         \
-            hi = vmax(vmax(v, u), hi);                                                         \
+            v8f v = LOAD8##_##ISA(x + i * SIZE), u = LOAD8##_##ISA(x + (i + 8) * SIZE);        \
+            lo = vmin_##ISA(vmin_##ISA(v, u), lo);                                             \
+            hi = vmax_##ISA(vmax_##ISA(v, u), hi);                                             \
             zeros -= (v == zero) + (u == zero); /* a true comparison is -1 */                  \
             v4d a, b, c, d;                                                                    \
-            widen(v, &a, &b);                                                                  \
-            widen(u, &c, &d);                                                                  \
+            widen_##ISA(v, &a, &b);                                                            \
+            widen_##ISA(u, &c, &d);                                                            \
             a -= kk;                                                                           \
             b -= kk;                                                                           \
             c -= kk;                                                                           \
@@ -214,48 +276,104 @@ static inline void widen(v8f v, v4d *a, v4d *b) {
         *out = r;                                                                              \
     }
 
-BLOCK_NARROW(block_f32, load_f32, scalar_f32, 4)
-BLOCK_NARROW(block_bf16, load_bf16, scalar_bf16, 2)
-BLOCK_NARROW(block_f16, load_f16, scalar_f16, 2)
-
-static inline void block_f64(const char *p, int64_t m, double k, sums_t *out) {
-    const double *x = (const double *)p;
-    const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
-    const v4d zero = {0};
-    const v4d kk = {k, k, k, k};
-    v4d lo[2] = {inf, inf}, hi[2] = {-inf, -inf}, s[2] = {{0}}, q[2] = {{0}};
-    v4l zeros[2] = {{0}};
-    int64_t i = 0;
-    for (; i + 8 <= m; i += 8)
-        for (int j = 0; j < 2; j++) {
-            v4d v;
-            memcpy(&v, x + i + 4 * j, sizeof v);
-            lo[j] = vmind(v, lo[j]);
-            hi[j] = vmaxd(v, hi[j]);
-            zeros[j] -= (v == zero);
-            v4d d = v - kk;
-            s[j] += d;
-            q[j] += d * d;
-        }
-    sums_t r = {m, 0, 0.0, 0.0, INFINITY, -INFINITY};
-    for (int j = 0; j < 2; j++)
-        for (int l = 0; l < 4; l++) {
-            r.s += s[j][l];
-            r.q += q[j][l];
-            r.zeros += zeros[j][l];
-            r.lo = lo[j][l] < r.lo ? lo[j][l] : r.lo;
-            r.hi = hi[j][l] > r.hi ? hi[j][l] : r.hi;
-        }
-    for (; i < m; i++) {
-        double d = x[i] - k;
-        r.s += d;
-        r.q += d * d;
-        r.zeros += (x[i] == 0.0);
-        r.lo = x[i] < r.lo ? x[i] : r.lo;
-        r.hi = x[i] > r.hi ? x[i] : r.hi;
+/* One block of m float64 values: as BLOCK_NARROW, all in float64. */
+#define BLOCK_F64(ISA)                                                                         \
+    TARGET_##ISA static inline void block_f64_##ISA(const char *p, int64_t m, double k,        \
+                                                    sums_t *out) {                             \
+        const double *x = (const double *)p;                                                   \
+        const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};                              \
+        const v4d zero = {0};                                                                  \
+        const v4d kk = {k, k, k, k};                                                           \
+        v4d lo[2] = {inf, inf}, hi[2] = {-inf, -inf}, s[2] = {{0}}, q[2] = {{0}};              \
+        v4l zeros[2] = {{0}};                                                                  \
+        int64_t i = 0;                                                                         \
+        for (; i + 8 <= m; i += 8)                                                             \
+            for (int j = 0; j < 2; j++) {                                                      \
+                v4d v;                                                                         \
+                memcpy(&v, x + i + 4 * j, sizeof v);                                           \
+                lo[j] = vmind_##ISA(v, lo[j]);                                                 \
+                hi[j] = vmaxd_##ISA(v, hi[j]);                                                 \
+                zeros[j] -= (v == zero);                                                       \
+                v4d d = v - kk;                                                                \
+                s[j] += d;                                                                     \
+                q[j] += d * d;                                                                 \
+            }                                                                                  \
+        sums_t r = {m, 0, 0.0, 0.0, INFINITY, -INFINITY};                                      \
+        for (int j = 0; j < 2; j++)                                                            \
+            for (int l = 0; l < 4; l++) {                                                      \
+                r.s += s[j][l];                                                                \
+                r.q += q[j][l];                                                                \
+                r.zeros += zeros[j][l];                                                        \
+                r.lo = lo[j][l] < r.lo ? lo[j][l] : r.lo;                                      \
+                r.hi = hi[j][l] > r.hi ? hi[j][l] : r.hi;                                      \
+            }                                                                                  \
+        for (; i < m; i++) {                                                                   \
+            double d = x[i] - k;                                                               \
+            r.s += d;                                                                          \
+            r.q += d * d;                                                                      \
+            r.zeros += (x[i] == 0.0);                                                          \
+            r.lo = x[i] < r.lo ? x[i] : r.lo;                                                  \
+            r.hi = x[i] > r.hi ? x[i] : r.hi;                                                  \
+        }                                                                                      \
+        *out = r;                                                                              \
     }
-    *out = r;
+
+/* One block of any dtype. */
+#define BLOCK_ANY(ISA)                                                                         \
+    TARGET_##ISA static void block_any_##ISA(const char *p, int dtype, int64_t m, double k,    \
+                                             sums_t *b) {                                      \
+        switch (dtype) {                                                                       \
+        case DT_F32:                                                                           \
+            block_f32_##ISA(p, m, k, b);                                                       \
+            break;                                                                             \
+        case DT_F64:                                                                           \
+            block_f64_##ISA(p, m, k, b);                                                       \
+            break;                                                                             \
+        case DT_F16:                                                                           \
+            block_f16_##ISA(p, m, k, b);                                                       \
+            break;                                                                             \
+        default:                                                                               \
+            block_bf16_##ISA(p, m, k, b);                                                      \
+            break;                                                                             \
+        }                                                                                      \
+    }
+
+#define BLOCKS(ISA)                                                                            \
+    LOADS(ISA)                                                                                 \
+    BLOCK_NARROW(block_f32, ISA, load_f32, scalar_f32, 4)                                      \
+    BLOCK_NARROW(block_bf16, ISA, load_bf16, scalar_bf16, 2)                                   \
+    BLOCK_NARROW(block_f16, ISA, load_f16, scalar_f16, 2)                                      \
+    BLOCK_F64(ISA)                                                                             \
+    BLOCK_ANY(ISA)
+
+BLOCKS(portable)
+#if KERNEL_AVX2
+BLOCKS(avx2)
+#endif
+
+/* The block code the scans run, and its name for fused_isa: chosen once, when the library is
+ * loaded (pick_isa), and called through a pointer once per block of 2048 values, which costs
+ * nothing next to the block. */
+typedef void block_fn(const char *p, int dtype, int64_t m, double k, sums_t *b);
+static block_fn *block_any = block_any_portable;
+static const char *isa = "portable";
+
+static void pick_isa(int portable) {
+    block_any = block_any_portable;
+    isa = "portable";
+#if KERNEL_AVX2
+    __builtin_cpu_init(); /* needed before __builtin_cpu_supports in a constructor */
+    /* true only where the OS also saves the AVX registers (libgcc reads XCR0) */
+    if (!portable && __builtin_cpu_supports("avx2")) {
+        block_any = block_any_avx2;
+        isa = "avx2";
+    }
+#else
+    (void)portable;
+#endif
 }
+
+__attribute__((constructor)) static void pick_isa_at_load(void) { pick_isa(0); }
 
 static inline double value_at(const void *x, int dtype, int64_t i) {
     switch (dtype) {
@@ -264,7 +382,7 @@ static inline double value_at(const void *x, int dtype, int64_t i) {
     case DT_F64:
         return ((const double *)x)[i];
     case DT_F16:
-        return (double)(float)((const _Float16 *)x)[i];
+        return f16_to_f32(((const uint16_t *)x)[i]);
     default:
         return bf16_to_f32(((const uint16_t *)x)[i]);
     }
@@ -397,10 +515,9 @@ static int read_at(int fd, char *buf, size_t n, off_t at) {
     }
 
 #define AS_IS(v) (v)
-#define HALF(v) ((float)(v))
 CAPTURE_LINES(lines_f32, float, AS_IS)
 CAPTURE_LINES(lines_f64, double, AS_IS)
-CAPTURE_LINES(lines_f16, _Float16, HALF)
+CAPTURE_LINES(lines_f16, uint16_t, f16_to_f32)
 CAPTURE_LINES(lines_bf16, uint16_t, bf16_to_f32)
 
 static void capture(const scan_t *job, const char *x, int64_t c0, int64_t c1, int64_t *cursor) {
@@ -423,23 +540,6 @@ static void capture(const scan_t *job, const char *x, int64_t c0, int64_t c1, in
         break;
     default:
         lines_bf16(job, x, c0, c1);
-        break;
-    }
-}
-
-static void block_any(const char *p, int dtype, int64_t m, double k, sums_t *b) {
-    switch (dtype) {
-    case DT_F32:
-        block_f32(p, m, k, b);
-        break;
-    case DT_F64:
-        block_f64(p, m, k, b);
-        break;
-    case DT_F16:
-        block_f16(p, m, k, b);
-        break;
-    default:
-        block_bf16(p, m, k, b);
         break;
     }
 }
@@ -506,8 +606,9 @@ int fused_scan(const scan_t *job, int64_t start, int64_t stop) {
  * (see _p_rows in identification.py): each row's mean, the grand mean, and about the grand
  * mean each row's sum of squares and the whole's sum of fourth powers. Two passes, no
  * temporaries; torch needed five passes and two 4 MiB temporaries for a 64 x 8192 block. */
-void fused_rows(const double *rows, int64_t k, int64_t len, double *row_means,
-                double *row_squares, double *grand_and_fourth) {
+static inline __attribute__((always_inline)) void
+rows_body(const double *rows, int64_t k, int64_t len, double *row_means, double *row_squares,
+          double *grand_and_fourth) {
     double grand = 0.0;
     for (int64_t r = 0; r < k; r++) {
         const double *x = rows + r * len;
@@ -550,4 +651,64 @@ void fused_rows(const double *rows, int64_t k, int64_t len, double *row_means,
     grand_and_fourth[1] = fourth;
 }
 
-int fused_version(void) { return 3; }
+/* rows_body compiled twice: a function inlined into another takes that function's target,
+ * and it needs no AVX-only helper (its vector code is the compiler's own). */
+static void rows_portable(const double *rows, int64_t k, int64_t len, double *row_means,
+                          double *row_squares, double *grand_and_fourth) {
+    rows_body(rows, k, len, row_means, row_squares, grand_and_fourth);
+}
+#if KERNEL_AVX2
+TARGET_avx2 static void rows_avx2(const double *rows, int64_t k, int64_t len, double *row_means,
+                                  double *row_squares, double *grand_and_fourth) {
+    rows_body(rows, k, len, row_means, row_squares, grand_and_fourth);
+}
+#endif
+
+void fused_rows(const double *rows, int64_t k, int64_t len, double *row_means,
+                double *row_squares, double *grand_and_fourth) {
+#if KERNEL_AVX2
+    if (block_any == block_any_avx2) {
+        rows_avx2(rows, k, len, row_means, row_squares, grand_and_fourth);
+        return;
+    }
+#endif
+    rows_portable(rows, k, len, row_means, row_squares, grand_and_fourth);
+}
+
+/* The layout of scan_t and acc_t and the functions' signatures: native.py checks it matches its
+ * own (a module built from another version of this file is not used). */
+int fused_version(void) { return 4; }
+
+/* The instruction set the scans and rows run with: "avx2" or "portable". */
+const char *fused_isa(void) { return isa; }
+
+/* For tests: run the portable code even where the CPU has AVX2 (portable = 1), or the best the
+ * CPU has (0). Not while a scan runs. Returns fused_isa(). */
+const char *fused_prefer_portable(int portable) {
+    pick_isa(portable);
+    return isa;
+}
+
+/* The extension module: nothing but a file Python can find and import (as
+ * initscope.stats._kernel), which is how the installed library is located. Limited API, so
+ * one build serves every Python from 3.10 on. */
+static PyModuleDef_Slot kernel_slots[] = {
+#ifdef Py_mod_gil
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED}, /* free-threaded Python: nothing here needs the GIL */
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef kernel_module = {
+    PyModuleDef_HEAD_INIT,
+    "initscope.stats._kernel",
+    "initscope's fused statistics kernel; its functions are called through ctypes.",
+    0,
+    NULL,
+    kernel_slots,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC PyInit__kernel(void) { return PyModuleDef_Init(&kernel_module); }

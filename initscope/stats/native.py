@@ -1,0 +1,97 @@
+"""The fused statistics kernel's library: found, loaded and checked, without importing torch.
+
+The kernel (``kernel.c``) is built when initscope is installed, as the optional extension
+module ``initscope.stats._kernel`` (see setup.py); where no C compiler worked, the install
+went on without it. Python imports the module only to learn its file, and ctypes loads that
+file: its statistics functions are plain C. Nothing is compiled at run time.
+
+This module holds no torch import, so that ``initscope --version`` can say which path
+computes statistics (``describe``) within the CLI's start-up budget; ``fused`` calls the
+library with torch tensors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import sys
+import threading
+from typing import NamedTuple
+
+__all__ = ["VERSION", "describe", "library"]
+
+VERSION = 4  # fused_version() in kernel.c: the layout and signatures fused.py expects
+_BUILD = "installing initscope where a C compiler works builds it"
+
+
+class _Loaded(NamedTuple):
+    lib: ctypes.CDLL | None
+    path: str  # the library's file, where it was found
+    why: str  # why it is not used, when lib is None
+
+
+_LOCK = threading.Lock()
+_LOADED: list[_Loaded] = []  # loaded once per process, on first use
+
+
+def _load() -> _Loaded:
+    if sys.byteorder != "little":
+        return _Loaded(None, "", "the C kernel reads little-endian values only")
+    if importlib.util.find_spec("initscope.stats._kernel") is None:
+        # no C compiler worked when initscope was installed, or it runs from a source tree
+        return _Loaded(None, "", f"the C kernel is not built; {_BUILD}")
+    try:
+        from initscope.stats import _kernel
+    except ImportError as exc:  # built, but not loadable here (another platform, a bad file)
+        return _Loaded(None, "", f"the C kernel cannot be imported ({exc}); {_BUILD}")
+    path = str(_kernel.__file__)
+    try:
+        lib = ctypes.CDLL(path)
+        version = lib.fused_version()
+        if version != VERSION:  # a module built from another kernel.c, left in place
+            why = f"the C kernel at {path} is version {version}, not {VERSION}; reinstall initscope"
+            return _Loaded(None, path, why)
+        ptr, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.fused_scan.argtypes = [ptr, i64, i64]
+        lib.fused_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
+        lib.fused_rows.restype = None
+        lib.fused_isa.restype = ctypes.c_char_p
+        lib.fused_prefer_portable.argtypes = [ctypes.c_int]
+        lib.fused_prefer_portable.restype = ctypes.c_char_p
+    except (OSError, AttributeError) as exc:  # unloadable, or without our symbols
+        return _Loaded(None, path, f"the C kernel at {path} cannot be used: {exc}")
+    return _Loaded(lib, path, "")
+
+
+def _loaded() -> _Loaded:
+    with _LOCK:
+        if not _LOADED:
+            try:
+                _LOADED.append(_load())
+            except Exception as exc:  # an accelerator: whatever goes wrong, torch works
+                _LOADED.append(_Loaded(None, "", f"the C kernel cannot be used: {exc}"))
+        return _LOADED[0]
+
+
+def _disabled() -> bool:
+    """``INITSCOPE_FUSED=0`` forces the torch path; read at each call, so a test or a
+    caller can set it at any time."""
+    return os.environ.get("INITSCOPE_FUSED", "1") == "0"
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernel, or None when statistics are to be computed with torch."""
+    return None if _disabled() else _loaded().lib
+
+
+def describe() -> str:
+    """Which path computes statistics, in words: the kernel with its instruction set and
+    file, or torch and why."""
+    if _disabled():
+        return "torch (INITSCOPE_FUSED=0)"
+    loaded = _loaded()
+    if loaded.lib is None:
+        return f"torch ({loaded.why})"
+    isa = loaded.lib.fused_isa().decode()
+    return f"fused C kernel ({isa}) at {loaded.path}"

@@ -284,3 +284,31 @@ def test_constant_parameters_have_no_spread_line() -> None:
     e = explain("nn.LayerNorm", {"normalized_shape": 3})
     for p in e.parameters:
         assert not any(line.startswith("mean ") for line in p.formula), p.formula
+
+
+@pytest.mark.parametrize(
+    ("layer", "given", "divided"),
+    [
+        ("nn.Conv2d", {"groups": 4}, ("in_channels", "out_channels")),
+        ("nn.Conv1d", {"groups": 3}, ("in_channels", "out_channels")),
+        ("nn.ConvTranspose2d", {"groups": 4}, ("in_channels", "out_channels")),
+        ("nn.GroupNorm", {"num_groups": 4}, ("num_channels",)),
+        ("nn.MultiheadAttention", {"num_heads": 3}, ("embed_dim",)),
+    ],
+)
+def test_filled_arguments_respect_a_given_divisor(
+    layer: str, given: dict[str, int], divided: tuple[str, ...]
+) -> None:
+    e = explain(layer, given)
+    ((name, d),) = given.items()
+    for arg in divided:
+        assert e.arguments[arg] % d == 0, (arg, e.arguments[arg])
+    # the numbers still point back to one argument each
+    filled = [e.arguments[a] for a in e.filled]
+    assert len(set(filled)) == len(filled)
+
+
+def test_explain_conv_with_groups_from_the_cli(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["explain", "nn.Conv2d", "--arg", "groups=4"])
+    assert result.exit_code == 0, result.output
+    assert "in_channels/groups" in result.stdout

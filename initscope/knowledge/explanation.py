@@ -202,7 +202,33 @@ def _fill_required(ref: str, given: Mapping[str, Any]) -> tuple[dict[str, Any], 
             f"{ref} needs {', '.join(missing)}, which has no representative value",
             f"pass it: {' '.join(f'--arg {m}=...' for m in missing)}",
         )
+    _divisible(out, filled)
     return out, tuple(filled)
+
+
+# Arguments a given one must divide (torch checks each in the layer's constructor:
+# _ConvNd "in_channels must be divisible by groups", GroupNorm "num_channels must be divisible
+# by num_groups", MultiheadAttention "embed_dim must be divisible by num_heads").
+_DIVIDES = {
+    "groups": ("in_channels", "out_channels"),
+    "num_groups": ("num_channels",),
+    "num_heads": ("embed_dim",),
+    "nhead": ("d_model",),
+}
+
+
+def _divisible(kwargs: dict[str, Any], filled: Sequence[str]) -> None:
+    """Scale the filled-in values that a given ``groups`` (or ``num_heads``, ...) must divide
+    by that number, so ``explain nn.Conv2d --arg groups=4`` builds; multiplying keeps the
+    filled values pairwise distinct, as REPRESENTATIVE_ARGS chose them."""
+    for divisor, dependents in _DIVIDES.items():
+        d = kwargs.get(divisor)
+        if divisor in filled or not isinstance(d, int) or isinstance(d, bool) or d <= 1:
+            continue
+        for name in dependents:
+            value = kwargs.get(name)
+            if name in filled and isinstance(value, int) and value % d:
+                kwargs[name] = value * d
 
 
 def explain(

@@ -300,7 +300,7 @@ def test_filled_arguments_respect_a_given_divisor(
     layer: str, given: dict[str, int], divided: tuple[str, ...]
 ) -> None:
     e = explain(layer, given)
-    ((name, d),) = given.items()
+    ((_, d),) = given.items()
     for arg in divided:
         assert e.arguments[arg] % d == 0, (arg, e.arguments[arg])
     # the numbers still point back to one argument each

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
 # Tests import toy models as `tests.fixtures.models:Tiny`, as a user would name their own.
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("COLUMNS", "100")
+# Tables are as wide as COLUMNS says (the goldens are 100 wide), whatever the shell exports.
+os.environ["COLUMNS"] = "100"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

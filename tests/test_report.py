@@ -475,3 +475,29 @@ def test_nested_spec_argument_builds_a_layer_under_the_tracer(runner: CliRunner)
     )
     w = by_name(data)["layers.1.self_attn.in_proj_weight"]
     assert w["default"]["init"] == "xavier_uniform_" and "deepcopy" in w["default"]["via"]
+
+
+WIDE_MODELS = [
+    ("initscope.examples:UNet", []),
+    ("nn.LSTM", ["-a", "input_size=10", "-a", "hidden_size=20"]),
+    ("nn.TransformerEncoderLayer", ["-a", "d_model=16", "-a", "nhead=2"]),
+    ("nn.MultiheadAttention", ["-a", "embed_dim=8", "-a", "num_heads=2"]),
+    ("nn.Bilinear", ["-a", "in1_features=3", "-a", "in2_features=4", "-a", "out_features=5"]),
+]
+
+
+@pytest.mark.parametrize(("target", "args"), WIDE_MODELS)
+@pytest.mark.parametrize("hist", [False, True])
+def test_an_80_column_table_fits_80_columns(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch, target: str, args: list[str], hist: bool
+) -> None:
+    # COLUMNS is honoured also when stdout is not a terminal (a pipe, CliRunner).
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["report", target, *args, *(["--hist"] if hist else [])])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    too_long = [line for line in lines if len(line) > 80]
+    assert not too_long, "\n".join(too_long)
+    # nothing is lost: every parameter's init is still there, on its row or the next line
+    assert result.stdout.count("default") >= 1
+    assert "U(±" in result.stdout or "N(" in result.stdout or "const" in result.stdout

@@ -110,6 +110,13 @@ def warn(lines: list[str]) -> None:
 
 
 def width() -> int:
+    """The table's width: ``COLUMNS`` when set (also when stdout is piped, as ``less`` or a
+    CI log wants), else the terminal's, else TABLE_WIDTH."""
+    import os
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
     if sys.stdout.isatty():
         return shutil.get_terminal_size((TABLE_WIDTH, 24)).columns
     return TABLE_WIDTH

@@ -108,17 +108,20 @@ class _Columns:
     std: int
     hist: int  # 0: no histogram column
     aligned: bool  # labels line up in their own sub-column
+    # Too narrow for a default-init column (default == 0): the call and its label go on a
+    # line of their own under each row, cut to the width.
+    narrow: bool = False
 
     def line(
         self, name: str, shape: str, default: str, follows: str, mark: str, std: str, spark: str
     ) -> str:
-        text = (
-            f"{name:<{self.name}}  {shape:<{self.shape}}  {default:<{self.default}}  "
-            f"{follows:<{self.follows}}  {mark:^{self.mark}}  {std:>{self.std}}"
-        )
+        cells = [f"{name:<{self.name}}", f"{shape:<{self.shape}}"]
+        if not self.narrow:
+            cells.append(f"{default:<{self.default}}")
+        cells += [f"{follows:<{self.follows}}", f"{mark:^{self.mark}}", f"{std:>{self.std}}"]
         if self.hist:
-            text += f"  {spark:<{self.hist}}"
-        return text.rstrip()
+            cells.append(f"{spark:<{self.hist}}")
+        return "  ".join(cells).rstrip()
 
 
 def _table_rows(report: Report) -> list[tuple[str, ...]]:
@@ -147,7 +150,12 @@ def _columns(
     w_mark = len("= default?")
     w_std = max([9, *(len(r[6]) for r in rows)])
     fixed = w_name + w_shape + w_follows + w_mark + w_std + 10 + (w_hist + 2 if hist else 0)
-    budget = max(width - fixed, 24)
+    longest = max([len("default init"), *(len(r[2]) for r in rows)])
+    if width - fixed < min(longest, 24):  # no room for the column: a line of its own
+        rows = [(*r[:2], cut_text(f"{r[2]} {r[3]}".strip(), width - 4), "", *r[4:]) for r in rows]
+        widths = (w_name, w_shape, 0, 0, w_follows, w_mark, w_std, w_hist)
+        return _Columns(*widths, aligned=False, narrow=True), rows
+    budget = width - fixed
     rows = [(r[0], r[1], cut_text(r[2], budget), cut_text(r[3], budget), *r[4:]) for r in rows]
     w_call = max([len("default init"), *(len(r[2]) for r in rows)])
     w_label = max([0, *(len(r[3]) for r in rows)])
@@ -161,11 +169,11 @@ def _columns(
 
 def _module_heading(p: ParameterReport, width: int) -> list[str]:
     """The line (or two) that opens a module's group: its path and its class."""
-    head = escape_text(p.module) or "(root)"
+    head = cut_text(escape_text(p.module) or "(root)", width)
     kind = type_name(p.module_type)
     if kind and len(head) + 2 + len(kind) <= width:
         return [f"{head}  {kind}"]
-    return [head, f"  ({kind})"] if kind else [head]
+    return [head, cut_text(f"  ({kind})", width)] if kind else [head]
 
 
 def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -> str:
@@ -180,7 +188,7 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
 
         sparks = [sparkline(p.sample, HIST_WIDTH) for p in report.parameters]
     cols, rows = _columns(_table_rows(report), sparks, width, hist)
-    out = [f"{escape_text(report.target)}  (torch {report.torch_version})", ""]
+    out = [cut_text(f"{escape_text(report.target)}  (torch {report.torch_version})", width), ""]
     header = cols.line(
         "parameter", "shape", "default init", "follows", "= default?", "std", "histogram"
     )
@@ -194,16 +202,27 @@ def render_table(report: Report, width: int = TABLE_WIDTH, hist: bool = False) -
             current = p.module
             out += _module_heading(p, width)
         inline = f"{call:<{cols.call}} {label}" if cols.aligned else f"{call} {label}"
-        if len(inline.rstrip()) <= cols.default:
+        if cols.narrow:
+            out.append(cols.line(name, shape, "", follows, mark, std, spark))
+            out.append(f"    {call}".rstrip())
+        elif len(inline.rstrip()) <= cols.default:
             out.append(cols.line(name, shape, inline.rstrip(), follows, mark, std, spark))
         else:
             out.append(cols.line(name, shape, call, follows, mark, std, spark))
             if label:
                 out.append(cols.line("", "", label, "", "", "", ""))
         if p.tied_to:
-            out.append(f"{'':{cols.name}}  tied: {escape_text(', '.join(p.tied_to))}")
-    out += ["", _summary_line(report)]
+            tied = f"{'':{cols.name}}  tied: {escape_text(', '.join(p.tied_to))}"
+            out.append(cut_text(tied, width))
+    out += ["", *_wrapped(_summary_line(report), width)]
     return "\n".join(out) + "\n"
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    """``text``'s lines, each wrapped at spaces to ``width``."""
+    import textwrap
+
+    return [part for line in text.splitlines() for part in textwrap.wrap(line, width) or [""]]
 
 
 def _follows(p: ParameterReport) -> tuple[str, str]:

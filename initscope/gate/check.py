@@ -28,6 +28,7 @@ from initscope.io.models import open_target
 from initscope.io.targets import TargetOptions
 from initscope.knowledge.distributions import Distribution, Family, format_number
 from initscope.knowledge.identification import identify
+from initscope.knowledge.names import is_statistic, is_zero_by_design
 from initscope.knowledge.tracing import DefaultInit, InitCall, init_distribution
 from initscope.measure.pipeline import (
     Measured,
@@ -168,6 +169,19 @@ def _fmt(x: float | None) -> str:
     return format_number(x, "-")
 
 
+def _shown(value: float, *bounds: float | None) -> str:
+    """``value`` as short as it reads right against ``bounds``: 10000.9 against a limit of
+    10000 is not "1e+04" (which reads as equal), but its full repr."""
+    text = _fmt(value)
+    try:
+        rounded = float(text)
+    except ValueError:  # "-", "inf" and the like read as they are
+        return text
+    if any(b is not None and (rounded == b or (rounded < b) != (value < b)) for b in bounds):
+        return repr(value)
+    return text
+
+
 def _range_text(lo: float | None, hi: float | None) -> str:
     if lo is None:
         return f"≤ {_fmt(hi)}"
@@ -186,13 +200,19 @@ def _health(t: _Tensor, health: Health) -> Iterator[Violation]:
             "0",
             source="health.nonfinite",
         )
+    if is_statistic(name):  # running statistics are no weights: only NaN/Inf applies
+        return
     if health.zeros and len(t.site.shape) >= 2 and s.numel and s.zero_fraction == 1.0:
         yield Violation(
             name, "zeros", "all zeros", "a weight of ≥ 2 dims not all zeros", source="health.zeros"
         )
     if health.abs_max is not None and s.abs_max is not None and s.abs_max >= health.abs_max:
         yield Violation(
-            name, "abs_max", _fmt(s.abs_max), f"< {_fmt(health.abs_max)}", source="health.abs_max"
+            name,
+            "abs_max",
+            _shown(s.abs_max, health.abs_max),
+            f"< {_fmt(health.abs_max)}",
+            source="health.abs_max",
         )
     if health.uninitialized:
         sample = t.rs.sample()
@@ -300,7 +320,8 @@ def _check_expect(
             continue
         lo, hi = bounds
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            out.append(Violation(t.site.name, key, _fmt(value), _range_text(lo, hi), source=src))
+            shown = _shown(value, lo, hi)
+            out.append(Violation(t.site.name, key, shown, _range_text(lo, hi), source=src))
     inconclusive = False
     if check.follows is not None:
         expected = _follows_expected(check, t.site, defaults, env)
@@ -420,6 +441,7 @@ class _Judge:
     env: Mapping[str, float]
     alpha: float  # per decision
     default_check: bool
+    bare: bool  # no model: names alone say what is zero by design
 
     def wants_values(self, site: ParamSite) -> bool:
         """Whether the verdict compares values exactly (eye_, dirac_), not statistics."""
@@ -463,6 +485,7 @@ def _judge(options: CheckOptions, sites: list[ParamSite], traced: Any) -> _Judge
         env=dict(expect.vars) if expect is not None else {},
         alpha=RUN_ALPHA / max(decisions, 1),
         default_check=options.default_check,
+        bare=traced is None,
     )
 
 
@@ -490,12 +513,15 @@ def _judge_rules(t: _Tensor, judge: _Judge) -> tuple[list[Violation], bool, int]
 
 def _zeros_by_design(t: _Tensor, judge: _Judge, matched: Sequence[Check]) -> bool:
     """Whether all-zero values are what this tensor is meant to hold: a rule asks for zeros,
-    an expectation says it follows zeros_/constant_, or the model's own code zeroes it (a
-    zero-initialized projection)."""
+    an expectation says it follows zeros_/constant_, the model's own code zeroes it (a
+    zero-initialized projection), or, with no model, its name is of a family zero by design
+    (:data:`initscope.knowledge.names.ZERO_BY_DESIGN`)."""
     entry = judge.entries.get(t.site.name)
     if entry is not None and _is_zero_init(entry):
         return True
     if any(c.follows is not None and c.follows.init in ("zeros_", "constant_") for c in matched):
+        return True
+    if judge.bare and is_zero_by_design(t.site.name):
         return True
     default = judge.defaults.get(t.site.name)
     return (
@@ -507,6 +533,8 @@ def _fingerprint(t: _Tensor, health: Health) -> tuple[Any, ...] | None:
     """What two copies of one tensor share, for the identical-tensors check; None for a
     tensor too small or constant (norm weights of 1, zero biases are equal by design)."""
     s = t.stats
+    if is_statistic(t.site.name):  # equal running statistics are no copied weights
+        return None
     if health.identical and s.numel >= _IDENTICAL_MIN and s.mean is not None and s.min != s.max:
         return (t.site.shape, str(t.dtype), s.mean, s.std, s.min, s.max, s.nan_count)
     return None

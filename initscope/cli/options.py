@@ -29,6 +29,7 @@ __all__ = [
     "DebugOpt",
     "DistributedOpt",
     "InputShapeOpt",
+    "KeyOpt",
     "MaxMemoryOpt",
     "ModelOpt",
     "NameOpt",
@@ -139,6 +140,14 @@ def format_option(command: str, help: str) -> Any:
     return typer.Option("--format", "-f", metavar=f"<{'|'.join(names)}>", help=help)
 
 
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        help="The entry of a .pt/.pth/.bin/.ckpt file that holds the state dict, as a dotted "
+        "path (e.g. model.weights), where it is not under state_dict, model, state, ....",
+    ),
+]
 TypeOpt = Annotated[
     list[str] | None,
     typer.Option("--type", help="Only modules of this class (subclasses match). Repeatable."),
@@ -170,22 +179,25 @@ class TargetArgs:
     input_shape: str | None = None
     unsafe_load: bool = False
     allow_outside: bool = False
+    key: str | None = None
 
     def how(
         self, *, seed: int = 0, meta: bool = False, max_memory: int | None = None
     ) -> TargetOptions:
         """How to read TARGET: the library's TargetOptions for these options."""
-        return _how(
-            self.arg,
-            self.args_file,
-            self.model,
-            self.spec,
-            self.input_shape,
-            self.unsafe_load,
+        from initscope.io.targets import TargetOptions
+
+        return TargetOptions(
+            kwargs=constructor_kwargs(self.arg, self.args_file),
+            model=self.model,
+            spec=self.spec,
+            input_shape=parse_shape(self.input_shape),
+            unsafe_load=self.unsafe_load,
             seed=seed,
             meta=meta,
             allow_outside=self.allow_outside,
-            max_memory=max_memory,
+            key=self.key,
+            **({"max_memory": max_memory} if max_memory is not None else {}),
         )
 
     def pair(self, a: str, b: str, *, seed: int, max_memory: int) -> tuple[TargetOptions, ...]:
@@ -200,6 +212,7 @@ class TargetArgs:
             how = TargetOptions(
                 unsafe_load=self.unsafe_load,
                 allow_outside=self.allow_outside,
+                key=self.key,
                 max_memory=max_memory,
             )
         return tuple(how if is_checkpoint_path(t) else plain for t in (a, b))
@@ -242,6 +255,7 @@ _GROUPS: dict[str, tuple[type, tuple[tuple[str, object, object], ...]]] = {
             ("input_shape", InputShapeOpt, None),
             ("unsafe_load", UnsafeOpt, False),
             ("allow_outside", AllowOutsideOpt, False),
+            ("key", KeyOpt, None),
         ),
     ),
     "run": (
@@ -301,35 +315,6 @@ def complete_signatures() -> None:
         run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
         run.__annotations__ = {**{p.name: p.annotation for p in params}, "return": None}
     _PENDING.clear()
-
-
-def _how(
-    arg: list[str] | None,
-    args_file: Path | None,
-    model: str | None,
-    spec: Path | None,
-    input_shape: str | None,
-    unsafe_load: bool,
-    *,
-    seed: int = 0,
-    meta: bool = False,
-    allow_outside: bool = False,
-    max_memory: int | None = None,
-) -> TargetOptions:
-    """How to read TARGET, from the options every target-taking command shares."""
-    from initscope.io.targets import TargetOptions
-
-    return TargetOptions(
-        kwargs=constructor_kwargs(arg, args_file),
-        model=model,
-        spec=spec,
-        input_shape=parse_shape(input_shape),
-        unsafe_load=unsafe_load,
-        seed=seed,
-        meta=meta,
-        allow_outside=allow_outside,
-        **({"max_memory": max_memory} if max_memory is not None else {}),
-    )
 
 
 class UnmatchedOpt(str, Enum):

@@ -57,7 +57,17 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 CHECKPOINT_SUFFIXES = PICKLE_SUFFIXES + SAFETENSORS_SUFFIXES
 # Keys under which training scripts nest the state dict (as timm's _helpers.load_state_dict
 # and Lightning do), unwrapped outermost first.
-_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
+_CONTAINER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model_state",
+    "model",
+    "module",
+    "net",
+    "state",
+    "weights",
+    "params",
+)
 # DataParallel/DDP save under "module.", torch.compile under "_orig_mod.".
 _PREFIXES = ("module.", "_orig_mod.")
 # How deep containers and wrappers are unwrapped: {"model": {"state_dict": ...}} is two.
@@ -237,16 +247,30 @@ def _reason(exc: BaseException) -> str:
 
 
 def open_checkpoint(
-    path: str | os.PathLike[str], *, unsafe_load: bool = False, allow_outside: bool = False
+    path: str | os.PathLike[str],
+    *,
+    unsafe_load: bool = False,
+    allow_outside: bool = False,
+    key: str | None = None,
 ) -> Checkpoint:
     """Open ``path`` for reading, or raise :class:`CheckpointError` saying what is wrong.
 
     ``allow_outside`` lets an index name shards outside its own folder (absolute paths,
     ``..``, symlinks that leave it); an index is data from the file, so by default it may not.
+    ``key`` (``a.b``) selects the entry of a torch.save file that holds the state dict, where
+    the usual containers (``state_dict``, ``model``, ...) are not what the file uses.
     """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"no such file: {p}", "check the path")
+    if key is not None:
+        if p.is_dir() or p.suffix.lower() not in PICKLE_SUFFIXES:
+            raise CheckpointError(
+                f"--key {shorten(key)} selects an entry of a torch.save file, and {p} is not one",
+                f"drop --key, or point at a {', '.join(PICKLE_SUFFIXES)} file",
+            )
+        _require_regular(p)
+        return _open_pickle(p, unsafe_load, key)
     if p.is_dir():
         return _open_directory(p, unsafe_load, allow_outside)
     _require_regular(p)
@@ -799,7 +823,7 @@ def _torch_load(p: Path, unsafe_load: bool) -> tuple[Any, _StorageReader]:
             raise
 
 
-def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
+def _open_pickle(p: Path, unsafe_load: bool, key: str | None = None) -> Checkpoint:
     try:
         obj, reader = _torch_load(p, unsafe_load)
     except NeedsGlobal as exc:
@@ -823,15 +847,17 @@ def _open_pickle(p: Path, unsafe_load: bool) -> Checkpoint:
             "the file is truncated or corrupt, or not a PyTorch checkpoint; re-save it",
         ) from exc
     try:
-        return _pickle_checkpoint(p, obj, reader)
+        return _pickle_checkpoint(p, obj, reader, key)
     except BaseException:
         reader.close()
         raise
 
 
-def _pickle_checkpoint(p: Path, obj: Any, reader: _StorageReader) -> Checkpoint:
+def _pickle_checkpoint(
+    p: Path, obj: Any, reader: _StorageReader, key: str | None = None
+) -> Checkpoint:
     module: torch.nn.Module | None = None
-    state = _unwrap(obj)
+    state = _select(p, obj, key) if key is not None else _unwrap(obj)
     if isinstance(state, torch.nn.Module):
         module = _unwrap_module(state)
         state = module.state_dict()
@@ -842,10 +868,11 @@ def _pickle_checkpoint(p: Path, obj: Any, reader: _StorageReader) -> Checkpoint:
         )
     tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        keys = ", ".join(list(map(str, state))[:5])
+        where = f"entry {shorten(key)}" if key is not None else "top-level"
         raise CheckpointError(
-            f"{p} contains no tensors (top-level keys: {keys or 'none'})",
-            "point initscope at the file that holds the model's state dict",
+            f"{p} holds no state dict that initscope recognises ({where} keys: "
+            f"{_keys_text(state)})",
+            "select the entry that holds the tensors with --key, e.g. --key model.weights",
         )
     for name, t in tensors.items():
         _check_fits_storage(p, name, t, reader.limit)
@@ -977,6 +1004,9 @@ def _unwrap_module(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _unwrap(obj: Any) -> Any:
+    """The state dict inside what a training script saved: under a known container key
+    (``state_dict``, ``model``, ``model_state``, ``state``, ``weights``, ``params``, ...,
+    outermost first), or the one dict (or module) among the values when there is only one."""
     for _ in range(_MAX_NESTING):
         if not isinstance(obj, Mapping) or any(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
@@ -986,8 +1016,35 @@ def _unwrap(obj: Any) -> Any:
                 obj = inner
                 break
         else:
-            return obj
+            nested = [v for v in obj.values() if isinstance(v, Mapping | torch.nn.Module)]
+            if len(nested) != 1:
+                return obj
+            obj = nested[0]
     return obj
+
+
+def _select(p: Path, obj: Any, key: str) -> Any:
+    """The entry ``key`` (``a.b``: ``obj["a"]["b"]``) of what the file holds, or an error
+    that lists the keys where the path leaves the file's structure."""
+    for depth, part in enumerate(key.split(".")):
+        if isinstance(obj, torch.nn.Module):
+            obj = obj.state_dict()
+        if not isinstance(obj, Mapping) or part not in obj:
+            where = ".".join(key.split(".")[:depth]) or "the top level"
+            keys = _keys_text(obj) if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(
+                f"--key {shorten(key)}: {p} has no {shorten(part)} at {where} (keys there: {keys})",
+                "give the dotted path of the entry that holds the tensors",
+            )
+        obj = obj[part]
+    return obj
+
+
+def _keys_text(mapping: Mapping[Any, Any], most: int = 8) -> str:
+    """The first keys of a mapping from a file, shortened, for an error line."""
+    keys = [shorten(str(k), 40) for k in list(mapping)[: most + 1]]
+    more = ", ..." if len(keys) > most else ""
+    return (", ".join(keys[:most]) or "none") + more
 
 
 def _strip_prefixes(keys: list[str]) -> list[str] | None:

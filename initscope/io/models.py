@@ -109,7 +109,7 @@ def open_target(
         return
     # Open (and so validate) the checkpoint before a possibly slow model construction.
     with open_checkpoint(
-        ckpt_path, unsafe_load=how.unsafe_load, allow_outside=how.allow_outside
+        ckpt_path, unsafe_load=how.unsafe_load, allow_outside=how.allow_outside, key=how.key
     ) as ckpt:
         if spec is not None:
             yield trace_model(spec, seed=how.seed, meta=how.meta), ckpt

@@ -76,6 +76,9 @@ class TargetOptions:
     # The most memory a model rebuilt from a checkpoint's provenance record may take (its
     # parameters and buffers, measured on the meta device before it is built for real).
     max_memory: int = 2 * 2**30  # stats.DEFAULT_MAX_MEMORY; targets does not import torch
+    # The entry of a torch.save file that holds the state dict (a.b: obj["a"]["b"]), where
+    # the usual containers are not what the file uses.
+    key: str | None = None
 
 
 def resolve_target(target: str, how: TargetOptions) -> tuple[ModelSpec | None, Path | None]:

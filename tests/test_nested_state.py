@@ -52,7 +52,7 @@ def test_key_selects_an_entry_explicitly(runner: CliRunner, tmp_path: Path) -> N
     path = _save(tmp_path, obj)
     result = runner.invoke(app, ["report", path])
     assert result.exit_code == 2, result.output
-    assert "top-level keys: 'student', 'teacher'" in result.stderr
+    assert "top-level keys: student, teacher" in result.stderr
     assert "--key" in result.stderr
     assert _names(runner, path, "--key", "student") == ["fc.bias", "fc.weight"]
     assert _names(runner, path, "--key", "teacher") == ["head.weight"]
@@ -63,7 +63,7 @@ def test_a_dotted_key_walks_nested_dicts(runner: CliRunner, tmp_path: Path) -> N
     assert _names(runner, path, "--key", "run.final.net") == ["fc.bias", "fc.weight"]
     result = runner.invoke(app, ["check", path, "--key", "run.last"])
     assert result.exit_code == 2, result.output
-    assert "has no 'last' at run (keys there: 'final', 'best')" in result.stderr
+    assert "has no last at run (keys there: final, best)" in result.stderr
     assert "Traceback" not in result.output
 
 

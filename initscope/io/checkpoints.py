@@ -868,10 +868,14 @@ def _pickle_checkpoint(
         )
     tensors = {str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        where = f"entry {shorten(key)}" if key is not None else "top-level"
+        where = f"keys of {key}" if key is not None else "top-level keys"
+        if not _holds_tensors(obj):
+            raise CheckpointError(
+                f"{p} contains no tensors ({where}: {_keys_text(state)})",
+                "point initscope at the file that holds the model's state dict",
+            )
         raise CheckpointError(
-            f"{p} holds no state dict that initscope recognises ({where} keys: "
-            f"{_keys_text(state)})",
+            f"{p} holds no state dict that initscope recognises ({where}: {_keys_text(state)})",
             "select the entry that holds the tensors with --key, e.g. --key model.weights",
         )
     for name, t in tensors.items():
@@ -1033,16 +1037,28 @@ def _select(p: Path, obj: Any, key: str) -> Any:
             where = ".".join(key.split(".")[:depth]) or "the top level"
             keys = _keys_text(obj) if isinstance(obj, Mapping) else type(obj).__name__
             raise CheckpointError(
-                f"--key {shorten(key)}: {p} has no {shorten(part)} at {where} (keys there: {keys})",
+                f"--key {key}: {p} has no {part} at {where} (keys there: {keys})",
                 "give the dotted path of the entry that holds the tensors",
             )
         obj = obj[part]
     return obj
 
 
+def _holds_tensors(obj: Any, depth: int = _MAX_NESTING) -> bool:
+    """Whether a tensor is anywhere in ``obj`` within ``depth`` levels of dicts."""
+    if isinstance(obj, torch.Tensor | torch.nn.Module):
+        return True
+    if depth and isinstance(obj, Mapping):
+        return any(_holds_tensors(v, depth - 1) for v in obj.values())
+    return False
+
+
 def _keys_text(mapping: Mapping[Any, Any], most: int = 8) -> str:
     """The first keys of a mapping from a file, shortened, for an error line."""
-    keys = [shorten(str(k), 40) for k in list(mapping)[: most + 1]]
+    keys = [
+        k if len(k) <= 40 and k.isprintable() else shorten(k, 40)
+        for k in map(str, list(mapping)[: most + 1])
+    ]
     more = ", ..." if len(keys) > most else ""
     return (", ".join(keys[:most]) or "none") + more
 

@@ -384,3 +384,41 @@ def test_plot_draws_names_with_dollars_and_values_near_float64_max(
     _, words = svg_panels(out)
     assert "g$\\frac{1}$.weight" in words
     assert "range too wide to draw" in words
+
+
+def test_the_y_axis_fits_trained_weights_under_a_narrow_default(tmp_path: Path) -> None:
+    # A Linear(512, 512) default is U(±0.044): density 11.3. Trained weights spread ten
+    # times wider have a histogram about 1.1 high, which a y-axis scaled to the curve drew a
+    # few pixels tall.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from safetensors.torch import save_file
+
+    from initscope.render.panels import make_panels
+    from initscope.render.plot import CURVE_HEADROOM, _top
+
+    model = torch.nn.Linear(512, 512)
+    with torch.no_grad():
+        model.weight.normal_(0, 0.25)
+    path = tmp_path / "trained.safetensors"
+    save_file(model.state_dict(), str(path))
+    how = initscope.TargetOptions(
+        model="torch.nn:Linear", kwargs={"in_features": 512, "out_features": 512}
+    )
+    report = initscope.report(str(path), how)
+    (panel,) = [p for p in make_panels(report) if p.title.startswith("weight")]
+    assert panel.histogram is not None
+    bars = max(panel.histogram.densities)
+    curve = max(y for _, y in panel.density.curve)
+    assert curve > 5 * bars
+    fig, ax = plt.subplots()
+    from initscope.render import plot as plot_module
+
+    plot_module._draw(ax, panel)
+    top = ax.get_ylim()[1]
+    plt.close(fig)
+    assert top == pytest.approx(_top(panel))
+    assert bars / top >= 1 / (CURVE_HEADROOM * 1.05) - 1e-9
+    assert any("off the top" in t.get_text() for t in ax.texts)

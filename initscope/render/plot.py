@@ -106,6 +106,23 @@ def figure_size(count: int, columns: int = COLUMNS) -> tuple[float, float]:
     return cols * PANEL_SIZE[0], rows * PANEL_SIZE[1] + HEADER
 
 
+# The y-axis shows the expected curve whole only while the data's histogram keeps at least
+# 1/CURVE_HEADROOM of the height: trained weights spread far wider than their init, and under
+# a curve 50x taller their histogram was a few pixels high.
+CURVE_HEADROOM = 3.0
+
+
+def _top(panel: Panel) -> float:
+    """The y-axis top in density units: the taller of the histogram and the expected curve,
+    the curve cut at CURVE_HEADROOM times the histogram's peak."""
+    h = panel.histogram
+    bars = max(h.densities, default=0.0) if h is not None and h.constant_value is None else 0.0
+    curve = max((y for _, y in panel.density.curve), default=0.0)
+    if bars <= 0 or not math.isfinite(bars):
+        return curve * 1.05 if curve > 0 and math.isfinite(curve) else 1.0
+    return 1.05 * max(bars, min(curve, CURVE_HEADROOM * bars))
+
+
 def _draw(ax: Axes, panel: Panel) -> None:
     """One panel: bars in density units, the expected density over them, title and marks.
     Text that carries names is drawn with ``parse_math=False``: a ``$`` in a parameter or
@@ -149,12 +166,15 @@ def _draw(ax: Axes, panel: Panel) -> None:
         ax.axvline(spike.at, color=_CURVE, linewidth=1.2, linestyle="--")
     if d.note:
         notes.append(d.note)
+    curve_peak = max((y for _, y in d.curve), default=0.0)
+    if curve_peak > _top(panel):
+        notes.append(f"expected peaks at {format_number(curve_peak)}, off the top")
     if notes:
         ax.text(
             0.02, 0.97, "\n".join(notes), transform=ax.transAxes, fontsize=5.5, va="top",
             color="#37474f", parse_math=False,
         )  # fmt: skip
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, _top(panel))
     if panel.marked:
         for spine in ax.spines.values():
             spine.set_color(_RED)

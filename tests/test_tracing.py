@@ -301,3 +301,28 @@ def test_in_place_arithmetic_keeps_its_operands() -> None:
     b = tracer.resolve(lin.bias)
     assert b is not None and b.then[0].args == {"min": -0.1, "max": 0.1}
     assert b.distribution.family is Family.CUSTOM
+
+
+def test_every_init_function_is_traced_on_meta_as_on_cpu() -> None:
+    # torch returns early from trunc_normal_, orthogonal_, sparse_ and dirac_ on meta; the
+    # call itself is recorded, not the randn/empty before it.
+    ref = "tests.fixtures.models:InitAfterInit"
+    cpu = trace_model(ModelSpec(ref))
+    meta = trace_model(ModelSpec(ref), meta=True)
+    assert next(meta.model.parameters()).device.type == "meta"
+    assert _labels(meta) == _labels(cpu)
+    assert {n: d.call.name for n, d in meta.defaults.items()} == {
+        "cls_token": "trunc_normal_",
+        "rotation": "orthogonal_",
+        "sparse": "sparse_",
+        "identity": "dirac_",
+        "eye": "eye_",
+        "xavier": "xavier_normal_",
+    }
+    assert meta.defaults["cls_token"].distribution.label() == "TN(0, 0.02; [-2, 2])"
+    assert dict(meta.defaults["rotation"].call.args)["gain"] == 2.0
+
+
+def _labels(tm: object) -> dict[str, tuple[str, str]]:
+    defaults = tm.defaults  # type: ignore[attr-defined]
+    return {n: (d.call.name, d.distribution.label()) for n, d in defaults.items()}

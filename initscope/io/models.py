@@ -76,7 +76,8 @@ def trace_model(
     """
     # Import errors first, and imports outside the tracer.
     import_ref(spec.ref, spec.base_dir, search_cwd=search_cwd)
-    tracer = InitTracer()
+    # On meta, torch.nn.init functions return before their ops: their calls are recorded.
+    tracer = InitTracer(entries=meta)
     device = torch.device("meta") if meta else contextlib.nullcontext()
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), device, tracer:

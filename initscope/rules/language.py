@@ -389,13 +389,13 @@ def preset_names() -> list[str]:
 
 def _find(path_or_name: str | Path) -> tuple[Path, str]:
     """The file a --rules value names, and the name to show for it: the path as given, or
-    ``configs/NAME.yaml`` for a preset (the same on every machine)."""
+    ``preset NAME`` for a bundled preset (what the user typed, the same on every machine)."""
     p = Path(path_or_name)
     if p.exists() or p.suffix or len(p.parts) > 1:
         return p, str(p)
     preset = presets_dir() / f"{p.name}.yaml"
     if preset.is_file():
-        return preset, f"configs/{p.name}.yaml"
+        return preset, f"preset {p.name}"
     names = preset_names()
     raise SpecError(
         f"no rules file or preset named {str(path_or_name)!r}"

@@ -575,10 +575,26 @@ def _safetensors_header(
     p: Path, fh: IO[bytes]
 ) -> tuple[dict[str, TensorInfo], dict[str, tuple[int, int]], dict[str, str]]:
     """The header of the safetensors file open as ``fh``, validated as the safetensors crate
-    validates it (tensor.rs ``validate``), against the file's real size: (header length,
-    tensor infos, absolute byte range of each tensor, metadata). Read here rather than by
-    ``safe_open``, which maps the whole file: the header is all that is needed up front."""
+    validates it (tensor.rs ``validate``), against the file's real size: (tensor infos,
+    absolute byte range of each tensor, metadata). Read here rather than by ``safe_open``,
+    which maps the whole file: the header is all that is needed up front."""
     size = os.fstat(fh.fileno()).st_size
+    n, header = _header_json(fh, size)
+    raw_meta = _header_metadata(header)
+    infos: dict[str, TensorInfo] = {}
+    ranges: dict[str, tuple[int, int]] = {}
+    data = size - 8 - n
+    for key, entry in header.items():
+        info, (begin, end) = _header_entry(p, key, entry, data)
+        infos[key] = info
+        ranges[key] = (8 + n + begin, 8 + n + end)
+    _refuse_overlaps(ranges)
+    return infos, ranges, raw_meta
+
+
+def _header_json(fh: IO[bytes], size: int) -> tuple[int, dict[str, Any]]:
+    """The header's length and its JSON object. The length is checked against the file's
+    size and :data:`MAX_SAFETENSORS_HEADER` before anything that long is read."""
     n = int.from_bytes(fh.read(8), "little")
     if n > MAX_SAFETENSORS_HEADER or n > size - 8:
         raise ValueError(f"header length {n} is past the file's {size} bytes or over 100 MB")
@@ -588,52 +604,71 @@ def _safetensors_header(
         raise ValueError(f"the header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ValueError("the header is not a JSON object")
+    return n, header
+
+
+def _header_metadata(header: dict[str, Any]) -> dict[str, str]:
+    """The header's ``__metadata__`` (taken out of it, so that the rest are tensor entries),
+    which the format allows only as a mapping of names to strings."""
     raw_meta = header.pop("__metadata__", None) or {}
     if not isinstance(raw_meta, dict) or not all(isinstance(v, str) for v in raw_meta.values()):
         raise ValueError("__metadata__ must map names to strings")
-    infos: dict[str, TensorInfo] = {}
-    ranges: dict[str, tuple[int, int]] = {}
-    data = size - 8 - n
-    for key, entry in header.items():
-        name = shorten(key)
-        if not isinstance(entry, dict):
-            raise ValueError(f"entry {name} is not an object")
-        code, shape, span = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        dtype = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
-        if dtype is None:
-            plain = isinstance(code, str) and len(code) <= 20 and code.isprintable()
-            shown = code if plain else shorten(code)
-            raise CheckpointError(
-                f"{p}: tensor {name} has dtype {shown}, which initscope cannot read",
-                f"initscope reads {', '.join(_SAFETENSORS_DTYPES)}; convert that tensor",
-            )
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise ValueError(f"tensor {name} has no valid shape")
-        if (
-            not isinstance(span, list)
-            or len(span) != 2
-            or not all(type(o) is int for o in span)
-            or not 0 <= span[0] <= span[1]
-        ):
-            raise ValueError(f"tensor {name} has no valid data_offsets")
-        spans = span[1] - span[0]
-        numel = bounded_numel(shape, spans // dtype.itemsize)
-        if numel is None or numel * dtype.itemsize != spans:
-            need = f"{numel * dtype.itemsize}" if numel is not None else f"over {spans}"
-            raise ValueError(
-                f"tensor {name} is {need} bytes ({code}, shape {shorten(shape, 40)}) but "
-                f"spans {spans} bytes"
-            )
-        if span[1] > data:
-            raise CheckpointError(
-                f"{p} is truncated: its header places tensor {name} at bytes "
-                f"{span[0]}..{span[1]} of the data, the file holds {max(data, 0)}",
-                "re-save or re-download it",
-            )
-        infos[key] = TensorInfo(key, tuple(shape), dtype)
-        ranges[key] = (8 + n + span[0], 8 + n + span[1])
-    # The safetensors crate refuses entries that share bytes (tensor.rs validate, which also
-    # requires them to tile the data section): one stored range read as two tensors.
+    return raw_meta
+
+
+def _header_entry(p: Path, key: str, entry: Any, data: int) -> tuple[TensorInfo, tuple[int, int]]:
+    """One tensor entry of the header, and its byte range within the data section (``data``
+    bytes long): a dtype initscope reads, a shape of non-negative ints, and offsets that
+    span exactly the tensor's bytes and lie inside the file."""
+    name = shorten(key)
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry {name} is not an object")
+    code, shape, span = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    dtype = _entry_dtype(p, name, code)
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"tensor {name} has no valid shape")
+    if (
+        not isinstance(span, list)
+        or len(span) != 2
+        or not all(type(o) is int for o in span)
+        or not 0 <= span[0] <= span[1]
+    ):
+        raise ValueError(f"tensor {name} has no valid data_offsets")
+    spans = span[1] - span[0]
+    numel = bounded_numel(shape, spans // dtype.itemsize)
+    if numel is None or numel * dtype.itemsize != spans:
+        need = f"{numel * dtype.itemsize}" if numel is not None else f"over {spans}"
+        raise ValueError(
+            f"tensor {name} is {need} bytes ({code}, shape {shorten(shape, 40)}) but "
+            f"spans {spans} bytes"
+        )
+    if span[1] > data:
+        raise CheckpointError(
+            f"{p} is truncated: its header places tensor {name} at bytes "
+            f"{span[0]}..{span[1]} of the data, the file holds {max(data, 0)}",
+            "re-save or re-download it",
+        )
+    return TensorInfo(key, tuple(shape), dtype), (span[0], span[1])
+
+
+def _entry_dtype(p: Path, name: str, code: Any) -> torch.dtype:
+    """The torch dtype of an entry's dtype code; a code initscope cannot read is its own
+    error (the file may be fine), shown as written only when short and printable."""
+    dtype = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
+    if dtype is None:
+        plain = isinstance(code, str) and len(code) <= 20 and code.isprintable()
+        shown = code if plain else shorten(code)
+        raise CheckpointError(
+            f"{p}: tensor {name} has dtype {shown}, which initscope cannot read",
+            f"initscope reads {', '.join(_SAFETENSORS_DTYPES)}; convert that tensor",
+        )
+    return dtype
+
+
+def _refuse_overlaps(ranges: Mapping[str, tuple[int, int]]) -> None:
+    """Refuse entries that share bytes: one stored range read as two tensors. The
+    safetensors crate refuses them too (tensor.rs validate, which also requires them to tile
+    the data section)."""
     previous: tuple[int, str] = (0, "")
     for key, (begin, end) in sorted(ranges.items(), key=lambda kv: kv[1]):
         if end == begin:  # an empty tensor holds no bytes to share
@@ -641,7 +676,6 @@ def _safetensors_header(
         if begin < previous[0]:
             raise ValueError(f"tensors {shorten(previous[1])} and {shorten(key)} overlap")
         previous = (end, key)
-    return infos, ranges, raw_meta
 
 
 def bounded_numel(shape: Collection[int], limit: int) -> int | None:
@@ -659,7 +693,44 @@ def bounded_numel(shape: Collection[int], limit: int) -> int | None:
 
 
 def _open_safetensors(p: Path) -> Checkpoint:
+    """A safetensors file as a :class:`Checkpoint`: its header checked, tied names read back
+    as aliases, each tensor read when asked for. The file stays open, closed by the
+    Checkpoint (or here, when anything fails before it is made)."""
     fh = os.fdopen(open_regular(p), "rb")  # closed by the Checkpoint
+    infos, offsets, metadata = _checked_header(p, fh)
+    # Data is read per tensor (see _read_into), not through a memory map of the whole file:
+    # mapped pages stay resident (and count in RSS) until the file is closed, so a 4 GB file
+    # would cost 4 GB; a read costs one tensor (or one block of rows), freed after use.
+    aliases = _saved_aliases(metadata, infos)
+    for alias, kept in aliases.items():
+        infos[alias] = TensorInfo(alias, infos[kept].shape, infos[kept].dtype)
+    infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
+    reader = _SafetensorsReader(p, fh, infos, offsets, aliases)
+    try:
+        record = metadata.get(METADATA_KEY)
+        provenance = Provenance.from_json(record) if isinstance(record, str) else None
+        aliases.update(_recorded_ties(p, fh, provenance, infos, offsets, aliases))
+    except BaseException:
+        fh.close()
+        raise
+    return Checkpoint(
+        p,
+        infos,
+        reader.load,
+        aliases=aliases,
+        provenance=provenance,
+        rows=reader.rows,
+        closer=fh.close,
+        stored=reader.stored,
+    )
+
+
+def _checked_header(
+    p: Path, fh: IO[bytes]
+) -> tuple[dict[str, TensorInfo], dict[str, tuple[int, int]], dict[str, str]]:
+    """:func:`_safetensors_header`, with any failure but a :class:`CheckpointError` (which
+    says what is wrong already) reported as an unreadable file, and a file of no tensors
+    refused; ``fh`` is closed on every refusal."""
     try:
         infos, offsets, metadata = _safetensors_header(p, fh)
     except CheckpointError:
@@ -675,23 +746,36 @@ def _open_safetensors(p: Path) -> Checkpoint:
     if not infos:
         fh.close()
         raise CheckpointError(f"{p} holds no tensors", "point at a model checkpoint")
-    # Data is read per tensor (see _read_into), not through a memory map of the whole file:
-    # mapped pages stay resident (and count in RSS) until the file is closed, so a 4 GB file
-    # would cost 4 GB; a read costs one tensor (or one block of rows), freed after use.
-    # safetensors.torch.save_model stores a tied tensor once and records each dropped name
-    # in the metadata as {dropped: kept}; read those names back as aliases of the kept one.
-    aliases = {
+    return infos, offsets, metadata
+
+
+def _saved_aliases(metadata: Mapping[str, str], infos: Mapping[str, TensorInfo]) -> dict[str, str]:
+    """The tied names safetensors.torch.save_model dropped: it stores a tied tensor once
+    and records each dropped name in the metadata as {dropped: kept}; they are read back as
+    aliases of the kept one."""
+    return {
         k: v
         for k, v in metadata.items()
         if isinstance(v, str) and k not in infos and v in infos and k != METADATA_KEY
     }
-    for alias, kept in aliases.items():
-        infos[alias] = TensorInfo(alias, infos[kept].shape, infos[kept].dtype)
-    infos = dict(sorted(infos.items(), key=lambda kv: _natural_key(kv[0])))
 
-    def read(name: str, first_row: int, last_row: int | None) -> torch.Tensor:
-        info = infos[name]
-        begin, end = offsets[aliases.get(name, name)]
+
+@dataclass(frozen=True)
+class _SafetensorsReader:
+    """Reads a safetensors file's tensors, whole or by rows, from its byte ranges, an
+    alias's from the range of the name it is tied to. ``aliases`` is the Checkpoint's own
+    mapping, which gains the recorded ties after this reader is made."""
+
+    p: Path
+    fh: IO[bytes]
+    infos: Mapping[str, TensorInfo]
+    offsets: Mapping[str, tuple[int, int]]
+    aliases: Mapping[str, str]
+
+    def read(self, name: str, first_row: int, last_row: int | None) -> torch.Tensor:
+        """Rows [first_row, last_row) of ``name``, or the whole tensor for last_row None."""
+        info = self.infos[name]
+        begin, end = self.offsets[self.aliases.get(name, name)]
         shape = list(info.shape)
         if last_row is not None and shape:
             row_bytes = (end - begin) // max(shape[0], 1)
@@ -700,53 +784,53 @@ def _open_safetensors(p: Path) -> Checkpoint:
             shape[0] = max(last_row - first_row, 0)
         if end <= begin:
             return torch.empty(shape, dtype=info.dtype)
-        data = _read_into(fh.fileno(), end - begin, begin)
+        data = _read_into(self.fh.fileno(), end - begin, begin)
         return data.view(info.dtype).reshape(shape)
 
-    def load(name: str) -> torch.Tensor:
-        return read(name, 0, None)
+    def load(self, name: str) -> torch.Tensor:
+        """The whole tensor ``name`` (the Checkpoint's loader)."""
+        return self.read(name, 0, None)
 
-    def rows(name: str, start: int, stop: int) -> torch.Tensor:
-        return read(name, start, stop)
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of ``name``, reading only their bytes."""
+        return self.read(name, start, stop)
 
-    def stored(name: str) -> StoredTensor:
-        return StoredTensor(infos[name], p, fh.fileno(), offsets[aliases.get(name, name)][0])
+    def stored(self, name: str) -> StoredTensor:
+        """Where ``name``'s values lie in the open file, for the fused kernel."""
+        offset = self.offsets[self.aliases.get(name, name)][0]
+        return StoredTensor(self.infos[name], self.p, self.fh.fileno(), offset)
 
-    try:
-        record = metadata.get(METADATA_KEY)
-        provenance = Provenance.from_json(record) if isinstance(record, str) else None
-        # A file initscope wrote stores tied tensors under each name and lists the ties.
-        ties = provenance.extra.get("ties") if provenance is not None else None
-        if isinstance(ties, dict):
-            for alias, kept in ties.items():
-                # The record is data from the file: a tie is taken only where the two tensors
-                # hold the same bytes, else an all-NaN tensor "tied" to a healthy one would
-                # pass as its healthy partner.
-                if (
-                    isinstance(alias, str)
-                    and isinstance(kept, str)
-                    and alias in offsets
-                    and kept in offsets
-                    and alias != kept
-                    and alias not in aliases
-                    and infos[alias].shape == infos[kept].shape
-                    and infos[alias].dtype == infos[kept].dtype
-                    and _same_bytes(p, fh.fileno(), offsets[alias], offsets[kept])
-                ):
-                    aliases[alias] = kept
-    except BaseException:
-        fh.close()
-        raise
-    return Checkpoint(
-        p,
-        infos,
-        load,
-        aliases=aliases,
-        provenance=provenance,
-        rows=rows,
-        closer=fh.close,
-        stored=stored,
-    )
+
+def _recorded_ties(
+    p: Path,
+    fh: IO[bytes],
+    provenance: Provenance | None,
+    infos: Mapping[str, TensorInfo],
+    offsets: Mapping[str, tuple[int, int]],
+    aliases: Mapping[str, str],
+) -> dict[str, str]:
+    """The ties a file initscope wrote lists in its record (it stores tied tensors under
+    each name). The record is data from the file: a tie is taken only where the two tensors
+    hold the same bytes, else an all-NaN tensor "tied" to a healthy one would pass as its
+    healthy partner."""
+    ties = provenance.extra.get("ties") if provenance is not None else None
+    found: dict[str, str] = {}
+    if not isinstance(ties, dict):
+        return found
+    for alias, kept in ties.items():
+        if (
+            isinstance(alias, str)
+            and isinstance(kept, str)
+            and alias in offsets
+            and kept in offsets
+            and alias != kept
+            and alias not in aliases
+            and infos[alias].shape == infos[kept].shape
+            and infos[alias].dtype == infos[kept].dtype
+            and _same_bytes(p, fh.fileno(), offsets[alias], offsets[kept])
+        ):
+            found[alias] = kept
+    return found
 
 
 def _same_bytes(

@@ -131,60 +131,39 @@ def read_metadata(folder: Path, *, unsafe_load: bool = False) -> Any:
 def _validate(folder: Path, metadata: Any, unsafe_load: bool) -> None:
     """Types, storage files inside the folder, chunks that lie inside their tensor and cover
     it, and declared sizes that fit their bytes."""
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
-    from torch.distributed.checkpoint.metadata import (
-        BytesStorageMetadata,
-        ChunkStorageMetadata,
-        MetadataIndex,
-        TensorStorageMetadata,
-    )
-
     where = folder / ".metadata"
-
-    def bad(why: str) -> CheckpointError:
-        return CheckpointError(f"{where} is damaged: {why}", "re-save the checkpoint")
-
     sd = metadata.state_dict_metadata
     storage = metadata.storage_data
     if not isinstance(sd, dict) or not isinstance(storage, dict):
-        raise bad("state_dict_metadata and storage_data must be mappings")
+        raise _damaged(where, "state_dict_metadata and storage_data must be mappings")
+    lengths = _stored_lengths(folder, storage, unsafe_load)
+    for key, md in sd.items():
+        _check_tensor(where, key, md, lengths)
+
+
+def _damaged(where: Path, why: str) -> CheckpointError:
+    """The error for metadata that no genuine ``dcp.save`` writes."""
+    return CheckpointError(f"{where} is damaged: {why}", "re-save the checkpoint")
+
+
+def _stored_lengths(
+    folder: Path, storage: dict[Any, Any], unsafe_load: bool
+) -> dict[tuple[str, tuple[int, ...]], int]:
+    """The stored byte length of each tensor chunk, by (fqn, chunk offsets), once every
+    storage entry is checked: well typed, stored plainly (unless ``unsafe_load``), in a
+    storage file inside the folder whose bytes hold it.
+
+    torch's planner finds a chunk's storage by (fqn, chunk offsets): MetadataIndex's
+    ``index`` is only a hint, left out of its equality (torch/distributed/checkpoint/
+    metadata.py)."""
+    where = folder / ".metadata"
     sizes: dict[str, int] = {}
-    # torch's planner finds a chunk's storage by (fqn, chunk offsets): MetadataIndex's
-    # ``index`` is only a hint, left out of its equality (torch/distributed/checkpoint/
-    # metadata.py).
     lengths: dict[tuple[str, tuple[int, ...]], int] = {}
     for index, info in storage.items():
-        if not isinstance(index, MetadataIndex) or not isinstance(info, _StorageInfo):
-            raise bad("storage_data maps something other than chunks to storage")
-        # offset None: a non-tensor entry (BytesStorageMetadata)
-        if not isinstance(index.fqn, str) or not (index.offset is None or _dims(index.offset)):
-            raise bad("a storage entry names no tensor chunk")
+        _check_storage_entry(where, index, info, unsafe_load)
         fqn, rel = shorten(index.fqn), info.relative_path
-        if not isinstance(rel, str) or type(info.offset) is not int:
-            raise bad(f"the storage entry for {fqn} has no file name or offset")
-        if type(info.length) is not int or info.offset < 0 or info.length < 0:
-            raise bad(f"the storage entry for {fqn} has a negative offset or length")
-        if getattr(info, "transform_descriptors", None) and not unsafe_load:
-            # torch's reader inflates such a stream whole, whatever size it reaches
-            # (FileSystemReader.read_data reads transform_from.read(-1)).
-            raise UnsafeLoadRequired(
-                f"{where} stores {fqn} through {shorten(info.transform_descriptors)}: "
-                "initscope does not expand compressed DCP storage, a small file could "
-                "inflate without bound",
-                "if you trust the folder, rerun with --unsafe-load",
-            )
         if rel not in sizes:
-            if Path(rel).name != rel or rel in ("", ".", ".."):
-                raise CheckpointError(
-                    f"{where} names storage file {shorten(rel)}, which is not a file in {folder}",
-                    "a DCP checkpoint's storage files lie beside its .metadata; re-save it",
-                )
-            shown = rel if len(rel) <= 200 and rel.isprintable() else shorten(rel)
-            fd = open_regular(folder / rel, f"storage file {shown} named by {where}")
-            try:
-                sizes[rel] = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
+            sizes[rel] = _storage_file_size(folder, rel)
         if info.offset + info.length > sizes[rel]:
             raise CheckpointError(
                 f"{folder / rel} is truncated: {where} places {fqn} at bytes "
@@ -193,48 +172,123 @@ def _validate(folder: Path, metadata: Any, unsafe_load: bool) -> None:
             )
         if index.offset is not None:
             lengths[(index.fqn, tuple(index.offset))] = info.length
-    for key, md in sd.items():
-        if not isinstance(key, str):
-            raise bad("a state-dict key is not a string")
-        if isinstance(md, BytesStorageMetadata):
-            continue
-        fqn = shorten(key)
-        if not isinstance(md, TensorStorageMetadata):
-            raise bad(f"{fqn} has metadata of type {type(md).__name__}")
-        dtype = getattr(md.properties, "dtype", None)
-        if not isinstance(dtype, torch.dtype) or not _dims(md.size):
-            raise bad(f"{fqn} has no valid dtype and size")
-        if not isinstance(md.chunks, list):
-            raise bad(f"{fqn} has no list of chunks")
-        shape = md.size
-        total = 0
-        for i, chunk in enumerate(md.chunks):
-            if (
-                not isinstance(chunk, ChunkStorageMetadata)
-                or not _dims(chunk.sizes)
-                or not _dims(chunk.offsets)
-                or not len(chunk.sizes) == len(chunk.offsets) == len(shape)
-            ):
-                raise bad(f"chunk {i} of {fqn} has no valid size")
-            if any(o + n > d for o, n, d in zip(chunk.offsets, chunk.sizes, shape, strict=True)):
-                raise bad(f"chunk {i} of {fqn} lies outside its {shorten(list(shape))} tensor")
-            # Each chunk is stored as one torch.save record of at least its raw bytes.
-            have = lengths.get((key, tuple(chunk.offsets)))
-            numel = bounded_numel(chunk.sizes, (have or 0) // dtype.itemsize)
-            if have is None or numel is None:
-                raise CheckpointError(
-                    f"{where} declares {fqn} chunk {i} as {shorten(list(chunk.sizes))} {dtype} "
-                    f"but stores {have or 0} bytes for it",
-                    "the metadata does not match the storage files; re-save the checkpoint",
-                )
-            total += numel
-        # Chunks inside the tensor whose elements add up to it: the tensor read is filled
-        # (a gap would show uninitialized memory as weights).
-        if bounded_numel(shape, total) != total:
-            raise bad(
-                f"the chunks of {fqn} hold {total} elements, not the "
-                f"{shorten(list(shape))} it declares"
-            )
+    return lengths
+
+
+def _check_storage_entry(where: Path, index: Any, info: Any, unsafe_load: bool) -> None:
+    """One ``storage_data`` entry: a MetadataIndex naming a tensor chunk (or, offset None, a
+    non-tensor entry) mapped to a ``_StorageInfo`` with a file name and a non-negative
+    offset and length. A transformed (compressed) stream needs ``unsafe_load``."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import MetadataIndex
+
+    if not isinstance(index, MetadataIndex) or not isinstance(info, _StorageInfo):
+        raise _damaged(where, "storage_data maps something other than chunks to storage")
+    # offset None: a non-tensor entry (BytesStorageMetadata)
+    if not isinstance(index.fqn, str) or not (index.offset is None or _dims(index.offset)):
+        raise _damaged(where, "a storage entry names no tensor chunk")
+    fqn, rel = shorten(index.fqn), info.relative_path
+    if not isinstance(rel, str) or type(info.offset) is not int:
+        raise _damaged(where, f"the storage entry for {fqn} has no file name or offset")
+    if type(info.length) is not int or info.offset < 0 or info.length < 0:
+        raise _damaged(where, f"the storage entry for {fqn} has a negative offset or length")
+    if getattr(info, "transform_descriptors", None) and not unsafe_load:
+        # torch's reader inflates such a stream whole, whatever size it reaches
+        # (FileSystemReader.read_data reads transform_from.read(-1)).
+        raise UnsafeLoadRequired(
+            f"{where} stores {fqn} through {shorten(info.transform_descriptors)}: "
+            "initscope does not expand compressed DCP storage, a small file could "
+            "inflate without bound",
+            "if you trust the folder, rerun with --unsafe-load",
+        )
+
+
+def _storage_file_size(folder: Path, rel: str) -> int:
+    """The size of the storage file ``rel`` the metadata names, which must be a plain name
+    of a regular file beside the .metadata (never a path out of the folder, never a FIFO)."""
+    where = folder / ".metadata"
+    if Path(rel).name != rel or rel in ("", ".", ".."):
+        raise CheckpointError(
+            f"{where} names storage file {shorten(rel)}, which is not a file in {folder}",
+            "a DCP checkpoint's storage files lie beside its .metadata; re-save it",
+        )
+    shown = rel if len(rel) <= 200 and rel.isprintable() else shorten(rel)
+    fd = open_regular(folder / rel, f"storage file {shown} named by {where}")
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _check_tensor(
+    where: Path, key: Any, md: Any, lengths: dict[tuple[str, tuple[int, ...]], int]
+) -> None:
+    """One ``state_dict_metadata`` entry: a string key with bytes, or a tensor of a dtype
+    and size whose chunks each fit their stored bytes and together fill it."""
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        TensorStorageMetadata,
+    )
+
+    if not isinstance(key, str):
+        raise _damaged(where, "a state-dict key is not a string")
+    if isinstance(md, BytesStorageMetadata):
+        return
+    fqn = shorten(key)
+    if not isinstance(md, TensorStorageMetadata):
+        raise _damaged(where, f"{fqn} has metadata of type {type(md).__name__}")
+    dtype = getattr(md.properties, "dtype", None)
+    if not isinstance(dtype, torch.dtype) or not _dims(md.size):
+        raise _damaged(where, f"{fqn} has no valid dtype and size")
+    if not isinstance(md.chunks, list):
+        raise _damaged(where, f"{fqn} has no list of chunks")
+    shape = md.size
+    total = 0
+    for i, chunk in enumerate(md.chunks):
+        total += _chunk_numel(where, key, i, chunk, shape, dtype, lengths)
+    # Chunks inside the tensor whose elements add up to it: the tensor read is filled
+    # (a gap would show uninitialized memory as weights).
+    if bounded_numel(shape, total) != total:
+        raise _damaged(
+            where,
+            f"the chunks of {fqn} hold {total} elements, not the "
+            f"{shorten(list(shape))} it declares",
+        )
+
+
+def _chunk_numel(
+    where: Path,
+    key: str,
+    i: int,
+    chunk: Any,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    lengths: dict[tuple[str, tuple[int, ...]], int],
+) -> int:
+    """The element count of chunk ``i`` of tensor ``key``, once it is checked to lie inside
+    the tensor and to fit the bytes stored for it: each chunk is stored as one torch.save
+    record of at least its raw bytes, so a small file cannot declare a huge chunk."""
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+
+    fqn = shorten(key)
+    if (
+        not isinstance(chunk, ChunkStorageMetadata)
+        or not _dims(chunk.sizes)
+        or not _dims(chunk.offsets)
+        or not len(chunk.sizes) == len(chunk.offsets) == len(shape)
+    ):
+        raise _damaged(where, f"chunk {i} of {fqn} has no valid size")
+    if any(o + n > d for o, n, d in zip(chunk.offsets, chunk.sizes, shape, strict=True)):
+        raise _damaged(where, f"chunk {i} of {fqn} lies outside its {shorten(list(shape))} tensor")
+    have = lengths.get((key, tuple(chunk.offsets)))
+    numel = bounded_numel(chunk.sizes, (have or 0) // dtype.itemsize)
+    if have is None or numel is None:
+        raise CheckpointError(
+            f"{where} declares {fqn} chunk {i} as {shorten(list(chunk.sizes))} {dtype} "
+            f"but stores {have or 0} bytes for it",
+            "the metadata does not match the storage files; re-save the checkpoint",
+        )
+    return numel
 
 
 def _dims(value: Any) -> bool:

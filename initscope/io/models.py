@@ -473,8 +473,6 @@ def spec_from_provenance(
     if not record:
         return None
     ref, args, kwargs = record.get("ref"), record.get("args", []), record.get("kwargs", {})
-    shape = record.get("input_shape")
-    base = record.get("base_dir")
     if (
         not isinstance(ref, str)
         or not isinstance(args, list)
@@ -494,32 +492,19 @@ def spec_from_provenance(
     # imported for a record (not a .py beside the file, nor the record's base_dir).
     base_dir: Path | None = None
     if how.unsafe_load:
-        with contextlib.suppress(OSError, ValueError):
-            base_dir = Path(base) if isinstance(base, str) and Path(base).is_dir() else None
-    else:
-        try:
-            problem = record_import_problem(split_ref(ref)[0])
-        except TargetError as exc:
-            problem = exc.message
-        if problem is not None:
-            _warn_bare(
-                path,
-                f"{problem}: importing it would run code the record names (--unsafe-load "
-                "trusts the record)",
-            )
-            return None
-    try:
-        # Without --unsafe-load, the import and the attribute lookup (a module's __getattr__
-        # may import more) run with the working folder off the path, so that ./six.py
-        # cannot stand in for an installed six, nor for anything the module imports.
-        with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
-            factory = import_ref(ref, base_dir, search_cwd=how.unsafe_load)
-    except TargetError as exc:
-        _warn_bare(path, f"{ref} cannot be imported here ({exc.message})")
+        base_dir = _record_base_dir(record.get("base_dir"))
+    elif (problem := _record_import_refusal(ref)) is not None:
+        _warn_bare(
+            path,
+            f"{problem}: importing it would run code the record names (--unsafe-load "
+            "trusts the record)",
+        )
         return None
-    except Exception as exc:
-        _warn_bare(path, f"{ref} cannot be imported here ({type(exc).__name__}: {exc})"[:300])
+    imported = _import_record_ref(ref, base_dir, how)
+    if imported.failure is not None:
+        _warn_bare(path, imported.failure)
         return None
+    factory = imported.factory
     if not (isinstance(factory, type) and issubclass(factory, torch.nn.Module)):
         warnings.warn(
             InitScopeWarning(
@@ -529,18 +514,60 @@ def spec_from_provenance(
             stacklevel=2,
         )
         return None
-    input_shape = (
+    input_shape = _record_input_shape(record.get("input_shape"))
+    return ModelSpec(
+        ref, tuple(args), {**kwargs, **how.kwargs}, path, how.input_shape or input_shape, base_dir
+    )
+
+
+def _record_base_dir(base: object) -> Path | None:
+    """The record's ``base_dir`` (the folder its module was imported from), when it is a
+    folder here; searched for the module only under --unsafe-load."""
+    with contextlib.suppress(OSError, ValueError):
+        return Path(base) if isinstance(base, str) and Path(base).is_dir() else None
+    return None
+
+
+def _record_import_refusal(ref: str) -> str | None:
+    """Why the module of the record's ``ref`` may not be imported without --unsafe-load
+    (see :func:`record_import_problem`), or None when it may."""
+    try:
+        return record_import_problem(split_ref(ref)[0])
+    except TargetError as exc:
+        return exc.message
+
+
+@dataclass(frozen=True)
+class _Imported:
+    """What importing a record's ``ref`` gave: the object it names, or ``failure``, the
+    reason it cannot be imported here (one line for a warning)."""
+
+    factory: object = None
+    failure: str | None = None
+
+
+def _import_record_ref(ref: str, base_dir: Path | None, how: TargetOptions) -> _Imported:
+    """The object ``ref`` names. Without --unsafe-load, the import and the attribute lookup
+    (a module's __getattr__ may import more) run with the working folder off the path, so
+    that ./six.py cannot stand in for an installed six, nor for anything the module
+    imports. Any failure, whatever the module's code raises, is a reason, not an error."""
+    try:
+        with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
+            return _Imported(factory=import_ref(ref, base_dir, search_cwd=how.unsafe_load))
+    except TargetError as exc:
+        return _Imported(failure=f"{ref} cannot be imported here ({exc.message})")
+    except Exception as exc:
+        return _Imported(
+            failure=f"{ref} cannot be imported here ({type(exc).__name__}: {exc})"[:300]
+        )
+
+
+def _record_input_shape(shape: object) -> tuple[int, ...] | None:
+    """The record's example input shape, when it is a list of ints."""
+    return (
         tuple(int(x) for x in shape)
         if isinstance(shape, list) and all(isinstance(x, int) for x in shape)
         else None
-    )
-    return ModelSpec(
-        ref,
-        tuple(args),
-        {**kwargs, **how.kwargs},
-        path,
-        how.input_shape or input_shape,
-        base_dir,
     )
 
 

@@ -304,17 +304,7 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
     ``pickle.UnpicklingError`` for what that unpickler cannot read."""
     fh = io.BytesIO(data)
     fh.seek(start)
-    allowed = _allowed_globals()
-    keys = _Keys()
-    stack: list[Any] = []
-    marks: list[list[Any]] = []
-    memo: dict[int, Any] = {}
-
-    def pop_mark() -> list[Any]:
-        nonlocal stack
-        items, stack = stack, marks.pop()
-        return items
-
+    machine = _Machine(_allowed_globals())
     try:
         for op, arg, _ in pickletools.genops(fh):
             name = op.name
@@ -322,70 +312,7 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
                 return fh.tell()
             if name == "PROTO":
                 continue
-            if name in _LITERALS:
-                stack.append(arg)
-            elif name == "GLOBAL":
-                module, _, attr = str(arg).partition(" ")
-                if f"{module}.{attr}" not in allowed:
-                    raise NeedsGlobal(f"{module}.{attr}")
-                stack.append(_Global(f"{module}.{attr}"))
-            elif name == "MARK":
-                marks.append(stack)
-                stack = []
-            elif name == "TUPLE":
-                items = pop_mark()  # before naming stack: pop_mark rebinds it
-                stack.append(keys.tuple(tuple(items)))
-            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-                n = int(name[-1])
-                if len(stack) < n:
-                    raise IndexError("stack underflow")
-                stack[-n:] = [keys.tuple(tuple(stack[-n:]))]
-            elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-                stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
-            elif name == "EMPTY_TUPLE":
-                stack.append(keys.tuple(()))
-            elif name == "EMPTY_LIST":
-                stack.append([])
-            elif name in ("EMPTY_DICT", "EMPTY_SET"):
-                stack.append(_OBJECT)
-            elif name == "APPEND":
-                item = stack.pop()
-                if isinstance(stack[-1], list):
-                    stack[-1].append(item)
-            elif name == "APPENDS":
-                items = pop_mark()
-                if isinstance(stack[-1], list):
-                    stack[-1].extend(items)
-            elif name == "SETITEM":
-                stack.pop()
-                keys.add(stack.pop())
-                if not stack:  # no dict to set the item in
-                    raise IndexError("stack underflow")
-            elif name == "SETITEMS":
-                items = pop_mark()
-                for key in items[::2]:
-                    keys.add(key)
-                if not stack:
-                    raise IndexError("stack underflow")
-            elif name == "BINPERSID":
-                stack[-1] = _STORAGE
-            elif name in ("BINGET", "LONG_BINGET"):
-                stack.append(memo[int(arg or 0)])
-            elif name in ("BINPUT", "LONG_BINPUT"):
-                memo[int(arg or 0)] = stack[-1]
-            elif name == "REDUCE":
-                args = stack.pop()
-                stack[-1] = _call(stack[-1], args, keys)
-            elif name == "NEWOBJ":
-                args = stack.pop()
-                stack[-1] = _new(stack[-1], args, keys)
-            elif name == "BUILD":
-                state = stack.pop()
-                _build(stack[-1], state)
-            else:
-                raise pickle.UnpicklingError(
-                    f"opcode {name}, which torch's weights-only unpickler does not read"
-                )
+            machine.step(name, arg)
     except (NeedsGlobal, PickleRefused):
         raise
     except pickle.UnpicklingError:
@@ -396,6 +323,139 @@ def scan_pickle(data: bytes, start: int = 0) -> int:
     except (ValueError, IndexError, KeyError) as exc:  # a damaged pickle
         raise pickle.UnpicklingError(f"damaged pickle: {exc}") from None
     raise pickle.UnpicklingError("the pickle ends before its STOP opcode")
+
+
+# The opcodes each handler of _Machine runs; together, every opcode besides PROTO and STOP
+# that torch's weights-only unpickler reads.
+_PUSH_OPS = _LITERALS | {
+    "GLOBAL",
+    "NONE",
+    "NEWTRUE",
+    "NEWFALSE",
+    "EMPTY_TUPLE",
+    "EMPTY_LIST",
+    "EMPTY_DICT",
+    "EMPTY_SET",
+}
+_CONTAINER_OPS = frozenset(
+    {"MARK", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "APPEND", "APPENDS", "SETITEM", "SETITEMS"}
+)
+_MEMO_OPS = frozenset({"BINGET", "LONG_BINGET", "BINPUT", "LONG_BINPUT"})
+_CALL_OPS = frozenset({"BINPERSID", "REDUCE", "NEWOBJ", "BUILD"})
+
+
+class _Machine:
+    """The pickle machine :func:`scan_pickle` runs: the stack, marks and memo of torch's
+    weights-only unpickler, holding plain values and stand-ins (:class:`_Stand`,
+    :class:`_Global`) where that unpickler would hold objects, and the cost of the dict
+    keys and set members hashed so far. Each opcode that unpickler reads has one handler
+    here (a method per kind of opcode); any other is refused, as that unpickler refuses
+    it. A damaged pickle (an empty stack, a missing memo entry) raises IndexError or
+    KeyError, which the scan reports as damage."""
+
+    def __init__(self, allowed: Collection[str]) -> None:
+        self.allowed = allowed
+        self.keys = _Keys()
+        self.stack: list[Any] = []
+        self.marks: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self.handlers: dict[str, Callable[[str, Any], None]] = {
+            **dict.fromkeys(_PUSH_OPS, self.push),
+            **dict.fromkeys(_CONTAINER_OPS, self.container),
+            **dict.fromkeys(_MEMO_OPS, self.memo_op),
+            **dict.fromkeys(_CALL_OPS, self.call),
+        }
+
+    def step(self, name: str, arg: Any) -> None:
+        """Run one opcode (any but PROTO and STOP, which the scan handles itself)."""
+        handler = self.handlers.get(name)
+        if handler is None:
+            raise pickle.UnpicklingError(
+                f"opcode {name}, which torch's weights-only unpickler does not read"
+            )
+        handler(name, arg)
+
+    def pop_mark(self) -> list[Any]:
+        """The items pushed since the last MARK; the stack before it is the stack again."""
+        items, self.stack = self.stack, self.marks.pop()
+        return items
+
+    def push(self, name: str, arg: Any) -> None:
+        """Opcodes that push one value: a literal, a global torch allows (any other is
+        refused here, before anything calls it), a constant or an empty container."""
+        if name in _LITERALS:
+            self.stack.append(arg)
+        elif name == "GLOBAL":
+            module, _, attr = str(arg).partition(" ")
+            if f"{module}.{attr}" not in self.allowed:
+                raise NeedsGlobal(f"{module}.{attr}")
+            self.stack.append(_Global(f"{module}.{attr}"))
+        elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
+            self.stack.append({"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name])
+        elif name == "EMPTY_TUPLE":
+            self.stack.append(self.keys.tuple(()))
+        elif name == "EMPTY_LIST":
+            self.stack.append([])
+        else:  # EMPTY_DICT, EMPTY_SET: their items are only counted (see container)
+            self.stack.append(_OBJECT)
+
+    def container(self, name: str, arg: Any) -> None:
+        """Opcodes that build tuples and fill lists and dicts. Tuples are sized as they are
+        built and every dict key is counted (:class:`_Keys`), so that hashing them cannot
+        cost more than MAX_HASHED_KEYS; lists are kept, as REDUCE reads its arguments."""
+        if name == "MARK":
+            self.marks.append(self.stack)
+            self.stack = []
+        elif name == "TUPLE":
+            items = self.pop_mark()
+            self.stack.append(self.keys.tuple(tuple(items)))
+        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            n = int(name[-1])
+            if len(self.stack) < n:
+                raise IndexError("stack underflow")
+            self.stack[-n:] = [self.keys.tuple(tuple(self.stack[-n:]))]
+        elif name == "APPEND":
+            item = self.stack.pop()
+            if isinstance(self.stack[-1], list):
+                self.stack[-1].append(item)
+        elif name == "APPENDS":
+            items = self.pop_mark()
+            if isinstance(self.stack[-1], list):
+                self.stack[-1].extend(items)
+        elif name == "SETITEM":
+            self.stack.pop()
+            self.keys.add(self.stack.pop())
+            if not self.stack:  # no dict to set the item in
+                raise IndexError("stack underflow")
+        else:  # SETITEMS
+            items = self.pop_mark()
+            for key in items[::2]:
+                self.keys.add(key)
+            if not self.stack:
+                raise IndexError("stack underflow")
+
+    def memo_op(self, name: str, arg: Any) -> None:
+        """BINGET and LONG_BINGET push a memo entry; BINPUT and LONG_BINPUT store the top
+        of the stack in the memo."""
+        if name in ("BINGET", "LONG_BINGET"):
+            self.stack.append(self.memo[int(arg or 0)])
+        else:  # BINPUT, LONG_BINPUT
+            self.memo[int(arg or 0)] = self.stack[-1]
+
+    def call(self, name: str, arg: Any) -> None:
+        """Opcodes that call into torch: a persistent id (a storage of the zip), REDUCE and
+        NEWOBJ (each call checked by :func:`_call` and :func:`_new`) and BUILD."""
+        if name == "BINPERSID":
+            self.stack[-1] = _STORAGE
+        elif name == "REDUCE":
+            args = self.stack.pop()
+            self.stack[-1] = _call(self.stack[-1], args, self.keys)
+        elif name == "NEWOBJ":
+            args = self.stack.pop()
+            self.stack[-1] = _new(self.stack[-1], args, self.keys)
+        else:  # BUILD
+            state = self.stack.pop()
+            _build(self.stack[-1], state)
 
 
 def needed_global(data: bytes) -> str | None:

@@ -22,10 +22,11 @@ from initscope.knowledge.tracing import DefaultInit
 from initscope.measure.report import ParameterReport, Report
 from initscope.render.common import short_call
 from initscope.rules.language import RuleSet, Unmatched, nothing_was
-from initscope.rules.plan import Action, ParamSite, make_plan
+from initscope.rules.plan import Action, ParamSite, PlanEntry, make_plan
 
 __all__ = [
     "Expected",
+    "class_of",
     "expectations",
 ]
 
@@ -63,7 +64,7 @@ def _from_default(p: ParameterReport) -> Expected:
     )
 
 
-def _class_of(qualified: str | None) -> type | None:
+def class_of(qualified: str | None) -> type | None:
     """The class a report names (``torch.nn.modules.conv.Conv2d``), from the modules this
     process has already imported: the report was built here, and nothing is imported anew."""
     if not qualified:
@@ -94,22 +95,9 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
     planned for this model, as ``apply`` and ``check`` would."""
     if rules is None:
         return {p.name: _from_default(p) for p in report.parameters}
-    from initscope.gate.check import EXACT_INITS, RUN_ALPHA, expected_label, expected_of
-    from initscope.knowledge.identification import identify_stats
+    from initscope.gate.check import RUN_ALPHA
 
-    sites: list[ParamSite] = []
-    for p in report.parameters:
-        dtype = _dtype(p.dtype)
-        if p.is_buffer or dtype is None or not (dtype.is_floating_point or dtype.is_complex):
-            continue
-        cls = _class_of(p.module_type) if report.has_model else None
-        if report.has_model and cls is None and rules.uses_types:
-            raise InitScopeError(
-                f"cannot match the rules' type keys: class {p.module_type} of {p.name} is not "
-                "imported in this process",
-                "pass the model or target itself rather than a report built elsewhere",
-            )
-        sites.append(ParamSite(p.name, p.module, p.param, p.shape, dtype, cls))
+    sites = _sites(report, rules)
     defaults: dict[str, DefaultInit] = {
         p.name: p.default for p in report.parameters if p.default is not None
     }
@@ -131,34 +119,62 @@ def expectations(report: Report, rules: RuleSet | None = None) -> dict[str, Expe
     out = {p.name: _from_default(p) for p in report.parameters if p.name not in planned}
     for entry in plan.entries:
         p = by_name[entry.site.name]
-        source = entry.rule.label if entry.rule is not None else "no rule"
-        expected = expected_of(entry, defaults)
-        if expected is None:
-            # keep, eye_/dirac_ (compared exactly by check, on the whole tensor), sparse_, or
-            # no known default: drawn when there is something to draw, never marked.
-            why = entry.describe()
-            if entry.action is Action.INIT and entry.init in EXACT_INITS:
-                why += " (exact values: not judged from a sample)"
-            out[p.name] = Expected(entry.distribution, why, source, None)
-            continue
-        # The structured tests' result from the report, and the stored dtype's resolution:
-        # the decision check --rules makes on the tensor itself.
-        s = p.stats
-        follows = (
-            identify_stats(
-                s,
-                p.sample,
-                p.shape,
-                expected,
-                None,
-                alpha,
-                structure=p.structure,
-                dtype=entry.site.dtype,
-            ).matches_default
-            if s is not None and s.mean is not None and s.std is not None and p.sample is not None
-            else None
-        )
-        out[p.name] = Expected(
-            expected.distribution, expected_label(entry, expected), source, follows
-        )
+        out[p.name] = _from_entry(entry, p, defaults, alpha)
     return out
+
+
+def _sites(report: Report, rules: RuleSet) -> list[ParamSite]:
+    """The report's floating-point parameters as the rules see them (buffers and integer
+    tensors are no rule's). Type keys need each parameter's class, which only this
+    process's imported modules can give: a report built elsewhere is refused for them."""
+    sites: list[ParamSite] = []
+    for p in report.parameters:
+        dtype = _dtype(p.dtype)
+        if p.is_buffer or dtype is None or not (dtype.is_floating_point or dtype.is_complex):
+            continue
+        cls = class_of(p.module_type) if report.has_model else None
+        if report.has_model and cls is None and rules.uses_types:
+            raise InitScopeError(
+                f"cannot match the rules' type keys: class {p.module_type} of {p.name} is not "
+                "imported in this process",
+                "pass the model or target itself rather than a report built elsewhere",
+            )
+        sites.append(ParamSite(p.name, p.module, p.param, p.shape, dtype, cls))
+    return sites
+
+
+def _from_entry(
+    entry: PlanEntry, p: ParameterReport, defaults: Mapping[str, DefaultInit], alpha: float
+) -> Expected:
+    """The expectation of one planned parameter, and whether its values follow it, decided
+    as ``check --rules`` decides it (at level ``alpha``)."""
+    from initscope.gate.check import EXACT_INITS, expected_label, expected_of
+    from initscope.knowledge.identification import identify_stats
+
+    source = entry.rule.label if entry.rule is not None else "no rule"
+    expected = expected_of(entry, defaults)
+    if expected is None:
+        # keep, eye_/dirac_ (compared exactly by check, on the whole tensor), sparse_, or
+        # no known default: drawn when there is something to draw, never marked.
+        why = entry.describe()
+        if entry.action is Action.INIT and entry.init in EXACT_INITS:
+            why += " (exact values: not judged from a sample)"
+        return Expected(entry.distribution, why, source, None)
+    # The structured tests' result from the report, and the stored dtype's resolution:
+    # the decision check --rules makes on the tensor itself.
+    s = p.stats
+    follows = (
+        identify_stats(
+            s,
+            p.sample,
+            p.shape,
+            expected,
+            None,
+            alpha,
+            structure=p.structure,
+            dtype=entry.site.dtype,
+        ).matches_default
+        if s is not None and s.mean is not None and s.std is not None and p.sample is not None
+        else None
+    )
+    return Expected(expected.distribution, expected_label(entry, expected), source, follows)

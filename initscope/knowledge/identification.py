@@ -531,13 +531,44 @@ def identify_stats(
     holds them."""
     sample = _Sample(values)
     known_default = default.distribution if default is not None and default.is_known else None
+    degenerate = _degenerate(s, known_default)
+    if degenerate is not None:
+        return degenerate
+    eps = _resolution(tensor if tensor is not None else dtype)
+    if structure is None and tensor is not None:
+        structure = structure_of(tensor)
+    structured = _by_structure(structure, default, known_default, alpha)
+    if structured is not None:
+        return structured
+    matches_default: bool | None = None
+    if known_default is not None and known_default.is_continuous:
+        p = _p_candidate(known_default, s, sample, eps)
+        matches_default = p > alpha
+        if matches_default:
+            assert default is not None
+            return Identification(
+                Fit(_default_label(default), known_default.family, _estimate(known_default, s), p),
+                True,
+                structure,
+            )
+    elif known_default is not None:
+        matches_default = False  # a constant/structured default, and the values are neither
+    best = _best_candidate(shape, s, sample, eps, alpha)
+    if best is None:
+        return Identification(Fit("unknown", None), matches_default, structure)
+    p, label, d = best
+    return Identification(Fit(label, d.family, _estimate(d, s), p), matches_default, structure)
+
+
+def _degenerate(s: TensorStats, known_default: Distribution | None) -> Identification | None:
+    """The identification of values no distribution test applies to, or None: non-finite
+    values (unknown), fewer than 2 values, or fewer than MIN_ELEMENTS that are not all
+    equal (inconclusive), and all-equal values (a constant)."""
     if s.nan_count or s.inf_count or s.min is None or s.max is None:
         return Identification(Fit("unknown", None), None if known_default is None else False)
-    eps = _resolution(tensor if tensor is not None else dtype)
     if s.numel < 2:
         return Identification(Fit("inconclusive", None), None)
     if s.min == s.max:
-        fit = _constant(s.min)
         matches = None
         if known_default is not None:
             matches = (
@@ -545,13 +576,24 @@ def identify_stats(
                 and known_default.value is not None
                 and math.isclose(known_default.value, s.min, rel_tol=1e-6, abs_tol=1e-12)
             )
-        return Identification(fit, matches)
+        return Identification(_constant(s.min), matches)
     if s.numel < MIN_ELEMENTS:
         # Values that are not all equal certainly differ from a constant default.
         differs = known_default is not None and known_default.family is Family.CONSTANT
         return Identification(Fit("inconclusive", None), False if differs else None)
-    if structure is None and tensor is not None:
-        structure = structure_of(tensor)
+    return None
+
+
+def _by_structure(
+    structure: Structure | None,
+    default: DefaultInit | None,
+    known_default: Distribution | None,
+    alpha: float,
+) -> Identification | None:
+    """The identification the structured tests of a matrix decide, or None: an orthogonal
+    matrix, or rows that are not independent draws (unknown), which no elementwise
+    distribution describes. A default that leaves part of the tensor alone (a zeroed
+    padding row) is exempt from the row test: that row is structure."""
     if structure is not None and structure.orthogonal is not None:
         ortho = structure.orthogonal
         matches = None
@@ -570,19 +612,15 @@ def identify_stats(
     ):
         unknown = Fit("unknown", None)
         return Identification(unknown, None if known_default is None else False, structure)
-    matches_default: bool | None = None
-    if known_default is not None and known_default.is_continuous:
-        p = _p_candidate(known_default, s, sample, eps)
-        matches_default = p > alpha
-        if matches_default:
-            assert default is not None
-            return Identification(
-                Fit(_default_label(default), known_default.family, _estimate(known_default, s), p),
-                True,
-                structure,
-            )
-    elif known_default is not None:
-        matches_default = False  # a constant/structured default, and the values are neither
+    return None
+
+
+def _best_candidate(
+    shape: tuple[int, ...], s: TensorStats, sample: _Sample, eps: float, alpha: float
+) -> tuple[float, str, Distribution] | None:
+    """(p, label, distribution) of the candidate the values fit: of the named schemes for
+    the tensor's fans, the one with the highest p above ``alpha``; failing those, the first
+    estimated normal or uniform that passes. None when nothing fits."""
     best: tuple[float, str, Distribution] | None = None
     for label, d in _named(shape):
         p = _p_candidate(d, s, sample, eps)
@@ -594,10 +632,7 @@ def identify_stats(
             if p > alpha:
                 best = (p, label, d)
                 break
-    if best is None:
-        return Identification(Fit("unknown", None), matches_default, structure)
-    p, label, d = best
-    return Identification(Fit(label, d.family, _estimate(d, s), p), matches_default, structure)
+    return best
 
 
 def _estimate(d: Distribution, s: TensorStats) -> dict[str, float]:

@@ -12,14 +12,15 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from initscope.render.common import cut_text, default_parts, format_stat, type_name
 from initscope.render.panels import Panel, make_panels
 from initscope.render.report import report_to_dict
+from initscope.stats.histogram import Histogram, one_thread
 from initscope.stats.histogram import bars as block_bars
 from initscope.stats.histogram import histogram as make_histogram
-from initscope.stats.histogram import one_thread
 
 if TYPE_CHECKING:
     from initscope.measure.report import ParameterReport, Report
@@ -104,6 +105,39 @@ def _f(x: float) -> str:
 def _panel_svg(panel: Panel) -> str:
     """One panel as an inline SVG: title rows, bars in density units, the expected density
     (a polyline; point masses as dashed lines), the x range, and a mark when it differs."""
+    out = _svg_titles(panel)
+    h = panel.histogram
+    if panel.span is None or h is None:
+        why = _e(panel.density.note or "no values")
+        out.append(f'<text x="{_W / 2}" y="80" font-size="11" text-anchor="middle">{why}</text>')
+        out.append("</svg>")
+        return "".join(out)
+    ax = _axes(panel, h, panel.span)
+    notes: list[str] = []
+    if h.constant_value is not None:
+        cx = ax.x(h.constant_value)
+        out.append(
+            f'<rect x="{_f(cx - 3)}" y="{_TOP}" width="6" height="{_BASE - _TOP}" fill="{_BAR}"/>'
+        )
+        notes.append(f"all values = {format_stat(h.constant_value)}")
+    elif ax.sy > 0:
+        out.append(_svg_bars(h, ax))
+    out += _svg_density(panel, ax)
+    if panel.density.note:
+        notes.append(panel.density.note)
+    for i, note in enumerate(notes):
+        out.append(
+            f'<text x="{_LEFT + 2}" y="{_TOP + 10 + 10 * i}" font-size="8.5" fill="#37474f">'
+            f"{_e(cut_text(note, 50))}</text>"
+        )
+    out.append(_svg_x_axis(panel, ax))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _svg_titles(panel: Panel) -> list[str]:
+    """The SVG's opening tag and title rows (name and shape, what the values fit), with the
+    red "≠ default" (or "≠ rule") badge when the values differ."""
     red = panel.marked
     out = [
         # Inline SVG in HTML needs no xmlns, so the page names no URL at all.
@@ -119,68 +153,79 @@ def _panel_svg(panel: Panel) -> str:
             f'<text x="{_W - 33}" y="37.5" font-size="9.5" fill="#fff" font-weight="700" '
             f'text-anchor="middle">{_e(panel.mark)}</text>'
         )
-    h = panel.histogram
-    if panel.span is None or h is None:
-        why = _e(panel.density.note or "no values")
-        out.append(f'<text x="{_W / 2}" y="80" font-size="11" text-anchor="middle">{why}</text>')
-        out.append("</svg>")
-        return "".join(out)
-    lo, hi = panel.span
+    return out
+
+
+@dataclass(frozen=True)
+class _Axes:
+    """A panel's plot area in SVG units: the x range [lo, hi] at ``sx`` units per value,
+    and ``sy`` units per unit of density (0: nothing to draw upwards)."""
+
+    lo: float
+    hi: float
+    sx: float
+    sy: float
+
+    def x(self, v: float) -> float:
+        """The SVG x of value ``v``."""
+        return _LEFT + (v - self.lo) * self.sx
+
+    def y(self, v: float) -> float:
+        """The SVG y of density ``v``, clipped at the top of the plot area."""
+        return max(_TOP, _BASE - v * self.sy)
+
+
+def _axes(panel: Panel, h: Histogram, span: tuple[float, float]) -> _Axes:
+    """The scales of a panel: x over its span; y up to the tallest bar, or to the expected
+    curve's peak when that is taller but at most _CURVE_REACH times the tallest bar (so
+    that a tall curve does not flatten the bars)."""
+    lo, hi = span
     sx = (_RIGHT - _LEFT) / (hi - lo)
-
-    def x(v: float) -> float:
-        return _LEFT + (v - lo) * sx
-
     dens = h.densities
     top_bar = max(dens, default=0.0)
     top_curve = max((y for _, y in panel.density.curve), default=0.0)
     top = max(top_bar, min(top_curve, _CURVE_REACH * top_bar) if top_bar else top_curve)
     sy = (_BASE - _TOP) / top if top > 0 else 0.0
+    return _Axes(lo, hi, sx, sy)
 
-    def y(v: float) -> float:
-        return max(_TOP, _BASE - v * sy)
 
-    notes: list[str] = []
-    if h.constant_value is not None:
-        cx = x(h.constant_value)
-        out.append(
-            f'<rect x="{_f(cx - 3)}" y="{_TOP}" width="6" height="{_BASE - _TOP}" fill="{_BAR}"/>'
-        )
-        notes.append(f"all values = {format_stat(h.constant_value)}")
-    elif sy > 0:
-        edges = h.edges
-        path = "".join(
-            f"M{_f(x(edges[i]))} {_f(_BASE)}V{_f(y(d))}H{_f(x(edges[i + 1]))}V{_f(_BASE)}Z"
-            for i, d in enumerate(dens)
-            if d > 0
-        )
-        out.append(f'<path d="{path}" fill="{_BAR}"/>')
-    if panel.density.curve and sy > 0:
-        pts = " ".join(f"{_f(x(a))},{_f(y(b))}" for a, b in panel.density.curve)
+def _svg_bars(h: Histogram, ax: _Axes) -> str:
+    """The histogram's non-empty bars, in density units, as one path."""
+    edges = h.edges
+    path = "".join(
+        f"M{_f(ax.x(edges[i]))} {_f(_BASE)}V{_f(ax.y(d))}H{_f(ax.x(edges[i + 1]))}V{_f(_BASE)}Z"
+        for i, d in enumerate(h.densities)
+        if d > 0
+    )
+    return f'<path d="{path}" fill="{_BAR}"/>'
+
+
+def _svg_density(panel: Panel, ax: _Axes) -> list[str]:
+    """The expected density: a polyline (when there is a y scale to draw it on), and each
+    point mass as a dashed vertical line."""
+    out: list[str] = []
+    if panel.density.curve and ax.sy > 0:
+        pts = " ".join(f"{_f(ax.x(a))},{_f(ax.y(b))}" for a, b in panel.density.curve)
         out.append(f'<polyline points="{pts}" fill="none" stroke="{_CURVE}" stroke-width="1.4"/>')
     for spike in panel.density.spikes:
-        sx_ = _f(x(spike.at))
+        sx_ = _f(ax.x(spike.at))
         out.append(
             f'<line x1="{sx_}" y1="{_TOP}" x2="{sx_}" y2="{_BASE}" stroke="{_CURVE}" '
             'stroke-width="1.4" stroke-dasharray="3 2"/>'
         )
-    if panel.density.note:
-        notes.append(panel.density.note)
-    for i, note in enumerate(notes):
-        out.append(
-            f'<text x="{_LEFT + 2}" y="{_TOP + 10 + 10 * i}" font-size="8.5" fill="#37474f">'
-            f"{_e(cut_text(note, 50))}</text>"
-        )
-    out.append(
+    return out
+
+
+def _svg_x_axis(panel: Panel, ax: _Axes) -> str:
+    """The baseline, the x range's two ends, and below them what is expected."""
+    return (
         f'<line x1="{_LEFT}" y1="{_BASE}" x2="{_RIGHT}" y2="{_BASE}" stroke="#607d8b"/>'
-        f'<text x="{_LEFT}" y="{_BASE + 11}" font-size="9">{_e(format_stat(lo))}</text>'
-        f'<text x="{_RIGHT}" y="{_BASE + 11}" font-size="9" text-anchor="end">{_e(format_stat(hi))}'
-        "</text>"
+        f'<text x="{_LEFT}" y="{_BASE + 11}" font-size="9">{_e(format_stat(ax.lo))}</text>'
+        f'<text x="{_RIGHT}" y="{_BASE + 11}" font-size="9" text-anchor="end">'
+        f"{_e(format_stat(ax.hi))}</text>"
         f'<text x="{_W / 2}" y="{_BASE + 26}" font-size="8.5" fill="#37474f" '
         f'text-anchor="middle">{_e(cut_text("expected " + panel.expected.label, 56))}</text>'
     )
-    out.append("</svg>")
-    return "".join(out)
 
 
 def _mark(p: ParameterReport, panel: Panel) -> tuple[str, str]:
@@ -254,24 +299,31 @@ def render_html(report: Report, rules: RuleSet | None = None) -> str:
 
 
 def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> str:
-    # Each shown parameter's panel, and its index (the anchors panel-i and row-i).
-    shown = {panel.name: (i, panel) for i, panel in enumerate(panels)}
-    s = report.summary()
-    marked = sum(panel.marked for panel in panels)
+    """The page, in order: head and title, summary cards, a note for a bare state dict,
+    the filter tools and the panels, the table of parameters, the embedded JSON and the
+    filter script."""
+    parts = [*_head(report, rules), *_cards(report, rules, panels)]
+    if not report.has_model:
+        parts.append(
+            '<p class="meta">No model was given, so no default init is known: only the '
+            "values are shown (pass --model or --spec).</p>"
+        )
+    parts += _panel_grid(panels)
+    parts += _table(report, rules, panels)
+    parts += [
+        _json_script(report),
+        f"<script>{_SCRIPT}</script>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _head(report: Report, rules: RuleSet | None) -> list[str]:
+    """The document's head (the Content-Security-Policy, which forbids any fetch, and an
+    empty icon, so the browser asks for none), the title and the versions line."""
     what = "their traced default" if rules is None else f"the rules {rules.source}"
     title = f"initscope report: {report.target}"
-    follows = sum(p.expected.follows is True for p in panels)
-    unsure = sum(p.expected.follows is None for p in panels)
-    cards = [
-        ("parameters", f"{s.parameters:,}", False),
-        ("elements", f"{s.numel:,}", False),
-        ("at the expected init" if rules else "at their default", f"{follows:,}", False),
-        ("differ", f"{marked:,}", marked > 0),
-        ("inconclusive", f"{unsure:,}", False),
-    ]
-    if s.buffers:
-        cards.insert(2, ("buffers", f"{s.buffers:,}", False))
-    parts = [
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_e(CSP)}">',
@@ -284,6 +336,26 @@ def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> str
         f"<h1>initscope report: <code>{_e(report.target)}</code></h1>",
         f'<p class="meta">torch {_e(report.torch_version)} · initscope '
         f"{_e(report.initscope_version)} · values compared with {_e(what)}</p>",
+    ]
+
+
+def _cards(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> list[str]:
+    """The summary cards: counts of parameters, elements (and buffers, if any), those at
+    the expected init, those that differ (in red when there are any) and the inconclusive."""
+    s = report.summary()
+    marked = sum(panel.marked for panel in panels)
+    follows = sum(p.expected.follows is True for p in panels)
+    unsure = sum(p.expected.follows is None for p in panels)
+    cards = [
+        ("parameters", f"{s.parameters:,}", False),
+        ("elements", f"{s.numel:,}", False),
+        ("at the expected init" if rules else "at their default", f"{follows:,}", False),
+        ("differ", f"{marked:,}", marked > 0),
+        ("inconclusive", f"{unsure:,}", False),
+    ]
+    if s.buffers:
+        cards.insert(2, ("buffers", f"{s.buffers:,}", False))
+    return [
         '<div class="cards">',
         *(
             f'<div class="card{" bad" if bad else ""}"><b>{_e(value)}</b>{_e(label)}</div>'
@@ -291,12 +363,12 @@ def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> str
         ),
         "</div>",
     ]
-    if not report.has_model:
-        parts.append(
-            '<p class="meta">No model was given, so no default init is known: only the '
-            "values are shown (pass --model or --spec).</p>"
-        )
-    parts += [
+
+
+def _panel_grid(panels: Sequence[Panel]) -> list[str]:
+    """The filter tools, the legend and a figure per panel, each linked to its table row
+    (the anchors panel-i and row-i)."""
+    parts = [
         '<div class="tools"><label>filter <input type="search" id="filter" '
         'placeholder="parameter name" aria-label="filter by name"></label> '
         '<label><input type="checkbox" id="only-marked"> only parameters that differ</label>'
@@ -316,8 +388,16 @@ def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> str
             f'<figcaption><a href="#row-{i}">{_e(panel.expected.source)}</a></figcaption>'
             "</figure>"
         )
-    parts += [
-        "</div>",
+    parts.append("</div>")
+    return parts
+
+
+def _table(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> list[str]:
+    """The table of parameters with a panel, grouped under a row per module, with the
+    expected (rule) column against rules."""
+    # Each shown parameter's panel, and its index (the anchors panel-i and row-i).
+    shown = {panel.name: (i, panel) for i, panel in enumerate(panels)}
+    parts = [
         "<h2>Parameters</h2>",
         '<div class="scroll"><table><thead><tr><th>parameter</th><th>shape</th><th>dtype</th>'
         "<th>numel</th><th>fan_in</th><th>fan_out</th><th>default init</th>",
@@ -341,10 +421,5 @@ def _page(report: Report, rules: RuleSet | None, panels: Sequence[Panel]) -> str
                 f"</code> {_e(type_name(p.module_type))}</td></tr>"
             )
         parts.append(_row(i, p, panel, rules is not None))
-    parts += [
-        "</tbody></table></div>",
-        _json_script(report),
-        f"<script>{_SCRIPT}</script>",
-        "</body></html>",
-    ]
-    return "\n".join(parts) + "\n"
+    parts.append("</tbody></table></div>")
+    return parts

@@ -75,9 +75,9 @@ def _matches_type(p: ParameterReport, types: Sequence[str]) -> bool:
         return True
     if p.module_type is None:
         return False
-    from initscope.knowledge.expected import _class_of
+    from initscope.knowledge.expected import class_of
 
-    cls = _class_of(p.module_type)
+    cls = class_of(p.module_type)
     names = {p.module_type, p.module_type.rsplit(".", 1)[-1]}
     if cls is not None:
         names |= class_names(cls)

@@ -366,27 +366,13 @@ def apply_target(
             "drop --meta",
         )
     with open_target(target, how) as (traced, ckpt):
-        if output is not None and ckpt is not None:
-            refuse_input_files(output, ckpt.files, allowed=input_path if options.in_place else None)
-        if options.in_place and output is not None and ckpt is not None and ckpt.extra:
-            shown = ", ".join(ckpt.extra[:4]) + (" ..." if len(ckpt.extra) > 4 else "")
-            raise OutputError(
-                f"{ckpt.path} holds more than a state dict ({shown}); --in-place would "
-                "replace it with the state dict alone",
-                "write the result to another file with -o",
-            )
+        _check_inputs(output, ckpt, input_path, options)
         model = traced.model if traced is not None else (ckpt.module if ckpt else None)
         if traced is not None and ckpt is not None:
             _load_into(traced.model, ckpt)
-        if model is not None:
-            sites = sites_from_model(model)
-            tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
-        else:
-            assert ckpt is not None
-            keys, sites = sites_from_checkpoint(ckpt)
-            tensors = {}
+        found = _target_sites(model, ckpt)
         plan = make_plan(
-            sites,
+            found.sites,
             rs,
             seed=options.seed,
             unmatched=options.unmatched,
@@ -399,36 +385,83 @@ def apply_target(
         if output is None:
             return ApplyResult(target, plan, None, rs.source)
         if model is not None:
-            apply_plan(plan, tensors, model, progress)
+            apply_plan(plan, found.tensors, model, progress)
             state = model.state_dict()
         else:
             assert ckpt is not None
-            state = _apply_bare(plan, ckpt, keys, progress)
-        # The source's record is carried on only when it rebuilt the model: a record that
-        # was refused (or that is not one) stays behind rather than spread into outputs.
-        if (
-            spec is None
-            and ckpt is not None
-            and ckpt.provenance is not None
-            and ckpt.module is not None
-        ):
-            record = ckpt.provenance.model
-        else:
-            record = _spec_record(spec)
-        # Tied names, so readers of a .safetensors (which stores each name in full) know
-        # the copies are one tensor.
-        ties = {e.site.name: e.site.tied_to for e in plan.entries if e.site.tied_to}
-        provenance = Provenance(
-            version=__version__,
-            model=record,
-            source=str(ckpt.path) if ckpt is not None else None,
-            rules_file=rs.source,
-            rules=rs.text,
-            seed=plan.seed,
-            extra={"ties": ties} if ties else {},
-        )
+            state = _apply_bare(plan, ckpt, found.keys, progress)
+        provenance = _provenance(spec, ckpt, rs, plan)
         save_state_dict(state, output, provenance, replace=options.force or options.in_place)
     return ApplyResult(target, plan, output, rs.source)
+
+
+def _check_inputs(
+    output: Path | None, ckpt: Checkpoint | None, input_path: Path | None, options: ApplyOptions
+) -> None:
+    """Refuse, before any work, an output that is one of the files the checkpoint reads
+    (besides the input itself under --in-place), and an --in-place rewrite of a checkpoint
+    that holds more than a state dict (the rest would be lost)."""
+    if output is not None and ckpt is not None:
+        refuse_input_files(output, ckpt.files, allowed=input_path if options.in_place else None)
+    if options.in_place and output is not None and ckpt is not None and ckpt.extra:
+        shown = ", ".join(ckpt.extra[:4]) + (" ..." if len(ckpt.extra) > 4 else "")
+        raise OutputError(
+            f"{ckpt.path} holds more than a state dict ({shown}); --in-place would "
+            "replace it with the state dict alone",
+            "write the result to another file with -o",
+        )
+
+
+@dataclass(frozen=True)
+class _TargetSites:
+    """The parameters the rules are matched against, and where their tensors are: a model's
+    parameters by name (every tied name too), or for a bare checkpoint the saved key of
+    each name (``keys``)."""
+
+    sites: list[ParamSite]
+    tensors: Mapping[str, torch.Tensor]
+    keys: Mapping[str, str]
+
+
+def _target_sites(model: torch.nn.Module | None, ckpt: Checkpoint | None) -> _TargetSites:
+    """The sites of the model when there is one (the traced model, or the one a checkpoint's
+    record rebuilt), else of the checkpoint's tensors alone."""
+    if model is not None:
+        tensors: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
+        return _TargetSites(sites_from_model(model), tensors, {})
+    assert ckpt is not None
+    keys, sites = sites_from_checkpoint(ckpt)
+    return _TargetSites(sites, {}, keys)
+
+
+def _provenance(
+    spec: ModelSpec | None, ckpt: Checkpoint | None, rs: RuleSet, plan: Plan
+) -> Provenance:
+    """The record written with the output: initscope's version, how to rebuild the model,
+    the source checkpoint, the rules file and its text, the seed, and the tied names."""
+    # The source's record is carried on only when it rebuilt the model: a record that
+    # was refused (or that is not one) stays behind rather than spread into outputs.
+    if (
+        spec is None
+        and ckpt is not None
+        and ckpt.provenance is not None
+        and ckpt.module is not None
+    ):
+        record = ckpt.provenance.model
+    else:
+        record = _spec_record(spec)
+    # Tied names, so readers of a .safetensors (which stores each name in full) know
+    # the copies are one tensor.
+    ties = {e.site.name: e.site.tied_to for e in plan.entries if e.site.tied_to}
+    return Provenance(
+        version=__version__,
+        model=record,
+        source=str(ckpt.path) if ckpt is not None else None,
+        rules_file=rs.source,
+        rules=rs.text,
+        seed=plan.seed,
+        extra={"ties": ties} if ties else {},
+    )
 
 
 def _apply_bare(

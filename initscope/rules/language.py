@@ -464,32 +464,7 @@ def parse_rules(
         problem(sp.path, sp.message, _schema_hint(sp.path, sp.message))
     if not isinstance(data, dict):
         raise RulesError(problems)
-    vars_: dict[str, float] = {}
-    raw_vars = data.get("vars")
-    if isinstance(raw_vars, dict):
-        for k, v in raw_vars.items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                try:
-                    v = float(v)
-                except OverflowError:
-                    problem(
-                        ("vars", str(k)), f"{shorten(k)} is too large a number", "use a smaller one"
-                    )
-                    continue
-                if str(k) in FAN_NAMES:
-                    problem(
-                        ("vars", str(k)),
-                        f"{shorten(k)} is set for each parameter and cannot be a var",
-                        "rename the var",
-                    )
-                elif keyword.iskeyword(str(k)) or str(k) in FUNCTIONS:
-                    what = "a Python keyword" if keyword.iskeyword(str(k)) else "a function"
-                    problem(
-                        ("vars", str(k)),
-                        f"{shorten(k)} is {what} and cannot be a var name",
-                        "rename the var",
-                    )
-                vars_[str(k)] = float(v)
+    vars_ = _parse_vars(data.get("vars"), problem)
     vars_.update(variables or {})
     rules: list[Rule] = []
     raw_rules = data.get("rules")
@@ -511,6 +486,41 @@ def parse_rules(
         text=text,
         unmatched_where=doc.where(("unmatched",)) if "unmatched" in data else doc.file,
     )
+
+
+def _parse_vars(raw_vars: Any, problem: Collector) -> dict[str, float]:
+    """The file's ``vars:`` as floats. A var may not shadow a name every expression already
+    has (fan_in, fan_out, numel), a function or a Python keyword: an expression could not
+    tell them apart. Each such var is reported and still kept, so that the expressions using
+    it are not reported again as naming an unknown var; a number too large for a float is
+    reported and dropped."""
+    vars_: dict[str, float] = {}
+    if not isinstance(raw_vars, dict):
+        return vars_
+    for k, v in raw_vars.items():
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            try:
+                v = float(v)
+            except OverflowError:
+                problem(
+                    ("vars", str(k)), f"{shorten(k)} is too large a number", "use a smaller one"
+                )
+                continue
+            if str(k) in FAN_NAMES:
+                problem(
+                    ("vars", str(k)),
+                    f"{shorten(k)} is set for each parameter and cannot be a var",
+                    "rename the var",
+                )
+            elif keyword.iskeyword(str(k)) or str(k) in FUNCTIONS:
+                what = "a Python keyword" if keyword.iskeyword(str(k)) else "a function"
+                problem(
+                    ("vars", str(k)),
+                    f"{shorten(k)} is {what} and cannot be a var name",
+                    "rename the var",
+                )
+            vars_[str(k)] = float(v)
+    return vars_
 
 
 _EXAMPLES = "see the presets: initscope rules presets"
@@ -540,6 +550,18 @@ def _schema_hint(path: DocPath, message: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _RuleMatch:
+    """A rule's checked match keys (type, name, param, ndim), as :class:`Rule` holds them."""
+
+    type_names: tuple[str, ...]
+    type_classes: tuple[type, ...]
+    name: str | None
+    name_match: Callable[[str], bool] | None
+    param: str
+    ndim: tuple[int, int] | None
+
+
 def parse_rule(
     doc: Located,
     base: DocPath,
@@ -551,99 +573,167 @@ def parse_rule(
     """One rule at ``base`` in ``doc`` (match keys, init and its arguments), or None when it
     has problems (added to ``problem``)."""
     before = len(problem.problems)
-    init_raw = raw.get("init")
-    init: str | None = None
-    fn: InitFunction | None = None
-    if isinstance(init_raw, str):
-        init, fn = _init_name(init_raw)
-        if init is None:
-            known = [*(f.short for f in init_functions().values()), *SPECIAL_INITS]
-            problem(
-                (*base, "init"),
-                f"unknown init {shorten(init_raw)}"
-                f"{did_you_mean(init_raw.removesuffix('_'), known)}",
-                f"use a torch.nn.init function ({', '.join(known[:-2])}) or default or keep",
-            )
+    init, fn = _rule_init(raw.get("init"), base, problem)
     args: dict[str, ArgValue] = {}
-    extra = [str(k) for k in raw if k not in (*MATCH_KEYS, "init")]
     if init is not None:
-        allowed = list(fn.args) if fn is not None else []
-        for key in extra:
-            path = (*base, key)
-            if key not in allowed:
-                what = f"{init.removesuffix('_')} takes no arguments" if not allowed else None
-                problem(
-                    path,
-                    f"unknown key {shorten(key)}"
-                    + ("" if what else f" for {init.removesuffix('_')}")
-                    + did_you_mean(key, [*allowed, *MATCH_KEYS])
-                    + (f"; {what}" if what else ""),
-                    "match keys are type, name, param, ndim"
-                    + (f"; {init.removesuffix('_')} takes {', '.join(allowed)}" if allowed else ""),
-                )
-                continue
-            assert fn is not None
-            value = _parse_arg(fn.args[key], raw[key], vars_, path, problem)
-            if value is not None:
-                args[key] = value
-        if fn is not None:
-            for a in fn.args.values():
-                if a.required and a.name not in raw:
-                    problem(
-                        base,
-                        f"{init.removesuffix('_')} needs {a.name!r}",
-                        f"add `{a.name}: ...` to the rule (torch.nn.init.{init} has no "
-                        "default for it)",
-                    )
-    type_names, type_classes = _parse_types(raw.get("type"), (*base, "type"), problem)
-    name = raw.get("name")
-    name_match: Callable[[str], bool] | None = None
-    if isinstance(name, str) and name.startswith("re:"):
-        if name not in problem.patterns and len(problem.patterns) >= MAX_PATTERNS:
-            problem(
-                (*base, "name"),
-                f"more than {MAX_PATTERNS} different re: patterns in one file",
-                "join alternatives into one pattern with |, or match by globs",
-            )
-        else:
-            problem.patterns.add(name)
-            try:
-                name_match = name_regex(name[3:])
-            except PatternError as exc:
-                problem((*base, "name"), exc.message, exc.hint)
-    ndim_raw = raw.get("ndim")
-    ndim: tuple[int, int] | None = None
-    if isinstance(ndim_raw, int) and not isinstance(ndim_raw, bool):
-        ndim = (ndim_raw, ndim_raw)
-    elif isinstance(ndim_raw, list) and len(ndim_raw) == 2:
-        lo, hi = ndim_raw
-        if isinstance(lo, int) and isinstance(hi, int):
-            ndim = (lo, hi)
-            if lo > hi:
-                problem((*base, "ndim"), f"[{lo}, {hi}] is empty", "write [min, max]")
+        args = _rule_args(init, fn, raw, base, vars_, problem)
+    match = _rule_match(raw, base, problem)
     if init is not None and fn is not None:
         for key, message, hint in arg_constraints(init, args):
             problem((*base, key), message, hint)
     if len(problem.problems) > before or init is None:
         return None
-    # Where each of the rule's keys is, for the problems found later against a model.
+    return _build_rule(doc, base, i, raw, init, args, match)
+
+
+def _rule_init(
+    init_raw: Any, base: DocPath, problem: Collector
+) -> tuple[str | None, InitFunction | None]:
+    """The init a rule names (``default``, ``keep`` or a torch.nn.init function) and the
+    function for it. An unknown name is reported with the names there are; (None, None)
+    then, as for a missing or non-string ``init`` (which the schema reports)."""
+    if not isinstance(init_raw, str):
+        return None, None
+    init, fn = _init_name(init_raw)
+    if init is None:
+        known = [*(f.short for f in init_functions().values()), *SPECIAL_INITS]
+        problem(
+            (*base, "init"),
+            f"unknown init {shorten(init_raw)}{did_you_mean(init_raw.removesuffix('_'), known)}",
+            f"use a torch.nn.init function ({', '.join(known[:-2])}) or default or keep",
+        )
+    return init, fn
+
+
+def _rule_args(
+    init: str,
+    fn: InitFunction | None,
+    raw: Mapping[str, Any],
+    base: DocPath,
+    vars_: Mapping[str, float],
+    problem: Collector,
+) -> dict[str, ArgValue]:
+    """The init arguments of a rule: every key besides the match keys and ``init``, checked
+    against the signature of the torch.nn.init function (``default`` and ``keep`` take
+    none), and then every argument the function requires but the rule leaves out."""
+    args: dict[str, ArgValue] = {}
+    allowed = list(fn.args) if fn is not None else []
+    for key in (str(k) for k in raw if k not in (*MATCH_KEYS, "init")):
+        path = (*base, key)
+        if key not in allowed:
+            _unknown_arg(init, key, allowed, path, problem)
+            continue
+        assert fn is not None
+        value = _parse_arg(fn.args[key], raw[key], vars_, path, problem)
+        if value is not None:
+            args[key] = value
+    if fn is not None:
+        for a in fn.args.values():
+            if a.required and a.name not in raw:
+                problem(
+                    base,
+                    f"{init.removesuffix('_')} needs {a.name!r}",
+                    f"add `{a.name}: ...` to the rule (torch.nn.init.{init} has no default for it)",
+                )
+    return args
+
+
+def _unknown_arg(
+    init: str, key: str, allowed: Sequence[str], path: DocPath, problem: Collector
+) -> None:
+    """Report a rule key that is neither a match key nor an argument of its init, with the
+    closest key it may have meant and the arguments the init does take."""
+    short = init.removesuffix("_")
+    what = f"{short} takes no arguments" if not allowed else None
+    problem(
+        path,
+        f"unknown key {shorten(key)}"
+        + ("" if what else f" for {short}")
+        + did_you_mean(key, [*allowed, *MATCH_KEYS])
+        + (f"; {what}" if what else ""),
+        "match keys are type, name, param, ndim"
+        + (f"; {short} takes {', '.join(allowed)}" if allowed else ""),
+    )
+
+
+def _rule_match(raw: Mapping[str, Any], base: DocPath, problem: Collector) -> _RuleMatch:
+    """The match keys of a rule, checked: ``type`` (class names and dotted paths), ``name``
+    (a glob, or a ``re:`` pattern compiled now), ``param`` and ``ndim``."""
+    type_names, type_classes = _parse_types(raw.get("type"), (*base, "type"), problem)
+    name = raw.get("name")
+    param = raw.get("param", "*")
+    return _RuleMatch(
+        type_names=type_names,
+        type_classes=type_classes,
+        name=name if isinstance(name, str) else None,
+        name_match=_name_pattern(name, base, problem),
+        param=param if isinstance(param, str) else "*",
+        ndim=_rule_ndim(raw.get("ndim"), base, problem),
+    )
+
+
+def _name_pattern(name: Any, base: DocPath, problem: Collector) -> Callable[[str], bool] | None:
+    """The compiled pattern of a ``name: re:...`` key (None for a glob). A file may use at
+    most :data:`MAX_PATTERNS` different patterns, since every one stays compiled; a pattern
+    RE2 cannot compile is reported."""
+    if not (isinstance(name, str) and name.startswith("re:")):
+        return None
+    if name not in problem.patterns and len(problem.patterns) >= MAX_PATTERNS:
+        problem(
+            (*base, "name"),
+            f"more than {MAX_PATTERNS} different re: patterns in one file",
+            "join alternatives into one pattern with |, or match by globs",
+        )
+        return None
+    problem.patterns.add(name)
+    try:
+        return name_regex(name[3:])
+    except PatternError as exc:
+        problem((*base, "name"), exc.message, exc.hint)
+        return None
+
+
+def _rule_ndim(ndim_raw: Any, base: DocPath, problem: Collector) -> tuple[int, int] | None:
+    """The ``ndim`` key as an inclusive range: ``2`` → (2, 2), ``[1, 3]`` → (1, 3). An empty
+    range is reported (and kept: the rule is dropped for the problem anyway)."""
+    if isinstance(ndim_raw, int) and not isinstance(ndim_raw, bool):
+        return (ndim_raw, ndim_raw)
+    if isinstance(ndim_raw, list) and len(ndim_raw) == 2:
+        lo, hi = ndim_raw
+        if isinstance(lo, int) and isinstance(hi, int):
+            if lo > hi:
+                problem((*base, "ndim"), f"[{lo}, {hi}] is empty", "write [min, max]")
+            return (lo, hi)
+    return None
+
+
+def _build_rule(
+    doc: Located,
+    base: DocPath,
+    i: int,
+    raw: Mapping[str, Any],
+    init: str,
+    args: Mapping[str, ArgValue],
+    match: _RuleMatch,
+) -> Rule:
+    """The :class:`Rule` of a rule without problems, with where each of its keys is in the
+    file, for the problems found later against a model."""
     arg_paths = {str(key): doc.where((*base, str(key))) for key in raw}
     line = doc.marks.get(base, (0, 0))[0]
-    param = raw.get("param", "*")
     return Rule(
         index=i,
         line=line,
         where=doc.where(base),
         init=init,
         args=args,
-        type_names=type_names,
-        type_classes=type_classes,
-        name=name if isinstance(name, str) else None,
-        param=param if isinstance(param, str) else "*",
-        ndim=ndim,
+        type_names=match.type_names,
+        type_classes=match.type_classes,
+        name=match.name,
+        param=match.param,
+        ndim=match.ndim,
         arg_paths=arg_paths,
         section=str(base[0]) if base else "rules",
-        name_match=name_match,
+        name_match=match.name_match,
     )
 
 
@@ -757,6 +847,9 @@ def _init_name(text: str) -> tuple[str | None, InitFunction | None]:
 def _parse_arg(
     arg: InitArg, value: Any, vars_: Mapping[str, float], path: DocPath, problem: Collector
 ) -> ArgValue | None:
+    """One init argument as the rule gives it, checked against the kind the signature
+    declares: a choice, an integer, or a float written as a number, an expression or (for
+    ``gain``) a calculate_gain name. None when it has problems (added to ``problem``)."""
     if isinstance(value, bool) or value is None:
         problem(
             path,
@@ -765,15 +858,7 @@ def _parse_arg(
         )
         return None
     if arg.kind == "choice":
-        if isinstance(value, str) and value in arg.choices:
-            return value
-        problem(
-            path,
-            f"{shorten(value)} is not a valid {arg.name}"
-            + (did_you_mean(value, arg.choices) if isinstance(value, str) else ""),
-            f"use one of {', '.join(arg.choices)}",
-        )
-        return None
+        return _parse_choice(arg, value, path, problem)
     if arg.kind == "int":
         if isinstance(value, int):
             return value
@@ -788,33 +873,66 @@ def _parse_arg(
     if not isinstance(value, str):
         problem(path, f"expected a number or an expression for {arg.name}, got {shorten(value)}")
         return None
-    if arg.name == "gain":
-        name, colon, slope = value.partition(":")
-        gain_hint = (
-            f"write a number, an expression, or a calculate_gain name: {', '.join(gain_names())}"
-        )
-        if name.strip() in gain_names():
-            gain = _gain_name(value)
-            if gain is not None:
-                return gain
-            if name.strip() != "leaky_relu":
-                problem(
-                    path,
-                    f"only leaky_relu takes a slope, not {name.strip()}",
-                    f"write gain: {name.strip()}",
-                )
-                return None
-            problem(
-                path,
-                f"the {name.strip()} slope {slope.strip()!r} is not a usable number",
-                f"write e.g. {name.strip()}:0.2",
-            )
-            return None
-        bare = name.strip()
-        if colon or (bare.isidentifier() and bare not in vars_ and bare not in FAN_NAMES):
-            unknown_gain = f"unknown gain {shorten(value)}{did_you_mean(bare, gain_names())}"
-            problem(path, unknown_gain, gain_hint)
-            return None
+    if arg.name == "gain" and _names_a_gain(value, vars_):
+        return _parse_gain(value, path, problem)
+    return _parse_arg_expression(arg, value, vars_, path, problem)
+
+
+def _parse_choice(arg: InitArg, value: Any, path: DocPath, problem: Collector) -> str | None:
+    """An argument that takes one of a few strings (``mode: fan_in``); anything else is
+    reported with the closest choice."""
+    if isinstance(value, str) and value in arg.choices:
+        return value
+    problem(
+        path,
+        f"{shorten(value)} is not a valid {arg.name}"
+        + (did_you_mean(value, arg.choices) if isinstance(value, str) else ""),
+        f"use one of {', '.join(arg.choices)}",
+    )
+    return None
+
+
+def _names_a_gain(value: str, vars_: Mapping[str, float]) -> bool:
+    """Whether a ``gain`` text is meant as a calculate_gain name rather than an expression:
+    a known name, anything with a ``:slope``, or a bare identifier that is no var and no fan
+    name (which an expression would only report as an unknown name)."""
+    name, colon, _ = value.partition(":")
+    bare = name.strip()
+    if bare in gain_names():
+        return True
+    return bool(colon) or (bare.isidentifier() and bare not in vars_ and bare not in FAN_NAMES)
+
+
+def _parse_gain(value: str, path: DocPath, problem: Collector) -> float | None:
+    """The gain a calculate_gain name gives (``relu``, ``leaky_relu:0.2``), or None with the
+    reason reported: a slope on a function that takes none, a slope that is no usable
+    number, or a name calculate_gain does not know."""
+    name, _, slope = value.partition(":")
+    bare = name.strip()
+    if bare not in gain_names():
+        hint = f"write a number, an expression, or a calculate_gain name: {', '.join(gain_names())}"
+        problem(path, f"unknown gain {shorten(value)}{did_you_mean(bare, gain_names())}", hint)
+        return None
+    gain = _gain_name(value)
+    if gain is not None:
+        return gain
+    if bare != "leaky_relu":
+        problem(path, f"only leaky_relu takes a slope, not {bare}", f"write gain: {bare}")
+        return None
+    problem(
+        path,
+        f"the {bare} slope {slope.strip()!r} is not a usable number",
+        f"write e.g. {bare}:0.2",
+    )
+    return None
+
+
+def _parse_arg_expression(
+    arg: InitArg, value: str, vars_: Mapping[str, float], path: DocPath, problem: Collector
+) -> ArgValue | None:
+    """An argument written as an expression. Every name in it must be a var or a fan name;
+    an expression without names is evaluated now, one with names is kept for each
+    parameter (its fans are known only then)."""
     try:
         expr = parse_expression(value)
     except ExpressionError as exc:

@@ -24,6 +24,7 @@ from initscope.knowledge.tracing import DefaultInit, init_distribution
 from initscope.naming import dtype_name, split_name
 from initscope.rules.expressions import Expression, ExpressionError
 from initscope.rules.language import (
+    InitFunction,
     Problem,
     Rule,
     RulesError,
@@ -390,24 +391,61 @@ def make_plan(
     broken = _type_problems(rules.rules, sites, bare, found)
     # Rules with an unusable type are left out of matching, so the problems of the other
     # rules are found in the same run.
-    missed: list[str] = []
     active = [r for r in rules.rules if r.index not in broken]
+    how = _Decide(policy, rules.vars, defaults, resettable, found)
+    matched = _match_sites(sites, active, how)
+    problems = found.problems()
+    if matched.missed:
+        problems.append(_unmatched_problem(matched.missed, rules, unmatched))
+    if problems:
+        raise RulesError(problems)
+    unused = tuple(r for r in rules.rules if r.index not in matched.used)
+    return Plan(
+        matched.entries,
+        rules,
+        seed if seed is not None else (rules.seed if rules.seed is not None else 0),
+        policy,
+        unused,
+        matched.conflicts,
+    )
 
+
+@dataclass(frozen=True)
+class _Decide:
+    """What decides an untied parameter's entry besides its rule: the unmatched policy, the
+    file's vars, the traced defaults and resettable modules; problems go to ``found``."""
+
+    policy: Unmatched
+    vars: Mapping[str, float]
+    defaults: Mapping[str, DefaultInit] | None
+    resettable: Mapping[str, bool] | None
+    found: _Problems
+
+
+@dataclass(frozen=True)
+class _Matching:
+    """Every parameter's entry, in order, with what the matching found on the way: the
+    indices of the rules that matched something, the parameters no rule matched under
+    ``unmatched: error`` (``name (shape)``), and tied names the rules disagree on."""
+
+    entries: tuple[PlanEntry, ...]
+    used: frozenset[int]
+    missed: tuple[str, ...]
+    conflicts: tuple[TieConflict, ...]
+
+
+def _match_sites(sites: Sequence[ParamSite], active: Sequence[Rule], how: _Decide) -> _Matching:
+    """Match each parameter to the first rule that covers it and decide its entry. A name
+    tied to an earlier one is initialized with that one: it gets a TIED entry, and a
+    :class:`TieConflict` when its own rule would differ from the earlier name's."""
     used: set[int] = set()
     entries: list[PlanEntry] = []
     by_name: dict[str, PlanEntry] = {}
     first_rule: dict[str, Rule | None] = {}
     conflicts: list[TieConflict] = []
+    missed: list[str] = []
     for site in sites:
-        rule = next(
-            (
-                r
-                for r in active
-                if r.matches_name(site.module, site.param, len(site.shape))
-                and r.matches_type(site.module_class)
-            ),
-            None,
-        )
+        rule = _first_match(site, active)
         first_rule[site.name] = rule
         if rule is not None:
             used.add(rule.index)
@@ -416,45 +454,55 @@ def make_plan(
             if _differ(rule, winner):
                 conflicts.append(TieConflict(site.name, site.tied_to, rule, winner))
             entry = PlanEntry(site, Action.TIED, rule)
-        elif rule is None:
-            if policy is Unmatched.ERROR:
-                missed.append(f"{site.name} {shape_tuple(site.shape)}")
-                entry = PlanEntry(site, Action.UNMATCHED)
-            elif policy is Unmatched.DEFAULT:
-                entry = _default(site, None, defaults, resettable, found)
-            else:
-                entry = PlanEntry(site, Action.UNMATCHED)
-        elif rule.init == "keep":
-            entry = PlanEntry(site, Action.KEEP, rule)
-        elif rule.init == "default":
-            entry = _default(site, rule, defaults, resettable, found)
         else:
-            entry = _resolve(site, rule, rules.vars, found)
+            if rule is None and how.policy is Unmatched.ERROR:
+                missed.append(f"{site.name} {shape_tuple(site.shape)}")
+            entry = _entry(site, rule, how)
         entries.append(entry)
         by_name.setdefault(site.name, entry)
-    problems = found.problems()
-    if missed:
-        shown = ", ".join(missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
-        where = rules.unmatched_where if unmatched is None else "--unmatched error"
-        problems.append(
-            Problem(
-                where,
-                "unmatched" if unmatched is None else "",
-                f"no rule matches {len(missed)} parameter{'s' if len(missed) != 1 else ''}: "
-                f"{shown}",
-                "add rules for them (`init: keep` leaves one as it is), or set unmatched: keep",
-            )
-        )
-    if problems:
-        raise RulesError(problems)
-    unused = tuple(r for r in rules.rules if r.index not in used)
-    return Plan(
-        tuple(entries),
-        rules,
-        seed if seed is not None else (rules.seed if rules.seed is not None else 0),
-        policy,
-        unused,
-        tuple(conflicts),
+    return _Matching(tuple(entries), frozenset(used), tuple(missed), tuple(conflicts))
+
+
+def _first_match(site: ParamSite, active: Sequence[Rule]) -> Rule | None:
+    """The first rule, in file order, whose match keys cover the parameter: the first match
+    wins, as the rules file documents."""
+    return next(
+        (
+            r
+            for r in active
+            if r.matches_name(site.module, site.param, len(site.shape))
+            and r.matches_type(site.module_class)
+        ),
+        None,
+    )
+
+
+def _entry(site: ParamSite, rule: Rule | None, how: _Decide) -> PlanEntry:
+    """The entry of an untied parameter: by the unmatched policy when no rule matches it,
+    else by its rule's init (keep, default, or a torch.nn.init function resolved for it)."""
+    if rule is None:
+        if how.policy is Unmatched.DEFAULT:
+            return _default(site, None, how.defaults, how.resettable, how.found)
+        return PlanEntry(site, Action.UNMATCHED)
+    if rule.init == "keep":
+        return PlanEntry(site, Action.KEEP, rule)
+    if rule.init == "default":
+        return _default(site, rule, how.defaults, how.resettable, how.found)
+    return _resolve(site, rule, how.vars, how.found)
+
+
+def _unmatched_problem(
+    missed: Sequence[str], rules: RuleSet, unmatched: Unmatched | None
+) -> Problem:
+    """The one problem for every parameter no rule matches under ``unmatched: error``, placed
+    at the file's ``unmatched:`` key or at ``--unmatched error`` when the option set it."""
+    shown = ", ".join(missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
+    where = rules.unmatched_where if unmatched is None else "--unmatched error"
+    return Problem(
+        where,
+        "unmatched" if unmatched is None else "",
+        f"no rule matches {len(missed)} parameter{'s' if len(missed) != 1 else ''}: {shown}",
+        "add rules for them (`init: keep` leaves one as it is), or set unmatched: keep",
     )
 
 
@@ -467,55 +515,109 @@ def _differ(a: Rule | None, b: Rule | None) -> bool:
 def _resolve(
     site: ParamSite, rule: Rule, vars_: Mapping[str, float], found: _Problems
 ) -> PlanEntry:
+    """The INIT entry of a parameter whose rule names a torch.nn.init function: its
+    arguments resolved to numbers for the parameter's shape, and the distribution they
+    draw from. Each step stops at its first problem (added to ``found``), and the entry is
+    then left without arguments: the plan is refused anyway."""
     fn = init_functions()[rule.init]
-    shape = site.shape
-    who = f"{site.name} {shape_tuple(shape)}"
-    dims = _DIMS.get(rule.init)
-    label = f"{rule.section}[{rule.index}]"
-    if dims is not None and not dims[0] <= len(shape) <= dims[1]:
-        hint = dims[3]
-        if dims[3] is _FAN_HINT and rule.param != "*" and fnmatch.fnmatchcase("bias", rule.param):
-            hint = _BIAS_HINT
+    if not _fits_dims(site, rule, found):
+        return PlanEntry(site, Action.INIT, rule, rule.init)
+    args = _resolve_args(site, rule, vars_, found)
+    if args is None or not _args_allowed(site, rule, args, found):
+        return PlanEntry(site, Action.INIT, rule, rule.init)
+    trial = _try_init(fn, rule, site.shape, args)
+    if trial.error is not None:
         found.add(
             rule.at("init"),
-            f"{label}.init",
-            f"{rule.init.removesuffix('_')} cannot initialize {{name}}: {dims[2]}",
-            hint,
-            who,
+            _label(rule),
+            f"torch.nn.init.{rule.init} refuses {{name}}: {trial.error}",
+            "change the rule's arguments or restrict what it matches",
+            _who(site),
         )
         return PlanEntry(site, Action.INIT, rule, rule.init)
-    env = {**vars_, **fan_env(shape)}
+    if _beyond_dtype(site, rule, trial.distribution, found):
+        return PlanEntry(site, Action.INIT, rule, rule.init)
+    return PlanEntry(site, Action.INIT, rule, rule.init, args, trial.distribution)
+
+
+def _label(rule: Rule) -> str:
+    """``rules[2]``: the document path of a rule, the start of each problem's path."""
+    return f"{rule.section}[{rule.index}]"
+
+
+def _who(site: ParamSite) -> str:
+    """``name (shape)``: how a problem names the parameter it is about."""
+    return f"{site.name} {shape_tuple(site.shape)}"
+
+
+def _fits_dims(site: ParamSite, rule: Rule, found: _Problems) -> bool:
+    """Whether the init can take a tensor of the parameter's number of dims (xavier on a
+    1-D bias cannot); if not, reported with a hint for biases when the rule matches them."""
+    dims = _DIMS.get(rule.init)
+    if dims is None or dims[0] <= len(site.shape) <= dims[1]:
+        return True
+    hint = dims[3]
+    if dims[3] is _FAN_HINT and rule.param != "*" and fnmatch.fnmatchcase("bias", rule.param):
+        hint = _BIAS_HINT
+    found.add(
+        rule.at("init"),
+        f"{_label(rule)}.init",
+        f"{rule.init.removesuffix('_')} cannot initialize {{name}}: {dims[2]}",
+        hint,
+        _who(site),
+    )
+    return False
+
+
+def _resolve_args(
+    site: ParamSite, rule: Rule, vars_: Mapping[str, float], found: _Problems
+) -> dict[str, float | int | str] | None:
+    """The rule's arguments for this parameter: each expression evaluated over the vars and
+    the parameter's fans, constants as they are. None when an expression cannot be: it
+    uses a fan the shape has none of, or its arithmetic fails (division by zero)."""
+    env = {**vars_, **fan_env(site.shape)}
+    label, who = _label(rule), _who(site)
     args: dict[str, float | int | str] = {}
     for key, value in rule.args.items():
-        if isinstance(value, Expression):
-            missing = sorted(value.names - set(env))
-            if missing:
-                found.add(
-                    rule.at(key),
-                    f"{label}.{key}",
-                    f"{value.text!r} uses {', '.join(missing)}, undefined for {{name}}: "
-                    "fan_in/fan_out need ≥ 2 dims",
-                    "restrict the rule (param: weight or ndim: [2, 5]) or use numel",
-                    who,
-                )
-                return PlanEntry(site, Action.INIT, rule, rule.init)
-            try:
-                args[key] = value.evaluate(env)
-            except ExpressionError as exc:
-                found.add(
-                    rule.at(key),
-                    f"{label}.{key}",
-                    f"{exc.message} for {{name}}",
-                    "fix the expression",
-                    who,
-                )
-                return PlanEntry(site, Action.INIT, rule, rule.init)
-        else:
+        if not isinstance(value, Expression):
             args[key] = value
+            continue
+        missing = sorted(value.names - set(env))
+        if missing:
+            found.add(
+                rule.at(key),
+                f"{label}.{key}",
+                f"{value.text!r} uses {', '.join(missing)}, undefined for {{name}}: "
+                "fan_in/fan_out need ≥ 2 dims",
+                "restrict the rule (param: weight or ndim: [2, 5]) or use numel",
+                who,
+            )
+            return None
+        try:
+            args[key] = value.evaluate(env)
+        except ExpressionError as exc:
+            found.add(
+                rule.at(key),
+                f"{label}.{key}",
+                f"{exc.message} for {{name}}",
+                "fix the expression",
+                who,
+            )
+            return None
+    return args
+
+
+def _args_allowed(
+    site: ParamSite, rule: Rule, args: Mapping[str, float | int | str], found: _Problems
+) -> bool:
+    """Whether the resolved arguments are ones torch accepts for this parameter: the value
+    constraints (:func:`arg_constraints`, the first broken one reported), and dirac's
+    groups dividing dim 0."""
+    label, who = _label(rule), _who(site)
     for key, message, hint in arg_constraints(rule.init, args):
         found.add(rule.at(key), f"{label}.{key}", f"{message} for {{name}}", hint, who, key)
-        return PlanEntry(site, Action.INIT, rule, rule.init)
-    if rule.init == "dirac_" and shape[0] % int(args.get("groups", 1)) != 0:
+        return False
+    if rule.init == "dirac_" and site.shape[0] % int(args.get("groups", 1)) != 0:
         # torch/nn/init.py dirac_: "dim 0 must be divisible by groups".
         found.add(
             rule.at("groups"),
@@ -524,41 +626,58 @@ def _resolve(
             "use a groups that divides the output channels",
             who,
         )
-        return PlanEntry(site, Action.INIT, rule, rule.init)
-    # Whatever else torch itself refuses: the functions checked above are run for real on
-    # empty tensors only (they return at once); any other init function (a newer torch's)
-    # on a meta tensor of the same shape. (On meta, torch imports its Python decompositions,
-    # seconds on first use, and skips the value checks done above.)
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """What trying an init on a stand-in tensor found: the distribution it draws from
+    (None when unknown), or ``error``, torch's refusal on one line of at most 200
+    characters."""
+
+    distribution: Distribution | None = None
+    error: str | None = None
+
+
+def _try_init(
+    fn: InitFunction, rule: Rule, shape: tuple[int, ...], args: Mapping[str, float | int | str]
+) -> _Trial:
+    """Whatever else torch itself refuses, and the distribution the init draws from.
+
+    The functions whose every refusal :func:`_fits_dims` and :func:`_args_allowed` check
+    (``_CHECKED``) are run for real on empty tensors only (they return at once); any other
+    init function (a newer torch's) on a meta tensor of the same shape. (On meta, torch
+    imports its Python decompositions, seconds on first use, and skips the value checks
+    those steps do.)"""
     try:
         if rule.init not in _CHECKED or math.prod(shape) == 0:
             device = "cpu" if math.prod(shape) == 0 else "meta"
             fn(torch.empty(shape, device=device), **args)
-        dist = init_distribution(rule.init, args, shape)
+        return _Trial(distribution=init_distribution(rule.init, args, shape))
     except Exception as exc:
-        message = " ".join(str(exc).split())[:200]
-        found.add(
-            rule.at("init"),
-            f"{label}",
-            f"torch.nn.init.{rule.init} refuses {{name}}: {message}",
-            "change the rule's arguments or restrict what it matches",
-            who,
-        )
-        return PlanEntry(site, Action.INIT, rule, rule.init)
+        return _Trial(error=" ".join(str(exc).split())[:200])
+
+
+def _beyond_dtype(site: ParamSite, rule: Rule, dist: Distribution | None, found: _Problems) -> bool:
+    """Whether the init would write values beyond the largest finite number of the
+    parameter's floating dtype (they would become inf); reported if so."""
     reach = _reach(dist)
-    if reach is not None and site.dtype.is_floating_point:
-        limit = torch.finfo(site.dtype).max
-        if reach > limit:
-            found.add(
-                rule.at("init"),
-                f"{label}",
-                f"{rule.init.removesuffix('_')} would write values up to {reach:.3g} into "
-                f"{{name}}, beyond {dtype_name(site.dtype)}'s {limit:.3g}",
-                "use smaller numbers (they would become inf)",
-                who,
-                "reach",
-            )
-            return PlanEntry(site, Action.INIT, rule, rule.init)
-    return PlanEntry(site, Action.INIT, rule, rule.init, args, dist)
+    if reach is None or not site.dtype.is_floating_point:
+        return False
+    limit = torch.finfo(site.dtype).max
+    if reach <= limit:
+        return False
+    found.add(
+        rule.at("init"),
+        _label(rule),
+        f"{rule.init.removesuffix('_')} would write values up to {reach:.3g} into "
+        f"{{name}}, beyond {dtype_name(site.dtype)}'s {limit:.3g}",
+        "use smaller numbers (they would become inf)",
+        _who(site),
+        "reach",
+    )
+    return True
 
 
 def _reach(d: Distribution | None) -> float | None:

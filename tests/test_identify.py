@@ -212,3 +212,66 @@ def test_bad_nested_spec_is_an_input_error(runner: CliRunner) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "`args` must be a list" in result.stderr
+
+
+# -- defaults that are patterns: eye_, dirac_, sparse_ ---------------------------------------
+
+
+def _traced(make: Any) -> tuple[torch.Tensor, Any]:
+    """A tensor made by ``make`` under the tracer, and its traced default."""
+    with InitTracer() as tracer:
+        t = make()
+    return t, tracer.resolve(t)
+
+
+def _judge(t: torch.Tensor, default: Any, via_values: bool) -> Any:
+    # with the values (a tensor loaded whole), and from statistics alone (the fused reader)
+    return identify(running_stats(t, seed=1), tuple(t.shape), default, t if via_values else None)
+
+
+@pytest.mark.parametrize("via_values", [True, False])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.init.eye_(torch.empty(16, 24)),
+        lambda: nn.init.eye_(torch.empty(40, 12)),
+        lambda: nn.init.dirac_(torch.empty(8, 8, 3, 3)),
+        lambda: nn.init.dirac_(torch.empty(12, 4, 3), groups=3),
+        lambda: nn.init.sparse_(torch.empty(64, 48), sparsity=0.5, std=0.02),
+        lambda: nn.init.sparse_(torch.empty(200, 30), sparsity=0.1),
+        lambda: nn.init.sparse_(torch.empty(33, 100), sparsity=0.9, std=1.0),
+    ],
+)
+def test_pattern_defaults_are_identified_as_themselves(make: Any, via_values: bool) -> None:
+    torch.manual_seed(0)
+    t, default = _traced(make)
+    found = _judge(t, default, via_values)
+    assert found.matches_default is True, found.fit.label
+    assert found.fit.family is default.distribution.family
+
+
+@pytest.mark.parametrize(
+    ("make", "other"),
+    [
+        # eye's default against an orthogonal matrix (it is one, but not the identity)
+        (lambda: nn.init.eye_(torch.empty(16, 16)), lambda t: nn.init.orthogonal_(t)),
+        (lambda: nn.init.dirac_(torch.empty(8, 8, 3, 3)), lambda t: t.normal_(0, 0.1)),
+        # sparse's default against dense draws, and against the wrong number of zeros
+        (lambda: nn.init.sparse_(torch.empty(64, 48), 0.5, 0.02), lambda t: t.normal_(0, 0.02)),
+        (
+            lambda: nn.init.sparse_(torch.empty(64, 48), 0.5, 0.02),
+            lambda t: nn.init.sparse_(t, 0.25, 0.02),
+        ),
+        (
+            lambda: nn.init.sparse_(torch.empty(64, 48), 0.5, 0.02),
+            lambda t: nn.init.sparse_(t, 0.5, 0.2),  # the right zeros, ten times the spread
+        ),
+    ],
+)
+def test_other_values_do_not_pass_for_a_pattern_default(make: Any, other: Any) -> None:
+    torch.manual_seed(0)
+    t, default = _traced(make)
+    with torch.no_grad():
+        other(t)
+    for via_values in (True, False):
+        assert _judge(t, default, via_values).matches_default is False

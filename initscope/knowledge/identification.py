@@ -537,6 +537,9 @@ def identify_stats(
     eps = _resolution(tensor if tensor is not None else dtype)
     if structure is None and tensor is not None:
         structure = structure_of(tensor)
+    exact = _by_pattern(s, values, shape, known_default, eps, alpha)
+    if exact is not None:
+        return Identification(exact.fit, exact.matches_default, structure)
     structured = _by_structure(structure, default, known_default, alpha)
     if structured is not None:
         return structured
@@ -558,6 +561,51 @@ def identify_stats(
         return Identification(Fit("unknown", None), matches_default, structure)
     p, label, d = best
     return Identification(Fit(label, d.family, _estimate(d, s), p), matches_default, structure)
+
+
+def _by_pattern(
+    s: TensorStats,
+    values: torch.Tensor,
+    shape: tuple[int, ...],
+    known_default: Distribution | None,
+    eps: float,
+    alpha: float,
+) -> Identification | None:
+    """A default whose values are a pattern, not draws, identified as that pattern when the
+    values show it (None otherwise: the other tests then say what they follow):
+
+    - eye_ / dirac_ write ones at fixed places and zeros elsewhere: zeros and ones only, as
+      many ones as the default writes (its mean times the size);
+    - sparse_ zeroes ceil(sparsity · rows) entries of every column and draws the rest from
+      N(0, std) (torch/nn/init.py sparse_): exactly that many zeros, and nonzero values that
+      pass the normal tests."""
+    d = known_default
+    if d is None or s.mean is None or s.std is None:
+        return None
+    zeros = round(s.zero_fraction * s.numel)
+    if d.family in (Family.EYE, Family.DIRAC) and d.mean is not None:
+        ones = round(d.mean * s.numel)
+        if s.min == 0 and s.max == d.value and s.numel - zeros == ones:
+            fit = Fit(d.family.value, d.family, {"ones": float(ones)}, None)
+            return Identification(fit, True)
+        return None
+    if d.family is not Family.SPARSE or len(shape) != 2 or d.sparsity is None or d.scale is None:
+        return None
+    rows, cols = shape
+    nonzero = s.numel - zeros
+    if zeros != math.ceil(d.sparsity * rows) * cols or nonzero < MIN_ELEMENTS:
+        return None
+    # The nonzero values' moments, from the whole tensor's (zeros add nothing to the sums).
+    mean = s.mean * s.numel / nonzero
+    squares = s.std**2 * (s.numel - 1) + s.numel * s.mean**2
+    std = math.sqrt(max(squares - nonzero * mean**2, 0.0) / (nonzero - 1))
+    drawn = TensorStats(nonzero, mean, std, s.min, s.max, s.abs_max, 0.0, 0, 0)
+    sample = _Sample(values[values != 0])
+    p = _p_candidate(Distribution.normal(0.0, d.scale), drawn, sample, eps)
+    if p <= alpha:
+        return None
+    fit = Fit(d.label(), Family.SPARSE, {"sparsity": zeros / s.numel, "std": std}, p)
+    return Identification(fit, True)
 
 
 def _degenerate(s: TensorStats, known_default: Distribution | None) -> Identification | None:

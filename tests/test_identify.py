@@ -275,3 +275,20 @@ def test_other_values_do_not_pass_for_a_pattern_default(make: Any, other: Any) -
         other(t)
     for via_values in (True, False):
         assert _judge(t, default, via_values).matches_default is False
+
+
+@pytest.mark.parametrize(("std", "cut"), [(0.02, 2.0), (0.02, 1.0), (1.0, 3.0), (0.5, 100.0)])
+def test_a_trunc_normal_fit_reports_its_own_parameters(std: float, cut: float) -> None:
+    # The label names the untruncated normal's std and the cut points; the observed spread
+    # of trunc_normal_(std=0.02, a=-2σ, b=2σ) is 0.0176, which is not what the label says.
+    torch.manual_seed(0)
+    t, default = _traced(
+        lambda: nn.init.trunc_normal_(torch.empty(300, 300), std=std, a=-cut * std, b=cut * std)
+    )
+    found = _judge(t, default, via_values=True)
+    assert found.matches_default is True
+    params = found.fit.params
+    assert params["std"] == pytest.approx(std, rel=0.02)
+    assert (params["a"], params["b"]) == pytest.approx((-cut * std, cut * std))
+    if cut <= 2:
+        assert float(t.std()) < 0.9 * std  # the observed spread is not the parameter

@@ -18,6 +18,7 @@ from enum import Enum
 
 import torch
 
+from initscope.io.keys import model_keys
 from initscope.io.models import open_target
 from initscope.io.targets import TargetOptions
 from initscope.measure.pipeline import TensorSource, checkpoint_source, model_source
@@ -186,8 +187,8 @@ def _side(target: str, how: TargetOptions) -> Iterator[TensorSource]:
     model's state dict."""
     with open_target(target, how) as (traced, ckpt):
         if ckpt is not None:
-            expected = traced.model.state_dict().keys() if traced is not None else None
-            yield checkpoint_source(ckpt, ckpt.keyed(expected))
+            keys = model_keys(traced.model, ckpt) if traced is not None else ckpt.keyed()
+            yield checkpoint_source(ckpt, keys)
             return
         assert traced is not None
         yield model_source(traced.model.state_dict())

@@ -26,6 +26,8 @@ from torch.overrides import TorchFunctionMode
 
 from initscope.errors import InitScopeWarning, TargetError
 from initscope.io.checkpoints import Checkpoint, open_checkpoint
+from initscope.io.folders import is_model_folder
+from initscope.io.keys import model_keys
 from initscope.io.targets import (
     ModelSpec,
     TargetOptions,
@@ -114,10 +116,36 @@ def open_target(
     ) as ckpt:
         if spec is not None:
             yield trace_model(spec, seed=how.seed, meta=how.meta), ckpt
+        elif is_model_folder(ckpt_path):
+            yield _from_folder(ckpt, how), ckpt
         elif ckpt.module is None and ckpt.provenance is not None:
             yield _from_record(ckpt, how), ckpt
         else:
             yield None, ckpt
+
+
+def _from_folder(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
+    """The architecture a model folder's config.json describes, built as a record's model is
+    (on meta first, within the same limits; with the working folder off the module path),
+    or None with a warning: the folder's tensors are still read, as a bare state dict."""
+    folder = str(ckpt.path.resolve())
+    spec = ModelSpec(
+        "initscope.io.folders:from_config",
+        (),
+        {"folder": folder, "trust_remote_code": how.unsafe_load},
+        ckpt.path,
+        how.input_shape,
+    )
+    what = f"{ckpt.path} is a model folder, but"
+    with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
+        on_meta = _build_on_meta(spec, ckpt, how, what)
+        if on_meta is None or how.meta:
+            return on_meta
+        try:
+            return trace_model(spec, seed=how.seed, search_cwd=how.unsafe_load)
+        except Exception as exc:
+            _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300], what)
+            return None
 
 
 def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
@@ -144,17 +172,19 @@ def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
             return None
 
 
-def _warn_bare(path: Path, why: str) -> None:
+def _warn_bare(path: Path, why: str, what: str | None = None) -> None:
+    what = what or f"{path} records the model that made it, but"
     warnings.warn(
         InitScopeWarning(
-            f"{path} records the model that made it, but {why}; reading it as a bare state "
-            "dict (pass --model or --spec to use a model)"
+            f"{what} {why}; reading it as a bare state dict (pass --model or --spec to use a model)"
         ),
         stacklevel=3,
     )
 
 
-def _build_on_meta(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
+def _build_on_meta(
+    spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions, what: str | None = None
+) -> TracedModel | None:
     """The recorded model built on the meta device (no memory for weights, so a record
     asking for a huge model costs nothing), or None with a warning unless the build stays
     within :class:`_RecordLimits`, the model has the checkpoint's names and shapes, and, when
@@ -165,18 +195,18 @@ def _build_on_meta(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> Tra
         with limits.active():
             traced = trace_model(spec, seed=how.seed, meta=True, search_cwd=how.unsafe_load)
     except _OverLimit as exc:
-        _warn_bare(ckpt.path, f"building it on the meta device {exc}")
+        _warn_bare(ckpt.path, f"building it on the meta device {exc}", what)
         return None
     except Exception as exc:  # a stale or foreign record: any failure means "do not use it"
-        _warn_bare(ckpt.path, f"it cannot be built here ({type(exc).__name__}: {exc})"[:300])
+        _warn_bare(ckpt.path, f"it cannot be built here ({type(exc).__name__}: {exc})"[:300], what)
         return None
     state = traced.model.state_dict()
-    keys = ckpt.keyed(state.keys())
+    keys = model_keys(traced.model, ckpt)
     have = {n: ckpt.infos[k].shape for n, k in keys.items()}
     if any(have.get(n) != tuple(t.shape) for n, t in state.items() if n in have) or not (
         set(have) <= set(state)
     ):
-        _warn_bare(ckpt.path, "its names or shapes do not match the file's")
+        _warn_bare(ckpt.path, "its names or shapes do not match the file's", what)
         return None
     tensors = [*traced.model.parameters(), *traced.model.buffers()]
     need = sum(t.numel() * t.element_size() for t in tensors) + limits.forward_bytes
@@ -190,6 +220,7 @@ def _build_on_meta(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> Tra
             f"it takes {need / 2**30:.2f} GiB{what}, over --max-memory "
             f"({how.max_memory / 2**30:.2f} GiB; raise it, or add --meta for defaults without "
             "weights)",
+            what,
         )
         return None
     return traced

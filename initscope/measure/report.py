@@ -15,6 +15,7 @@ import torch
 from initscope import __version__
 from initscope.errors import CheckpointError, TargetError
 from initscope.io.checkpoints import Checkpoint, TensorInfo
+from initscope.io.keys import model_keys
 from initscope.io.models import TracedModel, open_target
 from initscope.io.targets import TargetOptions
 from initscope.io.yamlio import did_you_mean
@@ -295,7 +296,7 @@ def report_model(
 def fitted_keys(model: torch.nn.Module, checkpoint: Checkpoint) -> dict[str, str]:
     """The checkpoint key of each of the model's state-dict names, once the checkpoint is
     known to fit the model (names and shapes; a CheckpointError says what does not)."""
-    keys = checkpoint.keyed(model.state_dict(keep_vars=True).keys())
+    keys = model_keys(model, checkpoint)
     _check_fits(model, {n: checkpoint.infos[k] for n, k in keys.items()}, checkpoint.path)
     return keys
 
@@ -348,7 +349,7 @@ def report_checkpoint(
     if ckpt.module is not None:
         _check_types(ckpt.module, options.types)
         modules = dict(ckpt.module.named_modules())
-    keys = ckpt.keyed(ckpt.module.state_dict().keys() if ckpt.module is not None else None)
+    keys = model_keys(ckpt.module, ckpt) if ckpt.module is not None else ckpt.keyed()
     name_of = {k: n for n, k in keys.items()}
     tied: dict[str, list[str]] = {}
     for alias, first in ckpt.aliases.items():

@@ -1,0 +1,96 @@
+"""Model folders: a transformers ``config.json`` beside its safetensors (one file or shards),
+as ``save_pretrained`` writes them and the Hugging Face cache holds them.
+
+The architecture is built from the config (the class its ``architectures`` names, looked up in
+``transformers`` itself, never imported from elsewhere) so every tensor gets its traced
+default. The config is data from the folder: it is read with ``local_files_only`` (nothing is
+downloaded), capped in size, and code it points to (``auto_map``) runs only with
+``--unsafe-load`` (``trust_remote_code``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from initscope.errors import TargetError
+
+__all__ = ["CONFIG_NAME", "MAX_CONFIG_BYTES", "from_config", "is_model_folder", "model_class"]
+
+CONFIG_NAME = "config.json"
+# A real config.json is a few KB (a LLaMA-70B's: 0.7 KB); a larger one is not read.
+MAX_CONFIG_BYTES = 4 * 2**20
+
+
+def is_model_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder with a transformers ``config.json`` in it."""
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG_NAME).is_file()
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    from initscope.io.checkpoints import open_regular
+
+    fd = open_regular(folder / CONFIG_NAME)  # never blocks on a FIFO
+    with os.fdopen(fd, "rb") as fh:
+        text = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise TargetError(
+            f"{folder / CONFIG_NAME} is over {MAX_CONFIG_BYTES // 2**20} MiB",
+            "a model's config.json is a few KB; check the folder",
+        )
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise TargetError(f"{folder / CONFIG_NAME} is not JSON: {exc}", "re-save it") from None
+    if not isinstance(data, dict):
+        raise TargetError(f"{folder / CONFIG_NAME} is not a JSON object", "re-save it")
+    return data
+
+
+def model_class(config: Any) -> type:
+    """The model class a config names: the first of its ``architectures`` that transformers
+    exports as a PreTrainedModel, else the base model of its ``model_type``."""
+    import transformers
+
+    for name in getattr(config, "architectures", None) or ():
+        cls = getattr(transformers, str(name), None) if str(name).isidentifier() else None
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls
+    try:  # the base model of the config's model_type
+        found: Any = transformers.AutoModel._model_mapping[type(config)]
+    except KeyError:
+        found = None
+    found = found[0] if isinstance(found, tuple) and found else found
+    if not isinstance(found, type):
+        raise TargetError(
+            f"transformers has no model class for {type(config).__name__}",
+            "pass --model pkg.module:Class to say which model the folder holds",
+        )
+    return found
+
+
+def from_config(folder: str, trust_remote_code: bool = False) -> Any:
+    """The model ``folder``'s config describes, freshly initialized (not loaded: the
+    weights are read from the folder's safetensors as a checkpoint)."""
+    try:
+        import transformers
+    except ImportError:
+        raise TargetError(
+            f"{folder} is a transformers model folder, and transformers is not installed",
+            "pip install transformers, or pass --model pkg.module:Class",
+        ) from None
+    path = Path(folder)
+    data = _read_config(path)
+    if data.get("auto_map") and not trust_remote_code:
+        raise TargetError(
+            "its config names code (auto_map), which runs only with --unsafe-load",
+            "if you trust the folder, rerun with --unsafe-load",
+        )
+    config = transformers.AutoConfig.from_pretrained(
+        str(path), local_files_only=True, trust_remote_code=trust_remote_code
+    )
+    cls = model_class(config)
+    return cls(config)

@@ -1,0 +1,147 @@
+"""Model folders: a transformers config.json with its safetensors, as save_pretrained writes
+them. The architecture is built from the config, so every tensor gets its traced default."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from initscope.cli import app
+
+transformers = pytest.importorskip("transformers")
+
+
+def _folder(tmp_path: Path, name: str, config: Any, cls: Any, edit: Any = None) -> Path:
+    torch.manual_seed(0)
+    model = cls(config)
+    if edit is not None:
+        with torch.no_grad():
+            edit(model)
+    path = tmp_path / name
+    model.save_pretrained(path)
+    return path
+
+
+def _bert(tmp_path: Path, edit: Any = None) -> Path:
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+        architectures=["BertForSequenceClassification"],
+    )
+    return _folder(tmp_path, "bert", config, transformers.BertForSequenceClassification, edit)
+
+
+def _report(runner: CliRunner, *argv: str) -> dict[str, Any]:
+    result = runner.invoke(app, ["report", *argv, "--format", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    return {p["name"]: p for p in json.loads(result.stdout)["parameters"]}
+
+
+def test_a_model_folder_gives_every_tensor_its_default(runner: CliRunner, tmp_path: Path) -> None:
+    def fine_tune(model: Any) -> None:  # the encoder trained, the new head never touched
+        model.bert.encoder.layer[0].attention.self.query.weight.normal_(0, 0.2)
+
+    folder = _bert(tmp_path, fine_tune)
+    params = _report(runner, str(folder))
+    assert all(p["default"] is not None for p in params.values())
+    query = params["bert.encoder.layer.0.attention.self.query.weight"]
+    assert query["matches_default"] is False
+    head = params["classifier.weight"]
+    assert head["default"]["label"] == "N(0, 0.02)"
+    assert head["matches_default"] is True  # still at its init: never trained
+    # on meta: the same defaults, no weights allocated for the model
+    meta = _report(runner, str(folder), "--meta")
+    assert {n: p["default"]["label"] for n, p in meta.items()} == {
+        n: p["default"]["label"] for n, p in params.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "cls"),
+    [
+        (
+            "vit",
+            lambda: transformers.ViTConfig(
+                image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                num_attention_heads=2, intermediate_size=64,
+            ),
+            lambda: transformers.ViTModel,
+        ),
+        (
+            "gpt_neox",
+            lambda: transformers.GPTNeoXConfig(
+                vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                intermediate_size=64,
+            ),
+            lambda: transformers.GPTNeoXForCausalLM,
+        ),
+    ],
+)  # fmt: skip
+def test_keys_transformers_renames_at_load_are_matched(
+    runner: CliRunner, tmp_path: Path, name: str, config: Any, cls: Any
+) -> None:
+    # ViT saves attention.attention.query (the model has q_proj), GPT-NeoX embed_out (the
+    # model has lm_head): transformers' own conversion mapping renames them.
+    folder = _folder(tmp_path, name, config(), cls())
+    result = runner.invoke(app, ["check", str(folder), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "bare state dict" not in result.stderr
+    params = _report(runner, str(folder))
+    assert all(p["default"] is not None for p in params.values())
+    big = [p for p in params.values() if p["numel"] >= 1000]
+    assert big and all(p["matches_default"] for p in big)
+
+
+def test_code_a_config_points_to_never_runs(runner: CliRunner, tmp_path: Path) -> None:
+    folder = _bert(tmp_path)
+    marker = tmp_path / "ran"
+    (folder / "evil_model.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "evil_model.Evil"}
+    (folder / "config.json").write_text(json.dumps(config))
+    result = runner.invoke(app, ["report", str(folder), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "auto_map" in result.stderr and "--unsafe-load" in result.stderr
+    assert "bare state dict" in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"model_type": "no-such-model"}',
+        b'{"model_type": "bert", "architectures": ["__import__"]}',
+        b'{"model_type": "bert", "hidden_size": 1000000, "num_hidden_layers": 100000}',
+        b" " * (4 * 2**20 + 10),
+    ],
+)
+def test_a_hostile_config_reads_the_folder_as_a_bare_state_dict(
+    runner: CliRunner, tmp_path: Path, config: bytes
+) -> None:
+    folder = _bert(tmp_path)
+    (folder / "config.json").write_bytes(config)
+    result = runner.invoke(app, ["report", str(folder), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "is a model folder, but" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_config_does_not_hang(runner: CliRunner, tmp_path: Path) -> None:
+    folder = _bert(tmp_path)
+    (folder / "config.json").unlink()
+    os.mkfifo(folder / "config.json")
+    result = runner.invoke(app, ["report", str(folder), "-q"])
+    assert result.exit_code == 0, result.output  # not a model folder: a bare state dict

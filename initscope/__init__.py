@@ -134,9 +134,7 @@ _MOVED = {
     "trace_model": "initscope.io.models",
 }
 
-__all__ = [
-    "__version__",
-]
+__all__ = ["__version__", *sorted(_API)]
 
 if TYPE_CHECKING:
     from initscope.errors import InitScopeError

@@ -14,7 +14,12 @@ from initscope.render.common import FORMATS, Format
 
 
 def test_the_api_is_what_a_user_calls() -> None:
-    assert len(initscope.__all__) <= 25
+    assert 15 <= len(initscope.__all__) <= 25
+    assert {
+        "report", "explain", "identify", "apply", "apply_rules", "check", "diff", "plot",
+        "render_html", "load_rules", "Report", "CheckResult", "DiffResult", "ApplyResult",
+        "Explanation", "Identification", "TargetOptions", "InitScopeError",
+    } <= set(initscope.__all__)  # fmt: skip
     for name in initscope.__all__:
         assert getattr(initscope, name) is not None, name
     assert initscope.report.__name__ == "build_report"

@@ -185,9 +185,29 @@ def _p_kurtosis(d: Distribution, sample: _Sample) -> float | None:
     n = sample.size
     if n < MIN_ELEMENTS or d.family not in _MOMENTS or sample.b2 is None:
         return None
+    if d.family is Family.NORMAL:
+        return _z_p(_anscombe_glynn(sample.b2, n))
     m4, m6, m8 = _MOMENTS[d.family]
     var_b2 = ((m8 - m4 * m4) - 4 * m4 * (m6 - m4) + 4 * m4 * m4 * (m4 - 1)) / n
     return _z_p((sample.b2 - m4) / math.sqrt(var_b2))
+
+
+def _anscombe_glynn(b2: float, n: int) -> float:
+    """The kurtosis of n normal draws as a standard normal z (Anscombe & Glynn 1983, the
+    test scipy.stats.kurtosistest runs): b2's exact mean and variance for n, and a cube-root
+    transformation for its skew. The large-n z ((b2 - 3) / sqrt(24 / n)) ignores both, and at
+    300 values rejected 4x as often as its nominal 1e-3."""
+    mean = 3.0 * (n - 1) / (n + 1)
+    var = 24.0 * n * (n - 2) * (n - 3) / ((n + 1) ** 2 * (n + 3) * (n + 5))
+    x = (b2 - mean) / math.sqrt(var)
+    skew = (
+        6.0 * (n * n - 5 * n + 2) / ((n + 7) * (n + 9))
+        * math.sqrt(6.0 * (n + 3) * (n + 5) / (n * (n - 2) * (n - 3)))
+    )  # fmt: skip
+    a = 6.0 + 8.0 / skew * (2.0 / skew + math.sqrt(1.0 + 4.0 / skew**2))
+    term = (1.0 - 2.0 / a) / (1.0 + x * math.sqrt(2.0 / (a - 4.0)))
+    cube = math.copysign(abs(term) ** (1.0 / 3.0), term)
+    return ((1.0 - 2.0 / (9.0 * a)) - cube) / math.sqrt(2.0 / (9.0 * a))
 
 
 # Below this, a candidate is rejected at any error rate initscope uses (check splits 1e-3 over

@@ -952,3 +952,10 @@ def test_a_violation_never_reads_as_equal_to_its_limit(runner: CliRunner, tmp_pa
     assert result.exit_code == 1, result.output
     assert "observed 10000.900390625, expected < 10000" in result.stdout
     assert "1e+04" not in result.stdout
+
+
+def test_deterministic_parameters_equal_across_layers_are_no_copies(runner: CliRunner) -> None:
+    # Mamba's A_log is log(arange) in every layer: equal by construction, not a copied layer.
+    result = runner.invoke(app, ["check", "tests.fixtures.models:Deterministic"])
+    assert result.exit_code == 0, result.output
+    assert "identical" not in result.stdout

@@ -326,3 +326,18 @@ def test_every_init_function_is_traced_on_meta_as_on_cpu() -> None:
 def _labels(tm: object) -> dict[str, tuple[str, str]]:
     defaults = tm.defaults  # type: ignore[attr-defined]
     return {n: (d.call.name, d.distribution.label()) for n, d in defaults.items()}
+
+
+def test_values_computed_without_a_draw_are_deterministic_not_untraced() -> None:
+    ref = "tests.fixtures.models:Deterministic"
+    for meta in (False, True):
+        traced = trace_model(ModelSpec(ref), meta=meta)
+        d = traced.defaults
+        a_log = d["layers.0.A_log"]
+        assert a_log.distribution.family.value == "deterministic"
+        assert [c.name for c in (a_log.call, *a_log.then)] == ["arange", "repeat", "log"]
+        assert d["table"].distribution.family.value == "deterministic"
+        assert d["gates"].distribution.label() == "const 1"  # exp of zeros
+        assert d["logit_scale"].distribution.label() == "const 2.659"
+        assert d["layers.1.D"].distribution.label() == "const 1"
+        assert all(x.is_known for x in d.values())

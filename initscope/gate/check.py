@@ -529,11 +529,15 @@ def _zeros_by_design(t: _Tensor, judge: _Judge, matched: Sequence[Check]) -> boo
     )
 
 
-def _fingerprint(t: _Tensor, health: Health) -> tuple[Any, ...] | None:
+def _fingerprint(t: _Tensor, judge: _Judge) -> tuple[Any, ...] | None:
     """What two copies of one tensor share, for the identical-tensors check; None for a
-    tensor too small or constant (norm weights of 1, zero biases are equal by design)."""
-    s = t.stats
+    tensor too small or constant (norm weights of 1, zero biases are equal by design), or
+    computed without a draw (Mamba's A_log is log(arange) in every layer)."""
+    s, health = t.stats, judge.health
     if is_statistic(t.site.name):  # equal running statistics are no copied weights
+        return None
+    default = judge.defaults.get(t.site.name)
+    if default is not None and default.distribution.family is Family.DETERMINISTIC:
         return None
     if health.identical and s.numel >= _IDENTICAL_MIN and s.mean is not None and s.min != s.max:
         return (t.site.shape, str(t.dtype), s.mean, s.std, s.min, s.max, s.nan_count)
@@ -564,7 +568,7 @@ def evaluate(t: _Tensor, judge: _Judge) -> _SiteResult:
     return _SiteResult(
         tuple(found),
         unsure,
-        _fingerprint(t, judge.health),
+        _fingerprint(t, judge),
         count,
         frozenset(c.match.index for c in matched),
     )

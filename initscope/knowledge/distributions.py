@@ -35,6 +35,9 @@ class Family(str, Enum):
     EYE = "eye"
     DIRAC = "dirac"
     SPARSE = "sparse"
+    # Values computed without drawing (torch.arange, torch.tensor, log/exp of them): known
+    # exactly to the model's code, no distribution to test a tensor against.
+    DETERMINISTIC = "deterministic"
     CUSTOM = "custom"
 
     def __str__(self) -> str:
@@ -142,9 +145,15 @@ class Distribution:
     def custom(cls) -> Distribution:
         return cls(Family.CUSTOM)
 
+    @classmethod
+    def deterministic(cls) -> Distribution:
+        return cls(Family.DETERMINISTIC)
+
     # -- transforms (for in-place arithmetic after the init call) ------------------------
     def scaled(self, factor: float) -> Distribution | None:
         """The distribution of ``factor * X``, or None when the family cannot express it."""
+        if self.family is Family.DETERMINISTIC:
+            return self
         f = factor
         if self.family is Family.UNIFORM and self.low is not None and self.high is not None:
             lo, hi = sorted((self.low * f, self.high * f))
@@ -169,6 +178,8 @@ class Distribution:
 
     def shifted(self, offset: float) -> Distribution | None:
         """The distribution of ``X + offset``, or None when the family cannot express it."""
+        if self.family is Family.DETERMINISTIC:
+            return self
         if self.family is Family.UNIFORM and self.low is not None and self.high is not None:
             return Distribution.uniform(self.low + offset, self.high + offset)
         if self.family is Family.NORMAL and self.loc is not None and self.scale is not None:

@@ -574,7 +574,7 @@ def identify_stats(
                 True,
                 structure,
             )
-    elif known_default is not None:
+    elif known_default is not None and known_default.family is not Family.DETERMINISTIC:
         matches_default = False  # a constant/structured default, and the values are neither
     best = _best_candidate(shape, s, sample, eps, alpha)
     if best is None:
@@ -638,7 +638,7 @@ def _degenerate(s: TensorStats, known_default: Distribution | None) -> Identific
         return Identification(Fit("inconclusive", None), None)
     if s.min == s.max:
         matches = None
-        if known_default is not None:
+        if known_default is not None and known_default.family is not Family.DETERMINISTIC:
             matches = (
                 known_default.family is Family.CONSTANT
                 and known_default.value is not None

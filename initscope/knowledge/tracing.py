@@ -216,6 +216,25 @@ _FACTORIES = {
     "new_full",
     "new_empty",
 }
+# Factories whose values the code gives (no draw): what they make is deterministic.
+_DETERMINISTIC_FACTORIES = {
+    "arange",
+    "range",
+    "tensor",
+    "as_tensor",
+    "linspace",
+    "logspace",
+    "eye",
+}
+# Ops that make a new tensor from one deterministic (or constant) tensor and scalars: the
+# result is deterministic too (Mamba's A_log = log(arange(...).repeat(...))).
+_DETERMINISTIC_OPS = {
+    "log", "log2", "log10", "log1p", "exp", "exp2", "expm1", "sqrt", "rsqrt", "reciprocal",
+    "neg", "__neg__", "abs", "sin", "cos", "tanh", "sigmoid", "pow", "__pow__", "__rpow__",
+    "repeat", "expand", "tile", "reshape", "view", "flatten", "unsqueeze", "squeeze",
+    "transpose", "permute", "t", "flip", "cumsum", "cumprod", "outer", "float", "double",
+    "__rtruediv__", "__rsub__", "clamp", "clip",
+}  # fmt: skip
 _COPIES = {
     "clone",
     "__deepcopy__",
@@ -509,6 +528,10 @@ class InitTracer(TorchFunctionMode):
             return
         if name in _FACTORIES:
             self._record_factory(name, args, kwargs, result)
+        elif name in _DETERMINISTIC_FACTORIES:
+            self._record_deterministic(InitCall(name, {}, self._caller()[0]), result)
+        elif name in _DETERMINISTIC_OPS:
+            self._record_derived(name, args, kwargs, result)
         elif name in _COPIES and isinstance(first, torch.Tensor):
             self._record_copy(name, first, result)
         elif name in _ARITH:
@@ -661,6 +684,32 @@ class InitTracer(TorchFunctionMode):
         dist = _method_distribution(name, call_args) or Distribution.custom()
         self._add(result, DefaultInit(InitCall(name, call_args, source), dist))
 
+    def _record_deterministic(self, call: InitCall, result: torch.Tensor) -> None:
+        """A tensor whose values the code computed without a draw."""
+        self._add(result, DefaultInit(call, Distribution.deterministic()))
+
+    def _record_derived(
+        self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: torch.Tensor
+    ) -> None:
+        """``result`` computed from one traced tensor that holds no draw (deterministic or a
+        constant) and scalars: deterministic, the call chain kept. A view shares its source's
+        storage and needs no event of its own."""
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if len(tensors) != 1:
+            return
+        src, dst = _region(tensors[0]), _region(result)
+        if src is None or dst is None or src.storage == dst.storage:
+            return
+        found = self.state_of(tensors[0])
+        if found is None or found[0] is None:
+            return
+        base = found[0]
+        if base.distribution.family not in (Family.DETERMINISTIC, Family.CONSTANT):
+            return
+        op = InitCall(name.strip("_") or name, {}, self._caller()[0])
+        dist = _constant_through(name, base.distribution, args, kwargs)
+        self._add(result, replace(base, distribution=dist, then=(*base.then, op)))
+
     def _record_copy(self, name: str, src: torch.Tensor, result: torch.Tensor) -> None:
         src_region, dst_region = _region(src), _region(result)
         if src_region is None or dst_region is None or src_region.storage == dst_region.storage:
@@ -753,3 +802,29 @@ def _transform(name: str, dist: Distribution, c: float | None) -> Distribution |
     if name in _SUB_OPS:
         return dist.shifted(-c)
     return None
+
+
+# Ops that move or repeat values: a constant stays that constant.
+_SHAPE_OPS = {
+    "repeat", "expand", "tile", "reshape", "view", "flatten", "unsqueeze", "squeeze",
+    "transpose", "permute", "t", "flip", "float", "double", "clamp", "clip",
+}  # fmt: skip
+
+
+def _constant_through(
+    name: str, d: Distribution, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> Distribution:
+    """What ``name`` makes of values with distribution ``d`` (a constant or deterministic):
+    a constant moved or repeated is that constant, a unary function of a constant is a
+    constant (exp of zeros: ones), everything else is deterministic."""
+    if d.family is not Family.CONSTANT or d.value is None:
+        return Distribution.deterministic()
+    if name in _SHAPE_OPS and name not in ("clamp", "clip"):
+        return d
+    unary = getattr(torch, name, None)
+    if len(args) == 1 and not kwargs and callable(unary):
+        with contextlib.suppress(Exception):
+            value = float(unary(torch.tensor(d.value, dtype=torch.float64, device="cpu")))
+            if math.isfinite(value):
+                return Distribution.constant(value)
+    return Distribution.deterministic()

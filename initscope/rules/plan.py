@@ -321,8 +321,8 @@ def _type_problems(
                 f"{r.section}[{r.index}].type",
                 "this rule matches by type, but the target is a bare state dict without "
                 "module types",
-                "pass --model pkg.module:Class or --spec FILE so types are known, or match "
-                "by name/param/ndim",
+                "pass --model pkg.module:Class or --spec FILE so types are known (a model "
+                "folder with its config.json knows them too), or match by name/param/ndim",
                 "",
             )
             broken.add(r.index)

@@ -341,3 +341,14 @@ def test_values_computed_without_a_draw_are_deterministic_not_untraced() -> None
         assert d["logit_scale"].distribution.label() == "const 2.659"
         assert d["layers.1.D"].distribution.label() == "const 1"
         assert all(x.is_known for x in d.values())
+
+
+def test_an_expanded_view_is_covered_by_what_wrote_its_source() -> None:
+    # Mamba: A = arange(1, n + 1)[None, :].expand(d, -1).contiguous(); A_log = log(A)
+    with InitTracer() as tracer:
+        a = torch.arange(1, 9, dtype=torch.float32)[None, :].expand(4, -1).contiguous()
+        a_log = torch.log(a)
+    found = tracer.resolve(a_log)
+    assert found is not None
+    assert [c.name for c in (found.call, *found.then)] == ["arange", "log"]
+    assert found.distribution.family.value == "deterministic"

@@ -549,8 +549,15 @@ def identify_stats(
 ) -> Identification:
     """:func:`identify` from finished statistics and the sample (``values``), as a report
     holds them."""
-    sample = _Sample(values)
     known_default = default.distribution if default is not None and default.is_known else None
+    if known_default is not None and known_default.family is Family.DETERMINISTIC:
+        # Values the code computed: what they look like is said, whether they are the
+        # default is not (that needs the values themselves, not a distribution).
+        found = identify_stats(
+            s, values, shape, None, tensor, alpha, structure=structure, dtype=dtype
+        )
+        return Identification(found.fit, None, found.structure)
+    sample = _Sample(values)
     degenerate = _degenerate(s, known_default)
     if degenerate is not None:
         return degenerate

@@ -354,7 +354,10 @@ def _region(t: torch.Tensor) -> _Region | None:
         return None
     start = int(t.storage_offset())
     extent = 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True))
-    return _Region(key, start, start + int(extent), t.numel(), tuple(int(s) for s in t.shape))
+    # The distinct elements: an expanded view (stride 0, Mamba's arange(...).expand(d, -1))
+    # repeats its source's, and is covered by whatever covers them.
+    distinct = math.prod(int(s) for s, st in zip(t.shape, t.stride(), strict=True) if st != 0)
+    return _Region(key, start, start + int(extent), distinct, tuple(int(s) for s in t.shape))
 
 
 def format_arg(v: ArgValue) -> str:

@@ -17,7 +17,14 @@ from typing import Any
 
 from initscope.errors import TargetError
 
-__all__ = ["CONFIG_NAME", "MAX_CONFIG_BYTES", "from_config", "is_model_folder", "model_class"]
+__all__ = [
+    "CONFIG_NAME",
+    "MAX_CONFIG_BYTES",
+    "from_config",
+    "is_model_folder",
+    "is_pretrained_model",
+    "model_class",
+]
 
 CONFIG_NAME = "config.json"
 # A real config.json is a few KB (a LLaMA-70B's: 0.7 KB); a larger one is not read.
@@ -28,6 +35,15 @@ def is_model_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder with a transformers ``config.json`` in it."""
     p = Path(path)
     return p.is_dir() and (p / CONFIG_NAME).is_file()
+
+
+def is_pretrained_model(module: object) -> bool:
+    """Whether ``module`` is a transformers PreTrainedModel (by its classes' names: nothing
+    imports transformers to ask)."""
+    return any(
+        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers")
+        for c in type(module).__mro__
+    )
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -89,8 +105,20 @@ def from_config(folder: str, trust_remote_code: bool = False) -> Any:
             "its config names code (auto_map), which runs only with --unsafe-load",
             "if you trust the folder, rerun with --unsafe-load",
         )
-    config = transformers.AutoConfig.from_pretrained(
-        str(path), local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    if trust_remote_code and data.get("auto_map"):
+        config = transformers.AutoConfig.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=True
+        )
+    else:  # the dict already read and checked: transformers does not reopen the file
+        model_type = data.get("model_type")
+        try:
+            config_class = transformers.CONFIG_MAPPING[str(model_type)]
+        except (KeyError, TypeError):
+            raise TargetError(
+                f"{path / CONFIG_NAME} names model_type {model_type!r}, which this "
+                "transformers does not know",
+                "upgrade transformers, or pass --model pkg.module:Class",
+            ) from None
+        config = config_class.from_dict(data)
     cls = model_class(config)
     return cls(config)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import torch
 
 from initscope.io.checkpoints import Checkpoint
+from initscope.io.folders import is_pretrained_model
 
 __all__ = ["model_keys"]
 
@@ -39,10 +40,7 @@ def _transformers_renamed(
     """``keys`` with each name renamed as transformers' loader renames it for ``model``;
     None for a model that is not transformers', or a mapping that merges or splits tensors
     (a converter: no one saved key per name)."""
-    if not any(
-        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers")
-        for c in type(model).__mro__
-    ):
+    if not is_pretrained_model(model):
         return None
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping

@@ -26,7 +26,7 @@ from torch.overrides import TorchFunctionMode
 
 from initscope.errors import InitScopeWarning, TargetError
 from initscope.io.checkpoints import Checkpoint, open_checkpoint
-from initscope.io.folders import is_model_folder
+from initscope.io.folders import is_model_folder, is_pretrained_model
 from initscope.io.keys import model_keys
 from initscope.io.targets import (
     ModelSpec,
@@ -136,16 +136,8 @@ def _from_folder(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
         ckpt.path,
         how.input_shape,
     )
-    what = f"{ckpt.path} is a model folder, but"
     with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
-        on_meta = _build_on_meta(spec, ckpt, how, what)
-        if on_meta is None or how.meta:
-            return on_meta
-        try:
-            return trace_model(spec, seed=how.seed, search_cwd=how.unsafe_load)
-        except Exception as exc:
-            _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300], what)
-            return None
+        return _build_checked(spec, ckpt, how, f"{ckpt.path} is a model folder, but")
 
 
 def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
@@ -157,19 +149,25 @@ def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
     attribute lookup, the constructor, which may import more) runs with the working folder
     and the script's folder off the module search path."""
     assert ckpt.provenance is not None
-    trusted = how.unsafe_load
-    with contextlib.nullcontext() if trusted else installed_paths_only():
+    with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
         spec = spec_from_provenance(ckpt.provenance.model, ckpt.path, how)
-        if spec is None:
-            return None
-        on_meta = _build_on_meta(spec, ckpt, how)
-        if on_meta is None or how.meta:
-            return on_meta
-        try:
-            return trace_model(spec, seed=how.seed, search_cwd=trusted)
-        except Exception as exc:
-            _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300])
-            return None
+        return None if spec is None else _build_checked(spec, ckpt, how)
+
+
+def _build_checked(
+    spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions, what: str | None = None
+) -> TracedModel | None:
+    """A model that data (a record, a folder's config) describes: built on meta first within
+    the limits, then for real unless --meta; None with a warning (``what`` says whose) on
+    any failure, so the file is read as a bare state dict."""
+    on_meta = _build_on_meta(spec, ckpt, how, what)
+    if on_meta is None or how.meta:
+        return on_meta
+    try:
+        return trace_model(spec, seed=how.seed, search_cwd=how.unsafe_load)
+    except Exception as exc:
+        _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300], what)
+        return None
 
 
 def _warn_bare(path: Path, why: str, what: str | None = None) -> None:
@@ -624,19 +622,12 @@ def _run_init_hook(model: torch.nn.Module) -> None:
     ``__init__`` as on CPU, and re-running their hook would undo later special cases."""
     done: set[int] = set()
     for module in model.modules():
-        if id(module) in done or not _is_pretrained_model(module):
+        if id(module) in done or not is_pretrained_model(module):
             continue
         hook = getattr(module, "_init_weights", None)
         if callable(hook):
             module.apply(hook)
         done |= {id(m) for m in module.modules()}
-
-
-def _is_pretrained_model(module: torch.nn.Module) -> bool:
-    return any(
-        c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers")
-        for c in type(module).__mro__
-    )
 
 
 def _materialize(model: torch.nn.Module, spec: ModelSpec) -> None:

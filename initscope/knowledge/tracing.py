@@ -461,22 +461,9 @@ class InitTracer(TorchFunctionMode):
         tensor = frame.f_locals.get("tensor")
         if not isinstance(tensor, torch.Tensor):
             return
-        source = None
-        outer = frame.f_back
-        while outer is not None:
-            code = outer.f_code
-            filename = os.path.normcase(os.path.abspath(code.co_filename))
-            if filename == _INIT_FILE and code.co_name in _PUBLIC_INITS:
-                return
-            if (
-                source is None
-                and filename not in _SKIP_FILES
-                and "contextlib" not in filename
-                and code.co_name not in _PUBLIC_INITS
-            ):
-                source = _frame_source(outer)
-            outer = outer.f_back
-        self._record_init_frame(frame, source, tensor)
+        source, outer = self._caller(frame.f_back)
+        if outer is None:
+            self._record_init_frame(frame, source, tensor)
 
     # -- recording -------------------------------------------------------------------------
     def __torch_function__(
@@ -558,12 +545,14 @@ class InitTracer(TorchFunctionMode):
         event = _Event(self._next(), region, state, partial)
         self._events.setdefault(region.storage, []).append(event)
 
-    def _caller(self) -> tuple[str | None, types.FrameType | None]:
+    def _caller(
+        self, start: types.FrameType | None = None
+    ) -> tuple[str | None, types.FrameType | None]:
         """The first frame outside torch's init plumbing, and the outermost public
-        torch.nn.init function on the stack (if the op happens inside one)."""
-        # Start above _caller and its recording method; the frames of this module and of
-        # torch's dispatch plumbing are skipped by file below anyway.
-        frame: types.FrameType | None = sys._getframe(2)
+        torch.nn.init function on the stack (if the op happens inside one), looking up from
+        ``start`` (by default, above _caller and its recording method; the frames of this
+        module and of torch's dispatch plumbing are skipped by file below anyway)."""
+        frame: types.FrameType | None = start if start is not None else sys._getframe(2)
         source: str | None = None
         init_frame: types.FrameType | None = None
         while frame is not None:
@@ -810,7 +799,7 @@ def _transform(name: str, dist: Distribution, c: float | None) -> Distribution |
 # Ops that move or repeat values: a constant stays that constant.
 _SHAPE_OPS = {
     "repeat", "expand", "tile", "reshape", "view", "flatten", "unsqueeze", "squeeze",
-    "transpose", "permute", "t", "flip", "float", "double", "clamp", "clip",
+    "transpose", "permute", "t", "flip", "float", "double",
 }  # fmt: skip
 
 
@@ -822,7 +811,7 @@ def _constant_through(
     constant (exp of zeros: ones), everything else is deterministic."""
     if d.family is not Family.CONSTANT or d.value is None:
         return Distribution.deterministic()
-    if name in _SHAPE_OPS and name not in ("clamp", "clip"):
+    if name in _SHAPE_OPS:
         return d
     unary = getattr(torch, name, None)
     if len(args) == 1 and not kwargs and callable(unary):

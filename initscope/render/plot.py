@@ -166,15 +166,16 @@ def _draw(ax: Axes, panel: Panel) -> None:
         ax.axvline(spike.at, color=_CURVE, linewidth=1.2, linestyle="--")
     if d.note:
         notes.append(d.note)
+    top = _top(panel)
     curve_peak = max((y for _, y in d.curve), default=0.0)
-    if curve_peak > _top(panel):
+    if curve_peak > top:
         notes.append(f"expected peaks at {format_number(curve_peak)}, off the top")
     if notes:
         ax.text(
             0.02, 0.97, "\n".join(notes), transform=ax.transAxes, fontsize=5.5, va="top",
             color="#37474f", parse_math=False,
         )  # fmt: skip
-    ax.set_ylim(0, _top(panel))
+    ax.set_ylim(0, top)
     if panel.marked:
         for spine in ax.spines.values():
             spine.set_color(_RED)

@@ -145,3 +145,58 @@ def test_a_fifo_config_does_not_hang(runner: CliRunner, tmp_path: Path) -> None:
     os.mkfifo(folder / "config.json")
     result = runner.invoke(app, ["report", str(folder), "-q"])
     assert result.exit_code == 0, result.output  # not a model folder: a bare state dict
+
+
+def _adapter(tmp_path: Path, config: bytes) -> Path:
+    """A PEFT LoRA adapter folder as peft's save_pretrained writes one (keys without the
+    adapter name; lora_B zeros), with ``config`` as its adapter_config.json."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    torch.manual_seed(0)
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": torch.empty(16, 64).uniform_(-0.125, 0.125),
+            f"{prefix}.lora_B.weight": torch.zeros(64, 16),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
+    (folder / "adapter_config.json").write_bytes(config)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("config", "base"),
+    [
+        (
+            b'{"peft_type": "LORA", "base_model_name_or_path": "meta-llama/Llama-2-7b-hf"}',
+            "meta-llama/Llama-2-7b-hf",
+        ),
+        (b'{"base_model_name_or_path": "evil\\u001b[2Jname"}', "evil\\x1b[2Jname"),
+        (b"{not json", "a base model it does not name"),
+        (b'{"base_model_name_or_path": ["not", "a", "name"]}', "a base model it does not name"),
+        (b" " * (4 * 2**20 + 10), "a base model it does not name"),
+    ],
+)
+def test_a_peft_adapter_folder_is_read_bare_and_says_why(
+    runner: CliRunner, tmp_path: Path, config: bytes, base: str
+) -> None:
+    folder = _adapter(tmp_path, config)
+    result = runner.invoke(app, ["report", str(folder), "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"is a PEFT adapter for {base}, and initscope downloads no base model" in result.stderr
+    assert "\x1b" not in result.output
+    result = runner.invoke(app, ["check", str(folder), "-q"])
+    assert result.exit_code == 0, result.output  # lora_B's zeros are zeros by design
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_adapter_config_does_not_hang(runner: CliRunner, tmp_path: Path) -> None:
+    folder = _adapter(tmp_path, b"{}")
+    (folder / "adapter_config.json").unlink()
+    os.mkfifo(folder / "adapter_config.json")
+    result = runner.invoke(app, ["report", str(folder), "-q"])
+    assert result.exit_code == 0, result.output  # not an adapter folder: a bare state dict
+    assert "PEFT adapter" not in result.stderr

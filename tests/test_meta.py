@@ -19,14 +19,25 @@ def _summary(tm: object) -> dict[str, tuple[str, str]]:
     return {n: (d.call.name, d.distribution.label()) for n, d in defaults.items()}
 
 
-@pytest.mark.parametrize("factory", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("factory", ["tiny_llama", "tiny_gpt2", "tiny_llama_reinitialized"])
 def test_meta_trace_equals_cpu_trace(factory: str) -> None:
-    """transformers skips its init on meta; running the model's own hook restores it."""
+    """transformers skips its init on meta; initscope runs it there, when post_init would."""
     ref = f"tests.fixtures.hf_models:{factory}"
     cpu = trace_model(ModelSpec(ref))
     meta = trace_model(ModelSpec(ref), meta=True)
     assert next(meta.model.parameters()).device.type == "meta"
     assert _summary(meta) == _summary(cpu)
+
+
+def test_writes_after_construction_stay_on_meta() -> None:
+    # transformers' init runs at the end of the model's __init__, before the factory's own
+    # writes (peft's LoRA layers, a zeroed head): on meta too, not over them afterwards.
+    meta = _summary(
+        trace_model(ModelSpec("tests.fixtures.hf_models:tiny_llama_reinitialized"), meta=True)
+    )
+    assert meta["lm_head.weight"] == ("zeros_", "const 0")
+    assert meta["model.layers.0.self_attn.q_proj.weight"] == ("xavier_uniform_", "U(±0.2165)")
+    assert meta["model.layers.1.self_attn.q_proj.weight"] == ("normal_", "N(0, 0.02)")
 
 
 def test_llama_7b_sized_config_on_meta(runner: CliRunner) -> None:

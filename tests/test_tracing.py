@@ -352,3 +352,24 @@ def test_an_expanded_view_is_covered_by_what_wrote_its_source() -> None:
     assert found is not None
     assert [c.name for c in (found.call, *found.then)] == ["arange", "log"]
     assert found.distribution.family.value == "deterministic"
+
+
+def test_values_computed_from_several_deterministic_tensors_are_deterministic() -> None:
+    # Whisper's sinusoids (transformers/models/whisper/modeling_whisper.py): an arange times
+    # exp of another, its sin and cos joined by cat; then copied into the position table.
+    with InitTracer() as tracer:
+        inv = torch.exp(-0.5 * torch.arange(4))
+        times = torch.arange(8).view(-1, 1) * inv.view(1, -1)
+        table = torch.empty(8, 8)
+        table.copy_(torch.cat([times.sin(), times.cos()], dim=1))
+        ones = torch.cat([torch.ones(2), torch.ones(3)])
+        drawn = torch.cat([torch.ones(2), torch.randn(3)])
+        scaled = torch.arange(4) * torch.randn(4)
+    found = tracer.resolve(table)
+    assert found is not None and found.distribution.family.value == "deterministic"
+    # the chain of the first operand: arange(8) times (exp(...)), its sin, joined
+    assert [c.name for c in (found.call, *found.then)] == ["arange", "mul", "sin", "cat"]
+    assert found.via == ("copy_",)
+    one = tracer.resolve(ones)
+    assert one is not None and one.distribution.label() == "const 1"
+    assert tracer.resolve(drawn) is None and tracer.resolve(scaled) is None

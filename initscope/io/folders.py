@@ -15,18 +15,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from initscope.errors import TargetError
+from initscope.errors import InitScopeError, TargetError
 
 __all__ = [
+    "ADAPTER_CONFIG_NAME",
     "CONFIG_NAME",
     "MAX_CONFIG_BYTES",
+    "adapter_base",
     "from_config",
+    "is_adapter_folder",
     "is_model_folder",
     "is_pretrained_model",
     "model_class",
 ]
 
 CONFIG_NAME = "config.json"
+# What PEFT's save_pretrained writes beside adapter_model.safetensors (peft/utils/constants.py
+# CONFIG_NAME): the adapter's settings and base_model_name_or_path, the model it adapts.
+ADAPTER_CONFIG_NAME = "adapter_config.json"
 # A real config.json is a few KB (a LLaMA-70B's: 0.7 KB); a larger one is not read.
 MAX_CONFIG_BYTES = 4 * 2**20
 
@@ -46,23 +52,40 @@ def is_pretrained_model(module: object) -> bool:
     )
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
+def is_adapter_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder of a PEFT adapter: an ``adapter_config.json`` and no
+    model ``config.json``."""
+    p = Path(path)
+    return p.is_dir() and (p / ADAPTER_CONFIG_NAME).is_file() and not is_model_folder(p)
+
+
+def adapter_base(folder: str | os.PathLike[str]) -> str | None:
+    """The ``base_model_name_or_path`` an adapter folder's config names (a Hub id or a
+    path), or None when it names none or cannot be read."""
+    try:
+        base = _read_config(Path(folder), ADAPTER_CONFIG_NAME).get("base_model_name_or_path")
+    except (InitScopeError, OSError):  # unreadable, oversized, not JSON: names none
+        return None
+    return base if isinstance(base, str) and base else None
+
+
+def _read_config(folder: Path, name: str = CONFIG_NAME) -> dict[str, Any]:
     from initscope.io.checkpoints import open_regular
 
-    fd = open_regular(folder / CONFIG_NAME)  # never blocks on a FIFO
+    fd = open_regular(folder / name)  # never blocks on a FIFO
     with os.fdopen(fd, "rb") as fh:
         text = fh.read(MAX_CONFIG_BYTES + 1)
     if len(text) > MAX_CONFIG_BYTES:
         raise TargetError(
-            f"{folder / CONFIG_NAME} is over {MAX_CONFIG_BYTES // 2**20} MiB",
-            "a model's config.json is a few KB; check the folder",
+            f"{folder / name} is over {MAX_CONFIG_BYTES // 2**20} MiB",
+            f"a {name} is a few KB; check the folder",
         )
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise TargetError(f"{folder / CONFIG_NAME} is not JSON: {exc}", "re-save it") from None
+        raise TargetError(f"{folder / name} is not JSON: {exc}", "re-save it") from None
     if not isinstance(data, dict):
-        raise TargetError(f"{folder / CONFIG_NAME} is not a JSON object", "re-save it")
+        raise TargetError(f"{folder / name} is not a JSON object", "re-save it")
     return data
 
 

@@ -26,7 +26,12 @@ from torch.overrides import TorchFunctionMode
 
 from initscope.errors import InitScopeWarning, TargetError
 from initscope.io.checkpoints import Checkpoint, open_checkpoint
-from initscope.io.folders import is_model_folder, is_pretrained_model
+from initscope.io.folders import (
+    adapter_base,
+    is_adapter_folder,
+    is_model_folder,
+    is_pretrained_model,
+)
 from initscope.io.keys import model_keys
 from initscope.io.targets import (
     ModelSpec,
@@ -84,9 +89,12 @@ def trace_model(
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad(), device, tracer:
             torch.manual_seed(seed)
-            model = _build(spec, search_cwd=search_cwd)
             if meta:
-                _run_init_hook(model)
+                with _transformers_init_on_meta() as done:
+                    model = _build(spec, search_cwd=search_cwd)
+                _run_init_hook(model, done)
+            else:
+                model = _build(spec, search_cwd=search_cwd)
             if _has_lazy(model):
                 _materialize(model, spec)
         defaults: dict[str, DefaultInit] = {}
@@ -121,6 +129,8 @@ def open_target(
         elif ckpt.module is None and ckpt.provenance is not None:
             yield _from_record(ckpt, how), ckpt
         else:
+            if is_adapter_folder(ckpt_path):
+                _warn_adapter(ckpt_path)
             yield None, ckpt
 
 
@@ -168,6 +178,21 @@ def _build_checked(
     except Exception as exc:
         _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300], what)
         return None
+
+
+def _warn_adapter(path: Path) -> None:
+    """A PEFT adapter folder holds the adapter's tensors only; the model they adapt is not
+    built (initscope downloads nothing, and the Hub id in adapter_config.json is data)."""
+    base = adapter_base(path)
+    base = base[:200] if base else "a base model it does not name"
+    warnings.warn(
+        InitScopeWarning(
+            f"{path} is a PEFT adapter for {base}, and initscope downloads no base model: its "
+            "adapter tensors are read as a bare state dict; for defaults, give the factory that "
+            "returns the PEFT model as the TARGET (pkg.module:factory)"
+        ),
+        stacklevel=3,
+    )
 
 
 def _warn_bare(path: Path, why: str, what: str | None = None) -> None:
@@ -614,20 +639,73 @@ def _build(spec: ModelSpec, *, search_cwd: bool = True) -> torch.nn.Module:
     return model
 
 
-def _run_init_hook(model: torch.nn.Module) -> None:
-    """transformers skips its init on the meta device (a Llama built on meta keeps torch's
-    kaiming defaults instead of its normal(0, 0.02)), so run the ``_init_weights(module)``
-    hook of each outermost transformers ``PreTrainedModel`` over its modules while the
-    tracer records. Other models (nanoGPT's ``self.apply(self._init_weights)``) init in
-    ``__init__`` as on CPU, and re-running their hook would undo later special cases."""
+@contextmanager
+def _transformers_init_on_meta() -> Iterator[set[int]]:
+    """transformers skips its weight init on the meta device (``PreTrainedModel.init_weights``,
+    transformers/modeling_utils.py: "If we are initializing on meta device, there is no point
+    in trying to run inits"), so a Llama built on meta would keep torch's kaiming defaults
+    instead of its normal(0, 0.02). Inside this block, ``init_weights`` first runs
+    ``initialize_weights`` (its own dispatch over sub-models, its ``_is_hf_initialized``
+    marks) as it does on a real device: at the end of the model's ``__init__`` (post_init),
+    before anything later, such as the LoRA layers peft adds and initializes after. The
+    PreTrainedModel class is patched when a first transformers model registers a submodule,
+    so transformers is never imported here; the block gives the ids of the models so set
+    up."""
+    from torch.nn.modules import module as torch_module
+
     done: set[int] = set()
+    patched: dict[type, Any] = {}
+    seen: set[type] = set()
+
+    def patch(cls: type) -> None:
+        original = cls.__dict__.get("init_weights")
+        if original is None or cls in patched:
+            return
+
+        def init_weights(self: torch.nn.Module) -> Any:
+            initialize = getattr(self, "initialize_weights", None)
+            if callable(initialize):  # else an older transformers: _run_init_hook after
+                initialize()
+                done.add(id(self))
+            return original(self)  # ties the weights (and skips the init on meta)
+
+        patched[cls] = original
+        cls.init_weights = init_weights  # type: ignore[attr-defined]
+
+    def registered(parent: torch.nn.Module, *_: object) -> None:
+        if type(parent) in seen:
+            return
+        seen.add(type(parent))
+        for cls in type(parent).__mro__:
+            if cls.__name__ == "PreTrainedModel" and cls.__module__.startswith("transformers"):
+                patch(cls)
+
+    handle = torch_module.register_module_module_registration_hook(registered)
+    try:
+        yield done
+    finally:
+        handle.remove()
+        for cls, original in patched.items():
+            cls.init_weights = original  # type: ignore[attr-defined]
+
+
+def _run_init_hook(model: torch.nn.Module, done: set[int]) -> None:
+    """A transformers model whose ``init_weights`` did not run patched (a subclass that
+    overrides it without calling it, a transformers without ``initialize_weights``) gets its
+    ``_init_weights(module)`` hook run over its modules after construction, the outermost one
+    of each tree. Other models (nanoGPT's
+    ``self.apply(self._init_weights)``) init in ``__init__`` as on CPU, and re-running their
+    hook would undo later special cases."""
+    skip: set[int] = set()
     for module in model.modules():
-        if id(module) in done or not is_pretrained_model(module):
+        if id(module) in skip or not is_pretrained_model(module):
+            continue
+        skip |= {id(m) for m in module.modules()}
+        if id(module) in done:
             continue
         hook = getattr(module, "_init_weights", None)
         if callable(hook):
             module.apply(hook)
-        done |= {id(m) for m in module.modules()}
 
 
 def _materialize(model: torch.nn.Module, spec: ModelSpec) -> None:

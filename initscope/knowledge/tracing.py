@@ -226,14 +226,15 @@ _DETERMINISTIC_FACTORIES = {
     "logspace",
     "eye",
 }
-# Ops that make a new tensor from one deterministic (or constant) tensor and scalars: the
-# result is deterministic too (Mamba's A_log = log(arange(...).repeat(...))).
+# Ops that make a new tensor from deterministic (or constant) tensors and scalars: the result
+# is deterministic too (Mamba's A_log = log(arange(...).repeat(...)); Whisper's sinusoids,
+# cat([sin(t * inv), cos(t * inv)]) of two aranges, transformers/models/whisper).
 _DETERMINISTIC_OPS = {
     "log", "log2", "log10", "log1p", "exp", "exp2", "expm1", "sqrt", "rsqrt", "reciprocal",
     "neg", "__neg__", "abs", "sin", "cos", "tanh", "sigmoid", "pow", "__pow__", "__rpow__",
     "repeat", "expand", "tile", "reshape", "view", "flatten", "unsqueeze", "squeeze",
     "transpose", "permute", "t", "flip", "cumsum", "cumprod", "outer", "float", "double",
-    "__rtruediv__", "__rsub__", "clamp", "clip",
+    "__rtruediv__", "__rsub__", "clamp", "clip", "cat", "concat", "concatenate", "stack",
 }  # fmt: skip
 _COPIES = {
     "clone",
@@ -683,23 +684,37 @@ class InitTracer(TorchFunctionMode):
     def _record_derived(
         self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: torch.Tensor
     ) -> None:
-        """``result`` computed from one traced tensor that holds no draw (deterministic or a
-        constant) and scalars: deterministic, the call chain kept. A view shares its source's
-        storage and needs no event of its own."""
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-        if len(tensors) != 1:
+        """``result`` computed from traced tensors that hold no draw (deterministic or
+        constants; ``cat`` takes them in a list) and scalars: deterministic, the call chain of
+        the first kept. A view shares its source's storage and needs no event of its own."""
+        tensors = [
+            t
+            for a in (*args, *kwargs.values())
+            for t in (a if isinstance(a, list | tuple) else (a,))
+            if isinstance(t, torch.Tensor)
+        ]
+        dst = _region(result)
+        if not tensors or dst is None:
             return
-        src, dst = _region(tensors[0]), _region(result)
-        if src is None or dst is None or src.storage == dst.storage:
-            return
-        found = self.state_of(tensors[0])
-        if found is None or found[0] is None:
-            return
-        base = found[0]
-        if base.distribution.family not in (Family.DETERMINISTIC, Family.CONSTANT):
-            return
+        states: list[DefaultInit] = []
+        for t in tensors:
+            src = _region(t)
+            if src is None or src.storage == dst.storage:
+                return
+            found = self.state_of(t)
+            if found is None or found[0] is None:
+                return
+            if found[0].distribution.family not in (Family.DETERMINISTIC, Family.CONSTANT):
+                return
+            states.append(found[0])
+        base = states[0]
         op = InitCall(name.strip("_") or name, {}, self._caller()[0])
-        dist = _constant_through(name, base.distribution, args, kwargs)
+        if len(states) == 1:
+            dist = _constant_through(name, base.distribution, args, kwargs)
+        elif name in _JOINS and len({s.distribution.label() for s in states}) == 1:
+            dist = base.distribution  # one constant joined to itself; deterministic stays so
+        else:
+            dist = Distribution.deterministic()
         self._add(result, replace(base, distribution=dist, then=(*base.then, op)))
 
     def _record_copy(self, name: str, src: torch.Tensor, result: torch.Tensor) -> None:
@@ -715,6 +730,9 @@ class InitTracer(TorchFunctionMode):
     def _record_arith(self, name: str, args: tuple[Any, ...], result: torch.Tensor) -> None:
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         scalars = [s for s in (_scalar(a) for a in args) if s is not None]
+        if len(tensors) > 1:  # arange(n)[:, None] * inv_freq: no draw in, none out
+            self._record_derived(name, args, {}, result)
+            return
         if len(tensors) != 1 or len(scalars) != 1 or len(args) != 2:
             return
         if name in _SUB_OPS | _DIV_OPS and not isinstance(args[0], torch.Tensor):
@@ -796,6 +814,8 @@ def _transform(name: str, dist: Distribution, c: float | None) -> Distribution |
     return None
 
 
+# Ops that join tensors: constants of one value joined are that constant.
+_JOINS = {"cat", "concat", "concatenate", "stack"}
 # Ops that move or repeat values: a constant stays that constant.
 _SHAPE_OPS = {
     "repeat", "expand", "tile", "reshape", "view", "flatten", "unsqueeze", "squeeze",
@@ -811,7 +831,7 @@ def _constant_through(
     constant (exp of zeros: ones), everything else is deterministic."""
     if d.family is not Family.CONSTANT or d.value is None:
         return Distribution.deterministic()
-    if name in _SHAPE_OPS:
+    if name in _SHAPE_OPS or name in _JOINS:
         return d
     unary = getattr(torch, name, None)
     if len(args) == 1 and not kwargs and callable(unary):

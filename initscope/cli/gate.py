@@ -88,7 +88,15 @@ def check(
         from initscope.rules.language import load_rules, nothing_was
 
         if output is not None:
-            check_output(output, target, rules, expect, targets.spec, targets.args_file)
+            check_output(
+                output,
+                target,
+                rules,
+                expect,
+                targets.spec,
+                targets.args_file,
+                revision=targets.revision,
+            )
         variables = parse_vars(var)
         with nothing_was("checked"):
             rule_set = load_rules(rules, variables) if rules is not None else None
@@ -135,7 +143,7 @@ def diff(
         from initscope.render.diff import render_diff
 
         if output is not None:
-            check_output(output, a, b, targets.spec, targets.args_file)
+            check_output(output, a, b, targets.spec, targets.args_file, revision=targets.revision)
         how_a, how_b = targets.pair(a, b, seed=seed, max_memory=run.memory)
         group = run.group()
         leader = leads(group)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -129,6 +129,15 @@ AllowOutsideOpt = Annotated[
     ),
 ]
 
+RevisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--revision",
+        help="For a Hugging Face id TARGET (ORG/NAME, read from the local cache, never "
+        "downloaded): the branch, tag or commit to read (default main).",
+    ),
+]
+
 
 def format_option(command: str, help: str) -> Any:
     """``--format``: the one Format enum, shown with the formats ``command`` writes."""
@@ -180,6 +189,7 @@ class TargetArgs:
     unsafe_load: bool = False
     allow_outside: bool = False
     key: str | None = None
+    revision: str | None = None
 
     def how(
         self, *, seed: int = 0, meta: bool = False, max_memory: int | None = None
@@ -197,6 +207,7 @@ class TargetArgs:
             meta=meta,
             allow_outside=self.allow_outside,
             key=self.key,
+            revision=self.revision,
             **({"max_memory": max_memory} if max_memory is not None else {}),
         )
 
@@ -204,16 +215,25 @@ class TargetArgs:
         """How ``diff`` reads A and B: ``--model``/``--spec`` describe checkpoints (and with
         neither, a bare checkpoint takes no ``--arg``); a model target needs only its
         ``--arg`` and ``--input-shape``."""
-        from initscope.io.targets import TargetOptions, is_checkpoint_path
+        from initscope.io.targets import TargetOptions, is_checkpoint_path, is_hub_target
 
         how = self.how(seed=seed, max_memory=max_memory)
-        plain = TargetOptions(kwargs=how.kwargs, input_shape=how.input_shape, seed=seed)
+        plain = TargetOptions(
+            kwargs=how.kwargs, input_shape=how.input_shape, seed=seed, revision=self.revision
+        )
         if self.model is None and self.spec is None:
             how = TargetOptions(
                 unsafe_load=self.unsafe_load,
                 allow_outside=self.allow_outside,
                 key=self.key,
                 max_memory=max_memory,
+                revision=self.revision,
+            )
+        hub = [is_hub_target(t) for t in (a, b)]
+        if any(hub):  # --revision picks the revision of the Hugging Face ids among A and B
+            return tuple(
+                how if h else replace(how if is_checkpoint_path(t) else plain, revision=None)
+                for t, h in zip((a, b), hub, strict=True)
             )
         return tuple(how if is_checkpoint_path(t) else plain for t in (a, b))
 
@@ -256,6 +276,7 @@ _GROUPS: dict[str, tuple[type, tuple[tuple[str, object, object], ...]]] = {
             ("unsafe_load", UnsafeOpt, False),
             ("allow_outside", AllowOutsideOpt, False),
             ("key", KeyOpt, None),
+            ("revision", RevisionOpt, None),
         ),
     ),
     "run": (

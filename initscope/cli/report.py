@@ -108,11 +108,13 @@ def report(
                 "drop --hist or use --format table",
             )
         if output is not None:
-            check_output(
-                output, target, targets.spec, targets.args_file
-            )  # before the model is built
+            check_output(  # before the model is built
+                output, target, targets.spec, targets.args_file, revision=targets.revision
+            )
         if html is not None:
-            check_output(html, target, targets.spec, targets.args_file, against)
+            check_output(
+                html, target, targets.spec, targets.args_file, against, revision=targets.revision
+            )
             if output is not None and html.resolve() == output.resolve():
                 raise InitScopeError(
                     f"--html and --output are the same file ({html}); the report would "
@@ -208,7 +210,9 @@ def plot(
 
         image_format(output)  # a bad extension, and a missing matplotlib, before any work
         require_matplotlib()
-        check_output(output, target, targets.spec, targets.args_file, against)
+        check_output(
+            output, target, targets.spec, targets.args_file, against, revision=targets.revision
+        )
         rule_set = against_rules(against, var)
         options = ReportOptions(
             buffers=buffers,
@@ -230,7 +234,14 @@ def plot(
             )
         # A paged plot writes OUT-1.png, OUT-2.png, ...: none of them may be an input.
         for page in page_paths(output, len(panels), max_panels):
-            check_output(page.path, target, targets.spec, targets.args_file, against)
+            check_output(
+                page.path,
+                target,
+                targets.spec,
+                targets.args_file,
+                against,
+                revision=targets.revision,
+            )
         label = "default" if rule_set is None else rule_set.source
         pages = save_pages(
             panels,

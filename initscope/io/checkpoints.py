@@ -31,6 +31,7 @@ from typing import IO, Any
 import torch
 
 from initscope.errors import CheckpointError, UnsafeLoadRequired
+from initscope.io.hub import in_cache_blobs
 from initscope.io.saving import METADATA_KEY, PROVENANCE_KEY, Provenance
 from initscope.io.torchfile import (
     ZIP_MAGIC,
@@ -376,7 +377,8 @@ MAX_INDEX_BYTES = 64 * 2**20
 def _open_index(p: Path, unsafe_load: bool, allow_outside: bool) -> Checkpoint:
     """A transformers ``*.index.json``: ``{"weight_map": {name: shard file}}``. The index is
     data from a file: its shards must be checkpoint files (never another index or a folder,
-    so there is no cycle to follow) inside its own folder unless ``allow_outside``."""
+    so there is no cycle to follow) inside its own folder unless ``allow_outside``; in a
+    Hugging Face cache snapshot, a shard's link may resolve into the repo's ``blobs``."""
     fd = open_regular(p)  # an index found in a folder may be a FIFO
     try:
         with os.fdopen(fd, "rb") as fh:
@@ -412,7 +414,7 @@ def _open_index(p: Path, unsafe_load: bool, allow_outside: bool) -> Checkpoint:
             except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
                 _require_regular(f, label)  # names what is wrong with the path
                 inside = False
-            if not inside:
+            if not inside and not in_cache_blobs(f, p.parent):
                 raise CheckpointError(
                     f"{p.name} names shard {shorten(name)}, which lies outside {p.parent}",
                     "an index may only name files in its own folder; pass --allow-outside if "

@@ -125,7 +125,7 @@ def open_target(
         if spec is not None:
             yield trace_model(spec, seed=how.seed, meta=how.meta), ckpt
         elif is_model_folder(ckpt_path):
-            yield _from_folder(ckpt, how), ckpt
+            yield _from_folder(ckpt_path, ckpt, how), ckpt
         elif ckpt.module is None and ckpt.provenance is not None:
             yield _from_record(ckpt, how), ckpt
         else:
@@ -134,20 +134,20 @@ def open_target(
             yield None, ckpt
 
 
-def _from_folder(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
+def _from_folder(folder: Path, ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
     """The architecture a model folder's config.json describes, built as a record's model is
     (on meta first, within the same limits; with the working folder off the module path),
-    or None with a warning: the folder's tensors are still read, as a bare state dict."""
-    folder = str(ckpt.path.resolve())
+    or None with a warning: the folder's tensors are still read, as a bare state dict.
+    ``folder`` is the folder itself (``ckpt.path`` is its index when it has shards)."""
     spec = ModelSpec(
         "initscope.io.folders:from_config",
         (),
-        {"folder": folder, "trust_remote_code": how.unsafe_load},
+        {"folder": str(folder.resolve()), "trust_remote_code": how.unsafe_load},
         ckpt.path,
         how.input_shape,
     )
     with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
-        return _build_checked(spec, ckpt, how, f"{ckpt.path} is a model folder, but")
+        return _build_checked(spec, ckpt, how, f"{folder} is a model folder, but")
 
 
 def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from initscope.errors import InitScopeError, TargetError
+from initscope.errors import CheckpointError, InitScopeError, TargetError
 from initscope.io.checkpoints import CHECKPOINT_SUFFIXES, checkpoint_files
+from initscope.io.hub import is_hub_id, not_cached_hint, snapshot_folder
 from initscope.io.yamlio import did_you_mean, load_yaml, parse_scalar
 
 __all__ = [
@@ -28,9 +29,11 @@ __all__ = [
     "files_read",
     "import_ref",
     "is_checkpoint_path",
+    "is_hub_target",
     "is_spec_path",
     "load_args_file",
     "load_spec",
+    "locate",
     "parse_args",
     "resolve_target",
     "split_ref",
@@ -79,10 +82,15 @@ class TargetOptions:
     # The entry of a torch.save file that holds the state dict (a.b: obj["a"]["b"]), where
     # the usual containers are not what the file uses.
     key: str | None = None
+    # The revision of a Hugging Face id TARGET (a branch, tag or commit in the local cache;
+    # default main).
+    revision: str | None = None
 
 
 def resolve_target(target: str, how: TargetOptions) -> tuple[ModelSpec | None, Path | None]:
-    """Split TARGET and its options into (how to build the model, which weights to read)."""
+    """Split TARGET and its options into (how to build the model, which weights to read).
+    A Hugging Face id is read from its cached snapshot folder (:func:`locate`)."""
+    target = locate(target, how.revision)
     kwargs = dict(how.kwargs)
     if how.model is not None and how.spec is not None:
         raise TargetError("--model and --spec both given", "use one of them")
@@ -122,6 +130,44 @@ def resolve_target(target: str, how: TargetOptions) -> tuple[ModelSpec | None, P
             "pass the checkpoint path as TARGET, or drop --model/--spec",
         )
     return ModelSpec(target, (), kwargs, None, how.input_shape), None
+
+
+def is_hub_target(target: str) -> bool:
+    """Whether TARGET is read as a Hugging Face id: spelled as one, not an existing path (a
+    local path always wins), not a file name, and, without a ``/``, without a ``.`` either
+    (``nn.Linear`` names a class; ids without an organization have no dots)."""
+    return (
+        is_hub_id(target)
+        and not target.lower().endswith((*_FILE_SUFFIXES, *SPEC_SUFFIXES))
+        and ("/" in target or "." not in target)
+        and not Path(target).exists()
+    )
+
+
+def locate(target: str, revision: str | None = None) -> str:
+    """TARGET as the path to read: a Hugging Face id's snapshot folder in the local cache
+    (at ``revision``), anything else unchanged. An id the cache does not hold is the error
+    TARGET would give as a path or a module reference, with a hint: nothing is downloaded."""
+    if not is_hub_target(target):
+        if revision is not None:
+            raise TargetError(
+                f"--revision given, but TARGET {target!r} is not a Hugging Face id"
+                + (" (a local path wins)" if Path(target).exists() else ""),
+                "drop --revision: it picks a revision of an ORG/NAME in the local cache",
+            )
+        return target
+    snapshot = snapshot_folder(target, revision)
+    if snapshot is not None:
+        return str(snapshot)
+    if "/" in target:  # read as a path, it would be a missing file
+        raise CheckpointError(
+            f"no such file: {target}", f"check the path; {not_cached_hint(target)}"
+        )
+    raise TargetError(  # read as a module reference, it would name no attribute
+        f"{target!r} is not a model reference",
+        "write pkg.module:Class (e.g. torch.nn:Linear), or give a .yaml spec or a checkpoint; "
+        + not_cached_hint(target),
+    )
 
 
 def is_spec_path(target: str) -> bool:
@@ -430,9 +476,10 @@ def _short_name(ref: str) -> str:
 # -- what the command line gives ----------------------------------------------------------
 
 
-def check_output(output: Path, *inputs: object) -> None:
+def check_output(output: Path, *inputs: object, revision: str | None = None) -> None:
     """Check an output can be written (see output.check_writable) and refuse one that names
-    one of the command's own input files."""
+    one of the command's own input files (a Hugging Face id's: its cached snapshot's, at
+    ``revision``)."""
     from initscope.io.output import check_writable, refuse_input_files, same_file
 
     check_writable(output)
@@ -444,19 +491,25 @@ def check_output(output: Path, *inputs: object) -> None:
                 f"--output {output} is one of the inputs ({item})",
                 "write the result to another file",
             )
-    refuse_input_files(output, files_read(inputs))
+    refuse_input_files(output, files_read(inputs, revision))
 
 
-def files_read(inputs: tuple[object, ...]) -> list[Path]:
+def files_read(inputs: tuple[object, ...], revision: str | None = None) -> list[Path]:
     """The files behind the inputs, which an output must not replace either: a spec's
-    ``checkpoint:``, and the shards, index and DCP storage files behind a folder or an
-    index. A folder that cannot be opened as a checkpoint lists its checkpoint-like files:
-    the command will report the problem itself."""
+    ``checkpoint:``, the snapshot folder of a cached Hugging Face id, and the shards, index
+    and DCP storage files behind a folder or an index. A folder that cannot be opened as a
+    checkpoint lists its checkpoint-like files: the command will report the problem itself."""
     paths: list[Path] = []
     for item in inputs:
         if item is None:
             continue
         paths.append(Path(str(item)))
+        if is_hub_target(str(item)):
+            # An id the cache lacks (or holds broken) is the command's own error to report.
+            with suppress(InitScopeError, OSError):
+                snapshot = snapshot_folder(str(item), revision)
+                if snapshot is not None:
+                    paths.append(snapshot)
         if is_spec_path(str(item)) and paths[-1].is_file():
             # A broken spec (or a rules file) is the command's own error to report.
             with suppress(InitScopeError, OSError, ValueError):

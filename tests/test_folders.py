@@ -102,6 +102,24 @@ def test_keys_transformers_renames_at_load_are_matched(
     assert big and all(p["matches_default"] for p in big)
 
 
+def test_a_sharded_model_folder_is_built_from_its_config(runner: CliRunner, tmp_path: Path) -> None:
+    # save_pretrained with max_shard_size writes an index and several files: the checkpoint
+    # is read through the index, the model from the folder's config.json beside it.
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    folder = tmp_path / "sharded"
+    transformers.BertModel(config).save_pretrained(folder, max_shard_size="20KB")
+    assert len(list(folder.glob("*.safetensors"))) > 2
+    result = runner.invoke(app, ["report", str(folder), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "bare state dict" not in result.stderr
+    params = _report(runner, str(folder))
+    assert all(p["matches_default"] is True for p in params.values())
+
+
 def test_code_a_config_points_to_never_runs(runner: CliRunner, tmp_path: Path) -> None:
     folder = _bert(tmp_path)
     marker = tmp_path / "ran"

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from initscope.io.targets import (
     resolve_target,
     split_ref,
 )
+from initscope.io.yamlio import shorten
 from initscope.knowledge.distributions import Distribution
 from initscope.knowledge.tracing import DefaultInit, InitCall, InitTracer
 
@@ -123,7 +124,7 @@ def open_target(
         ckpt_path, unsafe_load=how.unsafe_load, allow_outside=how.allow_outside, key=how.key
     ) as ckpt:
         if spec is not None:
-            yield trace_model(spec, seed=how.seed, meta=how.meta), ckpt
+            yield _named_model(spec, ckpt, how), ckpt
         elif is_model_folder(ckpt_path):
             yield _from_folder(ckpt_path, ckpt, how), ckpt
         elif ckpt.module is None and ckpt.provenance is not None:
@@ -132,6 +133,44 @@ def open_target(
             if is_adapter_folder(ckpt_path):
                 _warn_adapter(ckpt_path)
             yield None, ckpt
+
+
+def _named_model(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> TracedModel:
+    """The model ``--model`` names for the checkpoint. When the checkpoint's record names
+    the same class or factory, its recorded arguments are used (``--arg`` values override
+    them): naming it is what trusts the module, and the arguments, data from the file, are
+    held to a record's limits (built on meta first, the file's names and shapes, within
+    --max-memory). When they do not fit, a warning says why and ``--arg`` alone is used."""
+    call = _recorded_call(spec, ckpt, how)
+    if call is None:
+        return trace_model(spec, seed=how.seed, meta=how.meta)
+    recorded = replace(
+        spec,
+        args=call.args,
+        kwargs={**call.kwargs, **spec.kwargs},
+        example_input_shape=spec.example_input_shape or call.input_shape,
+    )
+    about = _About(
+        f"{ckpt.path}'s record gives {_named(call.ref)} its arguments, but",
+        "building it with --arg alone",
+        trusted=True,
+    )
+    traced = _build_checked(recorded, ckpt, how, about)
+    return traced or trace_model(spec, seed=how.seed, meta=how.meta)
+
+
+def _recorded_call(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> RecordedCall | None:
+    """The checkpoint's recorded call when ``--model`` names its class or factory (and no
+    ``--spec`` gives the arguments), else None."""
+    record = ckpt.provenance.model if ckpt.provenance is not None else None
+    if how.model is None or not record:
+        return None
+    call = recorded_call(record)
+    try:
+        same = call is not None and split_ref(call.ref) == split_ref(how.model)
+    except TargetError:  # a record's ref that is not a reference at all
+        same = False
+    return call if same else None
 
 
 def _from_folder(folder: Path, ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
@@ -147,7 +186,7 @@ def _from_folder(folder: Path, ckpt: Checkpoint, how: TargetOptions) -> TracedMo
         how.input_shape,
     )
     with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
-        return _build_checked(spec, ckpt, how, f"{folder} is a model folder, but")
+        return _build_checked(spec, ckpt, how, _About(f"{folder} is a model folder, but"))
 
 
 def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
@@ -159,24 +198,37 @@ def _from_record(ckpt: Checkpoint, how: TargetOptions) -> TracedModel | None:
     attribute lookup, the constructor, which may import more) runs with the working folder
     and the script's folder off the module search path."""
     assert ckpt.provenance is not None
-    with contextlib.nullcontext() if how.unsafe_load else installed_paths_only():
+    beside = _folder_of(ckpt.path)
+    with contextlib.nullcontext() if how.unsafe_load else installed_paths_only(beside):
         spec = spec_from_provenance(ckpt.provenance.model, ckpt.path, how)
         return None if spec is None else _build_checked(spec, ckpt, how)
 
 
+@dataclass(frozen=True)
+class _About:
+    """Whose description a model built from data is. ``what`` begins its warnings (default:
+    "PATH records the model that made it, but"), ``then`` says what is done instead (default:
+    the file is read as a bare state dict); ``trusted``: the user named the model's module
+    (--model), so modules are looked up as for any named target, the working folder too."""
+
+    what: str | None = None
+    then: str | None = None
+    trusted: bool = False
+
+
 def _build_checked(
-    spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions, what: str | None = None
+    spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions, about: _About = _About()
 ) -> TracedModel | None:
     """A model that data (a record, a folder's config) describes: built on meta first within
-    the limits, then for real unless --meta; None with a warning (``what`` says whose) on
+    the limits, then for real unless --meta; None with a warning (``about`` says whose) on
     any failure, so the file is read as a bare state dict."""
-    on_meta = _build_on_meta(spec, ckpt, how, what)
+    on_meta = _build_on_meta(spec, ckpt, how, about)
     if on_meta is None or how.meta:
         return on_meta
     try:
-        return trace_model(spec, seed=how.seed, search_cwd=how.unsafe_load)
+        return trace_model(spec, seed=how.seed, search_cwd=how.unsafe_load or about.trusted)
     except Exception as exc:
-        _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300], what)
+        _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300], about)
         return None
 
 
@@ -195,18 +247,19 @@ def _warn_adapter(path: Path) -> None:
     )
 
 
-def _warn_bare(path: Path, why: str, what: str | None = None) -> None:
-    what = what or f"{path} records the model that made it, but"
-    warnings.warn(
-        InitScopeWarning(
-            f"{what} {why}; reading it as a bare state dict (pass --model or --spec to use a model)"
-        ),
-        stacklevel=3,
-    )
+def _warn_bare(
+    path: Path,
+    why: str,
+    about: _About = _About(),
+    fix: str = "pass --model or --spec to use a model",
+) -> None:
+    what = about.what or f"{path} records the model that made it, but"
+    then = about.then or f"reading it as a bare state dict ({fix})"
+    warnings.warn(InitScopeWarning(f"{what} {why}; {then}"), stacklevel=3)
 
 
 def _build_on_meta(
-    spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions, what: str | None = None
+    spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions, about: _About = _About()
 ) -> TracedModel | None:
     """The recorded model built on the meta device (no memory for weights, so a record
     asking for a huge model costs nothing), or None with a warning unless the build stays
@@ -216,12 +269,15 @@ def _build_on_meta(
     limits = _RecordLimits(len(ckpt.infos), how.max_memory)
     try:
         with limits.active():
-            traced = trace_model(spec, seed=how.seed, meta=True, search_cwd=how.unsafe_load)
+            traced = trace_model(
+                spec, seed=how.seed, meta=True, search_cwd=how.unsafe_load or about.trusted
+            )
     except _OverLimit as exc:
-        _warn_bare(ckpt.path, f"building it on the meta device {exc}", what)
+        _warn_bare(ckpt.path, f"building it on the meta device {exc}", about)
         return None
     except Exception as exc:  # a stale or foreign record: any failure means "do not use it"
-        _warn_bare(ckpt.path, f"it cannot be built here ({type(exc).__name__}: {exc})"[:300], what)
+        why = f"it cannot be built here ({type(exc).__name__}: {exc})"[:300]
+        _warn_bare(ckpt.path, why, about)
         return None
     state = traced.model.state_dict()
     keys = model_keys(traced.model, ckpt)
@@ -229,7 +285,7 @@ def _build_on_meta(
     if any(have.get(n) != tuple(t.shape) for n, t in state.items() if n in have) or not (
         set(have) <= set(state)
     ):
-        _warn_bare(ckpt.path, "its names or shapes do not match the file's", what)
+        _warn_bare(ckpt.path, "its names or shapes do not match the file's", about)
         return None
     tensors = [*traced.model.parameters(), *traced.model.buffers()]
     need = sum(t.numel() * t.element_size() for t in tensors) + limits.forward_bytes
@@ -237,13 +293,13 @@ def _build_on_meta(
         # _materialize's torch.randn input, made before the forward pass.
         need += math.prod(spec.example_input_shape) * torch.get_default_dtype().itemsize
     if not how.meta and need > how.max_memory:
-        what = " with the forward pass that sizes its Lazy modules" if limits.ran_forward else ""
+        lazy = " with the forward pass that sizes its Lazy modules" if limits.ran_forward else ""
         _warn_bare(
             ckpt.path,
-            f"it takes {need / 2**30:.2f} GiB{what}, over --max-memory "
+            f"it takes {need / 2**30:.2f} GiB{lazy}, over --max-memory "
             f"({how.max_memory / 2**30:.2f} GiB; raise it, or add --meta for defaults without "
             "weights)",
-            what,
+            about,
         )
         return None
     return traced
@@ -399,7 +455,7 @@ def _resident_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
-def record_import_problem(module: str) -> str | None:
+def record_import_problem(module: str, *beside: str | os.PathLike[str]) -> str | None:
     """Why importing ``module`` for a provenance record could run code nobody chose, or None
     when it may be imported.
 
@@ -411,22 +467,40 @@ def record_import_problem(module: str) -> str | None:
     import), a standard-library module not yet imported (``antigravity`` opens a browser), or
     a file beside the checkpoint — a namespace package such as ``mpl_toolkits`` would take
     ``./mpl_toolkits/x.py`` from the working folder, and a package that extends its
-    ``__path__`` (``pkgutil.extend_path``) ``./pkg/x.py``.
+    ``__path__`` (``pkgutil.extend_path``) ``./pkg/x.py``. The folders ``beside`` (the
+    checkpoint's) are off the search path too.
     """
+    refusal = _import_refusal(module, *beside)
+    return None if refusal is None else refusal.message
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why a record's module is not imported; ``installed``: whether its top-level package
+    is installed (when not, the module is usually the user's own, beside their files)."""
+
+    message: str
+    installed: bool = True
+
+
+def _import_refusal(module: str, *beside: str | os.PathLike[str]) -> _Refusal | None:
+    """:func:`record_import_problem`, with whether the top-level package is installed."""
     import importlib.util
     from importlib.metadata import packages_distributions
 
     parts = module.split(".")
     if not all(p.isidentifier() for p in parts):
-        return f"{module!r} is not a module name"
+        return _Refusal(f"{module!r} is not a module name", installed=False)
     if "__main__" in parts:
-        return f"{module} is a __main__ module (importing it runs a program)"
+        return _Refusal(f"{module} is a __main__ module (importing it runs a program)")
     if module in sys.modules and getattr(sys.modules[module], "__file__", None):
         return None
-    if parts[0] not in packages_distributions():
-        return f"{parts[0]} is not an installed package"
     namespace = "is a namespace package (its modules may come from any folder)"
-    with installed_paths_only():
+    with installed_paths_only(*beside):
+        # The distributions found on the search path without those folders: a *.dist-info
+        # beside a downloaded file does not make its module installed.
+        if parts[0] not in packages_distributions():
+            return _Refusal(f"{parts[0]} is not an installed package", installed=False)
         package_folder = ""
         for i in range(1, len(parts) + 1):
             name = ".".join(parts[:i])
@@ -437,24 +511,25 @@ def record_import_problem(module: str) -> str | None:
                 try:
                     spec = importlib.util.find_spec(name)  # imports the (checked) parents
                 except Exception as exc:  # a parent's own code may raise anything
-                    return f"{name} cannot be found ({type(exc).__name__}: {exc})"[:300]
+                    return _Refusal(f"{name} cannot be found ({type(exc).__name__}: {exc})"[:300])
                 if spec is None:
-                    return f"{name} cannot be found"
+                    return _Refusal(f"{name} cannot be found")
                 origin = spec.origin
             if not isinstance(origin, str) or not os.path.isfile(origin):
-                return f"{name} {namespace}"
+                return _Refusal(f"{name} {namespace}")
             origin = os.path.realpath(origin)
             if i == 1:
                 package_folder = os.path.dirname(origin)
             elif os.path.commonpath([package_folder, origin]) != package_folder:
-                return f"{name} lies outside its package's folder ({origin})"
+                return _Refusal(f"{name} lies outside its package's folder ({origin})")
     return None
 
 
 @contextmanager
-def installed_paths_only() -> Iterator[None]:
-    """sys.path without the working folder (``''`` under ``python -m``) and the running
-    script's folder, for imports that data from a file leads to.
+def installed_paths_only(*beside: str | os.PathLike[str]) -> Iterator[None]:
+    """sys.path without the working folder (``''`` under ``python -m``), the running
+    script's folder and the folders ``beside`` (a checkpoint's), for imports that data from
+    a file leads to.
 
     The working folder stays only when a ``.pth`` file of site-packages names it: the root
     of a project installed in editable mode with a flat layout (``pip install -e .``), which
@@ -462,7 +537,7 @@ def installed_paths_only() -> Iterator[None]:
     of downloaded files may hold any ``.py``. (A src layout, or setuptools' editable finder,
     never needs the working folder.)"""
     cwd = os.path.realpath(os.getcwd())
-    here = {cwd}
+    here = {cwd, *(os.path.realpath(folder) for folder in beside)}
     if sys.argv and sys.argv[0]:
         here.add(os.path.dirname(os.path.realpath(sys.argv[0])))
     installed = _pth_folders() & here
@@ -523,17 +598,13 @@ def spec_from_provenance(
     Safety: the record is data from a file. Only a reference to an ``nn.Module`` subclass
     is constructed, with plain-data arguments (no nested ``model:`` specs, which would call
     other factories); anything else is ignored and the file is read as a bare state dict.
+    A module only the working folder (or the checkpoint's) holds is never imported for a
+    record: the warning says to name it with ``--model``, which trusts it.
     """
     if not record:
         return None
-    ref, args, kwargs = record.get("ref"), record.get("args", []), record.get("kwargs", {})
-    if (
-        not isinstance(ref, str)
-        or not isinstance(args, list)
-        or not isinstance(kwargs, dict)
-        or _has_nested_spec(args)
-        or _has_nested_spec(kwargs)
-    ):
+    call = recorded_call(record)
+    if call is None:
         warnings.warn(
             InitScopeWarning(
                 f"{path} records a model initscope will not rebuild from a file; reading it "
@@ -542,17 +613,33 @@ def spec_from_provenance(
             stacklevel=2,
         )
         return None
+    ref = call.ref
+    trust = f"pass --model {_named(ref)} to trust it"
     # Importing a module runs its code. Without --unsafe-load only installed packages are
     # imported for a record (not a .py beside the file, nor the record's base_dir).
     base_dir: Path | None = None
     if how.unsafe_load:
         base_dir = _record_base_dir(record.get("base_dir"))
-    elif (problem := _record_import_refusal(ref)) is not None:
-        _warn_bare(
-            path,
-            f"{problem}: importing it would run code the record names (--unsafe-load "
-            "trusts the record)",
-        )
+    elif (refusal := _record_import_refusal(ref, _folder_of(path))) is not None:
+        # The user's own module, beside their files (an installed package's modules that
+        # only a local folder holds are refused for what they are: a namespace package's).
+        where = None if refusal.installed else _local_module(ref, path, record.get("base_dir"))
+        if where is not None:
+            warnings.warn(
+                InitScopeWarning(
+                    f"{path}'s record names {_named(ref)}, a module "
+                    f"{where}; initscope does not import it from a record; {trust} (reading "
+                    "it as a bare state dict)"
+                ),
+                stacklevel=2,
+            )
+        else:
+            _warn_bare(
+                path,
+                f"{refusal.message}: importing it would run code the record names (--unsafe-load "
+                "trusts the record)",
+                fix=trust,
+            )
         return None
     imported = _import_record_ref(ref, base_dir, how)
     if imported.failure is not None:
@@ -560,18 +647,90 @@ def spec_from_provenance(
         return None
     factory = imported.factory
     if not (isinstance(factory, type) and issubclass(factory, torch.nn.Module)):
+        # A function of an installed package called with arguments from a file could do
+        # anything (subprocess:run); only a class that builds a model is called for a record.
         warnings.warn(
             InitScopeWarning(
-                f"{path} records {ref}, which is not an nn.Module class; reading it as a "
-                "bare state dict"
+                f"{path} records {_named(ref)}, which is not an nn.Module "
+                f"class; reading it as a bare state dict (a record builds only nn.Module "
+                f"classes; {trust})"
             ),
             stacklevel=2,
         )
         return None
-    input_shape = _record_input_shape(record.get("input_shape"))
     return ModelSpec(
-        ref, tuple(args), {**kwargs, **how.kwargs}, path, how.input_shape or input_shape, base_dir
+        ref,
+        call.args,
+        {**call.kwargs, **how.kwargs},
+        path,
+        how.input_shape or call.input_shape,
+        base_dir,
     )
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """The call a provenance record says built the model: ``ref(*args, **kwargs)``, and the
+    input shape that sized its Lazy modules."""
+
+    ref: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    input_shape: tuple[int, ...] | None
+
+
+def recorded_call(record: Mapping[str, object]) -> RecordedCall | None:
+    """The record's call when it is one initscope may make: a reference and plain-data
+    arguments (no nested ``model:`` spec, which would call another factory); else None."""
+    ref, args, kwargs = record.get("ref"), record.get("args", []), record.get("kwargs", {})
+    if (
+        not isinstance(ref, str)
+        or not isinstance(args, list)
+        or not isinstance(kwargs, dict)
+        or _has_nested_spec(args)
+        or _has_nested_spec(kwargs)
+    ):
+        return None
+    return RecordedCall(
+        ref,
+        tuple(args),
+        {str(k): v for k, v in kwargs.items()},
+        _record_input_shape(record.get("input_shape")),
+    )
+
+
+def _named(text: str) -> str:
+    """A name from a record as written, or shortened when it is long."""
+    return text if len(text) <= 200 and text.isprintable() else shorten(text, 200)
+
+
+def _folder_of(path: Path) -> Path:
+    """The folder a checkpoint lies in (itself for a folder of shards)."""
+    return path if path.is_dir() else path.parent
+
+
+def _local_module(ref: str, path: Path, base_dir: object) -> str | None:
+    """Where the module of the record's ``ref`` lies when a folder that is never searched for
+    a record holds it — "in the working folder", "beside out.pt", or in the record's
+    ``base_dir`` (a spec's folder) — found by looking at file names only, never importing."""
+    try:
+        top = split_ref(ref)[0].split(".")[0]
+    except TargetError:
+        return None
+    if not top.isidentifier():
+        return None
+    folders: list[tuple[object, str]] = [
+        (os.getcwd(), "in the working folder"),
+        (_folder_of(path), f"beside {path}"),
+        (base_dir, f"in {_named(str(base_dir))}"),
+    ]
+    for folder, where in folders:
+        if not isinstance(folder, str | os.PathLike):
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            if (Path(folder) / f"{top}.py").is_file() or (Path(folder) / top).is_dir():
+                return where
+    return None
 
 
 def _record_base_dir(base: object) -> Path | None:
@@ -582,13 +741,14 @@ def _record_base_dir(base: object) -> Path | None:
     return None
 
 
-def _record_import_refusal(ref: str) -> str | None:
+def _record_import_refusal(ref: str, beside: Path) -> _Refusal | None:
     """Why the module of the record's ``ref`` may not be imported without --unsafe-load
-    (see :func:`record_import_problem`), or None when it may."""
+    (see :func:`record_import_problem`; ``beside``: the checkpoint's folder), or None when it
+    may."""
     try:
-        return record_import_problem(split_ref(ref)[0])
+        return _import_refusal(split_ref(ref)[0], beside)
     except TargetError as exc:
-        return exc.message
+        return _Refusal(exc.message, installed=False)
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,41 @@ def test_record_import_rules() -> None:
     assert "not a module name" in (record_import_problem("os;rm") or "")
 
 
+def test_a_dist_info_in_the_working_folder_does_not_install_its_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runner: CliRunner
+) -> None:
+    # A downloaded folder may hold a module with a *.dist-info claiming it: distributions are
+    # looked up with the working folder (and the checkpoint's) off the path too.
+    marker = tmp_path / "MARKER"
+    (tmp_path / "initscope_dist_evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "import torch\nclass M(torch.nn.Linear):\n    pass\n"
+    )
+    dist = tmp_path / "initscope_dist_evil-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: initscope_dist_evil\nVersion: 1.0\n"
+    )
+    (dist / "top_level.txt").write_text("initscope_dist_evil\n")
+    _recorded(tmp_path / "d.safetensors", "initscope_dist_evil:M")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as `python -m initscope` would have it
+    result = runner.invoke(app, ["report", "d.safetensors"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "d.safetensors's record names initscope_dist_evil:M, a module in the working folder; "
+        "initscope does not import it from a record; pass --model initscope_dist_evil:M to "
+        "trust it"
+    ) in result.stderr
+    assert not marker.exists()
+    assert "initscope_dist_evil" not in sys.modules
+    from initscope.io.models import record_import_problem
+
+    assert record_import_problem("initscope_dist_evil") == (
+        "initscope_dist_evil is not an installed package"
+    )
+
+
 def test_a_submodule_outside_its_packages_folder_is_not_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -35,7 +35,7 @@ def test_a_record_naming_a_module_beside_the_file_does_not_run_it(
     path = tmp_path / "crafted.safetensors"
     write_safetensors(path, {"w": torch.zeros(2, 2)}, {METADATA_KEY: record.to_json()})
     monkeypatch.chdir(tmp_path)  # the module is importable from here, too
-    with pytest.warns(UserWarning, match="not an installed package"):
+    with pytest.warns(UserWarning, match="a module in the working folder; initscope does not"):
         report = build_report(str(path))
     assert not report.has_model
     assert not (tmp_path / "PWNED").exists()

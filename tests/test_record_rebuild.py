@@ -100,7 +100,7 @@ def test_an_installed_modules_record_rebuilds_the_model(
 
 
 @pytest.mark.usefixtures("forget_modules")
-def test_a_recorded_factory_is_called_only_when_named(
+def test_a_recorded_factory_is_called_only_when_named_and_never_with_the_files_arguments(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _installed(tmp_path, monkeypatch, "recpkg_factory")
@@ -111,13 +111,41 @@ def test_a_recorded_factory_is_called_only_when_named(
     assert result.exit_code == 0, result.output
     assert (
         f"{out} records recpkg_factory.models:make_net, which is not an nn.Module class; "
-        "reading it as a bare state dict (a record builds only nn.Module classes; pass "
-        "--model recpkg_factory.models:make_net to trust it)"
+        "reading it as a bare state dict"
     ) in result.stderr
-    # Named, it is trusted, and built with the record's arguments (hidden=6).
-    params = _params(runner, str(out), "--model", "recpkg_factory.models:make_net")
+    # Named, the factory is trusted; its arguments from the file are shown, not passed (a
+    # record naming subprocess:run would otherwise run what it says).
+    ref = "recpkg_factory.models:make_net"
+    result = runner.invoke(app, ["report", str(out), "--model", ref, "-q"])
+    assert result.exit_code == 2
+    assert (
+        f"{out}'s record calls {ref} with hidden=6; initscope passes a record's arguments "
+        "only to an nn.Module class: give the ones you trust with --arg name=value"
+    ) in result.stderr
+    params = _params(runner, str(out), "--model", ref, "--arg", "hidden=6")
     assert params["fc.weight"]["shape"] == [6, 4]
     assert all(p["default"] is not None for p in params.values())
+
+
+def test_a_named_function_never_gets_a_records_arguments(runner: CliRunner, tmp_path: Path) -> None:
+    import torch
+
+    from initscope.io.saving import METADATA_KEY, Provenance, write_safetensors
+
+    marker = tmp_path / "RAN"
+    record = Provenance(
+        "0", model={"ref": "subprocess:run", "args": [["touch", str(marker)]], "kwargs": {}}
+    )
+    out = tmp_path / "crafted.safetensors"
+    write_safetensors(out, {"w": torch.zeros(2)}, {METADATA_KEY: record.to_json()})
+    result = runner.invoke(app, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "which is not an nn.Module class" in result.stderr
+    assert "--model subprocess:run" not in result.stderr  # never advised
+    result = runner.invoke(app, ["report", str(out), "--model", "subprocess:run"])
+    assert result.exit_code == 2
+    assert "initscope passes a record's arguments only to an nn.Module class" in result.stderr
+    assert not marker.exists()
 
 
 @pytest.mark.usefixtures("forget_modules")

@@ -137,12 +137,29 @@ def open_target(
 
 def _named_model(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> TracedModel:
     """The model ``--model`` names for the checkpoint. When the checkpoint's record names
-    the same class or factory, its recorded arguments are used (``--arg`` values override
-    them): naming it is what trusts the module, and the arguments, data from the file, are
-    held to a record's limits (built on meta first, the file's names and shapes, within
-    --max-memory). When they do not fit, a warning says why and ``--arg`` alone is used."""
+    the same ``nn.Module`` class, its recorded arguments are used (``--arg`` values override
+    them): naming the class is what trusts its module, and the arguments, data from the
+    file, are held to a record's limits (built on meta first, the file's names and shapes,
+    within --max-memory); when they do not fit, a warning says why and ``--arg`` alone is
+    used. A factory (a function) never gets arguments from a file: one named
+    ``subprocess:run`` would run what the record says; a warning shows them instead."""
     call = _recorded_call(spec, ckpt, how)
     if call is None:
+        return trace_model(spec, seed=how.seed, meta=how.meta)
+    factory = import_ref(spec.ref, spec.base_dir)
+    if not (isinstance(factory, type) and issubclass(factory, torch.nn.Module)):
+        if call.args or call.kwargs:
+            given = [shorten(a, 60) for a in call.args] + [
+                f"{k}={shorten(v, 60)}" for k, v in call.kwargs.items()
+            ]
+            warnings.warn(
+                InitScopeWarning(
+                    f"{ckpt.path}'s record calls {_named(call.ref)} with "
+                    f"{_named(', '.join(given))}; initscope passes a record's arguments only "
+                    "to an nn.Module class: give the ones you trust with --arg name=value"
+                ),
+                stacklevel=3,
+            )
         return trace_model(spec, seed=how.seed, meta=how.meta)
     recorded = replace(
         spec,
@@ -159,13 +176,13 @@ def _named_model(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> Trace
     return traced or trace_model(spec, seed=how.seed, meta=how.meta)
 
 
-def _recorded_call(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> RecordedCall | None:
+def _recorded_call(spec: ModelSpec, ckpt: Checkpoint, how: TargetOptions) -> _RecordedCall | None:
     """The checkpoint's recorded call when ``--model`` names its class or factory (and no
     ``--spec`` gives the arguments), else None."""
     record = ckpt.provenance.model if ckpt.provenance is not None else None
     if how.model is None or not record:
         return None
-    call = recorded_call(record)
+    call = _call_of(record)
     try:
         same = call is not None and split_ref(call.ref) == split_ref(how.model)
     except TargetError:  # a record's ref that is not a reference at all
@@ -247,14 +264,9 @@ def _warn_adapter(path: Path) -> None:
     )
 
 
-def _warn_bare(
-    path: Path,
-    why: str,
-    about: _About = _About(),
-    fix: str = "pass --model or --spec to use a model",
-) -> None:
+def _warn_bare(path: Path, why: str, about: _About = _About()) -> None:
     what = about.what or f"{path} records the model that made it, but"
-    then = about.then or f"reading it as a bare state dict ({fix})"
+    then = about.then or "reading it as a bare state dict (pass --model or --spec to use a model)"
     warnings.warn(InitScopeWarning(f"{what} {why}; {then}"), stacklevel=3)
 
 
@@ -603,7 +615,7 @@ def spec_from_provenance(
     """
     if not record:
         return None
-    call = recorded_call(record)
+    call = _call_of(record)
     if call is None:
         warnings.warn(
             InitScopeWarning(
@@ -614,7 +626,6 @@ def spec_from_provenance(
         )
         return None
     ref = call.ref
-    trust = f"pass --model {_named(ref)} to trust it"
     # Importing a module runs its code. Without --unsafe-load only installed packages are
     # imported for a record (not a .py beside the file, nor the record's base_dir).
     base_dir: Path | None = None
@@ -627,9 +638,9 @@ def spec_from_provenance(
         if where is not None:
             warnings.warn(
                 InitScopeWarning(
-                    f"{path}'s record names {_named(ref)}, a module "
-                    f"{where}; initscope does not import it from a record; {trust} (reading "
-                    "it as a bare state dict)"
+                    f"{path}'s record names {_named(ref)}, a module {where}; initscope does "
+                    f"not import it from a record; pass --model {_named(ref)} to trust it "
+                    "(reading it as a bare state dict)"
                 ),
                 stacklevel=2,
             )
@@ -638,7 +649,6 @@ def spec_from_provenance(
                 path,
                 f"{refusal.message}: importing it would run code the record names (--unsafe-load "
                 "trusts the record)",
-                fix=trust,
             )
         return None
     imported = _import_record_ref(ref, base_dir, how)
@@ -651,9 +661,9 @@ def spec_from_provenance(
         # anything (subprocess:run); only a class that builds a model is called for a record.
         warnings.warn(
             InitScopeWarning(
-                f"{path} records {_named(ref)}, which is not an nn.Module "
-                f"class; reading it as a bare state dict (a record builds only nn.Module "
-                f"classes; {trust})"
+                f"{path} records {_named(ref)}, which is not an nn.Module class; reading it "
+                "as a bare state dict (a record builds only nn.Module classes; pass --model "
+                "or --spec to use a model)"
             ),
             stacklevel=2,
         )
@@ -669,7 +679,7 @@ def spec_from_provenance(
 
 
 @dataclass(frozen=True)
-class RecordedCall:
+class _RecordedCall:
     """The call a provenance record says built the model: ``ref(*args, **kwargs)``, and the
     input shape that sized its Lazy modules."""
 
@@ -679,7 +689,7 @@ class RecordedCall:
     input_shape: tuple[int, ...] | None
 
 
-def recorded_call(record: Mapping[str, object]) -> RecordedCall | None:
+def _call_of(record: Mapping[str, object]) -> _RecordedCall | None:
     """The record's call when it is one initscope may make: a reference and plain-data
     arguments (no nested ``model:`` spec, which would call another factory); else None."""
     ref, args, kwargs = record.get("ref"), record.get("args", []), record.get("kwargs", {})
@@ -691,7 +701,7 @@ def recorded_call(record: Mapping[str, object]) -> RecordedCall | None:
         or _has_nested_spec(kwargs)
     ):
         return None
-    return RecordedCall(
+    return _RecordedCall(
         ref,
         tuple(args),
         {str(k): v for k, v in kwargs.items()},

@@ -12,6 +12,8 @@ shape of "a file outside its folder" initscope accepts without ``--allow-outside
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import re
 from pathlib import Path
@@ -112,9 +114,7 @@ def _commit(repo: Path, repo_id: str, revision: str) -> str:
         )
     ref = repo / "refs" / revision
     if not ref.exists():
-        held = sorted(p.name for p in (repo / "snapshots").glob("*") if _COMMIT.fullmatch(p.name))[
-            :5
-        ]
+        held = _cached_commits(repo)
         raise TargetError(
             f"the Hugging Face cache holds {repo_id} but not its revision {revision!r} "
             f"(no refs/{revision})",
@@ -137,6 +137,15 @@ def _commit(repo: Path, repo_id: str, revision: str) -> str:
             f"download it again: hf download {repo_id}",
         )
     return commit
+
+
+def _cached_commits(repo: Path, most: int = 5) -> list[str]:
+    """The first few commits whose snapshots the cache holds (of at most
+    MAX_SNAPSHOT_ENTRIES looked at)."""
+    with contextlib.suppress(OSError), os.scandir(repo / "snapshots") as entries:
+        names = [e.name for e in itertools.islice(entries, MAX_SNAPSHOT_ENTRIES)]
+        return sorted(n for n in names if _COMMIT.fullmatch(n))[:most]
+    return []
 
 
 def _check_snapshot(snapshot: Path, repo_id: str) -> None:

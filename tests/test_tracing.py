@@ -300,7 +300,18 @@ def test_in_place_arithmetic_keeps_its_operands() -> None:
     assert w.distribution.high == pytest.approx(0.25) and w.distribution.low == pytest.approx(-0.25)
     b = tracer.resolve(lin.bias)
     assert b is not None and b.then[0].args == {"min": -0.1, "max": 0.1}
-    assert b.distribution.family is Family.CUSTOM
+    # A clamp inside U(±0.5) leaves atoms at ±0.1: no family, a derived default.
+    assert b.distribution.family is Family.DERIVED
+    assert b.label() == "derived: clamp(U(±0.5), min=-0.1, max=0.1)"
+
+
+def test_an_op_with_an_untraced_operand_is_custom() -> None:
+    with InitTracer() as tracer:
+        lin = nn.Linear(4, 4)
+        lin.bias.data.add_(torch.randperm(4).float())  # randperm: a draw nothing models
+    b = tracer.resolve(lin.bias)
+    assert b is not None and [c.name for c in b.then] == ["add_"]
+    assert b.distribution.family is Family.CUSTOM and b.recipe is None
 
 
 def test_every_init_function_is_traced_on_meta_as_on_cpu() -> None:

@@ -301,7 +301,7 @@ def expected_label(entry: PlanEntry, expected: DefaultInit) -> str:
     """How a violation names the expectation: the rule's init, or the default's call."""
     if entry.action is Action.INIT:
         return entry.describe()
-    return f"its default {expected.call.signature()} → {expected.distribution.label()}"
+    return f"its default {expected.call.signature()} → {expected.label()}"
 
 
 def _check_expect(
@@ -337,7 +337,7 @@ def _check_expect(
                 )
             )
         else:
-            label = f"{check.follows_text} → {expected.distribution.label()}"
+            label = f"{check.follows_text} → {expected.label()}"
             v, inconclusive = _follows(t, expected, label, src, alpha)
             if v is not None:
                 out.append(v)

@@ -38,6 +38,10 @@ class Family(str, Enum):
     # Values computed without drawing (torch.arange, torch.tensor, log/exp of them): known
     # exactly to the model's code, no distribution to test a tensor against.
     DETERMINISTIC = "deterministic"
+    # Values a chain of elementwise ops made from a draw, in no family above (Mamba's
+    # time-step bias: the inverse softplus of a log-uniform): known by its recipe, and
+    # tested against a probe of it (initscope.knowledge.recipes).
+    DERIVED = "derived"
     CUSTOM = "custom"
 
     def __str__(self) -> str:
@@ -50,6 +54,11 @@ def _phi(x: float) -> float:
 
 def _Phi(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / _SQRT2))
+
+
+def _x_phi(x: float) -> float:
+    """x·φ(x), 0 at ±inf (a one-sided truncation)."""
+    return x * _phi(x) if math.isfinite(x) else 0.0
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ class Distribution:
         if z <= 0:
             return cls(Family.TRUNC_NORMAL, loc=loc, scale=scale, low=low, high=high)
         d = (_phi(alpha) - _phi(beta)) / z
-        var = scale**2 * (1 + (alpha * _phi(alpha) - beta * _phi(beta)) / z - d * d)
+        var = scale**2 * (1 + (_x_phi(alpha) - _x_phi(beta)) / z - d * d)
         return cls(
             Family.TRUNC_NORMAL,
             mean=loc + scale * d,
@@ -149,6 +158,11 @@ class Distribution:
     def deterministic(cls) -> Distribution:
         return cls(Family.DETERMINISTIC)
 
+    @classmethod
+    def derived(cls, mean: float | None = None, std: float | None = None) -> Distribution:
+        """A chain's values; ``mean``/``std`` those of its probe, when it has one."""
+        return cls(Family.DERIVED, mean=mean, std=std)
+
     # -- transforms (for in-place arithmetic after the init call) ------------------------
     def scaled(self, factor: float) -> Distribution | None:
         """The distribution of ``factor * X``, or None when the family cannot express it."""
@@ -164,14 +178,13 @@ class Distribution:
             return Distribution.constant(self.value * f)
         if (
             self.family is Family.TRUNC_NORMAL
-            and f > 0
+            and f != 0
             and None not in (self.loc, self.scale, self.low, self.high)
         ):
             assert self.loc is not None and self.scale is not None
             assert self.low is not None and self.high is not None
-            return Distribution.trunc_normal(
-                self.loc * f, self.scale * f, self.low * f, self.high * f
-            )
+            low, high = sorted((self.low * f, self.high * f))
+            return Distribution.trunc_normal(self.loc * f, self.scale * abs(f), low, high)
         if self.family is Family.ORTHOGONAL and self.gain is not None and self.std is not None:
             return replace(self, gain=self.gain * f, std=self.std * abs(f))
         return None
@@ -186,6 +199,14 @@ class Distribution:
             return Distribution.normal(self.loc + offset, self.scale)
         if self.family is Family.CONSTANT and self.value is not None:
             return Distribution.constant(self.value + offset)
+        if self.family is Family.TRUNC_NORMAL and None not in (
+            self.loc, self.scale, self.low, self.high
+        ):  # fmt: skip
+            assert self.loc is not None and self.scale is not None
+            assert self.low is not None and self.high is not None
+            return Distribution.trunc_normal(
+                self.loc + offset, self.scale, self.low + offset, self.high + offset
+            )
         return None
 
     # -- CDFs ----------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def _from_default(p: ParameterReport) -> Expected:
         return Expected(None, f"{short_call(d)}: no distribution", "default", None)
     return Expected(
         d.distribution,
-        f"{short_call(d)} → {d.distribution.label()}",
+        f"{short_call(d)} → {d.label()}",
         "default",
         p.matches_default,
     )

@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 from initscope.knowledge.distributions import Distribution, Family
-from initscope.knowledge.goodness import ks_test
+from initscope.knowledge.goodness import ks_test, ks_two_sample
+from initscope.knowledge.recipes import probe_stats, replay
 from initscope.knowledge.tracing import DefaultInit, fans
 from initscope.stats import fused
 from initscope.stats.fused import Lines
@@ -550,18 +551,22 @@ def identify_stats(
     """:func:`identify` from finished statistics and the sample (``values``), as a report
     holds them."""
     known_default = default.distribution if default is not None and default.is_known else None
+    stored = tensor.dtype if tensor is not None else dtype
     if known_default is not None and known_default.family is Family.DETERMINISTIC:
-        # Values the code computed: what they look like is said, whether they are the
-        # default is not (that needs the values themselves, not a distribution).
+        # Values the code computed: what they look like is said, and whether they are the
+        # values its recipe computes again (None when there is no recipe to replay).
+        assert default is not None
         found = identify_stats(
             s, values, shape, None, tensor, alpha, structure=structure, dtype=dtype
         )
-        return Identification(found.fit, None, found.structure)
+        return Identification(
+            found.fit, _equals_replay(default, s, values, stored), found.structure
+        )
     sample = _Sample(values)
     degenerate = _degenerate(s, known_default)
     if degenerate is not None:
         return degenerate
-    eps = _resolution(tensor if tensor is not None else dtype)
+    eps = _resolution(stored)
     if structure is None and tensor is not None:
         structure = structure_of(tensor)
     exact = _by_pattern(s, values, shape, known_default, eps, alpha)
@@ -571,7 +576,15 @@ def identify_stats(
     if structured is not None:
         return structured
     matches_default: bool | None = None
-    if known_default is not None and known_default.is_continuous:
+    if known_default is not None and known_default.family is Family.DERIVED:
+        assert default is not None
+        p_probe = _p_probe(default, s, sample, stored)
+        if p_probe is not None and p_probe > alpha:
+            assert s.mean is not None and s.std is not None  # a probe p-value needs both
+            fit = Fit(default.label(), Family.DERIVED, {"mean": s.mean, "std": s.std}, p_probe)
+            return Identification(fit, True, structure)
+        matches_default = None if p_probe is None else False
+    elif known_default is not None and known_default.is_continuous:
         p = _p_candidate(known_default, s, sample, eps)
         matches_default = p > alpha
         if matches_default:
@@ -581,13 +594,83 @@ def identify_stats(
                 True,
                 structure,
             )
-    elif known_default is not None and known_default.family is not Family.DETERMINISTIC:
+    elif known_default is not None:
         matches_default = False  # a constant/structured default, and the values are neither
     best = _best_candidate(shape, s, sample, eps, alpha)
     if best is None:
         return Identification(Fit("unknown", None), matches_default, structure)
     p, label, d = best
     return Identification(Fit(label, d.family, _estimate(d, s), p), matches_default, structure)
+
+
+def _p_probe(
+    default: DefaultInit, s: TensorStats, sample: _Sample, dtype: torch.dtype | None
+) -> float | None:
+    """The Bonferroni-combined p-value of the values against a probe of a derived default
+    (PROBE_SIZE draws replayed through its recipe): the two-sample KS test on the sample
+    (shape), and z-tests of the whole tensor's mean and variance whose spread counts both
+    the tensor's and the probe's (scale). None when the recipe gives no probe."""
+    reference = probe_stats(default.recipe) if default.recipe is not None else None
+    if reference is None or s.mean is None or s.std is None or not sample.size:
+        return None
+    probe = reference.sorted
+    if dtype is not None and dtype.is_floating_point and dtype != torch.float64:
+        probe = probe.to(dtype).to(torch.float64)  # the stored values' rounding, order kept
+    p_shape = ks_two_sample(sample.sorted, probe).p_value
+    n, m = s.numel, probe.numel()
+    var = reference.std**2
+    p_mean = _z_p((s.mean - reference.mean) / math.sqrt(var / n + var / m)) if var > 0 else 1.0
+    spread = math.sqrt(max(reference.m4 - var * var, 1e-300) * (1 / n + 1 / m))
+    p_var = _z_p((s.std**2 - var) / spread)
+    ps = [p if math.isfinite(p) else 0.0 for p in (p_shape, p_mean, p_var)]
+    return min(1.0, 3 * min(ps))
+
+
+# How far a stored value may sit from its replay, in units of the stored dtype's eps times
+# its size: the model computed in float32 (or lower) step by step where the replay computes
+# in float64 and rounds once; a dozen ops each half an ulp off stay well inside 16.
+_REPLAY_ULPS = 16.0
+
+
+def _equals_replay(
+    default: DefaultInit, s: TensorStats, values: torch.Tensor, dtype: torch.dtype | None
+) -> bool | None:
+    """Whether a deterministic tensor holds the values its recipe computes: place by place
+    when the sample is the whole tensor (up to SAMPLE_SIZE values), otherwise every sampled
+    value among the replayed ones and the whole tensor's mean, std and extremes equal to
+    theirs (a permutation of the right values goes unseen there). None without a replay."""
+    expected = replay(default.recipe) if default.recipe is not None else None
+    if expected is None or expected.numel() != s.numel or s.mean is None or s.std is None:
+        return None
+    flat = expected.reshape(-1)
+    if dtype is not None and dtype.is_floating_point:
+        flat = flat.to(dtype).to(torch.float64)
+    eps = _resolution(dtype)
+    size = float(flat.abs().max()) if flat.numel() else 0.0
+    floor = 1e-3 * size
+    if values.numel() == s.numel:
+        got = values.reshape(-1).to(torch.float64)
+        tol = _REPLAY_ULPS * eps * flat.abs().clamp(min=floor) + 1e-300
+        return bool(((got - flat).abs() <= tol).all())
+    whole = _REPLAY_ULPS * eps * max(size, 1e-300)
+    e_mean, e_std = float(flat.mean()), float(flat.std()) if flat.numel() > 1 else 0.0
+    if s.min is None or s.max is None:
+        return False
+    moments = (
+        abs(s.mean - e_mean) <= whole
+        and abs(s.std - e_std) <= whole
+        and abs(s.min - float(flat.min())) <= whole
+        and abs(s.max - float(flat.max())) <= whole
+    )
+    if not moments:
+        return False
+    ordered = flat.sort().values
+    got = values.reshape(-1).to(torch.float64)
+    at = torch.searchsorted(ordered, got).clamp(max=ordered.numel() - 1)
+    below = (at - 1).clamp(min=0)
+    nearest = torch.minimum((ordered[at] - got).abs(), (ordered[below] - got).abs())
+    tol = _REPLAY_ULPS * eps * got.abs().clamp(min=floor) + 1e-300
+    return bool((nearest <= tol).all())
 
 
 def _by_pattern(

@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -37,6 +37,16 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from initscope.knowledge.distributions import Distribution, Family
+from initscope.knowledge.recipes import (
+    MAX_VALUES,
+    Recipe,
+    Step,
+    closed_form,
+    constant_fold,
+    is_op_name,
+    parse_op,
+    probe_stats,
+)
 
 __all__ = [
     "DefaultInit",
@@ -95,7 +105,10 @@ class DefaultInit:
     ``call`` is the write that set the whole tensor from scratch (an init function, a fill, a
     factory); ``then`` are whole-tensor writes applied after it (``mul_(0.5)``); ``partial``
     are later writes to part of it (a padding row zeroed); ``via`` names the copies the
-    values travelled through (``deepcopy``, ``copy_``).
+    values travelled through (``deepcopy``, ``copy_``). ``recipe`` is how to compute the
+    values again, kept for the families that need it: ``derived`` (a chain of elementwise
+    ops on a draw, tested against a probe of it) and ``deterministic`` (values the code
+    computed, compared with a replay).
     """
 
     call: InitCall
@@ -103,11 +116,18 @@ class DefaultInit:
     then: tuple[InitCall, ...] = ()
     partial: tuple[InitCall, ...] = ()
     via: tuple[str, ...] = ()
+    recipe: Recipe | None = None
 
     @property
     def is_known(self) -> bool:
         """Whether the values came from a call that names a distribution (not ``custom``)."""
         return self.distribution.family is not Family.CUSTOM
+
+    def label(self) -> str:
+        """The distribution's label; for a derived default, ``derived:`` and its formula."""
+        if self.distribution.family is Family.DERIVED and self.recipe is not None:
+            return f"derived: {self.recipe.expression()}"
+        return self.distribution.label()
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int] | None:
@@ -324,6 +344,21 @@ class _Region:
     stop: int
     numel: int
     shape: tuple[int, ...]
+    stride: tuple[int, ...] = ()
+
+    @property
+    def layout(self) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        return self.shape, self.stride, self.start
+
+    @property
+    def dense(self) -> bool:
+        """Row-major without gaps: its flat order is the storage's."""
+        expected = 1
+        for size, st in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            if size != 1 and st != expected:
+                return False
+            expected *= size
+        return True
 
     def covers(self, other: _Region) -> bool:
         return (
@@ -358,7 +393,9 @@ def _region(t: torch.Tensor) -> _Region | None:
     # The distinct elements: an expanded view (stride 0, Mamba's arange(...).expand(d, -1))
     # repeats its source's, and is covered by whatever covers them.
     distinct = math.prod(int(s) for s, st in zip(t.shape, t.stride(), strict=True) if st != 0)
-    return _Region(key, start, start + int(extent), distinct, tuple(int(s) for s in t.shape))
+    shape = tuple(int(s) for s in t.shape)
+    stride = tuple(int(s) for s in t.stride())
+    return _Region(key, start, start + int(extent), distinct, shape, stride)
 
 
 def format_arg(v: ArgValue) -> str:
@@ -507,7 +544,7 @@ class InitTracer(TorchFunctionMode):
         first = args[0] if args else None
         out = kwargs.get("out")
         if isinstance(out, torch.Tensor) and name not in _COPIES:
-            self._write_from_method(name, args, kwargs, out)
+            self._write_from_method(name, args, kwargs, out, out_of=True)
             return
         if name.endswith("_") and not name.startswith("__") and isinstance(first, torch.Tensor):
             self._write_from_method(name, args[1:], kwargs, first)
@@ -520,13 +557,13 @@ class InitTracer(TorchFunctionMode):
         if name in _FACTORIES:
             self._record_factory(name, args, kwargs, result)
         elif name in _DETERMINISTIC_FACTORIES:
-            self._record_deterministic(InitCall(name, {}, self._caller()[0]), result)
-        elif name in _DETERMINISTIC_OPS:
-            self._record_derived(name, args, kwargs, result)
+            self._record_deterministic(name, args, kwargs, result)
         elif name in _COPIES and isinstance(first, torch.Tensor):
             self._record_copy(name, first, result)
-        elif name in _ARITH:
-            self._record_arith(name, args, result)
+        elif name in _RESHAPES and isinstance(first, torch.Tensor):
+            self._record_copy(name, first, result, step=True)
+        else:
+            self._record_op(name, args, kwargs, result)
 
     def _next(self) -> int:
         self._seq += 1
@@ -543,7 +580,14 @@ class InitTracer(TorchFunctionMode):
         if region is None:
             return
         self._keep.append(tensor)
-        event = _Event(self._next(), region, state, partial)
+        seq = self._next()
+        if state.recipe is None and not partial:
+            # A fresh draw (or constant) becomes a recipe's root, so that ops on it can be
+            # followed; the event number tells this draw from others of the same numbers.
+            root = Recipe.of_distribution(state.distribution, region.shape, (seq, ()))
+            if root is not None:
+                state = replace(state, recipe=root)
+        event = _Event(seq, region, state, partial)
         self._events.setdefault(region.storage, []).append(event)
 
     def _caller(
@@ -587,9 +631,11 @@ class InitTracer(TorchFunctionMode):
         kwargs: Mapping[str, Any],
         target: torch.Tensor,
         partial: bool = False,
+        out_of: bool = False,
     ) -> None:
-        """An in-place write to ``target`` (or to the tensor of the init function that
-        performs it); ``args`` excludes ``target`` itself."""
+        """A write to ``target``: an in-place method (``args`` excludes ``target`` itself),
+        or with ``out_of`` an op whose ``out=`` is ``target`` (``args`` are all its
+        operands). Inside an init function, the function is recorded instead."""
         source, init_frame = self._caller()
         if init_frame is not None:
             self._record_init_frame(init_frame, source, target)
@@ -598,14 +644,18 @@ class InitTracer(TorchFunctionMode):
         if region is None:
             return
         call = InitCall(name, _method_args(name, args, kwargs), source)
+        operands = args if out_of else (target, *args)
+        op_kwargs = {k: v for k, v in kwargs.items() if k != "out"}
         if partial:
             self._add(target, DefaultInit(call, Distribution.custom()), region)
         elif name == "copy_" and args and isinstance(args[0], torch.Tensor):
-            self._add(target, self._copied_state(args[0], "copy_", call), region)
+            self._add(target, self._copied_state(args[0], "copy_", call, target), region)
         elif (known := _method_distribution(name, call.args)) is not None:
             self._add(target, DefaultInit(call, known), region)
+        elif (state := self._op_state(name, operands, op_kwargs, target, call)) is not None:
+            self._add(target, state, region)
         else:
-            self._add(target, self._then(target, call, args[0] if args else None), region)
+            self._add(target, self._then(target, call), region)
 
     def _record_setitem(self, tensor: torch.Tensor, index: Any) -> None:
         """``t[index] = value``: a write to the indexed part of ``t``. Basic indexing gives
@@ -625,7 +675,7 @@ class InitTracer(TorchFunctionMode):
         if part is None or part.storage != whole.storage:
             self._add(tensor, DefaultInit(call, _CUSTOM), whole, partial=True)
         elif part.covers(whole):
-            self._add(tensor, self._then(tensor, call, None), whole)
+            self._add(tensor, self._then(tensor, call), whole)
         else:
             self._add(tensor, DefaultInit(call, _CUSTOM), part)
 
@@ -645,23 +695,30 @@ class InitTracer(TorchFunctionMode):
         dist = init_distribution(code.co_name, call_args, tuple(target.shape))
         self._add(target, DefaultInit(InitCall(code.co_name, call_args, source), dist or _CUSTOM))
 
-    def _copied_state(self, src: torch.Tensor, how: str, fallback: InitCall) -> DefaultInit:
-        """The state of a tensor whose values were copied from ``src``."""
-        found = self.state_of(src)
-        if found is None or found[0] is None:
+    def _copied_state(
+        self, src: torch.Tensor, how: str, fallback: InitCall, target: torch.Tensor
+    ) -> DefaultInit:
+        """The state of ``target`` after its values were copied from ``src`` (broadcast to
+        its shape, as copy_ does)."""
+        found = self._operand(src)
+        if found is None:
             return DefaultInit(fallback, _CUSTOM)
-        base = found[0]
-        return replace(base, via=(*base.via, how))
+        base, recipe = found
+        if recipe is not None and tuple(src.shape) != tuple(target.shape):
+            # Repeated values: known positions for a replay, but no longer iid draws.
+            broadcast = recipe.then("broadcast", shape=tuple(target.shape))
+            recipe = broadcast if recipe.is_positional else None
+        return _with_recipe(replace(base, via=(*base.via, how)), recipe)
 
-    def _then(self, target: torch.Tensor, call: InitCall, operand: Any) -> DefaultInit:
-        """In-place arithmetic on a traced tensor keeps its history and, for scalar
-        operands, transforms its numbers; anything else makes it custom."""
+    def _then(self, target: torch.Tensor, call: InitCall) -> DefaultInit:
+        """A whole-tensor write that is none of the known ones (an op outside the recipes'
+        allow-list, a tensor operand nothing traced): the history is kept, the values are
+        custom."""
         found = self.state_of(target)
         if found is None or found[0] is None:
             return DefaultInit(call, _CUSTOM)
         base = found[0]
-        dist = _transform(call.name, base.distribution, _scalar(operand))
-        return replace(base, distribution=dist or _CUSTOM, then=(*base.then, call))
+        return replace(base, distribution=_CUSTOM, then=(*base.then, call), recipe=None)
 
     def _record_factory(
         self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: torch.Tensor
@@ -677,74 +734,139 @@ class InitTracer(TorchFunctionMode):
         dist = _method_distribution(name, call_args) or Distribution.custom()
         self._add(result, DefaultInit(InitCall(name, call_args, source), dist))
 
-    def _record_deterministic(self, call: InitCall, result: torch.Tensor) -> None:
-        """A tensor whose values the code computed without a draw."""
-        self._add(result, DefaultInit(call, Distribution.deterministic()))
-
-    def _record_derived(
+    def _record_deterministic(
         self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: torch.Tensor
     ) -> None:
-        """``result`` computed from traced tensors that hold no draw (deterministic or
-        constants; ``cat`` takes them in a list) and scalars: deterministic, the call chain of
-        the first kept. A view shares its source's storage and needs no event of its own."""
-        tensors = [
-            t
-            for a in (*args, *kwargs.values())
-            for t in (a if isinstance(a, list | tuple) else (a,))
-            if isinstance(t, torch.Tensor)
-        ]
-        dst = _region(result)
-        if not tensors or dst is None:
-            return
-        states: list[DefaultInit] = []
-        for t in tensors:
-            src = _region(t)
-            if src is None or src.storage == dst.storage:
-                return
-            found = self.state_of(t)
-            if found is None or found[0] is None:
-                return
-            if found[0].distribution.family not in (Family.DETERMINISTIC, Family.CONSTANT):
-                return
-            states.append(found[0])
-        base = states[0]
-        op = InitCall(name.strip("_") or name, {}, self._caller()[0])
-        if len(states) == 1:
-            dist = _constant_through(name, base.distribution, args, kwargs)
-        elif name in _JOINS and len({s.distribution.label() for s in states}) == 1:
-            dist = base.distribution  # one constant joined to itself; deterministic stays so
-        else:
-            dist = Distribution.deterministic()
-        self._add(result, replace(base, distribution=dist, then=(*base.then, op)))
+        """A tensor whose values the code gave without a draw (arange, tensor, ...), with the
+        recipe that computes them again when its arguments are plain numbers."""
+        call = InitCall(name, {}, self._caller()[0])
+        recipe = _deterministic_root(name, args, kwargs, tuple(int(s) for s in result.shape))
+        self._add(result, DefaultInit(call, Distribution.deterministic(), recipe=recipe))
 
-    def _record_copy(self, name: str, src: torch.Tensor, result: torch.Tensor) -> None:
+    def _record_op(
+        self, name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: torch.Tensor
+    ) -> None:
+        """``result`` computed by an op from traced tensors (and numbers): an elementwise op of
+        the recipes' allow-list, or an op on values without a draw. A view shares its
+        source's storage and needs no event of its own; an op on an untraced tensor leaves
+        the result untraced."""
+        if not is_op_name(name) and name not in _DETERMINISTIC_OPS:
+            return
+        dst = _region(result)
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if dst is None or not tensors:
+            return
+        if any((r := _region(t)) is not None and r.storage == dst.storage for t in tensors):
+            return
+        state = self._op_state(name, args, dict(kwargs), result, None)
+        if state is None and name in _DETERMINISTIC_OPS and len(tensors) == 1:
+            state = self._deterministic_op(name, tensors[0])
+        if state is not None:
+            self._add(result, state, dst)
+
+    def _deterministic_op(self, name: str, src: torch.Tensor) -> DefaultInit | None:
+        """An op outside the allow-list on values without a draw (or a constant): still
+        deterministic, but not replayed."""
+        found = self.state_of(src)
+        if found is None or found[0] is None:
+            return None
+        base = found[0]
+        if base.distribution.family not in (Family.DETERMINISTIC, Family.CONSTANT):
+            return None
+        op = InitCall(name.strip("_") or name, {}, self._caller()[0])
+        dist = base.distribution if name in _SHAPE_OPS else Distribution.deterministic()
+        return replace(base, distribution=dist, then=(*base.then, op), recipe=None)
+
+    def _op_state(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        out: torch.Tensor,
+        call: InitCall | None,
+    ) -> DefaultInit | None:
+        """The state an allow-listed op leaves in ``out`` (its result, or the tensor it
+        writes in place), or None when the op is not one, or an operand is untraced."""
+        parsed = parse_op(name, args, kwargs)
+        if parsed is None:
+            return None
+        op, operands, ints = parsed
+        found: list[tuple[DefaultInit, Recipe | None]] = []
+        for o in operands:
+            if isinstance(o, torch.Tensor):
+                f = self._operand(o)
+                if f is None:
+                    return None
+                found.append(f)
+        if not found:
+            return None
+        if call is None:
+            call = InitCall(name.strip("_") or name, _op_args(op, operands), self._caller()[0])
+        shape = tuple(int(s) for s in out.shape)
+        recipe = _op_recipe(op, operands, found, shape, ints)
+        dist = _op_distribution(op, operands, [st for st, _ in found], ints, recipe)
+        if recipe is not None and dist.family is not Family.DETERMINISTIC:
+            tokens = recipe.tokens
+            if (dist.is_continuous and len(tokens) == 1) or dist.family is Family.CONSTANT:
+                # A closed form again: the chain so far is one draw of it (same token).
+                recipe = Recipe.of_distribution(dist, shape, next(iter(tokens), (0, ())))
+        base = found[0][0]
+        return _with_recipe(replace(base, distribution=dist, then=(*base.then, call)), recipe)
+
+    def _operand(self, t: torch.Tensor) -> tuple[DefaultInit, Recipe | None] | None:
+        """The state of the values ``t`` holds and their recipe, read through ``t``'s view
+        of the write that made them: the same layout; the same flat order (a reshape);
+        or another layout, a gather of the written places for values without a draw, and
+        for draws new draws (still iid if no place is read twice, but not aligned with
+        the original). None when nothing wrote all of ``t``; no recipe after a partial write."""
+        region = _region(t)
+        if region is None:
+            return None
+        found = self._resolve_region(region)
+        if found is None:
+            return None
+        event, partial = found
+        if event is None:
+            return None
+        state = event.state
+        recipe = state.recipe
+        if recipe is None or partial:
+            return state, None
+        written = event.region
+        if region.layout == written.layout:
+            return state, recipe
+        if region.start == written.start and region.dense and written.dense:
+            if recipe.is_positional and region.shape != written.shape:
+                return state, recipe.then("reshape", shape=region.shape)
+            return state, recipe
+        if recipe.is_positional:
+            ints = (*written.stride, 0, *region.stride, region.start - written.start)
+            return state, recipe.then("gather", shape=region.shape, ints=ints)
+        if region.numel == math.prod(region.shape):
+            return state, recipe.retokened(region.layout + written.layout)
+        return state, None
+
+    def _record_copy(
+        self, name: str, src: torch.Tensor, result: torch.Tensor, step: bool = False
+    ) -> None:
+        """``result`` holds ``src``'s values (clone, to, deepcopy, contiguous; with ``step``
+        a reshape that had to copy, kept as a step of the history)."""
         src_region, dst_region = _region(src), _region(result)
         if src_region is None or dst_region is None or src_region.storage == dst_region.storage:
             return  # a view: events on the source's storage already apply
-        found = self.state_of(src)
-        if found is None or found[0] is None:
+        found = self._operand(src)
+        if found is None:
+            return
+        base, recipe = found
+        if step:
+            if recipe is not None and recipe.is_positional:
+                recipe = recipe.then("reshape", shape=dst_region.shape)
+            op = InitCall(name.strip("_") or name, {}, self._caller()[0])
+            state = _with_recipe(replace(base, then=(*base.then, op)), recipe)
+            self._add(result, state, dst_region)
             return
         label = "deepcopy" if name == "__deepcopy__" or _inside_deepcopy() else name
-        self._add(result, replace(found[0], via=(*found[0].via, label)), dst_region)
-
-    def _record_arith(self, name: str, args: tuple[Any, ...], result: torch.Tensor) -> None:
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        scalars = [s for s in (_scalar(a) for a in args) if s is not None]
-        if len(tensors) > 1:  # arange(n)[:, None] * inv_freq: no draw in, none out
-            self._record_derived(name, args, {}, result)
-            return
-        if len(tensors) != 1 or len(scalars) != 1 or len(args) != 2:
-            return
-        if name in _SUB_OPS | _DIV_OPS and not isinstance(args[0], torch.Tensor):
-            return  # c - X and c / X are not affine in X the way we model
-        found = self.state_of(tensors[0])
-        if found is None or found[0] is None:
-            return
-        base = found[0]
-        dist = _transform(name, base.distribution, scalars[0])
-        source, _ = self._caller()
-        op = InitCall(name.strip("_") or name, {"other": scalars[0]}, source)
-        self._add(result, replace(base, distribution=dist or _CUSTOM, then=(*base.then, op)))
+        self._add(result, _with_recipe(replace(base, via=(*base.via, label)), recipe), dst_region)
 
     # -- resolving ---------------------------------------------------------------------------
     def state_of(self, tensor: torch.Tensor) -> tuple[DefaultInit | None, list[InitCall]] | None:
@@ -752,9 +874,13 @@ class InitTracer(TorchFunctionMode):
         region = _region(tensor)
         if region is None:
             return None
-        return self._resolve_region(region)
+        found = self._resolve_region(region)
+        if found is None:
+            return None
+        event, partial = found
+        return (event.state if event else None), partial
 
-    def _resolve_region(self, region: _Region) -> tuple[DefaultInit | None, list[InitCall]] | None:
+    def _resolve_region(self, region: _Region) -> tuple[_Event | None, list[InitCall]] | None:
         events = self._events.get(region.storage)
         if not events:
             return None
@@ -767,22 +893,174 @@ class InitTracer(TorchFunctionMode):
                 partial.append(ev.state.call)
         if whole is None and not partial:
             return None
-        return (whole.state if whole else None), partial
+        return whole, partial
 
     def resolve(self, tensor: torch.Tensor) -> DefaultInit | None:
-        """The default init of ``tensor``, or None when construction never wrote it."""
+        """The default init of ``tensor``, or None when construction never wrote it. A
+        derived default gets its probe's mean and std; only derived and deterministic
+        defaults keep their recipe (normalized: equal chains give equal defaults)."""
         found = self.state_of(tensor)
         if found is None:
             return None
         base, partial = found
         if base is None:
             return DefaultInit(InitCall("unknown"), _CUSTOM, partial=tuple(partial))
+        family = base.distribution.family
+        recipe: Recipe | None = None
+        if family is Family.DERIVED and base.recipe is not None:
+            recipe = base.recipe.normalized()
+            stats = probe_stats(recipe)
+            if stats is not None:
+                base = replace(base, distribution=Distribution.derived(stats.mean, stats.std))
+        elif family is Family.DETERMINISTIC and not partial:
+            operand = self._operand(tensor)
+            recipe = operand[1].normalized() if operand and operand[1] else None
+        base = replace(base, recipe=recipe)
         return replace(base, partial=(*base.partial, *partial)) if partial else base
 
     def close(self) -> None:
         """Drop the references that kept traced tensors alive."""
         self._events.clear()
         self._keep.clear()
+
+
+def _with_recipe(state: DefaultInit, recipe: Recipe | None) -> DefaultInit:
+    """``state`` with ``recipe``; a derived default without one is custom (nothing left
+    to test its values against)."""
+    if recipe is None and state.distribution.family is Family.DERIVED:
+        return replace(state, distribution=_CUSTOM, recipe=None)
+    return replace(state, recipe=recipe)
+
+
+def _op_args(op: str, operands: Sequence[Any]) -> dict[str, ArgValue]:
+    """The numbers of an op, named as its signature shows them: ``other`` for a binary op,
+    ``min``/``max`` for a clamp."""
+    if op == "clamp":
+        return {k: v for k, v in zip(("min", "max"), operands[1:], strict=True) if v is not None}
+    numbers = [o for o in operands if isinstance(o, float)]
+    return {"other": numbers[0]} if len(numbers) == 1 else {}
+
+
+def _op_recipe(
+    op: str,
+    operands: Sequence[Any],
+    found: Sequence[tuple[DefaultInit, Recipe | None]],
+    shape: tuple[int, ...],
+    ints: tuple[int, ...],
+) -> Recipe | None:
+    """The recipe of an op's result, or None when one cannot be kept: an operand without
+    one, draws mixed with values the code gave, ops that move draws (repeat, cumsum: no
+    longer iid), or draws broadcast against each other."""
+    recipes = [r for _, r in found]
+    if any(r is None for r in recipes):
+        return None
+    mapped: list[Recipe | float | None] = []
+    tensors = iter(recipes)
+    for o in operands:
+        mapped.append(next(tensors) if isinstance(o, torch.Tensor) else o)
+    present = [r for r in recipes if r is not None]
+    recipe = Recipe.combine(present, op, mapped, shape, ints)
+    if recipe is None or not recipe.has_draw:
+        return recipe
+    if recipe.has_deterministic or op in _MOVES:
+        return None
+    sizes = [tuple(int(s) for s in o.shape) for o in operands if isinstance(o, torch.Tensor)]
+    drawn = [r.has_draw for r in present]
+    if any(d and size != shape for d, size in zip(drawn, sizes, strict=True)):
+        return None
+    return recipe
+
+
+def _op_distribution(
+    op: str,
+    operands: Sequence[Any],
+    states: Sequence[DefaultInit],
+    ints: tuple[int, ...],
+    recipe: Recipe | None,
+) -> Distribution:
+    """What an op's result follows: a constant or deterministic from such operands; a
+    closed form of one operand's family (affine maps, erfinv of a uniform, a clamp that cuts
+    nothing); derived when its recipe has draws; custom otherwise."""
+    dists = [s.distribution for s in states]
+    families = {d.family for d in dists}
+    if families <= {Family.CONSTANT, Family.DETERMINISTIC}:
+        if families == {Family.CONSTANT}:
+            values = iter(d.value for d in dists)
+            folded = [next(values) if isinstance(o, torch.Tensor) else o for o in operands]
+            value = constant_fold(op, folded, ints)
+            if value is not None:
+                return Distribution.constant(value)
+        return Distribution.deterministic()
+    if len(dists) == 1 and (known := closed_form(op, operands, dists[0])) is not None:
+        return known
+    if recipe is not None and recipe.has_draw:
+        return Distribution.derived()
+    return _CUSTOM
+
+
+def _deterministic_root(
+    name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], shape: tuple[int, ...]
+) -> Recipe | None:
+    """The root step for ``arange``/``linspace``/``logspace``/``eye``/``tensor`` called with
+    plain numbers (a tensor argument, or more than MAX_VALUES numbers: None)."""
+    extra = set(kwargs) - _FACTORY_KWARGS
+    if name in ("tensor", "as_tensor"):
+        data = args[0] if args else kwargs.get("data")
+        values = _flat_numbers(data)
+        if values is None or len(args) > 1 or extra - {"data"}:
+            return None
+        return Recipe.root(Step("values", tuple(values), shape))
+    numbers = [_scalar(a) for a in args]
+    if None in numbers:
+        return None
+    floats = [n for n in numbers if n is not None]
+    named = {k: _scalar(v) for k, v in kwargs.items() if k not in _FACTORY_KWARGS}
+    if None in named.values():
+        return None
+    if name == "arange" and not extra - {"start", "end", "step"}:
+        given = dict(zip(("start", "end", "step"), floats if len(floats) > 1 else [0.0, *floats],
+                         strict=False))  # fmt: skip
+        given.update({k: v for k, v in named.items() if v is not None})
+        start, end, step = given.get("start", 0.0), given.get("end"), given.get("step", 1.0)
+        if end is None or len(floats) > 3:
+            return None
+        return Recipe.root(Step("arange", (start, end, step), shape))
+    if name in ("linspace", "logspace") and not extra - {"start", "end", "steps", "base"}:
+        keys = ("start", "end", "steps", "base")
+        given = dict(zip(keys, floats, strict=False))
+        given.update({k: v for k, v in named.items() if v is not None})
+        steps = given.get("steps")
+        if "start" not in given or "end" not in given or steps is None or steps != int(steps):
+            return None
+        first = (given["start"], given["end"])
+        step_args = first if name == "linspace" else (*first, given.get("base", 10.0))
+        return Recipe.root(Step(name, step_args, shape, (int(steps),)))
+    if name == "eye" and not extra - {"n", "m"} and len(shape) == 2:
+        return Recipe.root(Step("eye", (), shape, shape))
+    return None
+
+
+# Keyword arguments of factories that say where and how values are stored, not which.
+_FACTORY_KWARGS = frozenset(
+    {"dtype", "device", "requires_grad", "layout", "pin_memory", "memory_format"}
+)
+
+
+def _flat_numbers(data: Any) -> list[float] | None:
+    """The numbers of nested lists/tuples (or one number), at most MAX_VALUES; None for
+    anything else (tensors, arrays, bools)."""
+    out: list[float] = []
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple):
+            stack.extend(reversed(item))
+            continue
+        value = _scalar(item)
+        if value is None or len(out) >= MAX_VALUES:
+            return None
+        out.append(value)
+    return out
 
 
 def _inside_deepcopy(depth: int = 12) -> bool:
@@ -800,43 +1078,13 @@ def _inside_deepcopy(depth: int = 12) -> bool:
     return False
 
 
-def _transform(name: str, dist: Distribution, c: float | None) -> Distribution | None:
-    if c is None:
-        return None
-    if name in _SCALE_OPS:
-        return dist.scaled(c)
-    if name in _DIV_OPS:
-        return dist.scaled(1.0 / c) if c else None
-    if name in _ADD_OPS:
-        return dist.shifted(c)
-    if name in _SUB_OPS:
-        return dist.shifted(-c)
-    return None
-
-
-# Ops that join tensors: constants of one value joined are that constant.
-_JOINS = {"cat", "concat", "concatenate", "stack"}
 # Ops that move or repeat values: a constant stays that constant.
 _SHAPE_OPS = {
     "repeat", "expand", "tile", "reshape", "view", "flatten", "unsqueeze", "squeeze",
     "transpose", "permute", "t", "flip", "float", "double",
 }  # fmt: skip
-
-
-def _constant_through(
-    name: str, d: Distribution, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-) -> Distribution:
-    """What ``name`` makes of values with distribution ``d`` (a constant or deterministic):
-    a constant moved or repeated is that constant, a unary function of a constant is a
-    constant (exp of zeros: ones), everything else is deterministic."""
-    if d.family is not Family.CONSTANT or d.value is None:
-        return Distribution.deterministic()
-    if name in _SHAPE_OPS or name in _JOINS:
-        return d
-    unary = getattr(torch, name, None)
-    if len(args) == 1 and not kwargs and callable(unary):
-        with contextlib.suppress(Exception):
-            value = float(unary(torch.tensor(d.value, dtype=torch.float64, device="cpu")))
-            if math.isfinite(value):
-                return Distribution.constant(value)
-    return Distribution.deterministic()
+# Ops that give a view when they can and copy when they must: a copy is the same values in
+# another shape.
+_RESHAPES = {"reshape", "flatten", "view_as", "reshape_as", "ravel"}
+# Ops that move draws around: the result's values are no longer independent draws.
+_MOVES = {"repeat", "tile", "flip", "cumsum", "cumprod", "outer"}

@@ -139,11 +139,13 @@ def default_to_dict(d: DefaultInit | None) -> dict[str, Any] | None:
         "mean": finite(dist.mean),
         "std": finite(dist.std),
         "value": finite(dist.value),
-        "label": dist.label(),
+        "label": d.label(),
         "source": d.call.source,
         "then": [c.signature() for c in d.then],
         "partial_writes": [c.signature() for c in d.partial],
         "via": list(d.via),
+        # derived and deterministic defaults: the formula their values follow
+        "expression": d.recipe.expression() if d.recipe is not None else None,
     }
 
 
@@ -218,7 +220,7 @@ def default_parts(d: DefaultInit | None) -> tuple[str, str]:
     if d is None:
         return "-", ""
     call = short_call(d)
-    label = d.distribution.label()
+    label = d.label()
     if d.partial:
         label += " +partial"
     if label == "custom":

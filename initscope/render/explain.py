@@ -62,7 +62,7 @@ def render_explanation(e: Explanation, fmt: Format | str, width: int = TABLE_WID
         lines.append(f"  init     {p.default.call.signature()}")
         for step in p.default.then:
             lines.append(f"  then     {step.signature()}")
-        lines.append(f"  gives    {p.default.distribution.label()}")
+        lines.append(f"  gives    {p.default.label()}")
         for i, f in enumerate(p.formula):
             lines.append(f"  {'formula' if i == 0 else '':8} {f}")
         for c in p.default.partial:

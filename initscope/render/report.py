@@ -278,7 +278,7 @@ def render_markdown(report: Report) -> str:
             type_name(p.module_type),
             f"`{shape_label(p.shape)}`",
             f"`{short_call(d)}`{partial}" if d else "-",
-            d.distribution.label() if d else "-",
+            d.label() if d else "-",
             format_stat(s.mean if s else None),
             format_stat(s.std if s else None),
             format_stat(s.min if s else None),

@@ -68,14 +68,22 @@ def ks_test(sample: torch.Tensor, dist: Distribution, *, presorted: bool = False
 def ks_two_sample(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> KSResult:
     """Two-sample KS test of two sorted float64 samples: the largest gap between their
     empirical CDFs, with the asymptotic p-value at the effective size n·m/(n + m) (Stephens'
-    correction as above). Ties are counted on both sides, as scipy's ks_2samp does."""
+    correction as above).
+
+    Between two neighbouring values of ``a`` its CDF is flat and ``b``'s rises, so the gap is
+    largest at an end: at a value of ``a`` (both CDFs counted with ties, ``≤``) or just below
+    one (``<``). Four binary searches of ``a``'s n values find it exactly, O(n log m), without
+    walking ``b`` (the probe of a derived default holds 65,536 values)."""
     n, m = a_sorted.numel(), b_sorted.numel()
     if n == 0 or m == 0:
         raise ValueError("empty sample")
-    points = torch.cat((a_sorted, b_sorted))
-    cdf_a = torch.searchsorted(a_sorted, points, right=True).to(torch.float64) / n
-    cdf_b = torch.searchsorted(b_sorted, points, right=True).to(torch.float64) / m
-    d = float((cdf_a - cdf_b).abs().max())
+
+    def cdf(x: torch.Tensor, right: bool, size: int) -> torch.Tensor:
+        return torch.searchsorted(x, a_sorted, right=right).to(torch.float64) / size
+
+    at = (cdf(a_sorted, True, n) - cdf(b_sorted, True, m)).abs().max()
+    below = (cdf(a_sorted, False, n) - cdf(b_sorted, False, m)).abs().max()
+    d = float(torch.maximum(at, below))
     effective = n * m / (n + m)
     sqrt_n = math.sqrt(effective)
     p = kolmogorov_sf((sqrt_n + 0.12 + 0.11 / sqrt_n) * d)

@@ -518,7 +518,8 @@ def closed_form(op: str, operands: Sequence[Any], d: Distribution) -> Distributi
 
 def _erfinv(d: Distribution) -> Distribution | None:
     """erfinv(U) for U ~ U(p, q) inside [-1, 1]: P(erfinv(U) ≤ x) = (erf(x) − p)/(q − p), the
-    CDF of N(0, 1/√2) cut to [erfinv(p), erfinv(q)] (torch/nn/init.py _no_grad_trunc_normal_)."""
+    CDF of N(0, 1/√2) cut to [erfinv(p), erfinv(q)] (timm/layers/weight_init.py
+    _trunc_normal_ draws a truncated normal this way)."""
     if d.family is not Family.UNIFORM or d.low is None or d.high is None:
         return None
     if not -1.0 <= d.low < d.high <= 1.0:

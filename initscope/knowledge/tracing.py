@@ -950,7 +950,7 @@ def _op_recipe(
 ) -> Recipe | None:
     """The recipe of an op's result, or None when one cannot be kept: an operand without
     one, draws mixed with values the code gave, ops that move draws (repeat, cumsum: no
-    longer iid), or draws broadcast against each other."""
+    longer iid), draws broadcast against each other, or one draw read two ways."""
     recipes = [r for _, r in found]
     if any(r is None for r in recipes):
         return None
@@ -964,6 +964,9 @@ def _op_recipe(
         return recipe
     if recipe.has_deterministic or op in _MOVES:
         return None
+    draws = {token[0] for token in recipe.tokens}
+    if len(draws) != len(recipe.tokens):
+        return None  # one draw read through two layouts (x + x.t()): not independent draws
     sizes = [tuple(int(s) for s in o.shape) for o in operands if isinstance(o, torch.Tensor)]
     drawn = [r.has_draw for r in present]
     if any(d and size != shape for d, size in zip(drawn, sizes, strict=True)):

@@ -432,7 +432,9 @@ def _render(step: Step, done: list[tuple[str, int]], names: dict[int, str]) -> t
                 return names[a.index]
             text, p = done[a.index]
             return f"({text})" if p < prec or (right and p == prec) else text
-        return format_number(a) if a is not None else "None"
+        if a is None:
+            return "None"
+        return f"({format_number(a)})" if a < 0 and prec > 0 else format_number(a)
 
     op, args = step.op, step.args
     if op in _ROOTS:

@@ -270,11 +270,6 @@ _COPIES = {
     "detach",
     "_to_copy",
 }
-_SCALE_OPS = {"mul", "__mul__", "__rmul__", "mul_"}
-_DIV_OPS = {"div", "__truediv__", "div_"}
-_ADD_OPS = {"add", "__add__", "__radd__", "add_"}
-_SUB_OPS = {"sub", "__sub__", "sub_"}
-_ARITH = _SCALE_OPS | _DIV_OPS | _ADD_OPS | _SUB_OPS
 # Augmented assignment (``w *= 0.5``) arrives as the dunder; it is the in-place op.
 _INPLACE_DUNDERS = {
     "__imul__": "mul_",
@@ -835,7 +830,8 @@ class InitTracer(TorchFunctionMode):
         written = event.region
         if region.layout == written.layout:
             return state, recipe
-        if region.start == written.start and region.dense and written.dense:
+        same_size = math.prod(region.shape) == math.prod(written.shape)
+        if region.start == written.start and same_size and region.dense and written.dense:
             if recipe.is_positional and region.shape != written.shape:
                 return state, recipe.then("reshape", shape=region.shape)
             return state, recipe
@@ -1020,13 +1016,15 @@ def _deterministic_root(
     named = {k: _scalar(v) for k, v in kwargs.items() if k not in _FACTORY_KWARGS}
     if None in named.values():
         return None
-    if name == "arange" and not extra - {"start", "end", "step"}:
-        given = dict(zip(("start", "end", "step"), floats if len(floats) > 1 else [0.0, *floats],
-                         strict=False))  # fmt: skip
+    if name == "arange" and not extra - {"start", "end", "step"} and len(floats) <= 3:
+        # arange(end), arange(start, end), arange(start, end, step), or by keyword
+        keys: tuple[str, ...] = ("end",) if len(floats) == 1 else ("start", "end", "step")
+        given = dict(zip(keys, floats, strict=False))
         given.update({k: v for k, v in named.items() if v is not None})
-        start, end, step = given.get("start", 0.0), given.get("end"), given.get("step", 1.0)
-        if end is None or len(floats) > 3:
+        end = given.get("end")
+        if end is None:
             return None
+        start, step = given.get("start", 0.0), given.get("step", 1.0)
         return Recipe.root(Step("arange", (start, end, step), shape))
     if name in ("linspace", "logspace") and not extra - {"start", "end", "steps", "base"}:
         keys = ("start", "end", "steps", "base")

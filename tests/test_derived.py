@@ -231,6 +231,26 @@ def test_a_large_deterministic_tensor_is_compared_from_its_sample() -> None:
         assert _identify(p.detach() + 1e-3 * torch.randn_like(p), d) is False
 
 
+def test_sinusoidal_positions_are_replayed() -> None:
+    # transformers' Whisper: sinusoids(length, channels), copied into the position embedding
+    length, channels = 64, 32
+    with InitTracer() as tracer:
+        weight = nn.Parameter(torch.empty(length, channels))
+        increment = math.log(10000) / (channels // 2 - 1)
+        inv_timescales = torch.exp(-increment * torch.arange(channels // 2))
+        scaled = torch.arange(length).view(-1, 1) * inv_timescales.view(1, -1)
+        with torch.no_grad():
+            weight.copy_(torch.cat([scaled.sin(), scaled.cos()], dim=1))
+        stacked = nn.Parameter(torch.stack([torch.linspace(0, 1, 40)] * 30))
+    d = tracer.resolve(weight)
+    assert d is not None and d.distribution.family is Family.DETERMINISTIC
+    assert d.recipe is not None and d.recipe.expression().startswith("cat(sin(x), cos(x), [1])")
+    assert _identify(weight.detach(), d) is True
+    assert _identify(weight.detach().roll(1, dims=0), d) is False
+    s = tracer.resolve(stacked)
+    assert s is not None and s.recipe is not None and _identify(stacked.detach(), s) is True
+
+
 def test_deterministic_values_without_a_recipe_are_not_judged() -> None:
     with InitTracer() as tracer:
         # cumsum with a dtype: outside the allow-list, still no draw

@@ -152,7 +152,9 @@ _BINARY: dict[str, Callable[[Any, Any], torch.Tensor]] = {
 }
 # Ops that move values rather than compute them: positions matter only for replays at the
 # real shape; for a probe (iid values) the three below them are the identity.
-_POSITIONAL = ("repeat", "tile", "flip", "cumsum", "cumprod", "outer")
+_POSITIONAL = ("repeat", "tile", "flip", "cumsum", "cumprod", "outer", "cat", "stack")
+# The most tensors one cat/stack joins in a recipe.
+_MAX_JOINED = 64
 _RELAYOUT = ("reshape", "broadcast", "gather")
 _OPS = frozenset((*_ROOTS, *_UNARY, *_BINARY, "clamp", *_POSITIONAL, *_RELAYOUT))
 
@@ -180,6 +182,7 @@ _ALIASES = {
     "__truediv__": "div", "true_divide": "div", "divide": "div", "__itruediv__": "div",
     "__pow__": "pow", "__ipow__": "pow", "float_power": "pow",
     "clip": "clamp", "clamp_min": "clamp", "clamp_max": "clamp",
+    "concat": "cat", "concatenate": "cat",
 }  # fmt: skip
 _REVERSED = {"__rsub__": "sub", "rsub": "sub", "__rtruediv__": "div", "__rpow__": "pow"}
 _PARSED = frozenset((*_UNARY, *_BINARY, "clamp", *_POSITIONAL, "ger"))
@@ -246,7 +249,24 @@ def parse_op(
         return op, [args[0]], (dim,)
     if op in ("outer", "ger"):
         return ("outer", [args[0], args[1]], ()) if len(args) == 2 and not kwargs else None
+    if op in ("cat", "stack"):
+        return _parse_join(op, args, kwargs)
     return None
+
+
+def _parse_join(
+    op: str, args: Sequence[Any], kwargs: dict[str, Any]
+) -> tuple[str, list[Any], tuple[int, ...]] | None:
+    """``cat``/``stack`` of a list of tensors along an int ``dim``."""
+    if not args or len(args) > 2 or set(kwargs) - {"dim"} or (len(args) == 2 and kwargs):
+        return None
+    parts = args[0]
+    dim = args[1] if len(args) == 2 else kwargs.get("dim", 0)
+    if not isinstance(parts, list | tuple) or not 0 < len(parts) <= _MAX_JOINED:
+        return None
+    if not all(isinstance(t, torch.Tensor) for t in parts) or _ints(dim) is None:
+        return None
+    return op, list(parts), (int(dim),)
 
 
 def _operand(x: Any) -> Any:
@@ -572,9 +592,10 @@ def constant_fold(op: str, operands: Sequence[Any], ints: tuple[int, ...]) -> fl
     """The value of ``op`` on constants (the tensor operands given as their values): a
     constant moved or repeated is itself, a function of constants a constant; None when the
     result is not one finite number."""
-    if op in ("repeat", "tile", "flip", *_RELAYOUT):
+    if op in ("repeat", "tile", "flip", "cat", "stack", *_RELAYOUT):
         first = operands[0]
-        return first if isinstance(first, float) else None
+        same = all(o == first for o in operands)  # cat of equal constants is that constant
+        return first if isinstance(first, float) and same else None
     if op in ("cumsum", "cumprod"):
         return None
     try:
@@ -704,6 +725,11 @@ def _positional(step: Step, inputs: Sequence[Any]) -> torch.Tensor | None:
         return x.cumsum(ints[0])
     if op == "cumprod":
         return x.cumprod(ints[0])
+    if op in ("cat", "stack"):
+        parts = [t for t in inputs if isinstance(t, torch.Tensor)]
+        if len(parts) != len(inputs) or sum(t.numel() for t in parts) > MAX_REPLAY:
+            return None
+        return torch.cat(parts, ints[0]) if op == "cat" else torch.stack(parts, ints[0])
     y = inputs[1]
     if isinstance(y, torch.Tensor) and x.dim() == 1 and y.dim() == 1:
         return torch.outer(x, y) if x.numel() * y.numel() <= MAX_REPLAY else None

@@ -748,7 +748,11 @@ class InitTracer(TorchFunctionMode):
         if not is_op_name(name) and name not in _DETERMINISTIC_OPS:
             return
         dst = _region(result)
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        given = (*args, *kwargs.values())
+        joined = [a for a in given if isinstance(a, list | tuple)]  # cat/stack's tensors
+        tensors = [
+            a for a in (*given, *(t for j in joined for t in j)) if isinstance(a, torch.Tensor)
+        ]
         if dst is None or not tensors:
             return
         if any((r := _region(t)) is not None and r.storage == dst.storage for t in tensors):
@@ -1088,4 +1092,4 @@ _SHAPE_OPS = {
 # another shape.
 _RESHAPES = {"reshape", "flatten", "view_as", "reshape_as", "ravel"}
 # Ops that move draws around: the result's values are no longer independent draws.
-_MOVES = {"repeat", "tile", "flip", "cumsum", "cumprod", "outer"}
+_MOVES = {"repeat", "tile", "flip", "cumsum", "cumprod", "outer", "cat", "stack"}

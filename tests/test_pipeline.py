@@ -56,6 +56,44 @@ def test_check_reads_through_the_fused_file_reader_as_report_does(
     assert set(result.parameters) == {"fc.weight", "fc.bias", "emb.weight"}
 
 
+@needs_kernel
+def test_check_reads_the_structure_tests_lines_only_when_it_identifies(
+    weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without rules or a "follows" expectation nothing is identified: the kernel copies out
+    # no rows for the structure tests. With rules, it does, as report does.
+    import initscope.measure.pipeline as pipeline
+    from initscope.gate.check import CheckOptions
+    from initscope.rules.language import load_rules
+
+    asked: list[object] = []
+    real = pipeline.file_stats
+
+    def spy(*args: object, **kw: object) -> object:
+        asked.append(kw.get("lines"))
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "file_stats", spy)
+    assert check_target(str(weights)).ok
+    assert len(asked) == 3 and all(lines is None for lines in asked)
+    asked.clear()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - param: weight\n    init: normal\n    std: 1\nunmatched: keep\n")
+    check_target(str(weights), options=CheckOptions(rules=load_rules(rules)))
+    assert any(lines is not None for lines in asked)
+    # The statistics and the sample are the same either way.
+    ckpt = open_checkpoint(weights)
+    try:
+        stored = readable(ckpt, "emb.weight")
+        plain, lined = measure("emb.weight", stored, structure=False), measure("emb.weight", stored)
+    finally:
+        ckpt.close()
+    assert plain.structure is None and lined.structure is not None
+    assert plain.stats is not None and lined.stats is not None
+    assert plain.stats.result() == lined.stats.result()
+    assert torch.equal(plain.stats.sample(), lined.stats.sample())
+
+
 def test_every_readable_form_measures_alike(weights: Path) -> None:
     ckpt = open_checkpoint(weights)
     try:

@@ -215,6 +215,28 @@ def test_an_error_in_a_worker_keeps_its_hint() -> None:
     assert parallel_map(lambda i: i * i, [5, 1, 9, 2], workers=2) == [0, 1, 4, 9]
 
 
+def test_a_run_gives_the_garbage_collector_back_its_objects() -> None:
+    # The objects alive before a run are frozen out of the collector while it lasts (and
+    # after an error in it), and collected as usual once it ends.
+    import gc
+
+    from initscope.parallel.workers import parallel_map
+
+    frozen: list[int] = []
+
+    def task(i: int) -> int:
+        frozen.append(gc.get_freeze_count())
+        if i == 2:
+            raise ValueError("a task fails")
+        return i
+
+    assert parallel_map(task, [1, 1], workers=1) == [0, 1]
+    assert frozen[0] > 1000 and gc.get_freeze_count() == 0
+    with pytest.raises(ValueError):
+        parallel_map(task, [1, 1, 1], workers=1)
+    assert gc.get_freeze_count() == 0
+
+
 def _free_port() -> int:
     import socket
 

@@ -216,25 +216,25 @@ def _health(t: _Tensor, health: Health) -> Iterator[Violation]:
         )
     if health.uninitialized:
         sample = t.rs.sample()
-        sample = sample[torch.isfinite(sample)]
-        if sample.numel():
+        # Counts over the finite values, without gathering them (a boolean index is a
+        # parallel torch op: it wakes OpenMP's threads for 4,096 values). NaN compares
+        # false, and ±inf is never below _GARBAGE_LOW.
+        finite = torch.isfinite(sample)
+        n = int(finite.sum())
+        if n:
             a = sample.abs()
-            enough = max(1, _GARBAGE_FRACTION * sample.numel())
+            enough = max(1, _GARBAGE_FRACTION * n)
             if t.site.dtype == torch.float16:
                 tiny = 0
-                count = int((a >= _GARBAGE_HIGH_FP16).sum())
+                count = int(((a >= _GARBAGE_HIGH_FP16) & finite).sum())
                 huge = count >= enough
-                what = f"{count} of {sample.numel()} sampled values ≥ 1e3"
+                what = f"{count} of {n} sampled values ≥ 1e3"
             else:
                 tiny = int(((a > 0) & (a < _GARBAGE_LOW)).sum())
                 huge = s.abs_max is not None and s.abs_max >= _GARBAGE_HIGH
                 what = f"|max| {_fmt(s.abs_max)}"
             if huge or tiny >= enough:
-                observed = (
-                    what
-                    if huge
-                    else f"{tiny} of {sample.numel()} sampled values nonzero below 1e-30"
-                )
+                observed = what if huge else f"{tiny} of {n} sampled values nonzero below 1e-30"
                 yield Violation(
                     name,
                     "uninitialized",
@@ -443,6 +443,11 @@ class _Judge:
     default_check: bool
     bare: bool  # no model: names alone say what is zero by design
 
+    def identifies(self, site: ParamSite) -> bool:
+        """Whether a verdict on ``site`` may test what its values follow (a rule's expected
+        init, an expectation's ``follows``): else the structure tests' lines are not read."""
+        return site.name in self.entries or any(c.follows is not None for c in self.checks)
+
     def wants_values(self, site: ParamSite) -> bool:
         """Whether the verdict compares values exactly (eye_, dirac_), not statistics."""
         entry = self.entries.get(site.name)
@@ -591,7 +596,12 @@ def check_target(
             source = tensors.source.readable(
                 site.name, options.max_memory, judge.wants_values(site)
             )
-            m = measure(site.name, source, max_memory=options.max_memory)
+            m = measure(
+                site.name,
+                source,
+                max_memory=options.max_memory,
+                structure=judge.identifies(site),
+            )
             if m.stats is None:  # on the meta device: no values to check
                 return _SiteResult()
             return evaluate(_Tensor(site, m.stats.result(), m.stats, m.values, m), judge)

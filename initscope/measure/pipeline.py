@@ -141,11 +141,19 @@ def model_source(tensors: Mapping[str, torch.Tensor]) -> TensorSource:
     )
 
 
-def measure(name: str, source: Readable, *, max_memory: int = DEFAULT_MAX_MEMORY) -> Measured:
-    """Statistics of one tensor, read once. The sample is seeded by ``name``."""
+def measure(
+    name: str,
+    source: Readable,
+    *,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    structure: bool = True,
+) -> Measured:
+    """Statistics of one tensor, read once. The sample is seeded by ``name``. Without
+    ``structure`` (a caller that identifies nothing), the kernel copies out no lines and
+    the structure tests do not run."""
     seed = sample_seed(name)
     if isinstance(source, StoredTensor):
-        return _measure_stored(source, seed, max_memory)
+        return _measure_stored(source, seed, max_memory, structure)
     if isinstance(source, Pieces):
         info = source.info
         stats = stream_stats(source.blocks, info.numel, seed=seed)
@@ -157,11 +165,13 @@ def measure(name: str, source: Readable, *, max_memory: int = DEFAULT_MAX_MEMORY
     return Measured(shape, source.dtype, source.numel(), running_stats(values, seed=seed), values)
 
 
-def _measure_stored(stored: StoredTensor, seed: int, max_memory: int) -> Measured:
+def _measure_stored(stored: StoredTensor, seed: int, max_memory: int, structure: bool) -> Measured:
     """The fused kernel's scan of a tensor in its file: statistics, sample, and (as for a
     tensor loaded whole, only within the memory budget) the lines the structure tests read."""
     info = stored.info
-    whole = info.numel * info.dtype.itemsize <= max_memory and info.numel >= MIN_ELEMENTS
+    whole = (
+        structure and info.numel * info.dtype.itemsize <= max_memory and info.numel >= MIN_ELEMENTS
+    )
     try:
         stats, rows = file_stats(
             stored.fd,

@@ -3,6 +3,7 @@ and the short forms of numbers, shapes, calls and type names that tables print."
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -88,7 +89,30 @@ OutputFormat = Format
 # DEL, C1 controls (ESC [ and CSI start escape sequences that clear screens, set titles,
 # write to the clipboard), and the Unicode bidirectional controls that reorder what a
 # reader sees (the "Trojan Source" characters, CVE-2021-42574).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_RANGES = (
+    (0x00, 0x1F),
+    (0x7F, 0x9F),
+    (0x061C, 0x061C),
+    (0x200E, 0x200F),
+    (0x202A, 0x202E),
+    (0x2066, 0x2069),
+)
+_CONTROL_CHARS = "".join(chr(c) for lo, hi in _CONTROL_RANGES for c in range(lo, hi + 1))
+_CONTROL = re.compile(f"[{re.escape(_CONTROL_CHARS)}]")
+
+
+@functools.lru_cache(maxsize=8)
+def _control_but(keep: str) -> re.Pattern[str]:
+    """The control characters but those in ``keep``: the newlines of a whole rendered output
+    then never reach the replacement callback (one Python call per line of a JSON report)."""
+    if not keep:
+        return _CONTROL
+    return re.compile(f"[{re.escape(''.join(c for c in _CONTROL_CHARS if c not in keep))}]")
+
+
+def _shown(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def escape_text(text: str, keep: str = "") -> str:
@@ -96,15 +120,7 @@ def escape_text(text: str, keep: str = "") -> str:
     controls), so a tensor name from a file cannot move the cursor, clear a terminal or
     forge a line; those in ``keep`` stay (``"\\n\\t"`` for a whole rendered output, whose
     lines they lay out)."""
-
-    def shown(match: re.Match[str]) -> str:
-        char = match.group()
-        if char in keep:
-            return char
-        code = ord(char)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-    return _CONTROL.sub(shown, text)
+    return _control_but(keep).sub(_shown, text)
 
 
 def csv_cell(text: str) -> str:

@@ -13,6 +13,7 @@ costs O(sample), not O(numel).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Iterable
@@ -81,11 +82,20 @@ def sample_positions(numel: int, size: int, seed: int) -> torch.Tensor:
         return torch.empty(0, dtype=torch.long)
     if numel <= size:
         return torch.arange(numel)
+    starts, widths, last = _strata(numel, size)
     g = torch.Generator().manual_seed(seed)
-    starts = torch.arange(size + 1, dtype=torch.long) * numel // size
-    widths = (starts[1:] - starts[:-1]).to(torch.float64)
-    offsets = (torch.rand(size, generator=g, dtype=torch.float64) * widths).long()
-    return starts[:-1] + torch.minimum(offsets, widths.long() - 1)
+    offsets = torch.rand(size, generator=g, dtype=torch.float64).mul_(widths).long()
+    return torch.minimum(offsets, last, out=offsets).add_(starts)
+
+
+@functools.lru_cache(maxsize=64)
+def _strata(numel: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The strata of :func:`sample_positions` (first positions, widths as float64, last
+    offsets): the same for every tensor of one size, so a checkpoint of many equal
+    tensors computes them once. Read only."""
+    bounds = torch.arange(size + 1, dtype=torch.long) * numel // size
+    widths = bounds[1:] - bounds[:-1]
+    return bounds[:-1], widths.to(torch.float64), widths - 1
 
 
 def _fusable(t: torch.Tensor) -> bool:

@@ -127,6 +127,17 @@ def test_escape_helpers() -> None:
 
     assert escape_text("a\x1bb\u202ec\nd") == "a\\x1bb\\u202ec\\x0ad"
     assert escape_text("a\nb\tc\x1b", keep="\n\t") == "a\nb\tc\\x1b"
+    # Every character through U+2FFF, with each set of kept characters the renderers use:
+    # controls escaped unless kept, everything else as it is.
+    everything = "".join(chr(c) for c in range(0x3000) if not 0xD800 <= c < 0xE000)
+    for keep in ("", "\n\t", "\r\n"):
+        expected = "".join(
+            c
+            if c in keep or not (RAW.match(c) or c in "\t\n")
+            else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+            for c in everything
+        )
+        assert escape_text(everything, keep) == expected
     assert [csv_cell(x) for x in ("=1+1", "+x", "-y", "@z", "\tq", "ok")] == [
         "'=1+1", "'+x", "'-y", "'@z", "\\x09q", "ok",
     ]  # fmt: skip

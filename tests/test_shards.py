@@ -215,6 +215,29 @@ def test_an_error_in_a_worker_keeps_its_hint() -> None:
     assert parallel_map(lambda i: i * i, [5, 1, 9, 2], workers=2) == [0, 1, 4, 9]
 
 
+def test_small_tasks_go_to_workers_in_batches_large_ones_alone() -> None:
+    from initscope.parallel.workers import BATCH, batches, can_fork, parallel_map
+
+    if not can_fork():
+        pytest.skip("workers fork, on Linux only")
+    # Four large tensors and 300 small ones: every result in its place, computed in a
+    # worker, every one ticked once; the large ones go out alone, the small ones together.
+    import os
+
+    weights = [10**6] * 4 + [100] * 300
+    ticked: list[int] = []
+    out = parallel_map(lambda i: (i, os.getpid()), weights, workers=2, tick=ticked.append)
+    assert [i for i, _ in out] == list(range(len(weights)))
+    assert sorted(ticked) == list(range(len(weights)))
+    assert ticked[:4] == [0, 1, 2, 3]  # largest first, each alone
+    assert os.getpid() not in {pid for _, pid in out}
+    order = sorted(range(len(weights)), key=lambda i: -weights[i])
+    cut = batches(order, weights, 2)
+    assert [i for b in cut for i in b] == order
+    assert all(len(b) == 1 for b in cut[:4])
+    assert all(1 < len(b) <= BATCH for b in cut[4:])
+
+
 def test_a_run_gives_the_garbage_collector_back_its_objects() -> None:
     # The objects alive before a run are frozen out of the collector while it lasts (and
     # after an error in it), and collected as usual once it ends.

@@ -69,6 +69,8 @@ class Accumulator(ctypes.Structure):
 
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
+# No positions, no lines: the kernel reads neither array when its count is 0.
+_NONE = torch.empty(0, dtype=torch.int64)
 
 
 def available() -> bool:
@@ -152,15 +154,16 @@ def scan(
     lib = _lib()
     count = -(-numel // SEGMENT)
     out = (Accumulator * count)()
-    if positions is None:
-        positions = torch.empty(0, dtype=torch.int64)
-    pos = positions.to(torch.int64).contiguous()
+    pos = _NONE if positions is None else positions.to(torch.int64).contiguous()
     sample = torch.empty(pos.numel(), dtype=torch.float64)
-    starts = torch.empty(0, dtype=torch.int64)
-    copied = None
+    starts, length, stride, copied = _NONE, 0, 1, None
     if lines is not None:
-        starts = lines.starts.to(torch.int64).contiguous()
-        copied = torch.empty(starts.numel(), lines.length, dtype=torch.float64)
+        starts, length, stride = (
+            lines.starts.to(torch.int64).contiguous(),
+            lines.length,
+            lines.stride,
+        )
+        copied = torch.empty(starts.numel(), length, dtype=torch.float64)
     job = _Job(
         mem=address,
         fd=-1 if fd is None else fd,
@@ -173,9 +176,9 @@ def scan(
         sample=sample.data_ptr(),
         line_start=starts.data_ptr(),
         nlines=starts.numel(),
-        line_len=lines.length if lines is not None else 0,
-        line_stride=lines.stride if lines is not None else 1,
-        lines=copied.data_ptr() if copied is not None else None,
+        line_len=length,
+        line_stride=stride,
+        lines=None if copied is None else copied.data_ptr(),
     )
     threads = min(max(1, torch.get_num_threads()), count)
     per = -(-count // threads)

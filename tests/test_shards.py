@@ -221,7 +221,8 @@ def test_small_tasks_go_to_workers_in_batches_large_ones_alone() -> None:
     if not can_fork():
         pytest.skip("workers fork, on Linux only")
     # Four large tensors and 300 small ones: every result in its place, computed in a
-    # worker, every one ticked once; the large ones go out alone, the small ones together.
+    # worker, every one ticked once (in the order they finish, which two workers race); the
+    # large ones go out first and alone, the small ones together.
     import os
 
     weights = [10**6] * 4 + [100] * 300
@@ -229,7 +230,6 @@ def test_small_tasks_go_to_workers_in_batches_large_ones_alone() -> None:
     out = parallel_map(lambda i: (i, os.getpid()), weights, workers=2, tick=ticked.append)
     assert [i for i, _ in out] == list(range(len(weights)))
     assert sorted(ticked) == list(range(len(weights)))
-    assert ticked[:4] == [0, 1, 2, 3]  # largest first, each alone
     assert os.getpid() not in {pid for _, pid in out}
     order = sorted(range(len(weights)), key=lambda i: -weights[i])
     cut = batches(order, weights, 2)

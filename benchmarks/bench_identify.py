@@ -20,6 +20,17 @@ Figures:
 4. trained-like tensors ≥ 1,000 elements (default plus a structured perturbation, heavy
    tails, low rank + noise, bimodal, ...), identified against the torch default:
    `unknown` (target ≥ 95%).
+
+Then the false alarms (``--false-alarms``: only them): INITSCOPE_BENCH_FALSE_ALARM fresh
+tensors (default 100,000; 0 skips it), each an independent draw from a default that real
+models use (torch's Linear/Conv kaiming_uniform(a=√5) weights and U(±1/√fan_in) biases,
+normal(0, 0.02) and normal(0, 1), trunc_normal_(std=0.02), xavier_uniform/normal,
+kaiming_normal(fan_out)), at sizes spread log-uniformly over 100..10^6 values. A tensor drawn
+from its default reads "differs" with probability at most ALPHA; each test of the decision
+rejects at its share of it. The rate of each test, and of "differs", is printed per size band
+with a 95% interval (Wilson), at ALPHA and at 10·ALPHA (more events, a tighter interval); a
+rate whose interval lies above 1.5× its level prints OVER BUDGET and the script exits with
+status 1.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -36,11 +48,18 @@ from functools import partial
 import torch
 from torch import nn
 
-from initscope.knowledge.identification import Identification, identify
+from initscope.knowledge.identification import (
+    ALPHA,
+    TESTS,
+    Identification,
+    decision_tests,
+    identify,
+)
 from initscope.knowledge.tracing import DefaultInit, InitTracer, fans
 from initscope.stats.tensor import running_stats
 
 SEEDS = int(os.environ.get("INITSCOPE_BENCH_SEEDS", "10"))
+FALSE_ALARM = int(os.environ.get("INITSCOPE_BENCH_FALSE_ALARM", "100000"))
 TOL = 0.005  # "identical distribution": bound/std within 0.5%
 STD_GAP = 0.10  # figure 2 scores schemes whose std differs from the default's by ≥ 10%
 BIG = 1000
@@ -467,6 +486,8 @@ def main() -> None:
                 trained.append((kind, shape, found.fit.label, found.matches_default))
     elapsed = time.perf_counter() - start
     report(rows, edge, trained, elapsed)
+    if FALSE_ALARM > 0 and not false_alarms(FALSE_ALARM):
+        raise SystemExit(1)
 
 
 def report(
@@ -624,5 +645,243 @@ def report(
     print(f"| trained-like tensors ≥ 1,000 elements `unknown` | {fig4} | ≥ 95% |")
 
 
+# -- false alarms ------------------------------------------------------------------------------
+
+# Tensors per traced shape: each draw is fresh, the traced default is shared.
+DRAWS_PER_SHAPE = 50
+# A rate is judged where its nominal count of rejections is at least this: with 10 expected,
+# a calibrated test reads over 1.5× (23 or more) with probability 2e-4.
+JUDGED = 10.0
+BANDS = ((100, 1_000), (1_000, 10_000), (10_000, 100_000), (100_000, 1_000_001))
+
+
+@dataclass(frozen=True)
+class Default:
+    """A default as real models leave it: the layer or init call that is traced (on the meta
+    device), and the same draw for a fresh tensor."""
+
+    name: str
+    dims: int  # 1: a bias; 2: a matrix; 4: a conv weight
+    trace: Callable[[tuple[int, ...]], torch.Tensor]
+    draw: Callable[[torch.Tensor, torch.Generator], object]
+
+
+def _layer_weight(shape: tuple[int, ...]) -> torch.Tensor:
+    if len(shape) == 2:
+        return nn.Linear(shape[1], shape[0], bias=False, device="meta").weight
+    conv = nn.Conv2d(shape[1], shape[0], shape[2], bias=False, device="meta")
+    return conv.weight
+
+
+def _layer_bias(shape: tuple[int, ...]) -> torch.Tensor:
+    bias = nn.Linear(BIAS_FAN_IN, shape[0], device="meta").bias
+    assert bias is not None
+    return bias
+
+
+def _traced(init: Callable[..., object]) -> Callable[[tuple[int, ...]], torch.Tensor]:
+    def trace(shape: tuple[int, ...]) -> torch.Tensor:
+        t = torch.empty(shape, device="meta")
+        init(t)
+        return t
+
+    return trace
+
+
+def _bias_draw(t: torch.Tensor, generator: torch.Generator) -> object:
+    # torch.nn.Linear.reset_parameters: init.uniform_(bias, -1/√fan_in, 1/√fan_in)
+    b = 1 / math.sqrt(BIAS_FAN_IN)
+    return nn.init.uniform_(t, -b, b, generator=generator)
+
+
+FRESH: list[Default] = [
+    Default(
+        "Linear.weight: kaiming_uniform(a=√5)",
+        2,
+        _layer_weight,
+        partial(nn.init.kaiming_uniform_, a=math.sqrt(5)),
+    ),
+    Default(
+        "Conv2d.weight: kaiming_uniform(a=√5)",
+        4,
+        _layer_weight,
+        partial(nn.init.kaiming_uniform_, a=math.sqrt(5)),
+    ),
+    Default("Linear.bias: U(±1/√fan_in)", 1, _layer_bias, _bias_draw),
+    Default(
+        "normal(0, 0.02)",
+        2,
+        _traced(partial(nn.init.normal_, std=0.02)),
+        partial(nn.init.normal_, std=0.02),
+    ),
+    Default("normal(0, 1) (Embedding)", 2, _traced(nn.init.normal_), nn.init.normal_),
+    Default(
+        "trunc_normal(std=0.02)",
+        2,
+        _traced(partial(nn.init.trunc_normal_, std=0.02)),
+        partial(nn.init.trunc_normal_, std=0.02),
+    ),
+    Default("xavier_uniform", 2, _traced(nn.init.xavier_uniform_), nn.init.xavier_uniform_),
+    Default("xavier_normal", 2, _traced(nn.init.xavier_normal_), nn.init.xavier_normal_),
+    Default(
+        "kaiming_normal(fan_out, relu)",
+        4,
+        _traced(partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu")),
+        partial(nn.init.kaiming_normal_, mode="fan_out", nonlinearity="relu"),
+    ),
+]
+
+
+def _shape(numel: int, dims: int, g: torch.Generator) -> tuple[int, ...]:
+    """A shape of about ``numel`` values: a matrix of random aspect (1:16 to 16:1), a conv
+    weight with a 1×1 or 3×3 kernel, or a vector."""
+    if dims == 1:
+        return (numel,)
+    u = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+    k = 3 if dims == 4 and u[1] < 0.5 and numel >= 9 * 16 else 1
+    cells = max(numel // (k * k), 1)
+    rows = max(1, round(math.sqrt(cells * 16.0 ** (2 * u[0] - 1))))
+    cols = max(1, -(-cells // rows))  # at least numel values
+    return (rows, cols, k, k) if dims == 4 else (rows, cols)
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of a binomial proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    z = 1.959964
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+@dataclass
+class Tally:
+    """Rejections of one test in one size band, against the levels the test ran at."""
+
+    tensors: int = 0
+    rejected: int = 0
+    level_sum: float = 0.0  # Σ of each tensor's level: the expected count under the null
+
+    def add(self, rejected: bool, level: float) -> None:
+        self.tensors += 1
+        self.rejected += rejected
+        self.level_sum += level
+
+    def cell(self) -> tuple[str, bool]:
+        """``k/n ratio× [lo, hi]``, the ratio of the measured to the nominal rate with its 95%
+        interval; and whether the interval lies above 1.5× nominal. A cell whose nominal
+        count is under JUDGED is shown, not judged (``·``): one chance event there puts the
+        interval above 1.5×."""
+        if not self.tensors:
+            return "—", False
+        lo, hi = _wilson(self.rejected, self.tensors)
+        nominal = self.level_sum / self.tensors
+        judged = self.level_sum >= JUDGED
+        over = judged and lo > 1.5 * nominal
+        text = f"{self.rejected}/{self.tensors} {self.rejected / self.tensors / nominal:.2f}×"
+        text += f" [{lo / nominal:.2f}, {hi / nominal:.2f}]" + ("" if judged else "·")
+        return text + (" OVER BUDGET" if over else ""), over
+
+
+def _band(numel: int) -> int:
+    return next((i for i, (lo, hi) in enumerate(BANDS) if lo <= numel < hi), len(BANDS) - 1)
+
+
+def false_alarms(count: int) -> bool:
+    """Draw ``count`` fresh default tensors, print each test's rejection rate against its
+    level; False when a rate is over budget."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: one core is faster than two
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(31_337)
+    levels = {"α": ALPHA, "10α": 10 * ALPHA}
+    names = (*TESTS, "rows", "differs")
+    tallies = {(lv, name, b): Tally() for lv in levels for name in names for b in range(len(BANDS))}
+    per_default: dict[str, Tally] = {d.name: Tally() for d in FRESH}
+    drawn = 0
+    lo, hi = math.log(BANDS[0][0]), math.log(BANDS[-1][1] - 1)
+    while drawn < count:
+        d = FRESH[int(torch.randint(len(FRESH), (1,), generator=g))]
+        numel = round(math.exp(lo + (hi - lo) * float(torch.rand(1, generator=g))))
+        shape = _shape(numel, d.dims, g)
+        with InitTracer() as tracer:
+            meta = d.trace(shape)
+        default = tracer.resolve(meta)
+        tracer.close()
+        assert default is not None and default.is_known, (d.name, shape)
+        band = _band(math.prod(shape))
+        for _ in range(min(DRAWS_PER_SHAPE, count - drawn)):
+            t = torch.empty(shape)
+            d.draw(t, generator=g)
+            rs = running_stats(t, seed=drawn)
+            found = identify(rs, shape, default, t)
+            tests = decision_tests(rs, shape, default, t, structure=found.structure)
+            drawn += 1
+            if tests is None:  # an all-equal or too-small tensor: no distribution test
+                continue
+            per_default[d.name].add(found.matches_default is False, ALPHA)
+            for lv, alpha in levels.items():
+                for name, p in tests.p_values.items():
+                    level = tests.level(name, alpha)
+                    tallies[(lv, name, band)].add(p < level, level)
+                tallies[(lv, "differs", band)].add(tests.p_value <= alpha, alpha)
+            # identify's own verdict is the decision the tests make together
+            assert (found.matches_default is False) == (tests.p_value <= ALPHA), (found, tests)
+    elapsed = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return _print_false_alarms(count, tallies, per_default, levels, names, elapsed)
+
+
+def _print_false_alarms(
+    count: int,
+    tallies: dict[tuple[str, str, int], Tally],
+    per_default: dict[str, Tally],
+    levels: dict[str, float],
+    names: tuple[str, ...],
+    elapsed: float,
+) -> bool:
+    print(
+        f"\nFalse alarms: {count} fresh default tensors, {len(FRESH)} defaults, sizes "
+        f"log-uniform over 100..10^6 values; {elapsed:.0f} s"
+    )
+    print(
+        "  each cell: rejected/tensors, measured ÷ nominal rate [95% interval]; a test's\n"
+        "  nominal rate is its share of the decision's level (Bonferroni over the tests run);\n"
+        f"  · fewer than {JUDGED:g} rejections expected: shown, not judged"
+    )
+    ok = True
+    bands = [f"{lo:,}-{hi - 1:,}" for lo, hi in BANDS]
+    for lv, alpha in levels.items():
+        print(f"\n  decision level {lv} = {alpha:g}")
+        width = 12
+        print("  " + f"{'test':{width}s}" + "".join(f"{b:>38s}" for b in bands) + f"{'all':>38s}")
+        for name in names:
+            cells = []
+            total = Tally()
+            for b in range(len(BANDS)):
+                t = tallies[(lv, name, b)]
+                total.tensors += t.tensors
+                total.rejected += t.rejected
+                total.level_sum += t.level_sum
+                text, over = t.cell()
+                ok &= not over
+                cells.append(text)
+            text, over = total.cell()
+            ok &= not over
+            cells.append(text)
+            print("  " + f"{name:{width}s}" + "".join(f"{c:>38s}" for c in cells))
+    print(f"\n  differs at α = {ALPHA:g}, by default:")
+    for name, t in per_default.items():
+        text, over = t.cell()
+        ok &= not over
+        print(f"    {name:40s} {text}")
+    print("  within budget" if ok else "  OVER BUDGET: a rate's interval lies above 1.5× its level")
+    return ok
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--false-alarms"]:  # this section alone
+        raise SystemExit(0 if false_alarms(FALSE_ALARM) else 1)
     main()

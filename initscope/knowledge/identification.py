@@ -10,11 +10,18 @@ A candidate with fully specified numbers passes when all of these do, each at le
 ``ALPHA`` divided by the number of tests (Bonferroni):
 
 - a Kolmogorov–Smirnov test of the bounded sample against the candidate's CDF (shape);
-- a z-test of the full tensor's variance against the candidate's (scale), using the
-  variance of the sample variance, (μ4 − σ⁴)/n, so that U(±1/√fan_in) and xavier_uniform
-  are told apart even where their CDFs are close;
+- a test of the full tensor's variance against the candidate's (scale), from the sample
+  variance's exact first three cumulants, so that U(±1/√fan_in) and xavier_uniform are told
+  apart even where their CDFs are close;
+- a z-test of the full tensor's mean;
 - for bounded families, the observed extremes: nothing outside the support, and for a
-  uniform the largest value close to the bound, P(max < b − d) = (1 − d/(b − a))ⁿ.
+  uniform the largest value close to the bound, P(max < b − d) = (1 − d/(b − a))ⁿ;
+- for normal and uniform candidates, the sample's kurtosis (tails).
+
+Whether a tensor is at its default is one decision with one error budget, ``ALPHA``: the
+default's tests and, for a matrix, the row test (two χ² tests) share it, each at ``ALPHA``
+over their number, so values drawn from their default read "differs" with probability at
+most ``ALPHA`` (``make bench-identify`` measures it on 100,000 fresh tensors).
 
 The cost per tensor is O(sample) on top of the streaming statistics.
 """
@@ -31,7 +38,7 @@ from typing import Any
 import torch
 
 from initscope.knowledge.distributions import Distribution, Family
-from initscope.knowledge.goodness import ks_test, ks_two_sample
+from initscope.knowledge.goodness import ks_test, ks_two_sample, kurtosis_test, variance_test
 from initscope.knowledge.recipes import probe_stats, replay
 from initscope.knowledge.tracing import DefaultInit, fans
 from initscope.stats import fused
@@ -41,14 +48,20 @@ from initscope.stats.tensor import RunningStats, TensorStats
 __all__ = [
     "ALPHA",
     "MIN_ELEMENTS",
+    "TESTS",
     "Fit",
     "Identification",
+    "Tests",
+    "decision_tests",
     "identify",
 ]
 
-# Level of each candidate's test: a tensor drawn from its default is called "differs" with
-# probability about ALPHA.
+# The error budget of one decision: a tensor drawn from its default is called "differs" with
+# probability at most ALPHA, split evenly (Bonferroni) over the tests the decision runs.
 ALPHA = 1e-3
+# The tests of a fully specified candidate, as :class:`Tests` names them; a matrix's decision
+# also runs the row test ("rows", two χ² tests).
+TESTS = ("variance", "mean", "range", "ks", "kurtosis")
 # Below this many values a shape test cannot separate the usual schemes (a 10-element bias).
 MIN_ELEMENTS = 30
 # Gains torch.nn.init.calculate_gain gives (torch/nn/init.py): relu √2, tanh 5/3, selu 3/4,
@@ -104,24 +117,10 @@ def _z_p(z: float) -> float:
     return math.erfc(abs(z) / math.sqrt(2.0))
 
 
-def _fourth_moment(d: Distribution) -> float | None:
-    """E[(X − μ)⁴] for the families with a closed form."""
-    if d.family is Family.UNIFORM and d.low is not None and d.high is not None:
-        return (d.high - d.low) ** 4 / 80.0
-    if d.family is Family.NORMAL and d.scale is not None:
-        return 3.0 * d.scale**4
-    return None
-
-
 def _p_variance(d: Distribution, s: TensorStats) -> float | None:
-    if d.std is None or s.std is None or s.numel < 2:
+    if s.std is None:
         return None
-    m4 = _fourth_moment(d)
-    if m4 is None:
-        return None
-    var = d.std**2
-    spread = math.sqrt(max(m4 - var * var, 1e-300) / s.numel)
-    return _z_p((s.std**2 - var) / spread)
+    return variance_test(s.std**2, s.numel, d)
 
 
 def _p_mean(d: Distribution, s: TensorStats) -> float | None:
@@ -151,11 +150,6 @@ def _p_range(d: Distribution, s: TensorStats, eps: float) -> float | None:
     return min(1.0, max(0.0, n * q ** (n - 1) - (n - 1) * q**n))
 
 
-# Standardized moments E[z⁴], E[z⁶], E[z⁸] of the uniform and the normal, for the variance of
-# the sample kurtosis b2 (delta method): ((μ8 − μ4²) − 4μ4(μ6 − μ4) + 4μ4²(μ4 − 1)) / n.
-_MOMENTS = {Family.UNIFORM: (1.8, 27 / 7, 9.0), Family.NORMAL: (3.0, 15.0, 105.0)}
-
-
 class _Sample:
     """One tensor's sample, prepared once for all the candidates it is tested against; the
     sort (for KS) and the kurtosis are computed on first use, since the moment tests reject
@@ -183,32 +177,9 @@ class _Sample:
 def _p_kurtosis(d: Distribution, sample: _Sample) -> float | None:
     """The tails: a mixture (default plus a trained update) keeps the mean and variance of a
     candidate but not its kurtosis, and KS barely sees tails."""
-    n = sample.size
-    if n < MIN_ELEMENTS or d.family not in _MOMENTS or sample.b2 is None:
+    if sample.size < MIN_ELEMENTS or sample.b2 is None:
         return None
-    if d.family is Family.NORMAL:
-        return _z_p(_anscombe_glynn(sample.b2, n))
-    m4, m6, m8 = _MOMENTS[d.family]
-    var_b2 = ((m8 - m4 * m4) - 4 * m4 * (m6 - m4) + 4 * m4 * m4 * (m4 - 1)) / n
-    return _z_p((sample.b2 - m4) / math.sqrt(var_b2))
-
-
-def _anscombe_glynn(b2: float, n: int) -> float:
-    """The kurtosis of n normal draws as a standard normal z (Anscombe & Glynn 1983, the
-    test scipy.stats.kurtosistest runs): b2's exact mean and variance for n, and a cube-root
-    transformation for its skew. The large-n z ((b2 - 3) / sqrt(24 / n)) ignores both, and at
-    300 values rejected 4x as often as its nominal 1e-3."""
-    mean = 3.0 * (n - 1) / (n + 1)
-    var = 24.0 * n * (n - 2) * (n - 3) / ((n + 1) ** 2 * (n + 3) * (n + 5))
-    x = (b2 - mean) / math.sqrt(var)
-    skew = (
-        6.0 * (n * n - 5 * n + 2) / ((n + 7) * (n + 9))
-        * math.sqrt(6.0 * (n + 3) * (n + 5) / (n * (n - 2) * (n - 3)))
-    )  # fmt: skip
-    a = 6.0 + 8.0 / skew * (2.0 / skew + math.sqrt(1.0 + 4.0 / skew**2))
-    term = (1.0 - 2.0 / a) / (1.0 + x * math.sqrt(2.0 / (a - 4.0)))
-    cube = math.copysign(abs(term) ** (1.0 / 3.0), term)
-    return ((1.0 - 2.0 / (9.0 * a)) - cube) / math.sqrt(2.0 / (9.0 * a))
+    return kurtosis_test(sample.b2, sample.size, d.family)
 
 
 # Below this, a candidate is rejected at any error rate initscope uses (check splits 1e-3 over
@@ -217,36 +188,68 @@ _CERTAIN = 1e-12
 
 
 def _p_candidate(d: Distribution, s: TensorStats, sample: _Sample, eps: float) -> float:
-    """The Bonferroni-combined p-value of the candidate's five tests (a NaN p-value fails).
-    The cheap moment tests run first; when they already reject beyond doubt, the KS test on
-    the sample (a CDF over 4096 values) is skipped. Values whose moments a float cannot hold
-    (1e300 in float64: its fourth power overflows) follow no candidate."""
+    """The Bonferroni-combined p-value of the candidate's tests (a NaN p-value fails)."""
+    ps = _p_values(d, s, sample, eps)
+    return _combined(ps, len(ps)) if ps is not None else 0.0
+
+
+def _combined(ps: Mapping[str, float], count: int) -> float:
+    """Bonferroni: the smallest of the p-values times the number of tests sharing the level."""
+    return min(1.0, min(ps.values()) * count) if ps else 0.0
+
+
+def _p_values(
+    d: Distribution, s: TensorStats, sample: _Sample, eps: float, *, every: bool = False
+) -> dict[str, float] | None:
+    """Each test's p-value for candidate ``d`` (a NaN one fails), None for values it cannot
+    describe: a candidate that is not continuous, or values whose moments a float cannot hold
+    (1e300 in float64: its fourth power overflows). The cheap moment tests run first; when
+    they already reject beyond doubt, the KS test on the sample (a CDF over 4096 values) and
+    the kurtosis are skipped, unless ``every``."""
     if not d.is_continuous:
-        return 0.0
+        return None
     try:
-        return _p_tests(d, s, sample, eps)
+        cheap = {
+            "variance": _p_variance(d, s),
+            "mean": _p_mean(d, s),
+            "range": _p_range(d, s, eps),
+        }
+        ps = {k: p if math.isfinite(p) else 0.0 for k, p in cheap.items() if p is not None}
+        if not every and ps and min(ps.values()) * len(TESTS) < _CERTAIN:
+            return ps
+        tail = {
+            "ks": ks_test(sample.sorted, d, presorted=True).p_value if sample.size else None,
+            "kurtosis": _p_kurtosis(d, sample),
+        }
+        ps |= {k: p if math.isfinite(p) else 0.0 for k, p in tail.items() if p is not None}
     except OverflowError:
-        return 0.0
+        return None
+    return ps
 
 
-def _p_tests(d: Distribution, s: TensorStats, sample: _Sample, eps: float) -> float:
-    tests = 5
-    cheap = [
-        p if math.isfinite(p) else 0.0
-        for p in (_p_variance(d, s), _p_mean(d, s), _p_range(d, s, eps))
-        if p is not None
-    ]
-    if cheap and min(cheap) * tests < _CERTAIN:
-        return min(cheap) * tests
-    ps = cheap + [
-        p if math.isfinite(p) else 0.0
-        for p in (
-            ks_test(sample.sorted, d, presorted=True).p_value if sample.size else None,
-            _p_kurtosis(d, sample),
-        )
-        if p is not None
-    ]
-    return min(1.0, min(ps) * len(ps)) if ps else 0.0
+@dataclass(frozen=True)
+class Tests:
+    """The tests behind one "matches its default" decision: each one's p-value (``TESTS``
+    names them; ``rows`` is the row test, itself two tests) and ``count``, how many tests
+    share the decision's level: each rejects below ``level(name, alpha)``, so that values
+    drawn from the default are called "differs" with probability at most ``alpha``."""
+
+    p_values: Mapping[str, float]
+    count: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "p_values", MappingProxyType(dict(self.p_values)))
+
+    def level(self, name: str, alpha: float) -> float:
+        return alpha * (2 if name == "rows" else 1) / self.count
+
+    @property
+    def p_value(self) -> float:
+        """The decision's Bonferroni p-value: differs when it is at most alpha."""
+        if not self.p_values:
+            return 0.0
+        share = {k: 2 if k == "rows" else 1 for k in self.p_values}
+        return min(1.0, min(p * self.count / share[k] for k, p in self.p_values.items()))
 
 
 def row_choice(shape: tuple[int, ...], count: int = 64) -> tuple[torch.Tensor, bool] | None:
@@ -572,9 +575,9 @@ def identify_stats(
     exact = _by_pattern(s, values, shape, known_default, eps, alpha)
     if exact is not None:
         return Identification(exact.fit, exact.matches_default, structure)
-    structured = _by_structure(structure, default, known_default, alpha)
-    if structured is not None:
-        return structured
+    if structure is not None and structure.orthogonal is not None:
+        return _as_orthogonal(structure, structure.orthogonal, known_default)
+    rows = _p_rows_of(structure, default)
     matches_default: bool | None = None
     if known_default is not None and known_default.family is Family.DERIVED:
         assert default is not None
@@ -585,17 +588,20 @@ def identify_stats(
             return Identification(fit, True, structure)
         matches_default = None if p_probe is None else False
     elif known_default is not None and known_default.is_continuous:
-        p = _p_candidate(known_default, s, sample, eps)
-        matches_default = p > alpha
-        if matches_default:
+        p = _decision(known_default, s, sample, eps, rows).p_value
+        if p > alpha:
             assert default is not None
             return Identification(
                 Fit(_default_label(default), known_default.family, _estimate(known_default, s), p),
                 True,
                 structure,
             )
-    elif known_default is not None:
+        matches_default = False
+    elif known_default is not None and known_default.family is not Family.DETERMINISTIC:
         matches_default = False  # a constant/structured default, and the values are neither
+    if rows is not None and rows < alpha:
+        # Rows that are not independent draws: no elementwise distribution describes them.
+        return Identification(Fit("unknown", None), matches_default, structure)
     best = _best_candidate(shape, s, sample, eps, alpha)
     if best is None:
         return Identification(Fit("unknown", None), matches_default, structure)
@@ -673,6 +679,50 @@ def _equals_replay(
     return bool((nearest <= tol).all())
 
 
+def _decision(
+    d: Distribution,
+    s: TensorStats,
+    sample: _Sample,
+    eps: float,
+    rows: float | None,
+    *,
+    every: bool = False,
+) -> Tests:
+    """The tests of "the values follow the continuous default ``d``": the candidate's, and
+    the row test's p-value ``rows`` where it applies (None elsewhere)."""
+    ps = _p_values(d, s, sample, eps, every=every)
+    if ps is None:
+        return Tests({}, 1)
+    count = len(ps)
+    if rows is not None:
+        ps["rows"] = rows
+        count += 2
+    return Tests(ps, count)
+
+
+def decision_tests(
+    rs: RunningStats,
+    shape: tuple[int, ...],
+    default: DefaultInit | None,
+    tensor: torch.Tensor | None = None,
+    *,
+    structure: Structure | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tests | None:
+    """Every test behind :func:`identify`'s ``matches_default`` for values whose default is
+    a continuous distribution (None for any other default, or too few or non-finite values),
+    none of them skipped: to measure how often each one rejects values drawn from it."""
+    s, values = rs.result(), rs.sample()
+    known = default.distribution if default is not None and default.is_known else None
+    if known is None or not known.is_continuous or _degenerate(s, known) is not None:
+        return None
+    if structure is None and tensor is not None:
+        structure = structure_of(tensor)
+    eps = _resolution(tensor if tensor is not None else dtype)
+    rows = _p_rows_of(structure, default)
+    return _decision(known, s, _Sample(values), eps, rows, every=True)
+
+
 def _by_pattern(
     s: TensorStats,
     values: torch.Tensor,
@@ -742,35 +792,27 @@ def _degenerate(s: TensorStats, known_default: Distribution | None) -> Identific
     return None
 
 
-def _by_structure(
-    structure: Structure | None,
-    default: DefaultInit | None,
-    known_default: Distribution | None,
-    alpha: float,
-) -> Identification | None:
-    """The identification the structured tests of a matrix decide, or None: an orthogonal
-    matrix, or rows that are not independent draws (unknown), which no elementwise
-    distribution describes. A default that leaves part of the tensor alone (a zeroed
-    padding row) is exempt from the row test: that row is structure."""
-    if structure is not None and structure.orthogonal is not None:
-        ortho = structure.orthogonal
-        matches = None
-        if known_default is not None:
-            matches = (
-                known_default.family is Family.ORTHOGONAL
-                and known_default.gain is not None
-                and math.isclose(abs(known_default.gain), ortho.params["gain"], rel_tol=1e-3)
-            )
-        return Identification(ortho, matches, structure)
-    if (
-        structure is not None
-        and not (default is not None and default.partial)  # a zeroed padding row is structure
-        and structure.p_rows is not None
-        and structure.p_rows < alpha
-    ):
-        unknown = Fit("unknown", None)
-        return Identification(unknown, None if known_default is None else False, structure)
-    return None
+def _as_orthogonal(
+    structure: Structure, ortho: Fit, known_default: Distribution | None
+) -> Identification:
+    """An orthogonal matrix: whether it is the default is whether that is orthogonal with the
+    same gain."""
+    matches = None
+    if known_default is not None:
+        matches = (
+            known_default.family is Family.ORTHOGONAL
+            and known_default.gain is not None
+            and math.isclose(abs(known_default.gain), ortho.params["gain"], rel_tol=1e-3)
+        )
+    return Identification(ortho, matches, structure)
+
+
+def _p_rows_of(structure: Structure | None, default: DefaultInit | None) -> float | None:
+    """The row test's p-value where it applies: a default that leaves part of the tensor
+    alone (a zeroed padding row) is exempt, as that row is structure."""
+    if structure is None or (default is not None and default.partial):
+        return None
+    return structure.p_rows
 
 
 def _best_candidate(

@@ -151,10 +151,10 @@ def variance_test(variance: float, n: int, d: Distribution) -> float | None:
 
 # The first four moments of the sample kurtosis b2 = m4/m2² of n uniform draws (any bounds: b2
 # does not depend on them) as mean, variance, skewness and excess kurtosis, fitted in powers of
-# 1/n to simulations of 10^6 samples at each n from 30 to 4096 (benchmarks/calibrate_kurtosis.py
-# prints the fit and the rejection rates it gives). The variance's leading term is exact: the
-# delta method's (μ8 − μ4²) − 4μ4(μ6 − μ4) + 4μ4²(μ4 − 1) = 1152/875 for U's standardized
-# moments μ4 = 9/5, μ6 = 27/7, μ8 = 9.
+# 1/n to simulations of 1 to 3 million samples at each n from 30 to 4096 (the method and the
+# rejection rates it gives: benchmarks/calibrate_kurtosis.py). The variance's leading term is
+# exact: the delta method's (μ8 − μ4²) − 4μ4(μ6 − μ4) + 4μ4²(μ4 − 1) = 1152/875 for U's
+# standardized moments μ4 = 9/5, μ6 = 27/7, μ8 = 9.
 _UNIFORM_B2 = (
     (1.8, 2.618, -2.96),  # mean: 1.8 + a/n + b/n²
     (1152 / 875, 14.29, 56.5),  # n · variance: c (1 + d/n + e/n²)

@@ -218,3 +218,94 @@ def test_a_fifo_adapter_config_does_not_hang(runner: CliRunner, tmp_path: Path) 
     result = runner.invoke(app, ["report", str(folder), "-q"])
     assert result.exit_code == 0, result.output  # not an adapter folder: a bare state dict
     assert "PEFT adapter" not in result.stderr
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, num_classes: int = 1000, width: int = 8) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, width, 3)
+        self.head = torch.nn.Linear(width, num_classes)
+
+
+def _fake_timm(monkeypatch: pytest.MonkeyPatch, built: list[dict[str, Any]]) -> None:
+    """A stand-in for timm (which needs a torchvision built for this torch): it knows one
+    model name and records what it was asked to build."""
+    import types
+
+    fake = types.ModuleType("timm")
+    fake.__version__ = "0.0-test"  # type: ignore[attr-defined]
+    fake.is_model = lambda name: name == "tiny_net"  # type: ignore[attr-defined]
+
+    def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+        built.append({"name": name, "pretrained": pretrained, **kwargs})
+        return _Net(**kwargs)
+
+    fake.create_model = create_model  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "timm", fake)
+
+
+def _timm_folder(tmp_path: Path, config: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "timm-model"
+    folder.mkdir()
+    torch.manual_seed(0)
+    save_file(_Net(num_classes=3, width=16).state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_timm_folder_is_built_by_timm_with_its_config(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The config as timm's save_for_hf writes it (timm/models/_hub.py): the architecture,
+    # num_classes at the top, the constructor's arguments in model_args.
+    built: list[dict[str, Any]] = []
+    _fake_timm(monkeypatch, built)
+    folder = _timm_folder(
+        tmp_path,
+        {"architecture": "tiny_net", "num_classes": 3, "model_args": {"width": 16},
+         "pretrained_cfg": {"tag": "x", "input_size": [3, 224, 224]}},
+    )  # fmt: skip
+    params = _report(runner, str(folder))
+    # built on meta first (within the limits a folder's model is held to), then for real
+    assert built and all(
+        b == {"name": "tiny_net", "pretrained": False, "width": 16, "num_classes": 3} for b in built
+    )
+    assert params["head.weight"]["default"]["label"] == "U(±0.25)"  # kaiming_uniform(a=√5), 16
+    assert all(p["default"] is not None for p in params.values())
+    assert all(p["matches_default"] is True for p in params.values() if p["numel"] >= 30)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"architecture": "../../evil"}, "is not a timm model name"),
+        ({"architecture": "os.system"}, "which this timm (0.0-test) does not know"),
+        ({"architecture": "tiny_net", "model_args": [1]}, "model_args is not an object"),
+    ],
+)
+def test_a_hostile_timm_config_reads_the_folder_bare(
+    runner: CliRunner,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config: dict[str, Any],
+    message: str,
+) -> None:
+    built: list[dict[str, Any]] = []
+    _fake_timm(monkeypatch, built)
+    result = runner.invoke(app, ["report", str(_timm_folder(tmp_path, config)), "-q"])
+    assert result.exit_code == 0, result.output
+    assert message in result.stderr and "bare state dict" in result.stderr, result.stderr
+    assert built == []
+
+
+def test_a_timm_folder_without_timm_says_how_to_get_it(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # import timm fails
+    folder = _timm_folder(tmp_path, {"architecture": "tiny_net"})
+    result = runner.invoke(app, ["report", str(folder), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "is a timm model folder, and timm does not import here" in result.stderr
+    assert "pip install timm with a torchvision built for this torch" in result.stderr

@@ -95,8 +95,9 @@ def test_a_real_architecture_is_right_out_of_the_box(
     assert _labels(saved) == _labels(cpu)
     assert _labels(_params(runner, folder, "--meta")) == _labels(cpu)
     _assert_at_defaults(saved)
-    _check(runner, *fresh, "--expect", at_default)
-    _check(runner, folder, "--expect", at_default)
+    for target in (fresh, [folder]):
+        _check(runner, *target)  # health alone, as a user runs it first
+        _check(runner, *target, "--expect", at_default)
 
 
 @pytest.mark.slow  # 2 models, each reported twice and checked: 3 s
@@ -132,6 +133,7 @@ def test_a_peft_lora_model_has_peft_defaults_on_cpu_and_meta(
             assert got["default"]["source"].startswith("peft/tuners/lora/layer.py"), n
         assert p["matches_default"] is True, (n, p["fit"])
     _assert_at_defaults(cpu)
+    _check(runner, LORA)
     _check(runner, LORA, "--expect", at_default)
 
     # The adapter as PEFT saves it: its tensors only, read as a bare state dict (the base

@@ -1,5 +1,6 @@
 """Model folders: a transformers ``config.json`` beside its safetensors (one file or shards),
-as ``save_pretrained`` writes them and the Hugging Face cache holds them.
+as ``save_pretrained`` writes them and the Hugging Face cache holds them; or timm's
+``config.json`` (``architecture``, ``pretrained_cfg``) as ``timm``'s ``save_for_hf`` writes it.
 
 The architecture is built from the config (the class its ``architectures`` names, looked up in
 ``transformers`` itself, never imported from elsewhere) so every tensor gets its traced
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ __all__ = [
     "is_adapter_folder",
     "is_model_folder",
     "is_pretrained_model",
+    "is_timm_config",
     "model_class",
 ]
 
@@ -113,7 +117,12 @@ def model_class(config: Any) -> type:
 
 def from_config(folder: str, trust_remote_code: bool = False) -> Any:
     """The model ``folder``'s config describes, freshly initialized (not loaded: the
-    weights are read from the folder's safetensors as a checkpoint)."""
+    weights are read from the folder's safetensors as a checkpoint): a transformers model,
+    or a timm model when the config is timm's (``architecture`` and no ``model_type``)."""
+    path = Path(folder)
+    data = _read_config(path)
+    if is_timm_config(data):
+        return _timm_model(path, data)
     try:
         import transformers
     except ImportError:
@@ -121,8 +130,6 @@ def from_config(folder: str, trust_remote_code: bool = False) -> Any:
             f"{folder} is a transformers model folder, and transformers is not installed",
             "pip install transformers, or pass --model pkg.module:Class",
         ) from None
-    path = Path(folder)
-    data = _read_config(path)
     if data.get("auto_map") and not trust_remote_code:
         raise TargetError(
             "its config names code (auto_map), which runs only with --unsafe-load",
@@ -145,3 +152,51 @@ def from_config(folder: str, trust_remote_code: bool = False) -> Any:
         config = config_class.from_dict(data)
     cls = model_class(config)
     return cls(config)
+
+
+def is_timm_config(data: Mapping[str, Any]) -> bool:
+    """Whether a config.json's content is timm's: timm's ``save_for_hf``
+    (timm/models/_hub.py) writes ``architecture`` (one model name) and ``pretrained_cfg``,
+    and no transformers ``model_type``."""
+    return isinstance(data.get("architecture"), str) and "model_type" not in data
+
+
+# A timm model name: what timm registers (timm/models/_registry.py names are identifiers,
+# with a ".tag" for pretrained variants); anything else in a config is refused unread.
+_TIMM_NAME = re.compile(r"[A-Za-z0-9_]{1,100}(\.[A-Za-z0-9_]{1,100})?")
+
+
+def _timm_model(path: Path, data: Mapping[str, Any]) -> Any:
+    """The timm model a timm config.json names, built as timm's own hub loader builds it
+    (timm/models/_hub.py load_model_config_from_hf, then create_model): its ``architecture``
+    with the config's ``model_args`` and ``num_classes``, never with pretrained weights."""
+    name = data["architecture"]
+    where = path / CONFIG_NAME
+    if not _TIMM_NAME.fullmatch(name):
+        raise TargetError(
+            f"{where} names architecture {name[:80]!r}, which is not a timm model name",
+            "re-save the folder with timm, or pass --model pkg.module:Class",
+        )
+    try:
+        import timm
+    except Exception as exc:  # timm imports torchvision, which may not import beside torch
+        raise TargetError(
+            f"{path} is a timm model folder, and timm does not import here "
+            f"({type(exc).__name__}: {str(exc)[:120]}): pip install timm with a torchvision "
+            "built for this torch",
+            "or pass --model pkg.module:Class",
+        ) from None
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        raise TargetError(
+            f"{where} names architecture {name!r}, which this timm ({timm.__version__}) does "
+            "not know",
+            "upgrade timm, or pass --model pkg.module:Class",
+        )
+    args = data.get("model_args", {})
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise TargetError(f"{where}: model_args is not an object", "re-save the folder with timm")
+    kwargs: dict[str, Any] = dict(args)
+    if isinstance(data.get("num_classes"), int) and "num_classes" not in kwargs:
+        kwargs["num_classes"] = data["num_classes"]
+    return timm.create_model(base, pretrained=False, **kwargs)

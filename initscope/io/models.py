@@ -24,7 +24,7 @@ import torch
 from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
-from initscope.errors import InitScopeWarning, TargetError
+from initscope.errors import InitScopeError, InitScopeWarning, TargetError
 from initscope.io.checkpoints import Checkpoint, open_checkpoint
 from initscope.io.folders import (
     adapter_base,
@@ -245,8 +245,16 @@ def _build_checked(
     try:
         return trace_model(spec, seed=how.seed, search_cwd=how.unsafe_load or about.trusted)
     except Exception as exc:
-        _warn_bare(ckpt.path, f"building it failed ({type(exc).__name__}: {exc})"[:300], about)
+        _warn_bare(ckpt.path, f"building it failed ({_failure(exc)})", about)
         return None
+
+
+def _failure(exc: Exception) -> str:
+    """What went wrong building a model from data, for a warning: initscope's own errors
+    whole (their fix included), anything else cut at 300 characters."""
+    if isinstance(exc, InitScopeError):
+        return exc.one_line()
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _warn_adapter(path: Path) -> None:
@@ -288,8 +296,7 @@ def _build_on_meta(
         _warn_bare(ckpt.path, f"building it on the meta device {exc}", about)
         return None
     except Exception as exc:  # a stale or foreign record: any failure means "do not use it"
-        why = f"it cannot be built here ({type(exc).__name__}: {exc})"[:300]
-        _warn_bare(ckpt.path, why, about)
+        _warn_bare(ckpt.path, f"it cannot be built here ({_failure(exc)})", about)
         return None
     state = traced.model.state_dict()
     keys = model_keys(traced.model, ckpt)

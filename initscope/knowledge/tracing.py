@@ -819,13 +819,9 @@ class InitTracer(TorchFunctionMode):
         for draws new draws (still iid if no place is read twice, but not aligned with
         the original). None when nothing wrote all of ``t``; no recipe after a partial write."""
         region = _region(t)
-        if region is None:
-            return None
-        found = self._resolve_region(region)
-        if found is None:
-            return None
-        event, partial = found
-        if event is None:
+        found = None if region is None else self._resolve_region(region)
+        event, partial = found if found is not None else (None, [])
+        if region is None or event is None:
             return None
         state = event.state
         recipe = state.recipe
@@ -872,9 +868,7 @@ class InitTracer(TorchFunctionMode):
     def state_of(self, tensor: torch.Tensor) -> tuple[DefaultInit | None, list[InitCall]] | None:
         """The latest whole write to ``tensor`` and the partial writes after it, or None."""
         region = _region(tensor)
-        if region is None:
-            return None
-        found = self._resolve_region(region)
+        found = None if region is None else self._resolve_region(region)
         if found is None:
             return None
         event, partial = found

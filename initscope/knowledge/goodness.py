@@ -28,6 +28,7 @@ __all__ = [
     "ks_test",
     "ks_two_sample",
     "kurtosis_test",
+    "variance_cumulants",
     "variance_test",
 ]
 
@@ -101,7 +102,7 @@ def ks_two_sample(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> KSResult:
 # -- the variance test -----------------------------------------------------------------------
 
 
-def _cumulants(d: Distribution) -> tuple[float, float, float] | None:
+def variance_cumulants(d: Distribution) -> tuple[float, float, float] | None:
     """κ2, κ4, κ6 of the symmetric continuous families (odd cumulants are zero): a normal's
     are σ², 0, 0; U(a, b)'s are w²/12, −w⁴/120, w⁶/252 for width w (κ_r = B_r·w^r/r, with
     the Bernoulli numbers B_2 = 1/6, B_4 = −1/30, B_6 = 1/42)."""
@@ -124,7 +125,7 @@ def variance_test(variance: float, n: int, d: Distribution) -> float | None:
     a gamma (Pearson type III) with these three is the distribution. For a normal it is the
     exact one, (n − 1)s²/σ² ~ χ²(n − 1); a z-test (the two moments alone) rejected fresh
     normal tensors of 100 values 2.8× as often as its level, as the χ² is skewed."""
-    cumulants = _cumulants(d)
+    cumulants = variance_cumulants(d)
     if cumulants is None or n < 3 or not math.isfinite(variance):
         return None
     k2, k4, k6 = cumulants

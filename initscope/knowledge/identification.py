@@ -38,7 +38,13 @@ from typing import Any
 import torch
 
 from initscope.knowledge.distributions import Distribution, Family
-from initscope.knowledge.goodness import ks_test, ks_two_sample, kurtosis_test, variance_test
+from initscope.knowledge.goodness import (
+    ks_test,
+    ks_two_sample,
+    kurtosis_test,
+    variance_cumulants,
+    variance_test,
+)
 from initscope.knowledge.recipes import probe_stats, replay
 from initscope.knowledge.tracing import DefaultInit, fans
 from initscope.stats import fused
@@ -335,6 +341,14 @@ def _p_rows(rows: torch.Tensor) -> float | None:
 # -- candidates --------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
+def _named_of(shape: tuple[int, ...]) -> tuple[tuple[str, Distribution], ...]:
+    """:func:`_named` for ``shape``, kept: a checkpoint repeats few shapes (the experts of a
+    MoE model are thousands of tensors of two shapes), and the candidates depend on the shape
+    alone (frozen distributions, shared safely)."""
+    return tuple(_named(shape))
+
+
 def _named(shape: tuple[int, ...]) -> Iterator[tuple[str, Distribution]]:
     """The named schemes, with their numbers for a tensor of ``shape``."""
     f = fans(shape)
@@ -519,6 +533,7 @@ def identify(
     *,
     structure: Structure | None = None,
     dtype: torch.dtype | None = None,
+    exhaustive: bool = False,
 ) -> Identification:
     """Name what the values of one tensor follow, and whether that is its traced default.
 
@@ -527,6 +542,8 @@ def identify(
     result can be given instead as ``structure`` (and is returned for that use), with the
     stored ``dtype`` for the resolution of the range test. ``alpha`` is the false rejection
     rate of each decision; ``check`` lowers it to bound the rate over a whole run.
+    ``exhaustive`` tests every candidate to the end instead of screening out by their
+    variance those that cannot win: the same answer, slower (the reference for tests).
     """
     return identify_stats(
         rs.result(),
@@ -537,6 +554,7 @@ def identify(
         alpha,
         structure=structure,
         dtype=dtype,
+        exhaustive=exhaustive,
     )
 
 
@@ -550,6 +568,7 @@ def identify_stats(
     *,
     structure: Structure | None = None,
     dtype: torch.dtype | None = None,
+    exhaustive: bool = False,
 ) -> Identification:
     """:func:`identify` from finished statistics and the sample (``values``), as a report
     holds them."""
@@ -560,7 +579,15 @@ def identify_stats(
         # values its recipe computes again (None when there is no recipe to replay).
         assert default is not None
         found = identify_stats(
-            s, values, shape, None, tensor, alpha, structure=structure, dtype=dtype
+            s,
+            values,
+            shape,
+            None,
+            tensor,
+            alpha,
+            structure=structure,
+            dtype=dtype,
+            exhaustive=exhaustive,
         )
         return Identification(
             found.fit, _equals_replay(default, s, values, stored), found.structure
@@ -602,7 +629,7 @@ def identify_stats(
     if rows is not None and rows < alpha:
         # Rows that are not independent draws: no elementwise distribution describes them.
         return Identification(Fit("unknown", None), matches_default, structure)
-    best = _best_candidate(shape, s, sample, eps, alpha)
+    best = _best_candidate(shape, s, sample, eps, alpha, exhaustive=exhaustive)
     if best is None:
         return Identification(Fit("unknown", None), matches_default, structure)
     p, label, d = best
@@ -816,23 +843,74 @@ def _p_rows_of(structure: Structure | None, default: DefaultInit | None) -> floa
 
 
 def _best_candidate(
-    shape: tuple[int, ...], s: TensorStats, sample: _Sample, eps: float, alpha: float
+    shape: tuple[int, ...],
+    s: TensorStats,
+    sample: _Sample,
+    eps: float,
+    alpha: float,
+    *,
+    exhaustive: bool = False,
 ) -> tuple[float, str, Distribution] | None:
     """(p, label, distribution) of the candidate the values fit: of the named schemes for
     the tensor's fans, the one with the highest p above ``alpha``; failing those, the first
-    estimated normal or uniform that passes. None when nothing fits."""
+    estimated normal or uniform that passes. None when nothing fits.
+
+    A candidate whose variance alone bounds its p-value at or below what it would have to
+    beat (``alpha``, or the best p so far) is not tested further (:func:`_cannot_beat`); the
+    answer is the same as testing every candidate, which ``exhaustive`` does (the reference
+    the screened path is tested against)."""
     best: tuple[float, str, Distribution] | None = None
-    for label, d in _named(shape):
+    for label, d in _named_of(shape):
+        if not exhaustive and _cannot_beat(d, s, alpha if best is None else max(alpha, best[0])):
+            continue
         p = _p_candidate(d, s, sample, eps)
         if p > alpha and (best is None or p > best[0]):
             best = (p, label, d)
     if best is None:
         for label, d in _estimated(s):
+            if not exhaustive and _cannot_beat(d, s, alpha):
+                continue
             p = _p_candidate(d, s, sample, eps)
             if p > alpha:
                 best = (p, label, d)
                 break
     return best
+
+
+def _cannot_beat(d: Distribution, s: TensorStats, threshold: float) -> bool:
+    """Whether candidate ``d``'s combined p-value is certainly at most ``threshold``, from
+    its variance alone, in a few float operations (no gamma function, no sample).
+
+    Why skipping such a candidate changes nothing: its combined p-value is
+    min(1, min(ps) · len(ps)) with at most ``len(TESTS)`` tests, one of which is the variance
+    test, so p ≤ len(TESTS) · p_var; and p_var = 2 · min(P(X ≤ t), P(X ≥ t)) for the gamma X
+    of shape k and scale 1 that :func:`variance_test` evaluates at t. The Chernoff bound of a
+    gamma tail, P(X ≥ rk) ≤ (r·e^(1−r))^k for r ≥ 1 and P(X ≤ rk) ≤ (r·e^(1−r))^k for
+    0 < r ≤ 1, gives p_var ≤ 2·exp(k(1 + ln r − r)) with r = t/k. When len(TESTS) times that
+    is at most ``threshold`` (with a margin of 1e-6 relative, for rounding), the candidate
+    cannot pass ``p > threshold``, which both loops of :func:`_best_candidate` require."""
+    if not d.is_continuous or s.std is None:
+        return False  # untested (p = 0) or tested as the full path does: leave it to that
+    variance, n = s.std**2, s.numel
+    cumulants = variance_cumulants(d)
+    if cumulants is None or n < 3 or not math.isfinite(variance):
+        return False
+    k2, k4, k6 = cumulants
+    var = k4 / n + 2.0 * k2 * k2 / (n - 1)
+    third = k6 / n**2 + 12.0 * k4 * k2 / (n * (n - 1)) + 8.0 * k2**3 / (n - 1) ** 2
+    if not var > 0:
+        return False
+    z = (variance - k2) / math.sqrt(var)
+    skew = third / var**1.5
+    if skew < 1e-12 or not math.isfinite(z):
+        return False  # variance_test takes its normal branch, or the numbers are extreme
+    shape = 4.0 / (skew * skew)
+    t = shape + z * math.sqrt(shape)
+    if t <= 0:
+        return threshold >= 0  # variance_test gives 0: the combined p-value is 0
+    r = t / shape
+    log_bound = math.log(2.0 * len(TESTS)) + shape * (1.0 + math.log(r) - r)
+    return log_bound < math.log(threshold) - 1e-6 if threshold > 0 else False
 
 
 def _estimate(d: Distribution, s: TensorStats) -> dict[str, float]:

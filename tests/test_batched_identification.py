@@ -1,0 +1,161 @@
+"""Identification screens candidates by their variance before the sample tests: the answer
+(label, numbers, p-value, whether the values are at their default) must be exactly that of
+testing every candidate to the end (``exhaustive=True``), on a corpus of many families,
+sizes and dtypes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import initscope.knowledge.identification as identification
+from initscope.knowledge.identification import Identification, identify
+from initscope.knowledge.tracing import DefaultInit, InitTracer
+from initscope.stats.tensor import running_stats
+
+Init = Callable[[torch.Tensor], Any]
+
+
+def _trained(t: torch.Tensor) -> None:
+    """A default plus a low-rank update, as a few steps of training leave it."""
+    if t.dim() < 2:
+        t.uniform_(-0.1, 0.1)
+    else:
+        nn.init.kaiming_uniform_(t, a=math.sqrt(5))
+    if t.dim() == 2:
+        u = torch.randn(t.shape[0], 2) * 0.05
+        v = torch.randn(2, t.shape[1]) * 0.05
+        t.add_(u @ v)
+    else:
+        t.add_(torch.randn_like(t) * t.std())
+
+
+FAMILIES: dict[str, Init] = {
+    "uniform": lambda t: nn.init.uniform_(t, -0.1, 0.1),
+    "normal_002": lambda t: nn.init.normal_(t, 0.0, 0.02),
+    "normal_shifted": lambda t: nn.init.normal_(t, 0.3, 0.7),
+    "trunc_normal": lambda t: nn.init.trunc_normal_(t, std=0.02, a=-0.04, b=0.04),
+    "kaiming_uniform_default": lambda t: nn.init.kaiming_uniform_(t, a=math.sqrt(5)),
+    "kaiming_normal": lambda t: nn.init.kaiming_normal_(t, nonlinearity="relu"),
+    "kaiming_uniform_fan_out": lambda t: nn.init.kaiming_uniform_(t, mode="fan_out"),
+    "xavier_uniform": nn.init.xavier_uniform_,
+    "xavier_normal_tanh": lambda t: nn.init.xavier_normal_(t, gain=5 / 3),
+    "constant": lambda t: nn.init.constant_(t, 0.5),
+    "zeros": nn.init.zeros_,
+    "orthogonal": nn.init.orthogonal_,
+    "eye": nn.init.eye_,
+    "trained": _trained,
+    "laplace": lambda t: t.copy_(torch.distributions.Laplace(0.0, 0.02).sample(t.shape)),
+}
+# Sizes from 30 values to 10^5, vectors, matrices and a conv kernel; 2-D families only get
+# matrices.
+SHAPES: tuple[tuple[int, ...], ...] = (
+    (30,),
+    (40, 1),
+    (8, 8),
+    (100,),
+    (64, 48),
+    (256, 64),
+    (16, 8, 3, 3),
+    (320, 320),
+)
+# torch computes fans (kaiming, xavier) and matrices (orthogonal, eye) for 2-D and up only.
+MATRIX_ONLY = {n for n in FAMILIES if n.startswith(("kaiming", "xavier", "orthogonal", "eye"))}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _corpus() -> list[tuple[str, torch.Tensor]]:
+    torch.manual_seed(11)
+    out: list[tuple[str, torch.Tensor]] = []
+    for i, (name, init) in enumerate(FAMILIES.items()):
+        for j, shape in enumerate(SHAPES):
+            if name in MATRIX_ONLY and len(shape) < 2:
+                continue
+            if name == "eye" and len(shape) != 2:
+                continue
+            t = torch.empty(shape, dtype=torch.float32)
+            with torch.no_grad():
+                init(t)
+            out.append((f"{name}{list(shape)}", t.to(DTYPES[(i + j) % len(DTYPES)])))
+    return out
+
+
+CORPUS = _corpus()
+
+
+def _same(a: Identification, b: Identification) -> None:
+    assert a.fit.label == b.fit.label
+    assert a.fit.family == b.fit.family
+    assert dict(a.fit.params) == dict(b.fit.params)
+    assert a.fit.p_value == b.fit.p_value  # the winner's own tests: the very same numbers
+    assert a.matches_default == b.matches_default
+    assert a.structure == b.structure
+
+
+def _both(t: torch.Tensor, default: DefaultInit | None) -> tuple[Identification, Identification]:
+    rs = running_stats(t, seed=5)
+    shape = tuple(t.shape)
+    return (
+        identify(rs, shape, default, t),
+        identify(rs, shape, default, t, exhaustive=True),
+    )
+
+
+@pytest.mark.parametrize(("name", "t"), CORPUS, ids=[n for n, _ in CORPUS])
+def test_screened_equals_exhaustive(name: str, t: torch.Tensor) -> None:
+    screened, full = _both(t, None)
+    _same(screened, full)
+
+
+def test_screened_equals_exhaustive_against_traced_defaults() -> None:
+    """With a traced default the decision is unchanged, and when the values differ from it
+    the search over the candidates gives the same name: a Linear at its default, rescaled,
+    and re-initialised with another scheme, in each dtype."""
+    with InitTracer() as tracer:
+        layers = [nn.Linear(96, 80), nn.Conv2d(8, 16, 3), nn.Embedding(200, 32)]
+    for k, layer in enumerate(layers):
+        w = layer.weight
+        default = tracer.resolve(w)
+        variants = [w.detach().clone(), w.detach() * 3.0, torch.empty_like(w)]
+        nn.init.xavier_normal_(variants[2])
+        for v, dtype in zip(variants, DTYPES[k:] + DTYPES[:k], strict=False):
+            screened, full = _both(v.to(dtype), default)
+            _same(screened, full)
+
+
+def test_corpus_names_what_it_should() -> None:
+    """The corpus is not vacuous: it holds named schemes, estimated fits and unknowns."""
+    labels = {n: _both(t, None)[0].fit.label for n, t in CORPUS}
+    assert labels["kaiming_uniform_default[320, 320]"] == "kaiming_uniform(a=sqrt(5))"
+    assert labels["normal_002[320, 320]"] == "normal(std=0.02)"
+    assert labels["orthogonal[256, 64]"].startswith("orthogonal")
+    assert labels["trained[320, 320]"] == "unknown"
+    assert labels["laplace[320, 320]"] == "unknown"
+    assert labels["constant[100]"] == "constant(0.5)"
+
+
+def test_the_screen_skips_most_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the screen: a tensor far from every named scheme runs the full tests on
+    the one estimated candidate that fits, not on all of them."""
+    calls: list[str] = []
+    real = identification._p_candidate
+
+    def counted(*args: Any, **kw: Any) -> float:
+        calls.append("x")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(identification, "_p_candidate", counted)
+    t = (torch.randn(512, 256) * 0.02).to(torch.bfloat16)
+    screened, full = _both(t, None)
+    _same(screened, full)
+    assert screened.fit.label == "normal(std=0.02)"
+    # exhaustive: every named scheme (25 for a matrix) and the first estimated one
+    assert len(calls) > 25
+    calls.clear()
+    identify(running_stats(t, seed=5), (512, 256), None, t)
+    assert len(calls) == 1

@@ -159,3 +159,13 @@ def test_the_screen_skips_most_candidates(monkeypatch: pytest.MonkeyPatch) -> No
     calls.clear()
     identify(running_stats(t, seed=5), (512, 256), None, t)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-30, 1e30, 1e150, 1e300])
+def test_extreme_magnitudes_give_the_same_answer(scale: float) -> None:
+    """Values whose moments a float barely holds (or cannot): the screen's arithmetic must
+    neither fail nor decide differently from the full tests."""
+    torch.manual_seed(2)
+    t = torch.randn(64, 48, dtype=torch.float64) * scale
+    screened, full = _both(t, None)
+    _same(screened, full)

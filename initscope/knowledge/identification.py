@@ -341,14 +341,6 @@ def _p_rows(rows: torch.Tensor) -> float | None:
 # -- candidates --------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=256)
-def _named_of(shape: tuple[int, ...]) -> tuple[tuple[str, Distribution], ...]:
-    """:func:`_named` for ``shape``, kept: a checkpoint repeats few shapes (the experts of a
-    MoE model are thousands of tensors of two shapes), and the candidates depend on the shape
-    alone (frozen distributions, shared safely)."""
-    return tuple(_named(shape))
-
-
 def _named(shape: tuple[int, ...]) -> Iterator[tuple[str, Distribution]]:
     """The named schemes, with their numbers for a tensor of ``shape``."""
     f = fans(shape)
@@ -860,15 +852,19 @@ def _best_candidate(
     answer is the same as testing every candidate, which ``exhaustive`` does (the reference
     the screened path is tested against)."""
     best: tuple[float, str, Distribution] | None = None
-    for label, d in _named_of(shape):
-        if not exhaustive and _cannot_beat(d, s, alpha if best is None else max(alpha, best[0])):
+    screen = not exhaustive and s.std is not None and math.isfinite(s.std)
+    variance = s.std**2 if s.std is not None else math.nan
+    for label, d, gamma in _named_screens(shape, s.numel):
+        threshold = alpha if best is None else max(alpha, best[0])
+        if screen and gamma is not None and _cannot_beat(gamma, variance, threshold):
             continue
         p = _p_candidate(d, s, sample, eps)
         if p > alpha and (best is None or p > best[0]):
             best = (p, label, d)
     if best is None:
         for label, d in _estimated(s):
-            if not exhaustive and _cannot_beat(d, s, alpha):
+            gamma = _variance_gamma(d, s.numel) if screen else None
+            if gamma is not None and _cannot_beat(gamma, variance, alpha):
                 continue
             p = _p_candidate(d, s, sample, eps)
             if p > alpha:
@@ -877,40 +873,69 @@ def _best_candidate(
     return best
 
 
-def _cannot_beat(d: Distribution, s: TensorStats, threshold: float) -> bool:
-    """Whether candidate ``d``'s combined p-value is certainly at most ``threshold``, from
-    its variance alone, in a few float operations (no gamma function, no sample).
+@functools.lru_cache(maxsize=256)
+def _named_screens(
+    shape: tuple[int, ...], n: int
+) -> tuple[tuple[str, Distribution, tuple[float, float, float] | None], ...]:
+    """The named candidates for ``shape`` with their :func:`_variance_gamma` for ``n``
+    values, kept: a checkpoint repeats few shapes (the experts of a MoE model are thousands
+    of tensors of two shapes), and these depend on the shape and size alone."""
+    return tuple((label, d, _variance_gamma(d, n)) for label, d in _named(shape))
+
+
+def _variance_gamma(d: Distribution, n: int) -> tuple[float, float, float] | None:
+    """(κ2, the sample variance's standard deviation, the gamma's shape k): the numbers
+    :func:`variance_test` computes for candidate ``d`` and ``n`` values before it reads the
+    variance, the same operations in the same order; None where it would take another
+    branch (no cumulants, n < 3, no spread, or the normal approximation)."""
+    if not d.is_continuous:
+        return None
+    try:
+        cumulants = variance_cumulants(d)
+        if cumulants is None or n < 3:
+            return None
+        k2, k4, k6 = cumulants
+        var = k4 / n + 2.0 * k2 * k2 / (n - 1)
+        third = k6 / n**2 + 12.0 * k4 * k2 / (n * (n - 1)) + 8.0 * k2**3 / (n - 1) ** 2
+        if not var > 0:
+            return None
+        skew = third / var**1.5
+        if not skew >= 1e-12:
+            return None
+        return k2, math.sqrt(var), 4.0 / (skew * skew)
+    except (OverflowError, ZeroDivisionError):  # numbers a float cannot hold: not screened
+        return None
+
+
+# The largest number of tests a candidate's p-value is combined over (Bonferroni).
+_MOST_TESTS = len(TESTS)
+
+
+def _cannot_beat(gamma: tuple[float, float, float], variance: float, threshold: float) -> bool:
+    """Whether a candidate's combined p-value is certainly at most ``threshold``, from the
+    values' (finite) variance alone, in a few float operations (no gamma function, no
+    sample); ``gamma`` is the candidate's :func:`_variance_gamma`.
 
     Why skipping such a candidate changes nothing: its combined p-value is
-    min(1, min(ps) · len(ps)) with at most ``len(TESTS)`` tests, one of which is the variance
-    test, so p ≤ len(TESTS) · p_var; and p_var = 2 · min(P(X ≤ t), P(X ≥ t)) for the gamma X
-    of shape k and scale 1 that :func:`variance_test` evaluates at t. The Chernoff bound of a
+    min(1, min(ps) · len(ps)) over at most ``len(TESTS)`` tests, one of which is the variance
+    test (:func:`_variance_gamma` is None wherever that test would not run), so
+    p ≤ len(TESTS) · p_var; and p_var = 2 · min(P(X ≤ t), P(X ≥ t)) for the gamma X of shape k
+    and scale 1 that :func:`variance_test` evaluates at t = k + z√k. The Chernoff bound of a
     gamma tail, P(X ≥ rk) ≤ (r·e^(1−r))^k for r ≥ 1 and P(X ≤ rk) ≤ (r·e^(1−r))^k for
-    0 < r ≤ 1, gives p_var ≤ 2·exp(k(1 + ln r − r)) with r = t/k. When len(TESTS) times that
-    is at most ``threshold`` (with a margin of 1e-6 relative, for rounding), the candidate
-    cannot pass ``p > threshold``, which both loops of :func:`_best_candidate` require."""
-    if not d.is_continuous or s.std is None:
-        return False  # untested (p = 0) or tested as the full path does: leave it to that
-    variance, n = s.std**2, s.numel
-    cumulants = variance_cumulants(d)
-    if cumulants is None or n < 3 or not math.isfinite(variance):
-        return False
-    k2, k4, k6 = cumulants
-    var = k4 / n + 2.0 * k2 * k2 / (n - 1)
-    third = k6 / n**2 + 12.0 * k4 * k2 / (n * (n - 1)) + 8.0 * k2**3 / (n - 1) ** 2
-    if not var > 0:
-        return False
-    z = (variance - k2) / math.sqrt(var)
-    skew = third / var**1.5
-    if skew < 1e-12 or not math.isfinite(z):
-        return False  # variance_test takes its normal branch, or the numbers are extreme
-    shape = 4.0 / (skew * skew)
+    0 < r ≤ 1, gives p_var ≤ 2·exp(k(1 + ln r − r)) with r = t/k; at t ≤ 0 the test gives 0.
+    When len(TESTS) times the bound is at most ``threshold`` (with a relative margin of 1e-6
+    for rounding, where the bound is loose by orders of magnitude), the candidate cannot
+    pass ``p > threshold``, which both loops of :func:`_best_candidate` require."""
+    k2, sd, shape = gamma
+    z = (variance - k2) / sd
     t = shape + z * math.sqrt(shape)
     if t <= 0:
-        return threshold >= 0  # variance_test gives 0: the combined p-value is 0
+        return threshold >= 0  # variance_test gives 0, and so does the combination
     r = t / shape
-    log_bound = math.log(2.0 * len(TESTS)) + shape * (1.0 + math.log(r) - r)
-    return log_bound < math.log(threshold) - 1e-6 if threshold > 0 else False
+    if not (r > 0 and math.isfinite(r) and threshold > 0):
+        return False  # an underflow or overflow: leave it to the full tests
+    log_bound = math.log(2.0 * _MOST_TESTS) + shape * (1.0 + math.log(r) - r)
+    return log_bound < math.log(threshold) - 1e-6
 
 
 def _estimate(d: Distribution, s: TensorStats) -> dict[str, float]:

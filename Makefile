@@ -31,8 +31,8 @@ test-fast: $(STAMP)  ## the quick loop: every test but those that start processe
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)  ## ruff + mypy
-	$(VENV)/bin/ruff check initscope tests
-	$(VENV)/bin/ruff format --check initscope tests
+	$(VENV)/bin/ruff check initscope tests benchmarks
+	$(VENV)/bin/ruff format --check initscope tests benchmarks
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)  ## run the speed benchmark (not a timed test)

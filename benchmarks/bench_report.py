@@ -28,11 +28,12 @@ from typing import Any
 
 # The environment the user's own processes get (the plain-torch contenders run in it).
 USER_ENV = dict(os.environ)
-# As initscope's CLI does (cli.main): torch's allocator asks for transparent huge pages and
-# OpenMP's idle threads wait passively, so the in-process figures are those of `initscope
-# report`. Set before torch is imported.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Then the process settings initscope makes on import (initscope.environment: transparent huge
+# pages for torch's allocator, passive OpenMP waits), before torch starts, so the in-process
+# figures are those of `initscope report`.
+import initscope.environment
+
+initscope.environment.tune_environment()
 
 import torch
 from safetensors.torch import load_file, save_file

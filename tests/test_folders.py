@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from initscope.cli import app
+from tests.fixtures.hf_models import bert_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -29,12 +30,11 @@ def _folder(tmp_path: Path, name: str, config: Any, cls: Any, edit: Any = None) 
 
 
 def _bert(tmp_path: Path, edit: Any = None) -> Path:
-    config = transformers.BertConfig(
+    config = bert_config(
         vocab_size=100,
         hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         intermediate_size=64,
+        max_position_embeddings=512,
         num_labels=3,
         architectures=["BertForSequenceClassification"],
     )

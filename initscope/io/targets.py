@@ -426,6 +426,8 @@ def construct(spec: ModelSpec, *, search_cwd: bool = True) -> Any:
         kwargs = {k: _build_nested(v, spec.base_dir) for k, v in spec.kwargs.items()}
         try:
             model = factory(*args, **kwargs)
+        except InitScopeError:
+            raise  # initscope's own builders (a model folder's) already say what and how
         except Exception as exc:
             message = " ".join(str(exc).split())
             raise TargetError(

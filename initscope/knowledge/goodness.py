@@ -69,9 +69,14 @@ def ks_test(sample: torch.Tensor, dist: Distribution, *, presorted: bool = False
     d_plus = float((i / n - cdf).max())
     d_minus = float((cdf - (i - 1) / n).max())
     d = max(d_plus, d_minus)
+    return KSResult(d, _stephens_p(d, n), n)
+
+
+def _stephens_p(d: float, n: float) -> float:
+    """The p-value of a KS distance ``d`` at (effective) size ``n``: the asymptotic
+    Kolmogorov distribution with Stephens' (1970) finite-n correction."""
     sqrt_n = math.sqrt(n)
-    p = kolmogorov_sf((sqrt_n + 0.12 + 0.11 / sqrt_n) * d)
-    return KSResult(d, p, n)
+    return kolmogorov_sf((sqrt_n + 0.12 + 0.11 / sqrt_n) * d)
 
 
 def ks_two_sample(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> KSResult:
@@ -94,9 +99,7 @@ def ks_two_sample(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> KSResult:
     below = (cdf(a_sorted, False, n) - cdf(b_sorted, False, m)).abs().max()
     d = float(torch.maximum(at, below))
     effective = n * m / (n + m)
-    sqrt_n = math.sqrt(effective)
-    p = kolmogorov_sf((sqrt_n + 0.12 + 0.11 / sqrt_n) * d)
-    return KSResult(d, p, n)
+    return KSResult(d, _stephens_p(d, effective), n)
 
 
 # -- the variance test -----------------------------------------------------------------------

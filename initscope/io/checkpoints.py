@@ -336,6 +336,13 @@ def open_regular(p: Path, label: str | None = None) -> int:
     return fd
 
 
+def read_regular(p: Path, limit: int, label: str | None = None) -> bytes:
+    """At most ``limit + 1`` bytes of the regular file ``p`` (opened as :func:`open_regular`
+    opens it): one byte more than ``limit`` tells the caller the file is over its cap."""
+    with os.fdopen(open_regular(p, label), "rb") as fh:
+        return fh.read(limit + 1)
+
+
 def checkpoint_files(
     path: str | os.PathLike[str], *, unsafe_load: bool = False, allow_outside: bool = False
 ) -> tuple[Path, ...]:
@@ -379,10 +386,8 @@ def _open_index(p: Path, unsafe_load: bool, allow_outside: bool) -> Checkpoint:
     data from a file: its shards must be checkpoint files (never another index or a folder,
     so there is no cycle to follow) inside its own folder unless ``allow_outside``; in a
     Hugging Face cache snapshot, a shard's link may resolve into the repo's ``blobs``."""
-    fd = open_regular(p)  # an index found in a folder may be a FIFO
+    text = read_regular(p, MAX_INDEX_BYTES)  # an index found in a folder may be a FIFO
     try:
-        with os.fdopen(fd, "rb") as fh:
-            text = fh.read(MAX_INDEX_BYTES + 1)  # one byte more tells a file over the cap
         if len(text) > MAX_INDEX_BYTES:
             raise ValueError(f"over {MAX_INDEX_BYTES // 2**20} MiB")
         weight_map = json.loads(text.decode("utf-8"))["weight_map"]

@@ -74,11 +74,9 @@ def adapter_base(folder: str | os.PathLike[str]) -> str | None:
 
 
 def _read_config(folder: Path, name: str = CONFIG_NAME) -> dict[str, Any]:
-    from initscope.io.checkpoints import open_regular
+    from initscope.io.checkpoints import read_regular
 
-    fd = open_regular(folder / name)  # never blocks on a FIFO
-    with os.fdopen(fd, "rb") as fh:
-        text = fh.read(MAX_CONFIG_BYTES + 1)
+    text = read_regular(folder / name, MAX_CONFIG_BYTES)  # never blocks on a FIFO
     if len(text) > MAX_CONFIG_BYTES:
         raise TargetError(
             f"{folder / name} is over {MAX_CONFIG_BYTES // 2**20} MiB",

@@ -122,14 +122,12 @@ def _commit(repo: Path, repo_id: str, revision: str) -> str:
             + f"download it: hf download {repo_id}"
             + (f" --revision {revision}" if revision != "main" else ""),
         )
-    from initscope.io.checkpoints import open_regular  # checkpoints imports this module
+    from initscope.io.checkpoints import read_regular  # checkpoints imports this module
 
     try:
-        fd = open_regular(ref, f"the cache's refs/{revision} of {repo_id}")
+        text = read_regular(ref, MAX_REF_BYTES, f"the cache's refs/{revision} of {repo_id}")
     except CheckpointError as exc:
         raise TargetError(exc.message, f"download it again: hf download {repo_id}") from None
-    with os.fdopen(fd, "rb") as fh:
-        text = fh.read(MAX_REF_BYTES + 1)
     commit = text.decode("ascii", "replace").strip()
     if not _COMMIT.fullmatch(commit):
         raise TargetError(

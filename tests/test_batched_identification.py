@@ -169,3 +169,34 @@ def test_extreme_magnitudes_give_the_same_answer(scale: float) -> None:
     t = torch.randn(64, 48, dtype=torch.float64) * scale
     screened, full = _both(t, None)
     _same(screened, full)
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 1e-9])
+def test_a_candidate_screened_out_by_its_window_could_not_have_won(alpha: float) -> None:
+    """_best_candidate drops every named candidate whose variance window (solved once per
+    shape and size) excludes the values' variance, without calling _cannot_beat; for that to
+    change nothing, _cannot_beat must be true outside the window, and the window must be
+    tight (a loose one would only cost time: it is checked to within 1e-5 of its width)."""
+    import random
+
+    rng = random.Random(3)
+    for shape in [(256, 512), (64,), (16, 8, 3, 3), (50257, 768)]:
+        for n in [30, 100, 4096, 10**7]:
+            named = identification._named_screens(shape, n)
+            windows = identification._screen_windows(shape, n, alpha)
+            assert len(named) == len(windows)
+            for (label, _, gamma), (lo, hi) in zip(named, windows, strict=True):
+                if gamma is None:
+                    assert (lo, hi) == (-math.inf, math.inf)
+                    continue
+                k2, sd, _ = gamma
+                assert lo < k2 < hi, label
+                for _ in range(100):
+                    v = k2 + rng.gauss(0, 1) * sd * rng.choice([1, 3, 10, 1000])
+                    if not lo <= v <= hi:
+                        assert identification._cannot_beat(gamma, v, alpha), (label, n, v)
+                width = hi - lo
+                for end, inward in ((lo, 1.0), (hi, -1.0)):
+                    assert not identification._cannot_beat(
+                        gamma, end + inward * 1e-5 * width, alpha
+                    )

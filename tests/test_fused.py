@@ -317,3 +317,91 @@ def test_avx2_and_portable_code_give_the_same_bits() -> None:
 
 def _bits(t: torch.Tensor | None) -> bytes:
     return b"" if t is None else t.numpy().tobytes()
+
+
+# -- identification's sample work: the radix sort with the kurtosis, and the KS distance --
+
+
+def _samples() -> dict[str, torch.Tensor]:
+    """Samples as identification gets them (float64 copies of stored values): every stored
+    dtype's rounding, both signs, ties, signed zeros, subnormals, infinities, odd sizes."""
+    g = torch.Generator().manual_seed(4)
+    out = {
+        f"normal-{str(d).removeprefix('torch.')}": (torch.randn(4096, generator=g) * 0.02)
+        .to(d)
+        .double()
+        for d in DTYPES
+    }
+    out["uniform-f64"] = torch.rand(4096, generator=g, dtype=torch.float64) * 2 - 1
+    out["positive"] = torch.rand(1000, generator=g, dtype=torch.float64) + 3
+    out["negative"] = -torch.rand(999, generator=g, dtype=torch.float64) - 3
+    out["ties"] = torch.randint(-3, 4, (500,), generator=g).double()
+    special = [0.0, -0.0, 5e-324, -5e-324, 1e-310, -1e-310, math.inf, -math.inf, 1e308, -1e308]
+    out["special"] = torch.tensor(special * 7, dtype=torch.float64)
+    out["one"] = torch.tensor([2.5], dtype=torch.float64)
+    out["empty"] = torch.empty(0, dtype=torch.float64)
+    out["constant"] = torch.full((64,), -0.75, dtype=torch.float64)
+    return out
+
+
+def _b2(x: torch.Tensor) -> float:
+    c = x - x.mean()
+    m2 = float((c * c).mean()) if x.numel() else 0.0
+    return float((c**4).mean()) / (m2 * m2) if m2 > 0 else math.nan
+
+
+@needs_kernel
+def test_samples_are_sorted_as_torch_sorts_them_with_their_kurtosis() -> None:
+    cases = _samples()
+    ordered, kurtoses = fused.samples(list(cases.values()))
+    for (name, x), got, b2 in zip(cases.items(), ordered, kurtoses, strict=True):
+        assert got.shape == x.shape, name
+        assert torch.equal(got, x.sort().values), name  # -0.0 == 0.0: any correct order
+        want = _b2(x)
+        if math.isnan(want):
+            assert math.isnan(b2), name
+        else:
+            assert b2 == pytest.approx(want, rel=1e-12), name
+    # one call for many samples gives what one call for each gives
+    for (name, x), got, b2 in zip(cases.items(), ordered, kurtoses, strict=True):
+        [alone], [b2_alone] = fused.samples([x])
+        assert torch.equal(alone, got), name
+        assert b2_alone == b2 or (math.isnan(b2) and math.isnan(b2_alone)), name
+
+
+@needs_kernel
+def test_the_ks_distance_is_that_of_the_full_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fused_ks takes the CDF at a fraction of the values; its distance must be the full
+    pass's (torch's, where erf may differ by an ulp), for fits good and bad."""
+    from initscope.knowledge.distributions import Distribution
+    from initscope.knowledge.goodness import ks_test
+
+    g = torch.Generator().manual_seed(6)
+    samples = [
+        (torch.randn(4096, generator=g) * 0.02).bfloat16().double(),
+        torch.randn(1000, generator=g, dtype=torch.float64) * 0.05 + 0.01,
+        (torch.rand(4096, generator=g) * 0.2 - 0.1).double(),
+        torch.randn(31, generator=g, dtype=torch.float64),
+        torch.randn(4099, generator=g, dtype=torch.float64).clamp(-2, 2),
+    ]
+    candidates = [
+        Distribution.normal(0.0, 0.02),
+        Distribution.normal(0.01, 0.05),
+        Distribution.normal(0.0, 1.0),
+        Distribution.uniform(-0.1, 0.1),
+        Distribution.uniform(-0.0346, 0.0346),
+        Distribution.trunc_normal(0.0, 1.0, -2.0, 2.0),
+        Distribution.trunc_normal(0.0, 0.02, -0.04, 0.04),
+    ]
+    for x in samples:
+        ordered = x.sort().values
+        for d in candidates:
+            form = d.cdf_form()
+            assert form is not None
+            got = fused.ks_distance(ordered, form)
+            with monkeypatch.context() as m:
+                m.setattr(fused, "available", lambda: False)
+                want = ks_test(ordered, d, presorted=True).statistic
+            assert abs(got - want) <= 4e-16, (d.label(), got, want)
+            if d.family.value == "uniform":
+                assert got == want  # no erf: the very same operations

@@ -216,13 +216,14 @@ class Distribution:
             self.std is not None and self.std > 0
         )
 
-    def cdf(self, x: torch.Tensor) -> torch.Tensor:
-        """The CDF at ``x`` (float64) for the continuous families."""
-        x = x.to(torch.float64)
+    def cdf_form(self) -> tuple[Family, float, float, float, float] | None:
+        """The numbers :meth:`cdf` computes with, (family, a, b, lo, hi), for a continuous
+        family (None otherwise): a uniform's bounds (a, b); a normal's loc and scale (a, b);
+        a truncated normal's, with its normal's CDF at the cut points (lo, hi)."""
         if self.family is Family.UNIFORM and self.low is not None and self.high is not None:
-            return ((x - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
+            return self.family, self.low, self.high, 0.0, 1.0
         if self.family is Family.NORMAL and self.loc is not None and self.scale:
-            return 0.5 * (1 + torch.erf((x - self.loc) / (self.scale * _SQRT2)))
+            return self.family, self.loc, self.scale, 0.0, 1.0
         if (
             self.family is Family.TRUNC_NORMAL
             and self.loc is not None
@@ -230,13 +231,24 @@ class Distribution:
             and self.low is not None
             and self.high is not None
         ):
-            lo, hi = (
-                _Phi((self.low - self.loc) / self.scale),
-                _Phi((self.high - self.loc) / self.scale),
-            )
-            raw = 0.5 * (1 + torch.erf((x - self.loc) / (self.scale * _SQRT2)))
-            return ((raw - lo) / (hi - lo)).clamp(0.0, 1.0)
-        raise ValueError(f"no CDF for the {self.family} family")
+            lo = _Phi((self.low - self.loc) / self.scale)
+            hi = _Phi((self.high - self.loc) / self.scale)
+            return self.family, self.loc, self.scale, lo, hi
+        return None
+
+    def cdf(self, x: torch.Tensor) -> torch.Tensor:
+        """The CDF at ``x`` (float64) for the continuous families."""
+        form = self.cdf_form()
+        if form is None:
+            raise ValueError(f"no CDF for the {self.family} family")
+        family, a, b, lo, hi = form
+        x = x.to(torch.float64)
+        if family is Family.UNIFORM:
+            return ((x - a) / (b - a)).clamp(0.0, 1.0)
+        raw = 0.5 * (1 + torch.erf((x - a) / (b * _SQRT2)))
+        if family is Family.NORMAL:
+            return raw
+        return ((raw - lo) / (hi - lo)).clamp(0.0, 1.0)
 
     # -- text ----------------------------------------------------------------------------
     def label(self) -> str:

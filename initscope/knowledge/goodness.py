@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import torch
 
 from initscope.knowledge.distributions import Distribution, Family
+from initscope.stats import fused
 
 __all__ = [
     "KSResult",
+    "gamma_tail",
     "kolmogorov_sf",
     "ks_test",
     "ks_two_sample",
@@ -64,6 +66,11 @@ def ks_test(sample: torch.Tensor, dist: Distribution, *, presorted: bool = False
     n = x.numel()
     if n == 0:
         raise ValueError("empty sample")
+    form = dist.cdf_form()
+    if form is not None and fused.available():
+        # the same distance, the CDF taken only where the maximum can be (kernel.c, fused_ks)
+        d = fused.ks_distance(x, form)
+        return KSResult(d, _stephens_p(d, n), n)
     cdf = dist.cdf(x)
     i = torch.arange(1, n + 1, dtype=torch.float64)
     d_plus = float((i / n - cdf).max())
@@ -144,11 +151,25 @@ def variance_test(variance: float, n: int, d: Distribution) -> float | None:
     t = shape + z * math.sqrt(shape)
     if t <= 0:
         return 0.0  # below the gamma's support: smaller than any draw could give
-    a = torch.tensor(shape, dtype=torch.float64)
-    x = torch.tensor(t, dtype=torch.float64)
+    return min(1.0, 2.0 * gamma_tail(shape, t))
+
+
+# Where P(X ≤ t) is this far below 1/2, P(X ≥ t) ≈ 1 − P(X ≤ t) is certainly the larger tail,
+# and the other way round: one regularized incomplete gamma of the two is enough.
+_TAIL_MARGIN = 1e-6
+
+
+def gamma_tail(shape: float, t: float) -> float:
+    """min(P(X ≤ t), P(X ≥ t)) for a gamma X of ``shape`` and scale 1, each tail from its own
+    regularized incomplete gamma (torch.special.gammainc and gammaincc, accurate where the
+    other is near 1); only the smaller one is computed where it is plain which that is."""
+    pair = torch.tensor((shape, t), dtype=torch.float64)
+    a, x = pair[0], pair[1]
     lower = float(torch.special.gammainc(a, x))
+    if lower < 0.5 - _TAIL_MARGIN:
+        return lower
     upper = float(torch.special.gammaincc(a, x))
-    return min(1.0, 2.0 * min(lower, upper))
+    return upper if lower > 0.5 + _TAIL_MARGIN else min(lower, upper)
 
 
 # -- the kurtosis test -----------------------------------------------------------------------

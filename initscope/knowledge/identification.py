@@ -159,7 +159,8 @@ def _p_range(d: Distribution, s: TensorStats, eps: float) -> float | None:
 class _Sample:
     """One tensor's sample, prepared once for all the candidates it is tested against; the
     sort (for KS) and the kurtosis are computed on first use, since the moment tests reject
-    most candidates without them."""
+    most candidates without them, or beforehand for many samples at once
+    (:func:`prepared_samples`)."""
 
     def __init__(self, values: torch.Tensor) -> None:
         self.values = values.detach().reshape(-1).to(torch.float64)
@@ -167,6 +168,8 @@ class _Sample:
 
     @functools.cached_property
     def sorted(self) -> torch.Tensor:  # float64, ascending
+        if fused.available():
+            return self._from_kernel()[0]
         return self.values.sort().values
 
     @functools.cached_property
@@ -174,10 +177,29 @@ class _Sample:
         """The sample kurtosis m4 / m2², None for an empty or constant sample."""
         if not self.size:
             return None
+        if fused.available():
+            return self._from_kernel()[1]
         c = self.values - self.values.mean()
         c2 = c * c
         m2 = float(c2.mean())
         return float((c2 * c2).mean()) / (m2 * m2) if m2 > 0 else None
+
+    def _from_kernel(self) -> tuple[torch.Tensor, float | None]:
+        prepare([self])
+        return self.__dict__["sorted"], self.__dict__["b2"]
+
+
+def prepare(samples: list[_Sample]) -> None:
+    """Sort many samples and take their kurtoses in one call of the kernel (a radix sort in
+    C: a comparison sort of 4096 values costs about 250 µs, most of a tensor's
+    identification); without the kernel, each is done on first use."""
+    todo = [s for s in samples if "sorted" not in s.__dict__]
+    if not todo or not fused.available():
+        return
+    ordered, kurtoses = fused.samples([s.values for s in todo])
+    for s, o, b2 in zip(todo, ordered, kurtoses, strict=True):
+        s.__dict__["sorted"] = o
+        s.__dict__["b2"] = b2 if math.isfinite(b2) and s.size else None
 
 
 def _p_kurtosis(d: Distribution, sample: _Sample) -> float | None:
@@ -258,10 +280,12 @@ class Tests:
         return min(1.0, min(p * self.count / share[k] for k, p in self.p_values.items()))
 
 
+@functools.lru_cache(maxsize=256)
 def row_choice(shape: tuple[int, ...], count: int = 64) -> tuple[torch.Tensor, bool] | None:
     """Which lines of the matrix view the structured tests read: up to ``count`` random row
     indices (column indices, for tall matrices: then True), always the same for a shape.
-    None below 8 × 8, where structure says nothing (a single row is trivially "orthogonal")."""
+    None below 8 × 8, where structure says nothing (a single row is trivially "orthogonal").
+    Kept per shape (a checkpoint repeats few shapes); the indices are read only."""
     if len(shape) < 2:
         return None
     rows, cols = shape[0], math.prod(shape[1:])
@@ -274,8 +298,10 @@ def row_choice(shape: tuple[int, ...], count: int = 64) -> tuple[torch.Tensor, b
     return torch.randperm(rows, generator=g)[:count], tall
 
 
+@functools.lru_cache(maxsize=256)
 def row_lines(shape: tuple[int, ...]) -> Lines | None:
-    """:func:`row_choice` as flat lines, for a scan that copies them out as it reads."""
+    """:func:`row_choice` as flat lines, for a scan that copies them out as it reads (kept
+    per shape, read only)."""
     choice = row_choice(shape)
     if choice is None:
         return None
@@ -296,12 +322,10 @@ def _sample_rows(t: torch.Tensor) -> torch.Tensor | None:
     return (m.T if tall else m)[picked].to(torch.float64)
 
 
-def _chi2_sf(x: float, k: int) -> float:
-    return float(
-        torch.special.gammaincc(
-            torch.tensor(k / 2, dtype=torch.float64), torch.tensor(x / 2, dtype=torch.float64)
-        )
-    )
+def _chi2_sfs(xs: tuple[float, float], k: int) -> list[float]:
+    """P(χ²(k) > x) for each x, in one call."""
+    a = torch.full((len(xs),), k / 2, dtype=torch.float64)
+    return torch.special.gammaincc(a, torch.tensor(xs, dtype=torch.float64) / 2).tolist()
 
 
 def _p_rows(rows: torch.Tensor) -> float | None:
@@ -322,19 +346,28 @@ def _p_rows(rows: torch.Tensor) -> float | None:
         row_squares = x2.sum(1)
         flat = x2.view(-1)
         fourth = float(torch.dot(flat, flat))
-    means = row_means - grand  # each row's mean of the centred values
-    s2 = float(row_squares.sum()) / n
+    # The per-row numbers as floats: a few dozen of them, where each torch op costs more
+    # than the arithmetic.
+    means = [m - grand for m in row_means.tolist()]  # each row's mean of the centred values
+    squares = row_squares.tolist()
+    # sum, not fsum: values near the float limit overflow to inf as torch's sums do, and
+    # fsum raises on inf - inf
+    s2 = sum(squares) / n
     if s2 == 0:
         return None
     mu4 = fourth / n
-    p_mean = _chi2_sf(float(((means - means.mean()) ** 2).sum()) / (s2 / cols), count - 1)
+    mean_of_means = sum(means) / count
+    spread_means = sum((m - mean_of_means) * (m - mean_of_means) for m in means) / (s2 / cols)
     # Each row's sample variance (Bessel-corrected, as torch.var), from the centred values.
-    variances = (row_squares - cols * means * means) / (cols - 1)
+    variances = [(q - cols * m * m) / (cols - 1) for q, m in zip(squares, means, strict=True)]
     # Var of a row's sample variance: (μ4 − σ⁴(c − 3)/(c − 1)) / c
     v0 = (mu4 - s2 * s2 * (cols - 3) / (cols - 1)) / cols
     if v0 <= 0:
         return None
-    p_var = _chi2_sf(float(((variances - variances.mean()) ** 2).sum()) / v0, count - 1)
+    mean_of_variances = sum(variances) / count
+    spread_variances = sum((v - mean_of_variances) * (v - mean_of_variances) for v in variances)
+    spread_variances /= v0
+    p_mean, p_var = _chi2_sfs((spread_means, spread_variances), count - 1)
     return min(1.0, 2 * min(p_mean, p_var))
 
 
@@ -854,7 +887,14 @@ def _best_candidate(
     best: tuple[float, str, Distribution] | None = None
     screen = not exhaustive and s.std is not None and math.isfinite(s.std)
     variance = s.std**2 if s.std is not None else math.nan
-    for label, d, gamma in _named_screens(shape, s.numel):
+    named = _named_screens(shape, s.numel)
+    if screen:
+        # Those that cannot beat alpha at this variance go first, all at once: outside its
+        # window (_screen_windows) a candidate's _cannot_beat is true at alpha, and so at any
+        # threshold above it.
+        windows = _screen_windows(shape, s.numel, alpha)
+        named = tuple(c for c, (lo, hi) in zip(named, windows, strict=True) if lo <= variance <= hi)
+    for label, d, gamma in named:
         threshold = alpha if best is None else max(alpha, best[0])
         if screen and gamma is not None and _cannot_beat(gamma, variance, threshold):
             continue
@@ -881,6 +921,60 @@ def _named_screens(
     values, kept: a checkpoint repeats few shapes (the experts of a MoE model are thousands
     of tensors of two shapes), and these depend on the shape and size alone."""
     return tuple((label, d, _variance_gamma(d, n)) for label, d in _named(shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _screen_windows(
+    shape: tuple[int, ...], n: int, alpha: float
+) -> tuple[tuple[float, float], ...]:
+    """For each of :func:`_named_screens`' candidates, the variances (lo, hi) outside which
+    :func:`_cannot_beat` is true at ``alpha``: its bound is 2·len(TESTS)·exp(k(1 + ln r − r))
+    with r = 1 + z/√k rising with the variance, greatest at r = 1, so the variances where the
+    candidate might pass form one window, its ends where k(1 + ln r − r) = ln(alpha) − 1e-6 −
+    ln(2·len(TESTS)). The ends are solved for (Newton) and widened by a millionth of their
+    distance from κ2, far more than rounding moves them; (−inf, inf) where no gamma screens."""
+    level = math.log(alpha) - 1e-6 - math.log(2.0 * _MOST_TESTS)
+    out = []
+    for _, _, gamma in _named_screens(shape, n):
+        if gamma is None or not alpha > 0:
+            out.append((-math.inf, math.inf))
+            continue
+        k2, sd, k = gamma
+        ends = []
+        for side in (-1.0, 1.0):
+            r = _gamma_level(k, level, side)
+            if r is None:
+                ends.append(side * math.inf)
+                continue
+            z = (r - 1.0) * math.sqrt(k) * (1.0 + 1e-6)
+            ends.append(k2 + z * sd)
+        out.append((ends[0], ends[1]))
+    return tuple(out)
+
+
+def _gamma_level(k: float, level: float, side: float) -> float | None:
+    """The r on ``side`` of 1 (−1: below, 1: above) where k(1 + ln r − r) = ``level`` < 0,
+    by Newton's method on u = r − 1 (h(u) = log1p(u) − u, concave, 0 at u = 0; in u it keeps
+    its precision where r is within 1e-5 of 1, as for k in the millions), or None when it
+    does not settle (a window left open: only a weaker screen)."""
+    target = level / k
+    # Start where the quadratic approximation −u²/2 puts it (for u > −1).
+    u = side * min(math.sqrt(-2.0 * target), 0.5 if side < 0 else 1e6)
+    for _ in range(100):
+        h = math.log1p(u) - u - target
+        slope = 1.0 / (1.0 + u) - 1.0
+        if slope == 0:
+            return None
+        nxt = u - h / slope
+        if nxt <= -1.0:
+            nxt = (u - 1.0) / 2  # halfway to the pole at r = 0
+        if abs(nxt - u) <= 1e-13 * abs(u):
+            u = nxt
+            break
+        u = nxt
+    if abs(math.log1p(u) - u - target) > 1e-8 * abs(target):
+        return None
+    return 1.0 + u
 
 
 def _variance_gamma(d: Distribution, n: int) -> tuple[float, float, float] | None:

@@ -33,7 +33,9 @@ __all__ = [
     "Scanned",
     "available",
     "describe",
+    "ks_distance",
     "row_sums",
+    "samples",
     "scan",
 ]
 
@@ -71,6 +73,7 @@ _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 # No positions, no lines: the kernel reads neither array when its count is 0.
 _NONE = torch.empty(0, dtype=torch.int64)
+_NONE_F64 = torch.empty(0, dtype=torch.float64)
 
 
 def available() -> bool:
@@ -209,3 +212,40 @@ def row_sums(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, flo
     out = torch.empty(2, dtype=torch.float64)
     lib.fused_rows(x.data_ptr(), k, length, means.data_ptr(), squares.data_ptr(), out.data_ptr())
     return means, squares, float(out[0]), float(out[1])
+
+
+def samples(values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:
+    """For float64 samples of any sizes, in one call: each sorted ascending (a radix sort,
+    O(n)), and each one's kurtosis b2 = m4 / m2² about its mean (NaN when empty or
+    constant)."""
+    lib = _lib()
+    parts = [v.reshape(-1).to(torch.float64) for v in values]
+    flat = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else _NONE_F64
+    flat = flat.contiguous()
+    offsets = (ctypes.c_int64 * (len(parts) + 1))()
+    at = 0
+    for i, p in enumerate(parts):
+        at += p.numel()
+        offsets[i + 1] = at
+    ordered = torch.empty_like(flat)
+    b2 = (ctypes.c_double * len(parts))()
+    status = lib.fused_samples(flat.data_ptr(), offsets, len(parts), ordered.data_ptr(), b2)
+    if status != 0:
+        raise MemoryError("the statistics kernel could not allocate its sort buffer")
+    if len(parts) == 1:
+        return [ordered], [b2[0]]
+    return list(ordered.split([p.numel() for p in parts])), list(b2)
+
+
+# kernel.c's KS_* codes for the continuous families, by Family value
+_KS_FAMILIES = {"uniform": 0, "normal": 1, "trunc_normal": 2}
+
+
+def ks_distance(ordered: torch.Tensor, form: tuple[object, float, float, float, float]) -> float:
+    """The KS distance of sorted float64 values from the CDF ``form`` names
+    (:meth:`~initscope.knowledge.distributions.Distribution.cdf_form`), in one pass in C."""
+    lib = _lib()
+    family, a, b, lo, hi = form
+    x = ordered if ordered.is_contiguous() else ordered.contiguous()
+    code = _KS_FAMILIES[getattr(family, "value", str(family))]
+    return float(lib.fused_ks(x.data_ptr(), x.numel(), code, a, b, lo, hi))

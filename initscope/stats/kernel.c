@@ -675,9 +675,188 @@ void fused_rows(const double *rows, int64_t k, int64_t len, double *row_means,
     rows_portable(rows, k, len, row_means, row_squares, grand_and_fourth);
 }
 
+/* -- identification's sample work ---------------------------------------------------------
+ *
+ * Identification tests each tensor's bounded sample (4096 values at most) against its
+ * candidates: the KS test needs the sample sorted, the kurtosis test its b2 = m4 / m2^2. A
+ * comparison sort of 4096 random doubles costs about 250 us (the branches mispredict; torch's
+ * sort measured so, and 55 us only when the same values are sorted again and again), which was
+ * most of identification's time on a checkpoint of thousands of tensors. */
+
+/* A double's bits as an unsigned key that orders as the doubles do: negative values
+ * (sign set) have every bit flipped, others the sign bit set. -0.0 sorts just before +0.0,
+ * which compare equal, so the sorted values are those of any correct sort. */
+static inline uint64_t sort_key(double v) {
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    return (u >> 63) ? ~u : (u | 0x8000000000000000ull);
+}
+
+static inline double key_value(uint64_t k) {
+    uint64_t u = (k >> 63) ? (k & 0x7fffffffffffffffull) : ~k;
+    double v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+/* LSD radix sort of n doubles into out, 8 bits a pass, with tmp (n words) as the other
+ * buffer. A byte that is the same in every key orders nothing and is neither counted nor
+ * passed over: a sample of bf16 values (16 significant bits) takes two passes, of float32
+ * values four. Stable, and branch-free in its inner loops: O(n) whatever the values. */
+static void radix_sort(const double *x, int64_t n, uint64_t *keys, uint64_t *tmp, double *out) {
+    if (n == 0) return;
+    /* A negative value's key has its low bytes flipped (0xff where a positive's are 0), so
+     * bytes are compared within each sign: one that is constant among the negatives and
+     * among the positives orders nothing that the sign (the top byte, passed last) does not. */
+    uint64_t first[2] = {0, 0}, differ = 0;
+    int seen[2] = {0, 0};
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t k = sort_key(x[i]);
+        int positive = (int)(k >> 63);
+        keys[i] = k;
+        if (!seen[positive]) {
+            seen[positive] = 1;
+            first[positive] = k;
+        }
+        differ |= k ^ first[positive];
+    }
+    if (seen[0] && seen[1]) differ |= 1ull << 63; /* the top byte splits the signs */
+    int64_t count[256];
+    uint64_t *src = keys, *dst = tmp;
+    for (int b = 0; b < 8; b++) {
+        int shift = 8 * b;
+        if (((differ >> shift) & 0xff) == 0) continue;
+        memset(count, 0, sizeof count);
+        for (int64_t i = 0; i < n; i++) count[(src[i] >> shift) & 0xff]++;
+        int64_t at = 0;
+        for (int d = 0; d < 256; d++) {
+            int64_t m = count[d];
+            count[d] = at;
+            at += m;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            uint64_t k = src[i];
+            dst[count[(k >> shift) & 0xff]++] = k;
+        }
+        uint64_t *swap = src;
+        src = dst;
+        dst = swap;
+    }
+    for (int64_t i = 0; i < n; i++) out[i] = key_value(src[i]);
+}
+
+/* For each of count samples (sample j: values[offsets[j] .. offsets[j + 1])): the values
+ * sorted ascending into sorted (same offsets) and the sample kurtosis b2 = m4 / m2^2 about
+ * the mean into b2[j] (NaN for an empty or constant sample). Returns 0, or -1 when the
+ * scratch memory cannot be had. */
+int fused_samples(const double *values, const int64_t *offsets, int64_t count, double *sorted,
+                  double *b2) {
+    int64_t longest = 0;
+    for (int64_t j = 0; j < count; j++) {
+        int64_t m = offsets[j + 1] - offsets[j];
+        if (m > longest) longest = m;
+    }
+    uint64_t *keys = malloc(2 * (size_t)(longest > 0 ? longest : 1) * sizeof(uint64_t));
+    if (keys == NULL) return -1;
+    for (int64_t j = 0; j < count; j++) {
+        const double *x = values + offsets[j];
+        int64_t m = offsets[j + 1] - offsets[j];
+        radix_sort(x, m, keys, keys + longest, sorted + offsets[j]);
+        double sum = 0.0;
+        for (int64_t i = 0; i < m; i++) sum += x[i];
+        double mean = m ? sum / (double)m : 0.0, s2 = 0.0, s4 = 0.0;
+        for (int64_t i = 0; i < m; i++) {
+            double d = x[i] - mean, d2 = d * d;
+            s2 += d2;
+            s4 += d2 * d2;
+        }
+        double m2 = m ? s2 / (double)m : 0.0;
+        b2[j] = m2 > 0 ? (s4 / (double)m) / (m2 * m2) : NAN;
+    }
+    free(keys);
+    return 0;
+}
+
+enum { KS_UNIFORM = 0, KS_NORMAL = 1, KS_TRUNC_NORMAL = 2 };
+
+/* A continuous CDF with the operations of Distribution.cdf: uniform (a = low, b = high):
+ * clamp((x - a) / (b - a), 0, 1); normal (a = loc, b = scale): 0.5 (1 + erf((x - a) / (b
+ * sqrt 2))); truncated normal: that normal's CDF rescaled from [lo, hi] (its CDF at the cut
+ * points) to [0, 1], clamped. */
+typedef struct {
+    int family;
+    double a, b, lo, hi;
+} cdf_t;
+
+static inline double cdf_at(const cdf_t *c, double x) {
+    const double root2 = 1.4142135623730951; /* math.sqrt(2.0), as distributions._SQRT2 */
+    double f;
+    if (c->family == KS_UNIFORM) {
+        f = (x - c->a) / (c->b - c->a);
+        return f < 0.0 ? 0.0 : (f > 1.0 ? 1.0 : f);
+    }
+    f = 0.5 * (1.0 + erf((x - c->a) / (c->b * root2)));
+    if (c->family == KS_TRUNC_NORMAL) {
+        f = (f - c->lo) / (c->hi - c->lo);
+        f = f < 0.0 ? 0.0 : (f > 1.0 ? 1.0 : f);
+    }
+    return f;
+}
+
+/* Values per block of the KS search below: a block's bound exceeds its terms by at most
+ * KS_BLOCK/n, so a small block is passed over unless it lies near the maximum. */
+#define KS_BLOCK 8
+
+/* The KS distance of n sorted values from a continuous CDF, as goodness.ks_test computes it:
+ * D = max over i of (i + 1)/n - F(x_i) and F(x_i) - i/n (0-based i). NaN for an unknown
+ * family, or when scratch memory cannot be had.
+ *
+ * The same maximum, with the CDF taken at a fraction of the values (an erf costs ~10 ns, so
+ * 4096 of them were most of a candidate's test): F rises, so for the values x_j..x_{j+B-1}
+ * of a block every term is at most (j + B)/n - F(x_j) or F(x_{j+B}) - j/n. The CDF is taken at
+ * every B-th value, and a block is read value by value only when that bound could beat the
+ * largest term found so far. A computed erf may fall by an ulp where the true one rises, so
+ * a block is passed over only when its bound is below the best by 1e-12 (a million ulps of a
+ * CDF value): every term that could be the maximum is computed, and D is the same number the
+ * full pass gives. */
+double fused_ks(const double *sorted, int64_t n, int family, double a, double b, double lo,
+                double hi) {
+    if (family != KS_UNIFORM && family != KS_NORMAL && family != KS_TRUNC_NORMAL) return NAN;
+    if (n <= 0) return NAN;
+    const cdf_t c = {family, a, b, lo, hi};
+    const double dn = (double)n;
+    int64_t blocks = (n + KS_BLOCK - 1) / KS_BLOCK;
+    double *f = malloc((size_t)(blocks + 1) * sizeof(double)); /* F at each block's start, and
+                                                                   at the last value */
+    if (f == NULL) return NAN;
+    double d = -INFINITY;
+    for (int64_t k = 0; k <= blocks; k++) {
+        int64_t i = k < blocks ? k * KS_BLOCK : n - 1;
+        f[k] = cdf_at(&c, sorted[i]);
+        double above = (double)(i + 1) / dn - f[k], below = f[k] - (double)i / dn;
+        if (above > d) d = above;
+        if (below > d) d = below;
+    }
+    for (int64_t k = 0; k < blocks; k++) {
+        int64_t j = k * KS_BLOCK, e = j + KS_BLOCK < n ? j + KS_BLOCK : n;
+        /* the values after x_j in the block lie between x_j and x_e (the last value for the
+         * last block, whose own terms are counted above) */
+        double up = (double)e / dn - f[k], down = f[k + 1] - (double)j / dn;
+        if ((up > down ? up : down) < d - 1e-12) continue;
+        for (int64_t i = j + 1; i < e; i++) {
+            double v = cdf_at(&c, sorted[i]);
+            double above = (double)(i + 1) / dn - v, below = v - (double)i / dn;
+            if (above > d) d = above;
+            if (below > d) d = below;
+        }
+    }
+    free(f);
+    return d;
+}
+
 /* The layout of scan_t and acc_t and the functions' signatures: native.py checks it matches its
  * own (a module built from another version of this file is not used). */
-int fused_version(void) { return 4; }
+int fused_version(void) { return 5; }
 
 /* The instruction set the scans and rows run with: "avx2" or "portable". */
 const char *fused_isa(void) { return isa; }

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 __all__ = ["VERSION", "describe", "library"]
 
-VERSION = 4  # fused_version() in kernel.c: the layout and signatures fused.py expects
+VERSION = 5  # fused_version() in kernel.c: the layout and signatures fused.py expects
 _BUILD = "installing initscope where a C compiler works builds it"
 
 
@@ -56,6 +56,11 @@ def _load() -> _Loaded:
         lib.fused_scan.argtypes = [ptr, i64, i64]
         lib.fused_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
         lib.fused_rows.restype = None
+        lib.fused_samples.argtypes = [ptr, ptr, i64, ptr, ptr]
+        lib.fused_samples.restype = ctypes.c_int
+        d = ctypes.c_double
+        lib.fused_ks.argtypes = [ptr, i64, ctypes.c_int, d, d, d, d]
+        lib.fused_ks.restype = d
         lib.fused_isa.restype = ctypes.c_char_p
         lib.fused_prefer_portable.argtypes = [ctypes.c_int]
         lib.fused_prefer_portable.restype = ctypes.c_char_p

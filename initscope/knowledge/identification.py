@@ -325,7 +325,10 @@ def _sample_rows(t: torch.Tensor) -> torch.Tensor | None:
 def _chi2_sfs(xs: tuple[float, float], k: int) -> list[float]:
     """P(χ²(k) > x) for each x, in one call."""
     a = torch.full((len(xs),), k / 2, dtype=torch.float64)
-    return torch.special.gammaincc(a, torch.tensor(xs, dtype=torch.float64) / 2).tolist()
+    out: list[float] = torch.special.gammaincc(
+        a, torch.tensor(xs, dtype=torch.float64) / 2
+    ).tolist()
+    return out
 
 
 def _p_rows(rows: torch.Tensor) -> float | None:

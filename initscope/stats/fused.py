@@ -234,7 +234,8 @@ def samples(values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]
         raise MemoryError("the statistics kernel could not allocate its sort buffer")
     if len(parts) == 1:
         return [ordered], [b2[0]]
-    return list(ordered.split([p.numel() for p in parts])), list(b2)
+    sizes = [p.numel() for p in parts]
+    return list(torch.split(ordered, sizes)), list(b2)
 
 
 # kernel.c's KS_* codes for the continuous families, by Family value

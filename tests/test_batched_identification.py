@@ -1,7 +1,8 @@
-"""Identification screens candidates by their variance before the sample tests: the answer
-(label, numbers, p-value, whether the values are at their default) must be exactly that of
-testing every candidate to the end (``exhaustive=True``), on a corpus of many families,
-sizes and dtypes."""
+"""Identification screens candidates by their variance before the sample tests, and a report
+identifies tensors in batches (identify_many: their samples sorted in one call of the
+kernel): the answer (label, numbers, p-value, whether the values are at their default) must
+be exactly that of one tensor alone testing every candidate to the end (``exhaustive=True``),
+on a corpus of many families, sizes and dtypes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import torch
 from torch import nn
 
 import initscope.knowledge.identification as identification
-from initscope.knowledge.identification import Identification, identify
+from initscope.knowledge.identification import (
+    Identification,
+    Query,
+    identify,
+    identify_many,
+    structure_for,
+)
 from initscope.knowledge.tracing import DefaultInit, InitTracer
 from initscope.stats.tensor import running_stats
 
@@ -200,3 +207,62 @@ def test_a_candidate_screened_out_by_its_window_could_not_have_won(alpha: float)
                     assert not identification._cannot_beat(
                         gamma, end + inward * 1e-5 * width, alpha
                     )
+
+
+def _queries() -> tuple[list[Query], list[Identification]]:
+    """The corpus and traced defaults (at, off and away from them) as queries, each with
+    its answer identified alone: 105 tensors of 15 families, 30 to 102,400 values, four
+    dtypes, mixed in one list."""
+    cases: list[tuple[torch.Tensor, DefaultInit | None]] = [(t, None) for _, t in CORPUS]
+    with InitTracer() as tracer:
+        layers = [nn.Linear(96, 80), nn.Conv2d(8, 16, 3), nn.Embedding(200, 32)]
+    for k, layer in enumerate(layers):
+        w = layer.weight
+        default = tracer.resolve(w)
+        variants = [w.detach().clone(), w.detach() * 3.0, torch.empty_like(w)]
+        nn.init.xavier_normal_(variants[2])
+        for v, dtype in zip(variants, DTYPES[k:] + DTYPES[:k], strict=False):
+            cases.append((v.to(dtype), default))
+    queries, alone = [], []
+    for t, default in cases:
+        rs = running_stats(t, seed=5)
+        s = rs.result()
+        queries.append(Query(s, rs.sample(), tuple(t.shape), default, structure_for(s, t), t.dtype))
+        alone.append(identify(rs, tuple(t.shape), default, t))
+    return queries, alone
+
+
+def test_a_batch_is_identified_as_each_tensor_alone() -> None:
+    """The acceptance: identify_many over the whole mixed corpus in one call (samples of
+    different sizes and dtypes sorted together) equals identify one tensor at a time."""
+    queries, alone = _queries()
+    assert len({q.sample.numel() for q in queries}) > 5
+    assert len({q.dtype for q in queries}) == len(DTYPES)
+    batched = identify_many(queries)
+    assert len(batched) == len(alone)
+    for got, want in zip(batched, alone, strict=True):
+        _same(got, want)
+    # in any grouping: pairs, in reverse
+    rev = identify_many(queries[::-1])[::-1]
+    for got, want in zip(rev, alone, strict=True):
+        _same(got, want)
+
+
+def test_the_torch_path_names_the_same_with_p_values_to_1e9(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the kernel (not built, or INITSCOPE_FUSED=0) samples are sorted by torch and
+    the KS distance taken over every value: the same labels and numbers, and p-values equal
+    to 1e-9 (torch's erf and the C library's may differ by an ulp)."""
+    queries, _ = _queries()
+    kernel = identify_many(queries)
+    monkeypatch.setenv("INITSCOPE_FUSED", "0")
+    plain = identify_many(queries)
+    for a, b in zip(kernel, plain, strict=True):
+        assert a.fit.label == b.fit.label
+        assert a.matches_default == b.matches_default
+        assert dict(a.fit.params) == pytest.approx(dict(b.fit.params), rel=1e-9)
+        if a.fit.p_value is None:
+            assert b.fit.p_value is None
+        else:
+            assert a.fit.p_value == pytest.approx(b.fit.p_value, rel=1e-9, abs=1e-12)

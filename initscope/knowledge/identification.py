@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -57,9 +57,12 @@ __all__ = [
     "TESTS",
     "Fit",
     "Identification",
+    "Query",
     "Tests",
     "decision_tests",
     "identify",
+    "identify_many",
+    "structure_for",
 ]
 
 # The error budget of one decision: a tensor drawn from its default is called "differs" with
@@ -600,15 +603,78 @@ def identify_stats(
 ) -> Identification:
     """:func:`identify` from finished statistics and the sample (``values``), as a report
     holds them."""
+    return _identify(
+        s,
+        _Sample(values),
+        shape,
+        default,
+        tensor,
+        alpha,
+        structure=structure,
+        dtype=dtype,
+        exhaustive=exhaustive,
+    )
+
+
+@dataclass(frozen=True)
+class Query:
+    """One tensor for :func:`identify_many`: its finished statistics, its sample, shape,
+    traced default, the structured tests' result and the stored dtype, as :func:`identify`
+    takes them."""
+
+    stats: TensorStats
+    sample: torch.Tensor
+    shape: tuple[int, ...]
+    default: DefaultInit | None = None
+    structure: Structure | None = None
+    dtype: torch.dtype | None = None
+
+
+def structure_for(s: TensorStats, tensor: torch.Tensor) -> Structure | None:
+    """The structured tests :func:`identify` runs on ``tensor`` (a matrix's sampled rows),
+    to be given to it as ``structure`` when the tensor itself is not kept; None for values
+    it decides from their statistics alone, or too small to test."""
+    return structure_of(tensor) if _degenerate(s, None) is None else None
+
+
+def identify_many(queries: Sequence[Query], alpha: float = ALPHA) -> list[Identification]:
+    """:func:`identify` for many tensors of any sizes and dtypes, the same answers: their
+    samples are sorted and their kurtoses taken in one call of the kernel (where a tensor
+    alone takes one call each), then each is decided on its own."""
+    samples = [_Sample(q.sample) for q in queries]
+    # Values some test will read in order: not those decided by their statistics alone.
+    prepare(
+        [x for q, x in zip(queries, samples, strict=True) if _degenerate(q.stats, None) is None]
+    )
+    return [
+        _identify(q.stats, x, q.shape, q.default, None, alpha, structure=q.structure, dtype=q.dtype)
+        for q, x in zip(queries, samples, strict=True)
+    ]
+
+
+def _identify(
+    s: TensorStats,
+    sample: _Sample,
+    shape: tuple[int, ...],
+    default: DefaultInit | None,
+    tensor: torch.Tensor | None,
+    alpha: float,
+    *,
+    structure: Structure | None,
+    dtype: torch.dtype | None,
+    exhaustive: bool = False,
+) -> Identification:
+    """:func:`identify_stats` with the sample prepared (:class:`_Sample`)."""
+    values = sample.values
     known_default = default.distribution if default is not None and default.is_known else None
     stored = tensor.dtype if tensor is not None else dtype
     if known_default is not None and known_default.family is Family.DETERMINISTIC:
         # Values the code computed: what they look like is said, and whether they are the
         # values its recipe computes again (None when there is no recipe to replay).
         assert default is not None
-        found = identify_stats(
+        found = _identify(
             s,
-            values,
+            sample,
             shape,
             None,
             tensor,
@@ -620,7 +686,6 @@ def identify_stats(
         return Identification(
             found.fit, _equals_replay(default, s, values, stored), found.structure
         )
-    sample = _Sample(values)
     degenerate = _degenerate(s, known_default)
     if degenerate is not None:
         return degenerate

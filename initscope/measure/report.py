@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,12 +19,18 @@ from initscope.io.keys import model_keys
 from initscope.io.models import TracedModel, open_target
 from initscope.io.targets import TargetOptions
 from initscope.io.yamlio import did_you_mean
-from initscope.knowledge.identification import Fit, Structure, identify
+from initscope.knowledge.identification import (
+    Fit,
+    Query,
+    Structure,
+    identify_many,
+    structure_for,
+)
 from initscope.knowledge.tracing import DefaultInit, fans
-from initscope.measure.pipeline import Readable, checkpoint_source, measure
+from initscope.measure.pipeline import Measured, Readable, checkpoint_source, measure
 from initscope.naming import dtype_name, split_name
 from initscope.parallel.distributed import Group
-from initscope.parallel.workers import ProgressFn, spread
+from initscope.parallel.workers import Batched, ProgressFn, spread
 from initscope.stats.tensor import DEFAULT_MAX_MEMORY, TensorStats
 
 __all__ = [
@@ -165,45 +171,64 @@ def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
     return (None, None) if f is None else f
 
 
-def _parameter(
-    name: str,
-    module: torch.nn.Module | None,
-    source: Readable,
-    *,
-    tied_to: Sequence[str],
-    default: DefaultInit | None,
-    is_buffer: bool = False,
-    max_memory: int = DEFAULT_MAX_MEMORY,
-) -> ParameterReport:
-    """One parameter's entry: its metadata, statistics, and what its values follow."""
-    module_path, param = split_name(name)
-    m = measure(name, source, max_memory=max_memory)
-    f_in, f_out = _tensor_fans(m.shape)
-    rs = m.stats
-    found = (
-        identify(rs, m.shape, default, m.values, structure=m.structure, dtype=m.dtype)
-        if rs is not None
-        else None
-    )
-    return ParameterReport(
-        name=name,
-        module=module_path,
-        module_type=_qualname(type(module)) if module is not None else None,
-        param=param,
-        shape=m.shape,
-        dtype=dtype_name(m.dtype),
-        numel=m.numel,
-        fan_in=f_in,
-        fan_out=f_out,
-        tied_to=tuple(tied_to),
-        default=default,
-        stats=rs.result() if rs is not None else None,
-        is_buffer=is_buffer,
-        fit=found.fit if found else None,
-        matches_default=found.matches_default if found else None,
-        sample=rs.sample() if rs is not None else None,
-        structure=found.structure if found else None,
-    )
+@dataclass(frozen=True)
+class _Entry:
+    """One parameter to report: its name, module, where its values are, and what the model
+    says of it."""
+
+    name: str
+    module: torch.nn.Module | None
+    source: Readable
+    tied_to: tuple[str, ...]
+    default: DefaultInit | None
+    is_buffer: bool = False
+
+
+def _parameters(entries: Sequence[_Entry], max_memory: int) -> list[ParameterReport]:
+    """The entries' reports: each tensor measured, then all of them identified together
+    (:func:`identify_many`: their samples sorted in one call)."""
+    measured: list[tuple[Measured, TensorStats | None, torch.Tensor | None]] = []
+    queries = []
+    for e in entries:
+        m = measure(e.name, e.source, max_memory=max_memory)
+        if m.stats is None:  # no values (the meta device)
+            measured.append((m, None, None))
+            continue
+        s, sample = m.stats.result(), m.stats.sample()
+        structure = m.structure
+        if structure is None and m.values is not None:
+            # from the values now: they are not kept while the others are read
+            structure = structure_for(s, m.values)
+        queries.append(Query(s, sample, m.shape, e.default, structure, m.dtype))
+        measured.append((replace(m, values=None), s, sample))
+    found = iter(identify_many(queries))
+    out = []
+    for e, (m, result, kept) in zip(entries, measured, strict=True):
+        ident = next(found) if result is not None else None
+        module_path, param = split_name(e.name)
+        f_in, f_out = _tensor_fans(m.shape)
+        out.append(
+            ParameterReport(
+                name=e.name,
+                module=module_path,
+                module_type=_qualname(type(e.module)) if e.module is not None else None,
+                param=param,
+                shape=m.shape,
+                dtype=dtype_name(m.dtype),
+                numel=m.numel,
+                fan_in=f_in,
+                fan_out=f_out,
+                tied_to=e.tied_to,
+                default=e.default,
+                stats=result,
+                is_buffer=e.is_buffer,
+                fit=ident.fit if ident else None,
+                matches_default=ident.matches_default if ident else None,
+                sample=kept,
+                structure=ident.structure if ident else None,
+            )
+        )
+    return out
 
 
 def _check_types(model: torch.nn.Module, types: Sequence[str]) -> None:
@@ -257,21 +282,20 @@ def report_model(
     # Grouped by module, in named_modules() order; a module's buffers after its parameters.
     entries.sort(key=lambda e: (order.get(split_name(e[0])[0], len(order)), e[2]))
 
-    def one(i: int) -> ParameterReport:
+    def entry(i: int) -> _Entry:
         name, t, is_buffer = entries[i]
         source = (
             stored.readable(name, options.max_memory, False)
             if stored is not None and name in keys
             else t
         )
-        return _parameter(
+        return _Entry(
             name,
             modules.get(split_name(name)[0]),
             source,
-            tied_to=tied[name],
-            default=traced.defaults.get(name),
-            is_buffer=is_buffer,
-            max_memory=options.max_memory,
+            tuple(tied[name]),
+            traced.defaults.get(name),
+            is_buffer,
         )
 
     # What each entry reads: nothing for a tensor on the meta device (no values).
@@ -282,7 +306,7 @@ def report_model(
         for n, t, _ in entries
     ]
     out = spread(
-        one,
+        Batched(lambda ids: _parameters([entry(i) for i in ids], options.max_memory)),
         [n for n, _ in read],
         workers=options.workers,
         max_memory=options.max_memory,
@@ -362,20 +386,19 @@ def report_checkpoint(
 
     source = checkpoint_source(ckpt, keys)
 
-    def one(i: int) -> ParameterReport:
+    def entry(i: int) -> _Entry:
         name = selected[i]
-        return _parameter(
+        return _Entry(
             name,
             modules.get(split_name(name)[0]),
             source.readable(name, options.max_memory, False),
-            tied_to=tied.get(name, ()),
-            default=None,
-            max_memory=options.max_memory,
+            tuple(tied.get(name, ())),
+            None,
         )
 
     infos = [ckpt.infos[keys[n]] for n in selected]
     out = spread(
-        one,
+        Batched(lambda ids: _parameters([entry(i) for i in ids], options.max_memory)),
         [i.numel for i in infos],
         workers=options.workers,
         max_memory=options.max_memory,

@@ -95,12 +95,15 @@ def map_over_ranks(
     order."""
     import torch.distributed as dist
 
+    from initscope.parallel.workers import Batched
+
     owner = assign(sizes, group.world)
     mine = [i for i in range(len(sizes)) if owner[i] == group.rank]
     failed: BaseException | None = None
     share: tuple[dict[int, T], BaseException | None]
     try:
-        values = local_map(lambda j: task(mine[j]), mine)
+        share_task = task.over(mine) if isinstance(task, Batched) else (lambda j: task(mine[j]))
+        values = local_map(share_task, mine)
         share = (dict(zip(mine, values, strict=True)), None)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Advance",
+    "Batched",
     "ProgressFn",
     "auto_workers",
     "batches",
@@ -49,6 +50,22 @@ MIN_PARALLEL_BYTES = 64 * 2**20
 BATCH = 16
 
 _TASK: Callable[[int], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Batched(Generic[T]):
+    """Per-index work that does several indices in one call, ``many(ids)`` giving their
+    results in order (a report identifies a batch of tensors together); as a task it is
+    ``task(i) = many([i])[0]``, and the maps below hand it up to BATCH indices at a time."""
+
+    many: Callable[[Sequence[int]], list[T]]
+
+    def __call__(self, i: int) -> T:
+        return self.many([i])[0]
+
+    def over(self, ids: Sequence[int]) -> Batched[T]:
+        """The same work on ``ids[j]`` for each index j given (a rank's share)."""
+        return Batched(lambda js: self.many([ids[j] for j in js]))
 
 
 def _init() -> None:
@@ -82,9 +99,16 @@ def _dumps(value: Any) -> bytes:
     return out.getvalue()
 
 
+def _run(task: Callable[[int], T], batch: Sequence[int]) -> list[T]:
+    if isinstance(task, Batched):
+        values: list[T] = task.many(batch)
+        return values
+    return [task(i) for i in batch]
+
+
 def _call(batch: list[int]) -> tuple[list[int], bytes]:
     assert _TASK is not None
-    return batch, _dumps([_TASK(i) for i in batch])
+    return batch, _dumps(_run(_TASK, batch))
 
 
 def can_fork() -> bool:
@@ -136,11 +160,14 @@ def _map(
 ) -> list[T]:
     count = len(weights)
     if workers <= 1 or count < 2 or not can_fork():
-        out = []
-        for i in range(count):
-            out.append(task(i))
+        out: list[T] = []
+        step = BATCH if isinstance(task, Batched) else 1
+        for start in range(0, count, step):
+            batch = list(range(start, min(count, start + step)))
+            out.extend(_run(task, batch))
             if tick is not None:
-                tick(i)
+                for i in batch:
+                    tick(i)
         return out
     global _TASK
     _TASK = task

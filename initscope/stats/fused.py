@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from initscope.stats.native import describe, library
+from initscope.stats.native import describe, library, loaded_library
 
 __all__ = [
     "DTYPES",
@@ -83,7 +83,8 @@ def available() -> bool:
 
 
 def _lib() -> ctypes.CDLL:
-    lib = library()
+    """The kernel, for a caller that has checked :func:`available`."""
+    lib = loaded_library()
     assert lib is not None, "the fused kernel is not available"
     return lib
 

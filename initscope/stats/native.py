@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import NamedTuple
 
-__all__ = ["VERSION", "describe", "library"]
+__all__ = ["VERSION", "describe", "library", "loaded_library"]
 
 VERSION = 5  # fused_version() in kernel.c: the layout and signatures fused.py expects
 _BUILD = "installing initscope where a C compiler works builds it"
@@ -88,6 +88,13 @@ def _disabled() -> bool:
 def library() -> ctypes.CDLL | None:
     """The loaded kernel, or None when statistics are to be computed with torch."""
     return None if _disabled() else _loaded().lib
+
+
+def loaded_library() -> ctypes.CDLL | None:
+    """The loaded kernel whatever ``INITSCOPE_FUSED`` says: for the calls of a caller that
+    has asked :func:`library` already (reading the environment costs microseconds, and a
+    tensor's statistics make several calls)."""
+    return _loaded().lib
 
 
 def describe() -> str:

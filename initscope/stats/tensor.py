@@ -81,11 +81,18 @@ def sample_positions(numel: int, size: int, seed: int) -> torch.Tensor:
     if size <= 0:
         return torch.empty(0, dtype=torch.long)
     if numel <= size:
-        return torch.arange(numel)
+        return _every_position(numel)
     starts, widths, last = _strata(numel, size)
     g = torch.Generator().manual_seed(seed)
     offsets = torch.rand(size, generator=g, dtype=torch.float64).mul_(widths).long()
     return torch.minimum(offsets, last, out=offsets).add_(starts)
+
+
+@functools.lru_cache(maxsize=64)
+def _every_position(numel: int) -> torch.Tensor:
+    """0 .. numel − 1: the sample of a small tensor is all of it (kept per size, read
+    only)."""
+    return torch.arange(numel)
 
 
 @functools.lru_cache(maxsize=64)

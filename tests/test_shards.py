@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -236,6 +238,42 @@ def test_small_tasks_go_to_workers_in_batches_large_ones_alone() -> None:
     assert [i for b in cut for i in b] == order
     assert all(len(b) == 1 for b in cut[:4])
     assert all(1 < len(b) <= BATCH for b in cut[4:])
+
+
+def test_a_batched_task_gets_its_indices_together_in_a_worker_and_in_process() -> None:
+    """A Batched task (a report's: measure a batch, identify it together) is called with up
+    to BATCH indices at once, in process and in workers, and its results land in place."""
+    import os
+
+    from initscope.parallel.workers import BATCH, Batched, can_fork, parallel_map
+
+    calls: list[list[int]] = []
+
+    def many(ids: Any) -> list[tuple[int, int, int]]:
+        calls.append(list(ids))
+        return [(i, len(ids), os.getpid()) for i in ids]
+
+    weights = [100] * 40
+    out = parallel_map(Batched(many), weights, workers=1)
+    assert [i for i, _, _ in out] == list(range(40))
+    assert [len(c) for c in calls] == [BATCH, BATCH, 40 - 2 * BATCH]
+    if can_fork():
+        # batches are also cut at a 32nd of the work: 400 equal tasks go 12 at a time
+        out = parallel_map(Batched(many), [100] * 400, workers=2)
+        assert [i for i, _, _ in out] == list(range(400))
+        assert max(n for _, n, _ in out) > 1  # several at a time
+        assert os.getpid() not in {pid for _, _, pid in out}
+
+
+def test_many_tensors_are_shared_out_however_small() -> None:
+    """Workers start for much data, or for many tensors of little data (a fixed cost each),
+    not for a few small ones."""
+    from initscope.parallel.workers import MIN_PARALLEL_TENSORS, auto_workers, can_fork
+
+    budget = 2**30
+    assert auto_workers(10 * 2**20, 2**10, budget, count=10) == 1
+    many = auto_workers(10 * 2**20, 2**10, budget, count=MIN_PARALLEL_TENSORS)
+    assert many == (min(os.cpu_count() or 1, budget // 2**10) if can_fork() else 1)
 
 
 def test_a_run_gives_the_garbage_collector_back_its_objects() -> None:

@@ -45,6 +45,8 @@ T = TypeVar("T")
 
 # Below this much data, starting processes costs more than it saves.
 MIN_PARALLEL_BYTES = 64 * 2**20
+# Or this many tensors, whatever their size: a forked worker costs a few tens of ms.
+MIN_PARALLEL_TENSORS = 1000
 # Small tasks go to a worker up to this many at a time: each hand-out costs about 40 µs of
 # pickling and pipe traffic in the two processes, as much as a small tensor's statistics.
 BATCH = 16
@@ -117,10 +119,13 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux")
 
 
-def auto_workers(total_bytes: int, largest_bytes: int, max_memory: int) -> int:
+def auto_workers(total_bytes: int, largest_bytes: int, max_memory: int, count: int = 0) -> int:
     """The default: one per core, as many as the memory budget holds of the largest
-    tensor, and one when there is too little work to share."""
-    if total_bytes < MIN_PARALLEL_BYTES or not can_fork():
+    tensor, and one when there is too little work to share: under MIN_PARALLEL_BYTES of
+    data in fewer than MIN_PARALLEL_TENSORS tensors (each costs a fixed ~0.2 ms besides
+    its bytes, so 20,000 tiny tensors are seconds of work)."""
+    little = total_bytes < MIN_PARALLEL_BYTES and count < MIN_PARALLEL_TENSORS
+    if little or not can_fork():
         return 1
     fit = max(1, max_memory // max(largest_bytes, 1))
     return max(1, min(os.cpu_count() or 1, fit))
@@ -254,7 +259,7 @@ def spread(
         part = [nbytes[i] for i in ids]
         n = workers
         if n is None:
-            n = auto_workers(sum(part), max(part, default=0), max_memory)
+            n = auto_workers(sum(part), max(part, default=0), max_memory, len(part))
         return parallel_map(part_task, [sizes[i] for i in ids], n, ticker(progress, part))
 
     if group is None or group.world == 1:

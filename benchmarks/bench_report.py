@@ -3,9 +3,10 @@
 Not a test: it prints wall times and ratios next to their targets (PASS/MISS) and writes
 benchmarks/results.json and bench/results.json, the same figures (keys are added, never
 renamed). Targets: on the 1.2 GB fp32 file, report/obvious-way ≤ 0.8 and report/one-sum-pass
-floor ≤ 1.5; peak RSS ≤ 1.5 GB on the 4 GB bf16 file; on a file of 3,088 expert-sized bf16 tensors, whole processes, `report` ≤ 0.5 × the
-obvious way and ≤ 1.3 × the floor, `check` (no rules) ≤ 1.3 × the floor, identification
-≤ 0.1 ms per tensor; on a file of 20,000 tiny tensors, ≤ 0.1 ms of `report` per tensor.
+floor ≤ 1.5; peak RSS ≤ 1.5 GB on the 4 GB bf16 file; on a file of 3,088 expert-sized bf16
+tensors, whole processes, `report` ≤ 0.5 × the obvious way and ≤ 1.3 × the floor, `check`
+(no rules) ≤ 1.3 × the floor, identification ≤ 0.1 ms per tensor; on a file of 20,000 tiny
+tensors, ≤ 0.1 ms of `report` per tensor.
 
 Data goes to ./bench-data (git-ignored), generated once and reused; size the large files with
 INITSCOPE_BENCH_MB (default 1024, fp32) and INITSCOPE_BENCH_BF16_MB (default 4096).

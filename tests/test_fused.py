@@ -398,7 +398,8 @@ def test_the_ks_distance_is_that_of_the_full_pass(monkeypatch: pytest.MonkeyPatc
         for d in candidates:
             form = d.cdf_form()
             assert form is not None
-            got = fused.ks_distance(ordered, form)
+            family, a, b, lo, hi = form
+            got = fused.ks_distance(ordered, family.value, a, b, lo, hi)
             with monkeypatch.context() as m:
                 m.setattr(fused, "available", lambda: False)
                 want = ks_test(ordered, d, presorted=True).statistic

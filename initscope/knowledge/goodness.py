@@ -69,7 +69,8 @@ def ks_test(sample: torch.Tensor, dist: Distribution, *, presorted: bool = False
     form = dist.cdf_form()
     if form is not None and fused.available():
         # the same distance, the CDF taken only where the maximum can be (kernel.c, fused_ks)
-        d = fused.ks_distance(x, form)
+        family, a, b, lo, hi = form
+        d = fused.ks_distance(x, family.value, a, b, lo, hi)
         return KSResult(d, _stephens_p(d, n), n)
     cdf = dist.cdf(x)
     i = torch.arange(1, n + 1, dtype=torch.float64)

@@ -163,7 +163,7 @@ class _Sample:
     """One tensor's sample, prepared once for all the candidates it is tested against; the
     sort (for KS) and the kurtosis are computed on first use, since the moment tests reject
     most candidates without them, or beforehand for many samples at once
-    (:func:`prepared_samples`)."""
+    (:func:`_prepare`)."""
 
     def __init__(self, values: torch.Tensor) -> None:
         self.values = values.detach().reshape(-1).to(torch.float64)
@@ -188,11 +188,11 @@ class _Sample:
         return float((c2 * c2).mean()) / (m2 * m2) if m2 > 0 else None
 
     def _from_kernel(self) -> tuple[torch.Tensor, float | None]:
-        prepare([self])
+        _prepare([self])
         return self.__dict__["sorted"], self.__dict__["b2"]
 
 
-def prepare(samples: list[_Sample]) -> None:
+def _prepare(samples: list[_Sample]) -> None:
     """Sort many samples and take their kurtoses in one call of the kernel (a radix sort in
     C: a comparison sort of 4096 values costs about 250 µs, most of a tensor's
     identification); without the kernel, each is done on first use."""
@@ -643,7 +643,7 @@ def identify_many(queries: Sequence[Query], alpha: float = ALPHA) -> list[Identi
     alone takes one call each), then each is decided on its own."""
     samples = [_Sample(q.sample) for q in queries]
     # Values some test will read in order: not those decided by their statistics alone.
-    prepare(
+    _prepare(
         [x for q, x in zip(queries, samples, strict=True) if _degenerate(q.stats, None) is None]
     )
     return [

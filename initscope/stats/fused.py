@@ -239,15 +239,18 @@ def samples(values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]
     return list(torch.split(ordered, sizes)), list(b2)
 
 
-# kernel.c's KS_* codes for the continuous families, by Family value
+# kernel.c's KS_* codes for the continuous families, by name (Family's values)
 _KS_FAMILIES = {"uniform": 0, "normal": 1, "trunc_normal": 2}
 
 
-def ks_distance(ordered: torch.Tensor, form: tuple[object, float, float, float, float]) -> float:
-    """The KS distance of sorted float64 values from the CDF ``form`` names
-    (:meth:`~initscope.knowledge.distributions.Distribution.cdf_form`), in one pass in C."""
+def ks_distance(
+    ordered: torch.Tensor, family: str, a: float, b: float, lo: float = 0.0, hi: float = 1.0
+) -> float:
+    """The KS distance of sorted float64 values from a continuous CDF: ``family`` uniform
+    (bounds a, b), normal (loc a, scale b) or trunc_normal (that normal's, rescaled from its
+    CDF values lo, hi at the cut points), as
+    :meth:`~initscope.knowledge.distributions.Distribution.cdf_form` gives them. One pass
+    in C that takes the CDF only where the maximum can be (kernel.c, fused_ks)."""
     lib = _lib()
-    family, a, b, lo, hi = form
     x = ordered if ordered.is_contiguous() else ordered.contiguous()
-    code = _KS_FAMILIES[getattr(family, "value", str(family))]
-    return float(lib.fused_ks(x.data_ptr(), x.numel(), code, a, b, lo, hi))
+    return float(lib.fused_ks(x.data_ptr(), x.numel(), _KS_FAMILIES[family], a, b, lo, hi))

@@ -406,3 +406,26 @@ def test_the_ks_distance_is_that_of_the_full_pass(monkeypatch: pytest.MonkeyPatc
             assert abs(got - want) <= 4e-16, (d.label(), got, want)
             if d.family.value == "uniform":
                 assert got == want  # no erf: the very same operations
+
+
+@needs_kernel
+def test_the_row_test_statistics_are_the_torch_paths() -> None:
+    """fused_row_test gives the row test's χ² statistics and scales as the torch path does
+    (to rounding), down to the cases the caller refuses (no spread: s2 = 0)."""
+    from initscope.knowledge import identification
+
+    g = torch.Generator().manual_seed(8)
+    cases = {
+        "normal": torch.randn(64, 512, generator=g, dtype=torch.float64) * 0.02,
+        "small": torch.randn(8, 8, generator=g, dtype=torch.float64),
+        "row offsets": torch.randn(64, 300, generator=g, dtype=torch.float64)
+        + torch.arange(64, dtype=torch.float64)[:, None],
+        "huge": torch.randn(64, 64, generator=g, dtype=torch.float64) * 1e150,
+    }
+    for name, rows in cases.items():
+        got = fused.row_test(rows)
+        want = identification._row_test(rows)
+        assert got == pytest.approx(want, rel=1e-9, nan_ok=True), name
+    s2 = fused.row_test(torch.ones(16, 16, dtype=torch.float64))[2]
+    assert s2 == 0.0
+    assert identification._p_rows(torch.ones(16, 16, dtype=torch.float64)) is None

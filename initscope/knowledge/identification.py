@@ -338,43 +338,54 @@ def _p_rows(rows: torch.Tensor) -> float | None:
     """Independence across rows, on up to 64 random rows (O(64 · cols)): under any iid init
     their means and variances spread only as much as sampling allows (χ² tests). Trained
     weights (row offsets, rescaled rows, low rank plus noise) spread far more."""
+    count = rows.shape[0]
+    if fused.available():
+        spread_means, spread_variances, s2, v0 = fused.row_test(rows)
+    else:
+        spread_means, spread_variances, s2, v0 = _row_test(rows)
+    if s2 == 0 or v0 <= 0:  # no spread, or no variance of the variances to test against
+        return None
+    p_mean, p_var = _chi2_sfs((spread_means, spread_variances), count - 1)
+    return min(1.0, 2 * min(p_mean, p_var))
+
+
+def _row_test(rows: torch.Tensor) -> tuple[float, float, float, float]:
+    """What the kernel's fused_row_test computes, with torch: the χ² statistics of the rows'
+    means and of their variances, and the s2 and v0 they are scaled by."""
     count, cols = rows.shape
     n = count * cols
-    if fused.available():
-        row_means, row_squares, grand, fourth = fused.row_sums(rows)
-    else:
-        # Centred on the grand mean, squared in place, each reduction one pass: no
-        # temporaries the size of the block.
-        row_means = rows.mean(1)
-        grand = float(row_means.mean())
-        x2 = rows - grand
-        x2.mul_(x2)  # products, not pow: torch's generic pow is several times slower
-        row_squares = x2.sum(1)
-        flat = x2.view(-1)
-        fourth = float(torch.dot(flat, flat))
+    # Centred on the grand mean, squared in place, each reduction one pass: no temporaries
+    # the size of the block.
+    row_means = rows.mean(1)
+    grand = float(row_means.mean())
+    x2 = rows - grand
+    x2.mul_(x2)  # products, not pow: torch's generic pow is several times slower
+    row_squares = x2.sum(1)
+    flat = x2.view(-1)
+    fourth = float(torch.dot(flat, flat))
     # The per-row numbers as floats: a few dozen of them, where each torch op costs more
-    # than the arithmetic.
+    # than the arithmetic. sum, not fsum: values near the float limit overflow to inf as
+    # torch's sums do, and fsum raises on inf - inf.
     means = [m - grand for m in row_means.tolist()]  # each row's mean of the centred values
     squares = row_squares.tolist()
-    # sum, not fsum: values near the float limit overflow to inf as torch's sums do, and
-    # fsum raises on inf - inf
     s2 = sum(squares) / n
-    if s2 == 0:
-        return None
     mu4 = fourth / n
     mean_of_means = sum(means) / count
-    spread_means = sum((m - mean_of_means) * (m - mean_of_means) for m in means) / (s2 / cols)
+    spread_means = sum((m - mean_of_means) * (m - mean_of_means) for m in means)
     # Each row's sample variance (Bessel-corrected, as torch.var), from the centred values.
     variances = [(q - cols * m * m) / (cols - 1) for q, m in zip(squares, means, strict=True)]
     # Var of a row's sample variance: (μ4 − σ⁴(c − 3)/(c − 1)) / c
     v0 = (mu4 - s2 * s2 * (cols - 3) / (cols - 1)) / cols
-    if v0 <= 0:
-        return None
     mean_of_variances = sum(variances) / count
     spread_variances = sum((v - mean_of_variances) * (v - mean_of_variances) for v in variances)
-    spread_variances /= v0
-    p_mean, p_var = _chi2_sfs((spread_means, spread_variances), count - 1)
-    return min(1.0, 2 * min(p_mean, p_var))
+    return _ratio(spread_means, s2 / cols), _ratio(spread_variances, v0), s2, v0
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b as IEEE floats divide (as the kernel does): ±inf or NaN where b is 0."""
+    if b != 0:
+        return a / b
+    return math.nan if a == 0 or a != a else math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 # -- candidates --------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ __all__ = [
     "describe",
     "ks_distance",
     "row_sums",
+    "row_test",
     "samples",
     "scan",
 ]
@@ -213,6 +214,19 @@ def row_sums(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, flo
     out = torch.empty(2, dtype=torch.float64)
     lib.fused_rows(x.data_ptr(), k, length, means.data_ptr(), squares.data_ptr(), out.data_ptr())
     return means, squares, float(out[0]), float(out[1])
+
+
+def row_test(rows: torch.Tensor) -> tuple[float, float, float, float]:
+    """For a (k, len) float64 matrix, k and len ≥ 2: the row test's two χ² statistics, the
+    spread of the rows' means and of their variances, and the s2 and v0 they are scaled by
+    (see fused_row_test in kernel.c)."""
+    lib = _lib()
+    x = rows.to(torch.float64).contiguous()
+    k, length = x.shape
+    out = (ctypes.c_double * 4)()
+    if lib.fused_row_test(x.data_ptr(), k, length, out) != 0:
+        raise MemoryError("the statistics kernel could not allocate its row buffers")
+    return out[0], out[1], out[2], out[3]
 
 
 def samples(values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 __all__ = ["VERSION", "describe", "library", "loaded_library"]
 
-VERSION = 5  # fused_version() in kernel.c: the layout and signatures fused.py expects
+VERSION = 6  # fused_version() in kernel.c: the layout and signatures fused.py expects
 _BUILD = "installing initscope where a C compiler works builds it"
 
 
@@ -56,6 +56,8 @@ def _load() -> _Loaded:
         lib.fused_scan.argtypes = [ptr, i64, i64]
         lib.fused_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
         lib.fused_rows.restype = None
+        lib.fused_row_test.argtypes = [ptr, i64, i64, ptr]
+        lib.fused_row_test.restype = ctypes.c_int
         lib.fused_samples.argtypes = [ptr, ptr, i64, ptr, ptr]
         lib.fused_samples.restype = ctypes.c_int
         d = ctypes.c_double

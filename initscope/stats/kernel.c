@@ -744,15 +744,18 @@ static inline double key_value(uint64_t k) {
     return v;
 }
 
-/* LSD radix sort of n doubles into out, 8 bits a pass, with tmp (n words) as the other
- * buffer. A byte that is the same in every key orders nothing and is neither counted nor
- * passed over: a sample of bf16 values (16 significant bits) takes two passes, of float32
- * values four. Stable, and branch-free in its inner loops: O(n) whatever the values. */
-static void radix_sort(const double *x, int64_t n, uint64_t *keys, uint64_t *tmp, double *out) {
+/* LSD radix sort of n doubles into out, with tmp (n words) as the other buffer. Only the
+ * bits that differ between keys are sorted on, in as few passes of at most RADIX_BITS bits as
+ * cover them: a bf16 value as a double has 19 significant bits (sign, exponent, 7 of
+ * mantissa), two passes; float32's 35, four; float64's 64, six. A negative value's key has
+ * its low bits flipped (ones where a positive's are zeros), so bits are compared within each
+ * sign: one that is constant among the negatives and among the positives orders nothing that
+ * the sign (the top bit, in the last pass) does not. Stable, and branch-free in its inner
+ * loops: O(n) whatever the values. count holds 2^RADIX_BITS counters. */
+#define RADIX_BITS 11
+static void radix_sort(const double *x, int64_t n, uint64_t *keys, uint64_t *tmp, double *out,
+                       int64_t *count) {
     if (n == 0) return;
-    /* A negative value's key has its low bytes flipped (0xff where a positive's are 0), so
-     * bytes are compared within each sign: one that is constant among the negatives and
-     * among the positives orders nothing that the sign (the top byte, passed last) does not. */
     uint64_t first[2] = {0, 0}, differ = 0;
     int seen[2] = {0, 0};
     for (int64_t i = 0; i < n; i++) {
@@ -765,27 +768,33 @@ static void radix_sort(const double *x, int64_t n, uint64_t *keys, uint64_t *tmp
         }
         differ |= k ^ first[positive];
     }
-    if (seen[0] && seen[1]) differ |= 1ull << 63; /* the top byte splits the signs */
-    int64_t count[256];
+    if (seen[0] && seen[1]) differ |= 1ull << 63; /* the top bit splits the signs */
     uint64_t *src = keys, *dst = tmp;
-    for (int b = 0; b < 8; b++) {
-        int shift = 8 * b;
-        if (((differ >> shift) & 0xff) == 0) continue;
-        memset(count, 0, sizeof count);
-        for (int64_t i = 0; i < n; i++) count[(src[i] >> shift) & 0xff]++;
-        int64_t at = 0;
-        for (int d = 0; d < 256; d++) {
-            int64_t m = count[d];
-            count[d] = at;
-            at += m;
+    if (differ != 0) {
+        int low = __builtin_ctzll(differ), high = 63 - __builtin_clzll(differ);
+        int span = high - low + 1;
+        int passes = (span + RADIX_BITS - 1) / RADIX_BITS;
+        int width = (span + passes - 1) / passes;
+        uint64_t mask = (1ull << width) - 1;
+        for (int p = 0; p < passes; p++) {
+            int shift = low + p * width;
+            size_t buckets = (size_t)1 << width;
+            memset(count, 0, buckets * sizeof(int64_t));
+            for (int64_t i = 0; i < n; i++) count[(src[i] >> shift) & mask]++;
+            int64_t at = 0;
+            for (size_t d = 0; d < buckets; d++) {
+                int64_t m = count[d];
+                count[d] = at;
+                at += m;
+            }
+            for (int64_t i = 0; i < n; i++) {
+                uint64_t k = src[i];
+                dst[count[(k >> shift) & mask]++] = k;
+            }
+            uint64_t *swap = src;
+            src = dst;
+            dst = swap;
         }
-        for (int64_t i = 0; i < n; i++) {
-            uint64_t k = src[i];
-            dst[count[(k >> shift) & 0xff]++] = k;
-        }
-        uint64_t *swap = src;
-        src = dst;
-        dst = swap;
     }
     for (int64_t i = 0; i < n; i++) out[i] = key_value(src[i]);
 }
@@ -802,11 +811,16 @@ int fused_samples(const double *values, const int64_t *offsets, int64_t count, d
         if (m > longest) longest = m;
     }
     uint64_t *keys = malloc(2 * (size_t)(longest > 0 ? longest : 1) * sizeof(uint64_t));
-    if (keys == NULL) return -1;
+    int64_t *counters = malloc(((size_t)1 << RADIX_BITS) * sizeof(int64_t));
+    if (keys == NULL || counters == NULL) {
+        free(keys);
+        free(counters);
+        return -1;
+    }
     for (int64_t j = 0; j < count; j++) {
         const double *x = values + offsets[j];
         int64_t m = offsets[j + 1] - offsets[j];
-        radix_sort(x, m, keys, keys + longest, sorted + offsets[j]);
+        radix_sort(x, m, keys, keys + longest, sorted + offsets[j], counters);
         double sum = 0.0;
         for (int64_t i = 0; i < m; i++) sum += x[i];
         double mean = m ? sum / (double)m : 0.0, s2 = 0.0, s4 = 0.0;
@@ -819,6 +833,7 @@ int fused_samples(const double *values, const int64_t *offsets, int64_t count, d
         b2[j] = m2 > 0 ? (s4 / (double)m) / (m2 * m2) : NAN;
     }
     free(keys);
+    free(counters);
     return 0;
 }
 

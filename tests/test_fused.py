@@ -429,3 +429,20 @@ def test_the_row_test_statistics_are_the_torch_paths() -> None:
     s2 = fused.row_test(torch.ones(16, 16, dtype=torch.float64))[2]
     assert s2 == 0.0
     assert identification._p_rows(torch.ones(16, 16, dtype=torch.float64)) is None
+
+
+@needs_kernel
+def test_the_ks_test_reads_any_float_sample_and_says_nan_for_nan() -> None:
+    """The kernel's KS distance is given float64 values on the CPU whatever the caller's
+    sample (a presorted float32 one was read as doubles); NaN values give NaN, as torch's
+    full pass does."""
+    from initscope.knowledge.distributions import Distribution
+    from initscope.knowledge.goodness import ks_test
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(1000, generator=g).sort().values  # float32
+    d = Distribution.normal(0.0, 1.0)
+    assert ks_test(x, d, presorted=True) == ks_test(x.double(), d, presorted=True)
+    assert ks_test(x, d, presorted=True).p_value > 1e-3
+    with_nan = torch.cat([x.double(), torch.tensor([math.nan], dtype=torch.float64)])
+    assert math.isnan(fused.ks_distance(with_nan, "normal", 0.0, 1.0))

@@ -157,3 +157,38 @@ def test_diff_reads_both_sides_through_the_sources(weights: Path, tmp_path: Path
     result = diff_targets(str(weights), str(other), max_memory=512)  # rows, block by block
     status = {e.name: e.status.value for e in result.entries}
     assert status == {"fc.weight": "unchanged", "fc.bias": "changed", "emb.weight": "unchanged"}
+
+
+def test_a_batch_holds_one_loaded_tensor_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """report measures tensors in batches of up to 16 and identifies them together; a
+    tensor it has to load whole (no kernel, or a format the kernel cannot scan) is read
+    when it is measured and let go before the next is read, never 16 at once."""
+    import gc
+    import weakref
+
+    torch.manual_seed(1)
+    path = tmp_path / "many.safetensors"
+    save_file({f"layers.{i}.weight": torch.randn(32, 48) * 0.02 for i in range(20)}, str(path))
+    monkeypatch.setattr(fused, "available", lambda: False)  # loads every tensor whole
+    alive: list[weakref.ref[torch.Tensor]] = []
+    most = 0
+    real_load = Checkpoint.load
+
+    def load(self: Checkpoint, name: str) -> torch.Tensor:
+        nonlocal most
+        gc.collect()
+        most = max(most, sum(1 for r in alive if r() is not None))
+        t = real_load(self, name)
+        alive.append(weakref.ref(t))
+        return t
+
+    monkeypatch.setattr(Checkpoint, "load", load)
+    from initscope.measure.report import ReportOptions
+
+    report = build_report(str(path), options=ReportOptions(workers=1))
+    assert len(report.parameters) == 20
+    assert len(alive) == 20
+    assert most == 0  # none of the earlier tensors is alive when the next is read
+    assert all(p.fit is not None and p.fit.label == "normal(std=0.02)" for p in report.parameters)

@@ -967,7 +967,7 @@ def _best_candidate(
     screen = not exhaustive and s.std is not None and math.isfinite(s.std)
     variance = s.std**2 if s.std is not None else math.nan
     named = _named_screens(shape, s.numel)
-    if screen:
+    if screen and math.isfinite(variance):  # (a std over 1e154 squares to inf)
         # Those that cannot beat alpha at this variance go first, all at once: outside its
         # window (_screen_windows) a candidate's _cannot_beat is true at alpha, and so at any
         # threshold above it.

@@ -6,7 +6,7 @@ Only data lives here; :mod:`initscope.render.report` turns a :class:`Report` int
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -173,24 +173,29 @@ def _tensor_fans(shape: tuple[int, ...]) -> tuple[int | None, int | None]:
 
 @dataclass(frozen=True)
 class _Entry:
-    """One parameter to report: its name, module, where its values are, and what the model
-    says of it."""
+    """One parameter to report: its name, module, and what the model says of it."""
 
     name: str
     module: torch.nn.Module | None
-    source: Readable
     tied_to: tuple[str, ...]
     default: DefaultInit | None
     is_buffer: bool = False
 
 
-def _parameters(entries: Sequence[_Entry], max_memory: int) -> list[ParameterReport]:
-    """The entries' reports: each tensor measured, then all of them identified together
-    (:func:`identify_many`: their samples sorted in one call)."""
+def _parameters(
+    ids: Sequence[int],
+    entry: Callable[[int], _Entry],
+    source: Callable[[int], Readable],
+    max_memory: int,
+) -> list[ParameterReport]:
+    """The reports of entries ``ids``: each tensor read (``source``, at the moment it is
+    measured, so that one tensor's values at most are in memory), then all of them
+    identified together (:func:`identify_many`: their samples sorted in one call)."""
+    entries = [entry(i) for i in ids]
     measured: list[tuple[Measured, TensorStats | None, torch.Tensor | None]] = []
     queries = []
-    for e in entries:
-        m = measure(e.name, e.source, max_memory=max_memory)
+    for i, e in zip(ids, entries, strict=True):
+        m = measure(e.name, source(i), max_memory=max_memory)
         if m.stats is None:  # no values (the meta device)
             measured.append((m, None, None))
             continue
@@ -201,6 +206,7 @@ def _parameters(entries: Sequence[_Entry], max_memory: int) -> list[ParameterRep
             structure = structure_for(s, m.values)
         queries.append(Query(s, sample, m.shape, e.default, structure, m.dtype))
         measured.append((replace(m, values=None), s, sample))
+        del m  # the values go before the next tensor is read
     found = iter(identify_many(queries))
     out = []
     for e, (m, result, kept) in zip(entries, measured, strict=True):
@@ -283,20 +289,15 @@ def report_model(
     entries.sort(key=lambda e: (order.get(split_name(e[0])[0], len(order)), e[2]))
 
     def entry(i: int) -> _Entry:
-        name, t, is_buffer = entries[i]
-        source = (
-            stored.readable(name, options.max_memory, False)
-            if stored is not None and name in keys
-            else t
-        )
-        return _Entry(
-            name,
-            modules.get(split_name(name)[0]),
-            source,
-            tuple(tied[name]),
-            traced.defaults.get(name),
-            is_buffer,
-        )
+        name, _, is_buffer = entries[i]
+        module = modules.get(split_name(name)[0])
+        return _Entry(name, module, tuple(tied[name]), traced.defaults.get(name), is_buffer)
+
+    def source(i: int) -> Readable:
+        name, t, _ = entries[i]
+        if stored is not None and name in keys:
+            return stored.readable(name, options.max_memory, False)
+        return t
 
     # What each entry reads: nothing for a tensor on the meta device (no values).
     read = [
@@ -306,7 +307,7 @@ def report_model(
         for n, t, _ in entries
     ]
     out = spread(
-        Batched(lambda ids: _parameters([entry(i) for i in ids], options.max_memory)),
+        Batched(lambda ids: _parameters(ids, entry, source, options.max_memory)),
         [n for n, _ in read],
         workers=options.workers,
         max_memory=options.max_memory,
@@ -384,21 +385,18 @@ def report_checkpoint(
         if key not in ckpt.aliases and _selected(name, modules.get(split_name(name)[0]), options)
     ]
 
-    source = checkpoint_source(ckpt, keys)
+    tensors = checkpoint_source(ckpt, keys)
 
     def entry(i: int) -> _Entry:
         name = selected[i]
-        return _Entry(
-            name,
-            modules.get(split_name(name)[0]),
-            source.readable(name, options.max_memory, False),
-            tuple(tied.get(name, ())),
-            None,
-        )
+        return _Entry(name, modules.get(split_name(name)[0]), tuple(tied.get(name, ())), None)
+
+    def readable(i: int) -> Readable:
+        return tensors.readable(selected[i], options.max_memory, False)
 
     infos = [ckpt.infos[keys[n]] for n in selected]
     out = spread(
-        Batched(lambda ids: _parameters([entry(i) for i in ids], options.max_memory)),
+        Batched(lambda ids: _parameters(ids, entry, readable, options.max_memory)),
         [i.numel for i in infos],
         workers=options.workers,
         max_memory=options.max_memory,

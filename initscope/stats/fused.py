@@ -234,7 +234,7 @@ def samples(values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]
     O(n)), and each one's kurtosis b2 = m4 / m2² about its mean (NaN when empty or
     constant)."""
     lib = _lib()
-    parts = [v.reshape(-1).to(torch.float64) for v in values]
+    parts = [v.detach().reshape(-1).to("cpu", torch.float64) for v in values]
     flat = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else _NONE_F64
     flat = flat.contiguous()
     offsets = (ctypes.c_int64 * (len(parts) + 1))()
@@ -266,5 +266,5 @@ def ks_distance(
     :meth:`~initscope.knowledge.distributions.Distribution.cdf_form` gives them. One pass
     in C that takes the CDF only where the maximum can be (kernel.c, fused_ks)."""
     lib = _lib()
-    x = ordered if ordered.is_contiguous() else ordered.contiguous()
+    x = ordered.detach().reshape(-1).to("cpu", torch.float64).contiguous()
     return float(lib.fused_ks(x.data_ptr(), x.numel(), _KS_FAMILIES[family], a, b, lo, hi))

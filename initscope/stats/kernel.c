@@ -877,13 +877,19 @@ static inline double cdf_at(const cdf_t *c, double x) {
  * every B-th value, and a block is read value by value only when that bound could beat the
  * largest term found so far. A computed erf may fall by an ulp where the true one rises, so
  * a block is passed over only when its bound is below the best by 1e-12 (a million ulps of a
- * CDF value): every term that could be the maximum is computed, and D is the same number the
- * full pass gives. */
+ * CDF value; divided by hi - lo for a truncated normal, whose rescaling magnifies them): every
+ * term that could be the maximum is computed, and D is the same number the full pass gives.
+ * NaN values, or a CDF that gives NaN, give NaN, as the full pass's max does. */
 double fused_ks(const double *sorted, int64_t n, int family, double a, double b, double lo,
                 double hi) {
     if (family != KS_UNIFORM && family != KS_NORMAL && family != KS_TRUNC_NORMAL) return NAN;
     if (n <= 0) return NAN;
+    for (int64_t i = 0; i < n; i++)
+        if (sorted[i] != sorted[i]) return NAN; /* NaN values: no distance, as torch's max */
     const cdf_t c = {family, a, b, lo, hi};
+    /* The truncated normal's rescaling magnifies an ulp of erf by 1 / (hi - lo). */
+    const double slack = family == KS_TRUNC_NORMAL ? 1e-12 / (hi - lo) : 1e-12;
+    int nan = 0;
     const double dn = (double)n;
     int64_t blocks = (n + KS_BLOCK - 1) / KS_BLOCK;
     double *f = malloc((size_t)(blocks + 1) * sizeof(double)); /* F at each block's start, and
@@ -894,6 +900,7 @@ double fused_ks(const double *sorted, int64_t n, int family, double a, double b,
         int64_t i = k < blocks ? k * KS_BLOCK : n - 1;
         f[k] = cdf_at(&c, sorted[i]);
         double above = (double)(i + 1) / dn - f[k], below = f[k] - (double)i / dn;
+        nan |= above != above || below != below;
         if (above > d) d = above;
         if (below > d) d = below;
     }
@@ -902,16 +909,17 @@ double fused_ks(const double *sorted, int64_t n, int family, double a, double b,
         /* the values after x_j in the block lie between x_j and x_e (the last value for the
          * last block, whose own terms are counted above) */
         double up = (double)e / dn - f[k], down = f[k + 1] - (double)j / dn;
-        if ((up > down ? up : down) < d - 1e-12) continue;
+        if ((up > down ? up : down) < d - slack) continue;
         for (int64_t i = j + 1; i < e; i++) {
             double v = cdf_at(&c, sorted[i]);
             double above = (double)(i + 1) / dn - v, below = v - (double)i / dn;
+            nan |= above != above || below != below;
             if (above > d) d = above;
             if (below > d) d = below;
         }
     }
     free(f);
-    return d;
+    return nan ? NAN : d;
 }
 
 /* The layout of scan_t and acc_t and the functions' signatures: native.py checks it matches its

@@ -501,3 +501,21 @@ def test_an_80_column_table_fits_80_columns(
     # nothing is lost: every parameter's init is still there, on its row or the next line
     assert result.stdout.count("default") >= 1
     assert "U(±" in result.stdout or "N(" in result.stdout or "const" in result.stdout
+
+
+def test_a_report_without_samples_says_the_same(tmp_path: Path) -> None:
+    """ReportOptions(samples=False), what `report` uses unless --hist or --html draws them:
+    every parameter's report is the same (statistics, fit, p-value, decision), without the
+    sample, in one process and across two workers."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    path = tmp_path / "w.safetensors"
+    save_file({f"l{i}.weight": torch.randn(64, 48) * 0.02 for i in range(40)}, str(path))
+    for workers in (1, 2):
+        kept = build_report(str(path), options=ReportOptions(workers=workers))
+        bare = build_report(str(path), options=ReportOptions(workers=workers, samples=False))
+        assert kept.parameters == bare.parameters
+        assert all(p.sample is not None and p.sample.numel() for p in kept.parameters)
+        assert all(p.sample is None for p in bare.parameters)
+        assert report_to_dict(kept) == report_to_dict(bare)

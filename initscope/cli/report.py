@@ -133,6 +133,7 @@ def report(
             max_memory=run.memory,
             workers=run.workers,
             group=run.group(),
+            samples=hist or html is not None,  # what draws them
         )
         leader = leads(options.group)
         with progress_bar(not run.quiet and leader) as progress:

@@ -65,8 +65,9 @@ class ParameterReport:
     fit: Fit | None = None  # what the values follow (None on the meta device)
     matches_default: bool | None = None  # null: no known default, or too few values
     # The bounded sample the identification used (float64, flat-position order; every value
-    # for tensors up to SAMPLE_SIZE elements): what histograms are drawn from. Not rendered
-    # in JSON and not compared, so reports from 1 or N processes stay equal.
+    # for tensors up to SAMPLE_SIZE elements): what histograms are drawn from (None without
+    # ReportOptions.samples, or on the meta device). Not rendered in JSON and not compared,
+    # so reports from 1 or N processes stay equal.
     sample: torch.Tensor | None = field(default=None, compare=False, repr=False)
     # The structured tests' result on the tensor itself (orthogonal rows, row independence):
     # what a later judgement against another expectation needs besides the sample.
@@ -124,7 +125,8 @@ class Report:
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """What to include: buffers, and filters by module type and by name glob."""
+    """What to include: buffers, filters by module type and by name glob, and the samples;
+    how to read: the memory budget, processes and ranks."""
 
     buffers: bool = False
     types: tuple[str, ...] = ()
@@ -134,6 +136,10 @@ class ReportOptions:
     max_memory: int = DEFAULT_MAX_MEMORY
     workers: int | None = None  # processes for the statistics; None: one per core when worth it
     group: Group | None = None  # with --distributed: this rank's place in the torchrun job
+    # Keep each parameter's sample (ParameterReport.sample: what --hist, --html and plot
+    # draw). Without, samples stay where they were measured: 32 KiB a tensor that workers
+    # would pickle back (a third of a 3,088-tensor report's time in two workers).
+    samples: bool = True
 
 
 def _qualname(cls: type) -> str:
@@ -186,11 +192,12 @@ def _parameters(
     ids: Sequence[int],
     entry: Callable[[int], _Entry],
     source: Callable[[int], Readable],
-    max_memory: int,
+    options: ReportOptions,
 ) -> list[ParameterReport]:
     """The reports of entries ``ids``: each tensor read (``source``, at the moment it is
     measured, so that one tensor's values at most are in memory), then all of them
     identified together (:func:`identify_many`: their samples sorted in one call)."""
+    max_memory = options.max_memory
     entries = [entry(i) for i in ids]
     measured: list[tuple[Measured, TensorStats | None, torch.Tensor | None]] = []
     queries = []
@@ -230,7 +237,7 @@ def _parameters(
                 is_buffer=e.is_buffer,
                 fit=ident.fit if ident else None,
                 matches_default=ident.matches_default if ident else None,
-                sample=kept,
+                sample=kept if options.samples else None,
                 structure=ident.structure if ident else None,
             )
         )
@@ -307,7 +314,7 @@ def report_model(
         for n, t, _ in entries
     ]
     out = spread(
-        Batched(lambda ids: _parameters(ids, entry, source, options.max_memory)),
+        Batched(lambda ids: _parameters(ids, entry, source, options)),
         [n for n, _ in read],
         workers=options.workers,
         max_memory=options.max_memory,
@@ -396,7 +403,7 @@ def report_checkpoint(
 
     infos = [ckpt.infos[keys[n]] for n in selected]
     out = spread(
-        Batched(lambda ids: _parameters(ids, entry, readable, options.max_memory)),
+        Batched(lambda ids: _parameters(ids, entry, readable, options)),
         [i.numel for i in infos],
         workers=options.workers,
         max_memory=options.max_memory,

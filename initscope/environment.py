@@ -4,12 +4,19 @@ takes effect when initscope is imported before torch (torch reads them when it s
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 
 __all__ = [
+    "hold_collector",
+    "release_collector",
     "tune_environment",
 ]
+
+# Whether hold_collector turned the cycle collector off (and so release_collector may turn it
+# back on): a program of the user's keeps whatever setting it chose.
+_HELD = [False]
 
 
 def tune_environment() -> None:
@@ -25,3 +32,23 @@ def tune_environment() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # torch warns on import when numpy is absent; initscope never needs numpy.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+
+def hold_collector() -> None:
+    """For the CLI, before it imports anything: no cycle collection while torch and initscope
+    import. They create some 170,000 long-lived objects, and the collector's full passes over
+    them during start-up cost about 0.25 s of every command (median of 7, `check` of a
+    one-tensor file: 1.96 s with them, 1.68 s without) and free nothing."""
+    if gc.isenabled():
+        gc.disable()
+        _HELD[0] = True
+
+
+def release_collector() -> None:
+    """Once a command has imported what it needs (a TARGET is about to be opened, or a run
+    starts): what exists is frozen out of later collections, and the collector is on again.
+    Nothing unless :func:`hold_collector` held it."""
+    if _HELD[0]:
+        _HELD[0] = False
+        gc.freeze()
+        gc.enable()

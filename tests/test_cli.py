@@ -154,3 +154,33 @@ def test_api_functions_stay_functions_after_their_modules_load() -> None:
     initscope.explain("nn.Linear")
     for name in ("identify", "explain", "plot", "diff_targets", "check_target", "render_html"):
         assert callable(getattr(initscope, name)), name
+
+
+def test_the_collector_is_held_through_start_up_only() -> None:
+    """The CLI holds the cycle collector off while it imports, and gives it back once the
+    TARGET is opened (or at its end); a program that turned it off itself keeps it off."""
+    import gc
+
+    from initscope.environment import hold_collector, release_collector
+    from initscope.io.models import open_target
+    from initscope.io.targets import TargetOptions
+
+    assert gc.isenabled()
+    release_collector()  # not held: nothing to give back
+    assert gc.isenabled()
+    hold_collector()
+    assert not gc.isenabled()
+    with open_target(
+        "torch.nn:Linear", TargetOptions(kwargs={"in_features": 4, "out_features": 2})
+    ):
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        hold_collector()
+        release_collector()
+        assert not gc.isenabled()  # the program's own choice
+    finally:
+        gc.enable()
+    with pytest.raises(SystemExit):
+        main(["explain", "Linear"])
+    assert gc.isenabled()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from initscope.environment import hold_collector, release_collector
 from initscope.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -74,6 +75,7 @@ def _terminate_as_interrupt() -> Callable[[], None]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: click's usage errors become one line too."""
+    hold_collector()  # until the command opens its TARGET (initscope.environment)
     restore_sigterm = _terminate_as_interrupt()
     command = typer.main.get_command(app)
     try:
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             _leave_the_job()
             restore_sigterm()
+            release_collector()
     except KeyboardInterrupt:
         sys.stderr.write("initscope: interrupted\n")
         code = EXIT_INTERRUPTED

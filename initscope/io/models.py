@@ -24,6 +24,7 @@ import torch
 from torch.nn.parameter import is_lazy
 from torch.overrides import TorchFunctionMode
 
+from initscope.environment import release_collector
 from initscope.errors import InitScopeError, InitScopeWarning, TargetError
 from initscope.io.checkpoints import Checkpoint, open_checkpoint
 from initscope.io.folders import (
@@ -114,6 +115,7 @@ def open_target(
 ) -> Iterator[tuple[TracedModel | None, Checkpoint | None]]:
     """The traced model TARGET names (None for a bare checkpoint) and its checkpoint (None
     when there are no weights to read), the checkpoint closed on exit."""
+    release_collector()  # the CLI's start-up is over: the work begins
     spec, ckpt_path = resolve_target(target, how)
     if ckpt_path is None:
         assert spec is not None

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 
+from initscope.environment import release_collector
 from initscope.stats import fused
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ def _settled() -> Iterator[None]:
     forked workers' copies of memory. A full collection that scans them takes about 0.2 s,
     and the objects a run creates trigger one or two: they come back to the collector
     when the run ends."""
+    release_collector()
     gc.freeze()
     try:
         yield

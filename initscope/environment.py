@@ -9,14 +9,18 @@ import os
 import warnings
 
 __all__ = [
+    "collector_held_by_cli",
+    "end_of_cli",
     "hold_collector",
     "release_collector",
     "tune_environment",
 ]
 
 # Whether hold_collector turned the cycle collector off (and so release_collector may turn it
-# back on): a program of the user's keeps whatever setting it chose.
+# back on): a program of the user's keeps whatever setting it chose. And whether it did so in
+# this process, the CLI's, whose start-up objects may stay frozen till it ends.
 _HELD = [False]
+_CLI = [False]
 
 
 def tune_environment() -> None:
@@ -41,7 +45,13 @@ def hold_collector() -> None:
     one-tensor file: 1.96 s with them, 1.68 s without) and free nothing."""
     if gc.isenabled():
         gc.disable()
-        _HELD[0] = True
+        _HELD[0] = _CLI[0] = True
+
+
+def collector_held_by_cli() -> bool:
+    """Whether this process is the CLI's, which held the collector through its start-up
+    (:func:`hold_collector`) and ends when its command does."""
+    return _CLI[0]
 
 
 def release_collector() -> None:
@@ -52,3 +62,12 @@ def release_collector() -> None:
         _HELD[0] = False
         gc.freeze()
         gc.enable()
+
+
+def end_of_cli() -> None:
+    """The CLI's command is done: the collector is on again, and later runs in this process
+    (``main`` called again, as tests do) give their objects back as a library's do. What is
+    frozen stays so: the process ends, and Python's last collection at exit would only scan
+    it (the cost kept out of every run's end, :func:`collector_held_by_cli`)."""
+    release_collector()
+    _CLI[0] = False

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from initscope.environment import hold_collector, release_collector
+from initscope.environment import end_of_cli, hold_collector
 from initscope.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             _leave_the_job()
             restore_sigterm()
-            release_collector()
+            end_of_cli()
     except KeyboardInterrupt:
         sys.stderr.write("initscope: interrupted\n")
         code = EXIT_INTERRUPTED

@@ -119,20 +119,28 @@ def test_screened_equals_exhaustive(name: str, t: torch.Tensor) -> None:
     _same(screened, full)
 
 
-def test_screened_equals_exhaustive_against_traced_defaults() -> None:
-    """With a traced default the decision is unchanged, and when the values differ from it
-    the search over the candidates gives the same name: a Linear at its default, rescaled,
-    and re-initialised with another scheme, in each dtype."""
+def _traced_variants() -> list[tuple[torch.Tensor, DefaultInit | None]]:
+    """A Linear's, a Conv2d's and an Embedding's weight with its traced default: at it,
+    rescaled, and re-initialised with another scheme, in each dtype."""
     with InitTracer() as tracer:
         layers = [nn.Linear(96, 80), nn.Conv2d(8, 16, 3), nn.Embedding(200, 32)]
+    out: list[tuple[torch.Tensor, DefaultInit | None]] = []
     for k, layer in enumerate(layers):
         w = layer.weight
         default = tracer.resolve(w)
         variants = [w.detach().clone(), w.detach() * 3.0, torch.empty_like(w)]
         nn.init.xavier_normal_(variants[2])
         for v, dtype in zip(variants, DTYPES[k:] + DTYPES[:k], strict=False):
-            screened, full = _both(v.to(dtype), default)
-            _same(screened, full)
+            out.append((v.to(dtype), default))
+    return out
+
+
+def test_screened_equals_exhaustive_against_traced_defaults() -> None:
+    """With a traced default the decision is unchanged, and when the values differ from it
+    the search over the candidates gives the same name."""
+    for t, default in _traced_variants():
+        screened, full = _both(t, default)
+        _same(screened, full)
 
 
 def test_corpus_names_what_it_should() -> None:
@@ -213,16 +221,7 @@ def _queries() -> tuple[list[Query], list[Identification]]:
     """The corpus and traced defaults (at, off and away from them) as queries, each with
     its answer identified alone: 105 tensors of 15 families, 30 to 102,400 values, four
     dtypes, mixed in one list."""
-    cases: list[tuple[torch.Tensor, DefaultInit | None]] = [(t, None) for _, t in CORPUS]
-    with InitTracer() as tracer:
-        layers = [nn.Linear(96, 80), nn.Conv2d(8, 16, 3), nn.Embedding(200, 32)]
-    for k, layer in enumerate(layers):
-        w = layer.weight
-        default = tracer.resolve(w)
-        variants = [w.detach().clone(), w.detach() * 3.0, torch.empty_like(w)]
-        nn.init.xavier_normal_(variants[2])
-        for v, dtype in zip(variants, DTYPES[k:] + DTYPES[:k], strict=False):
-            cases.append((v.to(dtype), default))
+    cases = [(t, None) for _, t in CORPUS] + _traced_variants()
     queries, alone = [], []
     for t, default in cases:
         rs = running_stats(t, seed=5)

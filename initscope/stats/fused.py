@@ -34,7 +34,6 @@ __all__ = [
     "available",
     "describe",
     "ks_distance",
-    "row_sums",
     "row_test",
     "samples",
     "scan",
@@ -201,19 +200,6 @@ def scan(
         if status != 0:
             raise MemoryError("the statistics kernel could not allocate its read buffer")
     return Scanned(list(out), sample, copied)
-
-
-def row_sums(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """For a (k, len) float64 matrix: each row's mean, each row's sum of squares about the
-    grand mean, the grand mean, and the sum of fourth powers about it (two passes in C)."""
-    lib = _lib()
-    x = rows.to(torch.float64).contiguous()
-    k, length = x.shape
-    means = torch.empty(k, dtype=torch.float64)
-    squares = torch.empty(k, dtype=torch.float64)
-    out = torch.empty(2, dtype=torch.float64)
-    lib.fused_rows(x.data_ptr(), k, length, means.data_ptr(), squares.data_ptr(), out.data_ptr())
-    return means, squares, float(out[0]), float(out[1])
 
 
 def row_test(rows: torch.Tensor) -> tuple[float, float, float, float]:

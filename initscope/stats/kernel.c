@@ -664,8 +664,8 @@ TARGET_avx2 static void rows_avx2(const double *rows, int64_t k, int64_t len, do
 }
 #endif
 
-void fused_rows(const double *rows, int64_t k, int64_t len, double *row_means,
-                double *row_squares, double *grand_and_fourth) {
+static void row_sums(const double *rows, int64_t k, int64_t len, double *row_means,
+                     double *row_squares, double *grand_and_fourth) {
 #if KERNEL_AVX2
     if (block_any == block_any_avx2) {
         rows_avx2(rows, k, len, row_means, row_squares, grand_and_fourth);
@@ -688,7 +688,7 @@ int fused_row_test(const double *rows, int64_t k, int64_t len, double *out) {
     double *means = malloc(2 * (size_t)k * sizeof(double));
     if (means == NULL) return -1;
     double *squares = means + k, grand_and_fourth[2];
-    fused_rows(rows, k, len, means, squares, grand_and_fourth);
+    row_sums(rows, k, len, means, squares, grand_and_fourth);
     const double grand = grand_and_fourth[0], n = (double)k * (double)len, dl = (double)len;
     double total = 0.0, mean_of_means = 0.0;
     for (int64_t r = 0; r < k; r++) {

@@ -54,8 +54,6 @@ def _load() -> _Loaded:
             return _Loaded(None, path, why)
         ptr, i64 = ctypes.c_void_p, ctypes.c_int64
         lib.fused_scan.argtypes = [ptr, i64, i64]
-        lib.fused_rows.argtypes = [ptr, i64, i64, ptr, ptr, ptr]
-        lib.fused_rows.restype = None
         lib.fused_row_test.argtypes = [ptr, i64, i64, ptr]
         lib.fused_row_test.restype = ctypes.c_int
         lib.fused_samples.argtypes = [ptr, ptr, i64, ptr, ptr]

@@ -39,11 +39,13 @@ __all__ = [
     "MAX_REPLAY",
     "MAX_STEPS",
     "MAX_VALUES",
+    "POSITIONAL",
     "PROBE_SIZE",
     "ProbeStats",
     "Recipe",
     "Ref",
     "Step",
+    "as_number",
     "closed_form",
     "constant_fold",
     "is_op_name",
@@ -152,11 +154,13 @@ _BINARY: dict[str, Callable[[Any, Any], torch.Tensor]] = {
 }
 # Ops that move values rather than compute them: positions matter only for replays at the
 # real shape; for a probe (iid values) the three below them are the identity.
-_POSITIONAL = ("repeat", "tile", "flip", "cumsum", "cumprod", "outer", "cat", "stack")
+POSITIONAL = ("repeat", "tile", "flip", "cumsum", "cumprod", "outer", "cat", "stack")
 # The most tensors one cat/stack joins in a recipe.
 _MAX_JOINED = 64
 _RELAYOUT = ("reshape", "broadcast", "gather")
-_OPS = frozenset((*_ROOTS, *_UNARY, *_BINARY, "clamp", *_POSITIONAL, *_RELAYOUT))
+_OPS = frozenset((*_ROOTS, *_UNARY, *_BINARY, "clamp", *POSITIONAL, *_RELAYOUT))
+# Ops whose result keeps its own shape in a recipe (positions, or a layout, matter).
+_MOVING = frozenset((*POSITIONAL, *_RELAYOUT))
 
 
 _F64 = torch.float64
@@ -169,7 +173,7 @@ def _cpu(x: Any) -> torch.Tensor:
 
 
 def _tensor(x: Any) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=_F64, device="cpu")
+    return x if isinstance(x, torch.Tensor) else _cpu(x)
 
 
 # Names torch gives an op in __torch_function__, to the op of this module (in-place ``_``
@@ -185,10 +189,11 @@ _ALIASES = {
     "concat": "cat", "concatenate": "cat",
 }  # fmt: skip
 _REVERSED = {"__rsub__": "sub", "rsub": "sub", "__rtruediv__": "div", "__rpow__": "pow"}
-_PARSED = frozenset((*_UNARY, *_BINARY, "clamp", *_POSITIONAL, "ger"))
+_PARSED = frozenset((*_UNARY, *_BINARY, "clamp", *POSITIONAL, "ger"))
 
 
-def _number(x: Any) -> float | None:
+def as_number(x: Any) -> float | None:
+    """A plain int or float argument as a float; None for anything else (bools included)."""
     if isinstance(x, bool) or not isinstance(x, int | float):
         return None
     return float(x)
@@ -272,7 +277,8 @@ def _parse_join(
 def _operand(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x
-    return _number(x) if _number(x) is not None else x
+    n = as_number(x)
+    return n if n is not None else x
 
 
 def _parse_clamp(
@@ -281,7 +287,7 @@ def _parse_clamp(
     if base == "clamp_min" or base == "clamp_max":
         if len(args) != 2 or kwargs:
             return None
-        bound = _number(args[1])
+        bound = as_number(args[1])
         if bound is None:
             return None
         lo, hi = (bound, None) if base == "clamp_min" else (None, bound)
@@ -291,9 +297,9 @@ def _parse_clamp(
         return None
     params.update(kwargs)
     bounds = [params.get("min"), params.get("max")]
-    if any(b is not None and _number(b) is None for b in bounds):
+    if any(b is not None and as_number(b) is None for b in bounds):
         return None  # tensor bounds: not a number the recipe can hold
-    lo, hi = (_number(b) if b is not None else None for b in bounds)
+    lo, hi = (as_number(b) for b in bounds)
     if lo is None and hi is None:
         return None
     return "clamp", [args[0], lo, hi], ()
@@ -352,7 +358,7 @@ class Recipe:
                 mapping.append(at)
             outs[id(r)] = mapping[-1]
         args = tuple(Ref(outs[id(o)]) if isinstance(o, Recipe) else o for o in operands)
-        keep_shape = shape if op in (*_POSITIONAL, *_RELAYOUT) else ()
+        keep_shape = shape if op in _MOVING else ()
         new = Step(op, args, keep_shape, ints)
         if new in index:  # the same op on the same values again: the same values
             return Recipe(tuple(steps[: index[new] + 1]))
@@ -761,7 +767,7 @@ def _run_steps(recipe: Recipe, probe_mode: bool) -> torch.Tensor | None:
                 out = _root(step, probe_mode, generator)
             elif step.op in _RELAYOUT and probe_mode:
                 out = inputs[0] if isinstance(inputs[0], torch.Tensor) else None
-            elif step.op in (*_POSITIONAL, *_RELAYOUT):
+            elif step.op in _MOVING:
                 out = None if probe_mode else _positional(step, inputs)
             else:
                 tensors = [t for t in inputs if isinstance(t, torch.Tensor)]

@@ -39,8 +39,10 @@ from torch.overrides import TorchFunctionMode
 from initscope.knowledge.distributions import Distribution, Family
 from initscope.knowledge.recipes import (
     MAX_VALUES,
+    POSITIONAL,
     Recipe,
     Step,
+    as_number,
     closed_form,
     constant_fold,
     is_op_name,
@@ -409,14 +411,6 @@ def _json_arg(v: Any) -> ArgValue:
     if isinstance(v, torch.dtype | torch.device):
         return str(v)
     return type(v).__name__
-
-
-def _scalar(v: Any) -> float | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int | float):
-        return float(v)
-    return None
 
 
 def _display_path(filename: str) -> str:
@@ -945,18 +939,17 @@ def _op_recipe(
     """The recipe of an op's result, or None when one cannot be kept: an operand without
     one, draws mixed with values the code gave, ops that move draws (repeat, cumsum: no
     longer iid), draws broadcast against each other, or one draw read two ways."""
-    recipes = [r for _, r in found]
-    if any(r is None for r in recipes):
+    present = [r for _, r in found if r is not None]
+    if len(present) != len(found):
         return None
     mapped: list[Recipe | float | None] = []
-    tensors = iter(recipes)
+    tensors = iter(present)
     for o in operands:
         mapped.append(next(tensors) if isinstance(o, torch.Tensor) else o)
-    present = [r for r in recipes if r is not None]
     recipe = Recipe.combine(present, op, mapped, shape, ints)
     if recipe is None or not recipe.has_draw:
         return recipe
-    if recipe.has_deterministic or op in _MOVES:
+    if recipe.has_deterministic or op in POSITIONAL:
         return None
     draws = {token[0] for token in recipe.tokens}
     if len(draws) != len(recipe.tokens):
@@ -1007,18 +1000,17 @@ def _deterministic_root(
         if values is None or len(args) > 1 or extra - {"data"}:
             return None
         return Recipe.root(Step("values", tuple(values), shape))
-    numbers = [_scalar(a) for a in args]
+    numbers = [as_number(a) for a in args]
     if None in numbers:
         return None
     floats = [n for n in numbers if n is not None]
-    named = {k: _scalar(v) for k, v in kwargs.items() if k not in _FACTORY_KWARGS}
+    named = {k: as_number(v) for k, v in kwargs.items() if k not in _FACTORY_KWARGS}
     if None in named.values():
         return None
     if name == "arange" and not extra - {"start", "end", "step"} and len(floats) <= 3:
         # arange(end), arange(start, end), arange(start, end, step), or by keyword
         keys: tuple[str, ...] = ("end",) if len(floats) == 1 else ("start", "end", "step")
-        given = dict(zip(keys, floats, strict=False))
-        given.update({k: v for k, v in named.items() if v is not None})
+        given = {**dict(zip(keys, floats, strict=False)), **named}
         end = given.get("end")
         if end is None:
             return None
@@ -1026,8 +1018,7 @@ def _deterministic_root(
         return Recipe.root(Step("arange", (start, end, step), shape))
     if name in ("linspace", "logspace") and not extra - {"start", "end", "steps", "base"}:
         keys = ("start", "end", "steps", "base")
-        given = dict(zip(keys, floats, strict=False))
-        given.update({k: v for k, v in named.items() if v is not None})
+        given = {**dict(zip(keys, floats, strict=False)), **named}
         steps = given.get("steps")
         if "start" not in given or "end" not in given or steps is None or steps != int(steps):
             return None
@@ -1055,7 +1046,7 @@ def _flat_numbers(data: Any) -> list[float] | None:
         if isinstance(item, list | tuple):
             stack.extend(reversed(item))
             continue
-        value = _scalar(item)
+        value = as_number(item)
         if value is None or len(out) >= MAX_VALUES:
             return None
         out.append(value)
@@ -1086,4 +1077,3 @@ _SHAPE_OPS = {
 # another shape.
 _RESHAPES = {"reshape", "flatten", "view_as", "reshape_as", "ravel"}
 # Ops that move draws around: the result's values are no longer independent draws.
-_MOVES = {"repeat", "tile", "flip", "cumsum", "cumprod", "outer", "cat", "stack"}

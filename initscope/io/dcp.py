@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from initscope.errors import CheckpointError, UnsafeLoadRequired
-from initscope.io.checkpoints import bounded_numel, open_regular
+from initscope.io.checkpoints import bounded_numel, open_regular, read_regular
 from initscope.io.yamlio import shorten
 
 __all__ = [
@@ -97,8 +97,7 @@ def read_metadata(folder: Path, *, unsafe_load: bool = False) -> Any:
     from torch.distributed.checkpoint.metadata import Metadata
 
     path = folder / ".metadata"
-    with os.fdopen(open_regular(path), "rb") as fh:  # never blocks on a FIFO
-        data = fh.read(MAX_METADATA_BYTES + 1)  # one byte more tells a file over the cap
+    data = read_regular(path, MAX_METADATA_BYTES)  # never blocks on a FIFO
     if len(data) > MAX_METADATA_BYTES:
         raise CheckpointError(
             f"{path} is larger than DCP metadata ever is ({MAX_METADATA_BYTES // 2**20} MiB)",

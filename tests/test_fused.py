@@ -340,6 +340,12 @@ def _samples() -> dict[str, torch.Tensor]:
     out["one"] = torch.tensor([2.5], dtype=torch.float64)
     out["empty"] = torch.empty(0, dtype=torch.float64)
     out["constant"] = torch.full((64,), -0.75, dtype=torch.float64)
+    out["signed zeros"] = torch.tensor([0.0, -0.0] * 9, dtype=torch.float64)
+    out["two values"] = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0], dtype=torch.float64)
+    # float64 over the whole range, both signs: every bit varies, six passes
+    out["wide"] = torch.randn(3001, generator=g, dtype=torch.float64) * torch.exp2(
+        torch.randint(-1000, 1000, (3001,), generator=g).double()
+    )
     return out
 
 
@@ -445,3 +451,53 @@ def test_the_ks_test_reads_any_float_sample_and_says_nan_for_nan() -> None:
     assert ks_test(x, d, presorted=True).p_value > 1e-3
     with_nan = torch.cat([x.double(), torch.tensor([math.nan], dtype=torch.float64)])
     assert math.isnan(fused.ks_distance(with_nan, "normal", 0.0, 1.0))
+
+
+# -- torch's own computations, done in C: the sample positions and the incomplete gammas --
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("numel", "size"),
+    [(131_072, 4096), (4097, 4096), (1_000_003, 4096), (5000, 100), (65, 64), (2**40 + 7, 4096)],
+)
+def test_sample_positions_are_torchs_draw(numel: int, size: int) -> None:
+    """fused_positions replays torch's generator: the positions are those the torch path
+    draws, bit for bit, for any seed (reports stay the same with and without the kernel)."""
+    from initscope.stats import tensor
+
+    seeds = [0, 1, 7, 2**31, 2**32 - 1, 2**32 + 5, 123_456_789]
+    for seed in seeds:
+        got = fused.positions(numel, size, seed)
+        bounds = torch.arange(size + 1, dtype=torch.long) * numel // size
+        widths = bounds[1:] - bounds[:-1]
+        u = torch.rand(size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        want = torch.minimum(u.mul(widths.double()).long(), widths - 1) + bounds[:-1]
+        assert torch.equal(got, want), seed
+        assert torch.equal(tensor.sample_positions(numel, size, seed), want), seed
+
+
+@needs_kernel
+def test_the_incomplete_gammas_are_torchs() -> None:
+    """The kernel's P(a, x) and Q(a, x) are torch.special.gammainc/gammaincc's, to 1e-10
+    relative, over every branch of their algorithm (series, continued fraction, the
+    asymptotic expansion for large a near x) and at the edges (0, inf, NaN, negative)."""
+    g = torch.Generator().manual_seed(9)
+    a = torch.pow(10.0, torch.rand(4000, generator=g, dtype=torch.float64) * 10 - 3)
+    x = a * torch.pow(10.0, torch.rand(4000, generator=g, dtype=torch.float64) * 4.5 - 3)
+    near = torch.tensor([25.0, 63.5, 150.0, 250.0, 2047.5, 1e6], dtype=torch.float64)
+    a = torch.cat([a, near, near, torch.tensor([1.0, 0.0, 2.0, math.inf, -1.0, 2.0, math.nan])])
+    x = torch.cat(
+        [x, near * 1.01, near * 0.97, torch.tensor([0.0, 1.0, math.inf, 2.0, 2.0, -1.0, 1.0])]
+    )
+    for ours, theirs in (
+        (fused.gammainc, torch.special.gammainc),
+        (fused.gammaincc, torch.special.gammaincc),
+    ):
+        want = theirs(a, x).tolist()
+        for ai, xi, w in zip(a.tolist(), x.tolist(), want, strict=True):
+            got = ours(ai, xi)
+            if math.isnan(w):
+                assert math.isnan(got), (ai, xi)
+            else:
+                assert got == pytest.approx(w, rel=1e-10, abs=1e-300), (ai, xi)

@@ -39,6 +39,7 @@ import torch
 
 from initscope.knowledge.distributions import Distribution, Family
 from initscope.knowledge.goodness import (
+    chi2_sf,
     ks_test,
     ks_two_sample,
     kurtosis_test,
@@ -325,15 +326,6 @@ def _sample_rows(t: torch.Tensor) -> torch.Tensor | None:
     return (m.T if tall else m)[picked].to(torch.float64)
 
 
-def _chi2_sfs(xs: tuple[float, float], k: int) -> list[float]:
-    """P(χ²(k) > x) for each x, in one call."""
-    a = torch.full((len(xs),), k / 2, dtype=torch.float64)
-    out: list[float] = torch.special.gammaincc(
-        a, torch.tensor(xs, dtype=torch.float64) / 2
-    ).tolist()
-    return out
-
-
 def _p_rows(rows: torch.Tensor) -> float | None:
     """Independence across rows, on up to 64 random rows (O(64 · cols)): under any iid init
     their means and variances spread only as much as sampling allows (χ² tests). Trained
@@ -345,7 +337,7 @@ def _p_rows(rows: torch.Tensor) -> float | None:
         spread_means, spread_variances, s2, v0 = _row_test(rows)
     if s2 == 0 or v0 <= 0:  # no spread, or no variance of the variances to test against
         return None
-    p_mean, p_var = _chi2_sfs((spread_means, spread_variances), count - 1)
+    p_mean, p_var = chi2_sf(spread_means, count - 1), chi2_sf(spread_variances, count - 1)
     return min(1.0, 2 * min(p_mean, p_var))
 
 

@@ -33,7 +33,10 @@ __all__ = [
     "Scanned",
     "available",
     "describe",
+    "gammainc",
+    "gammaincc",
     "ks_distance",
+    "positions",
     "row_test",
     "samples",
     "scan",
@@ -254,3 +257,23 @@ def ks_distance(
     lib = _lib()
     x = ordered.detach().reshape(-1).to("cpu", torch.float64).contiguous()
     return float(lib.fused_ks(x.data_ptr(), x.numel(), _KS_FAMILIES[family], a, b, lo, hi))
+
+
+def gammainc(a: float, x: float) -> float:
+    """The regularized lower incomplete gamma P(a, x), as ``torch.special.gammainc`` computes
+    it on the CPU (kernel.c's port of torch's calc_igamma), for plain floats."""
+    return float(_lib().fused_gammainc(a, x, 0))
+
+
+def gammaincc(a: float, x: float) -> float:
+    """The regularized upper incomplete gamma Q(a, x) = 1 − P(a, x), as
+    ``torch.special.gammaincc`` computes it on the CPU (kernel.c's port of calc_igammac)."""
+    return float(_lib().fused_gammainc(a, x, 1))
+
+
+def positions(numel: int, size: int, seed: int) -> torch.Tensor:
+    """:func:`~initscope.stats.tensor.sample_positions` for ``0 < size < numel``: the same
+    positions, drawn with the same generator as torch's (kernel.c, fused_positions)."""
+    out = torch.empty(size, dtype=torch.int64)
+    _lib().fused_positions(seed & 0xFFFFFFFFFFFFFFFF, numel, size, out.data_ptr())
+    return out

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 __all__ = ["VERSION", "describe", "library", "loaded_library"]
 
-VERSION = 6  # fused_version() in kernel.c: the layout and signatures fused.py expects
+VERSION = 7  # fused_version() in kernel.c: the layout and signatures fused.py expects
 _BUILD = "installing initscope where a C compiler works builds it"
 
 
@@ -61,6 +61,10 @@ def _load() -> _Loaded:
         d = ctypes.c_double
         lib.fused_ks.argtypes = [ptr, i64, ctypes.c_int, d, d, d, d]
         lib.fused_ks.restype = d
+        lib.fused_gammainc.argtypes = [d, d, ctypes.c_int]
+        lib.fused_gammainc.restype = d
+        lib.fused_positions.argtypes = [ctypes.c_uint64, i64, i64, ptr]
+        lib.fused_positions.restype = None
         lib.fused_isa.restype = ctypes.c_char_p
         lib.fused_prefer_portable.argtypes = [ctypes.c_int]
         lib.fused_prefer_portable.restype = ctypes.c_char_p

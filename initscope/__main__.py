@@ -1,3 +1,3 @@
-from initscope.cli import main
+from initscope.cli import run
 
-main()
+run()

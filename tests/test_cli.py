@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from initscope import __version__
@@ -92,6 +95,32 @@ def test_python_dash_m(tmp_path: object) -> None:
     assert out.returncode == 0
     assert out.stdout.splitlines()[0] == f"initscope {__version__}"
     assert out.stdout.splitlines()[1].startswith("statistics: ")
+
+
+@pytest.mark.slow
+def test_the_console_script_ends_at_once_with_every_byte_written(tmp_path: Path) -> None:
+    """The command line ends in os._exit after main (cli.run: Python's shutdown after torch
+    costs 0.4 s and more): what it printed arrives whole, through a pipe bigger than the
+    pipe's buffer, and each way of ending keeps its exit code and its one line."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"layer{i}.weight": torch.randn(16, 16, generator=g) for i in range(300)}
+    save_file(tensors, str(tmp_path / "many.safetensors"))
+    cmd = [sys.executable, "-m", "initscope"]
+    out = subprocess.run(
+        [*cmd, "report", str(tmp_path / "many.safetensors"), "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout) > 2**16  # more than a pipe holds: written while the reader reads
+    assert len(json.loads(out.stdout)["parameters"]) == 300
+    missing = subprocess.run(
+        [*cmd, "report", str(tmp_path / "missing.pt")], capture_output=True, text=True
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and missing.stdout == ""
 
 
 def test_debug_shows_traceback(runner: CliRunner) -> None:

@@ -301,7 +301,7 @@ def test_avx2_and_portable_code_give_the_same_bits() -> None:
                                   lines=lines)  # fmt: skip
                 got += [bytes(a) for a in done.accumulators]
                 got += [_bits(done.sample), _bits(done.lines)]
-        return [*got, struct.pack("4d", *fused.row_test(rows))]
+        return [*got, struct.pack("6d", *fused.row_test(rows))]
 
     avx2 = run()
     try:
@@ -430,7 +430,10 @@ def test_the_row_test_statistics_are_the_torch_paths() -> None:
     for name, rows in cases.items():
         got = fused.row_test(rows)
         want = identification._row_test(rows)
-        assert got == pytest.approx(want, rel=1e-9, nan_ok=True), name
+        assert got[:4] == pytest.approx(want, rel=1e-9, nan_ok=True), name
+        norm0, dot01 = float(rows[0] @ rows[0]), float(rows[0] @ rows[1])
+        assert got.norm0 == pytest.approx(norm0, rel=1e-12), name
+        assert abs(got.dot01 - dot01) <= 1e-12 * norm0, name  # sums in another order
     s2 = fused.row_test(torch.ones(16, 16, dtype=torch.float64))[2]
     assert s2 == 0.0
     assert identification._p_rows(torch.ones(16, 16, dtype=torch.float64)) is None

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from initscope.cli import apply, explain, gate, report  # noqa: F401 - registers the commands
 from initscope.cli.app import app
-from initscope.cli.main import main
+from initscope.cli.main import main, run
 from initscope.cli.options import complete_signatures
 
 __all__ = [
     "app",
     "main",
+    "run",
 ]
 
 complete_signatures()

@@ -62,9 +62,9 @@ def kolmogorov_sf(x: float) -> float:
 def ks_test(sample: torch.Tensor, dist: Distribution, *, presorted: bool = False) -> KSResult:
     """KS test of ``sample`` against the continuous ``dist``; ``presorted`` says the sample is
     already sorted float64 (identification tests one sample against many candidates)."""
-    x = sample.detach().reshape(-1)
-    if not presorted:
-        x = x.to(torch.float64).sort().values
+    x = sample if presorted else sample.detach().reshape(-1).to(torch.float64).sort().values
+    if x.dim() != 1 or x.requires_grad:
+        x = x.detach().reshape(-1)
     n = x.numel()
     if n == 0:
         raise ValueError("empty sample")

@@ -167,8 +167,10 @@ class _Sample:
     (:func:`_prepare`)."""
 
     def __init__(self, values: torch.Tensor) -> None:
-        self.values = values.detach().reshape(-1).to(torch.float64)
-        self.size = self.values.numel()
+        if values.dtype != torch.float64 or values.dim() != 1 or values.requires_grad:
+            values = values.detach().reshape(-1).to(torch.float64)
+        self.values = values  # as a report's sample is already: nothing to convert
+        self.size = values.numel()
 
     @functools.cached_property
     def sorted(self) -> torch.Tensor:  # float64, ascending
@@ -326,13 +328,16 @@ def _sample_rows(t: torch.Tensor) -> torch.Tensor | None:
     return (m.T if tall else m)[picked].to(torch.float64)
 
 
-def _p_rows(rows: torch.Tensor) -> float | None:
+def _p_rows(rows: torch.Tensor, numbers: fused.RowTest | None = None) -> float | None:
     """Independence across rows, on up to 64 random rows (O(64 · cols)): under any iid init
     their means and variances spread only as much as sampling allows (χ² tests). Trained
-    weights (row offsets, rescaled rows, low rank plus noise) spread far more."""
+    weights (row offsets, rescaled rows, low rank plus noise) spread far more. ``numbers``:
+    the kernel's, when the caller has them."""
     count = rows.shape[0]
-    if fused.available():
-        spread_means, spread_variances, s2, v0 = fused.row_test(rows)
+    if numbers is None and fused.available():
+        numbers = fused.row_test(rows)
+    if numbers is not None:
+        spread_means, spread_variances, s2, v0 = numbers[:4]
     else:
         spread_means, spread_variances, s2, v0 = _row_test(rows)
     if s2 == 0 or v0 <= 0:  # no spread, or no variance of the variances to test against
@@ -424,8 +429,14 @@ def _round_values(x: float) -> list[float]:
     if x <= 0 or not math.isfinite(x):
         return []
     k = math.floor(math.log10(x))
-    steps = [m * 10.0**e for e in (k - 1, k, k + 1) for m in (1, 2, 5)]
-    nearest = min(steps, key=lambda v: abs(math.log(v / x)))
+    # The nearest of 1, 2, 5 × 10^(k−1 … k+1) in ratio, the first of equals: one of these
+    # four, as x lies in [10^k, 10^(k+1)) (or within rounding of an end, itself one of them),
+    # and each step left out is farther than one kept by a factor of 2 or more.
+    nearest, best = x, math.inf
+    for step in (10.0**k, 2 * 10.0**k, 5 * 10.0**k, 10.0 ** (k + 1)):
+        distance = abs(math.log(step / x))
+        if distance < best:
+            nearest, best = step, distance
     return [float(f"{nearest:.1g}"), float(f"{x:.2g}")]
 
 
@@ -507,14 +518,17 @@ def _constant(value: float) -> Fit:
     return Fit(f"constant({value:g})", Family.CONSTANT, {"value": value}, 1.0)
 
 
-def _orthogonal(rows: torch.Tensor) -> Fit | None:
+def _orthogonal(rows: torch.Tensor, first: tuple[float, float] | None = None) -> Fit | None:
     """Rows (or columns, for tall matrices) orthonormal up to a common gain; checked on up to
-    64 random rows so the cost stays O(64² · cols)."""
+    64 random rows so the cost stays O(64² · cols). ``first``: the first row's squared norm
+    and its product with the second, when the caller has them (the kernel's row test)."""
     # float32 orthogonality holds to ~1e-6 relative; random rows are off by ~1/√cols. Two rows
     # settle most tensors before the whole Gram matrix is formed.
-    r0, r1 = rows[0], rows[1]
-    n0 = float(r0 @ r0)
-    if n0 <= 0 or abs(float(r0 @ r1)) >= 1e-4 * n0:
+    if first is None:
+        r0, r1 = rows[0], rows[1]
+        first = float(r0 @ r0), float(r0 @ r1)
+    n0, dot01 = first
+    if n0 <= 0 or abs(dot01) >= 1e-4 * n0:
         return None
     gram = rows @ rows.T
     gain2 = float(gram.diagonal().mean())
@@ -554,8 +568,10 @@ def structure_of_rows(rows: torch.Tensor | None) -> Structure | None:
     """The structured tests on rows already picked by :func:`row_choice` (float64)."""
     if rows is None or rows.numel() < MIN_ELEMENTS:
         return None
-    ortho = _orthogonal(rows)
-    return Structure(ortho, None if ortho is not None else _p_rows(rows))
+    # the kernel gives the row test's numbers and the orthogonality test's first ones at once
+    numbers = fused.row_test(rows) if fused.available() else None
+    ortho = _orthogonal(rows, None if numbers is None else (numbers.norm0, numbers.dot01))
+    return Structure(ortho, None if ortho is not None else _p_rows(rows, numbers))
 
 
 def identify(

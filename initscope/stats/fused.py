@@ -19,6 +19,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -30,6 +31,7 @@ __all__ = [
     "Accumulator",
     "FileChangedError",
     "Lines",
+    "RowTest",
     "Scanned",
     "available",
     "describe",
@@ -76,7 +78,6 @@ _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 # No positions, no lines: the kernel reads neither array when its count is 0.
 _NONE = torch.empty(0, dtype=torch.int64)
-_NONE_F64 = torch.empty(0, dtype=torch.float64)
 
 
 def available() -> bool:
@@ -205,41 +206,60 @@ def scan(
     return Scanned(list(out), sample, copied)
 
 
-def row_test(rows: torch.Tensor) -> tuple[float, float, float, float]:
-    """For a (k, len) float64 matrix, k and len ≥ 2: the row test's two χ² statistics, the
-    spread of the rows' means and of their variances, and the s2 and v0 they are scaled by
-    (see fused_row_test in kernel.c)."""
+class RowTest(NamedTuple):
+    """fused_row_test's numbers for a (k, len) matrix of rows (see kernel.c): the row
+    test's two χ² statistics and the s2 and v0 they are scaled by, then the first row's
+    squared norm and its product with the second (the orthogonality test's first step)."""
+
+    means: float
+    variances: float
+    s2: float
+    v0: float
+    norm0: float
+    dot01: float
+
+
+def row_test(rows: torch.Tensor) -> RowTest:
+    """:class:`RowTest` for a (k, len) float64 matrix, k and len ≥ 2."""
     lib = _lib()
-    x = rows.to(torch.float64).contiguous()
+    x = _as_f64(rows).view(rows.shape)
     k, length = x.shape
-    out = (ctypes.c_double * 4)()
+    out = (ctypes.c_double * 6)()
     if lib.fused_row_test(x.data_ptr(), k, length, out) != 0:
         raise MemoryError("the statistics kernel could not allocate its row buffers")
-    return out[0], out[1], out[2], out[3]
+    return RowTest(*out)
+
+
+def _as_f64(v: torch.Tensor) -> torch.Tensor:
+    """``v``'s values as contiguous float64 on the CPU: ``v`` itself when it is so already
+    (identification's samples are), which costs attribute reads where a conversion costs
+    torch calls."""
+    if v.dtype == torch.float64 and v.device.type == "cpu" and v.is_contiguous():
+        return v
+    return v.detach().reshape(-1).to("cpu", torch.float64).contiguous()
 
 
 def samples(values: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:
     """For float64 samples of any sizes, in one call: each sorted ascending (a radix sort,
     O(n)), and each one's kurtosis b2 = m4 / m2² about its mean (NaN when empty or
-    constant)."""
+    constant). The results are views of one buffer."""
     lib = _lib()
-    parts = [v.detach().reshape(-1).to("cpu", torch.float64) for v in values]
-    flat = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else _NONE_F64
-    flat = flat.contiguous()
-    offsets = (ctypes.c_int64 * (len(parts) + 1))()
-    at = 0
-    for i, p in enumerate(parts):
-        at += p.numel()
-        offsets[i + 1] = at
-    ordered = torch.empty_like(flat)
-    b2 = (ctypes.c_double * len(parts))()
-    status = lib.fused_samples(flat.data_ptr(), offsets, len(parts), ordered.data_ptr(), b2)
-    if status != 0:
-        raise MemoryError("the statistics kernel could not allocate its sort buffer")
-    if len(parts) == 1:
-        return [ordered], [b2[0]]
+    parts = [_as_f64(v) for v in values]
+    count = len(parts)
+    pointers = (ctypes.c_void_p * max(count, 1))(*[p.data_ptr() for p in parts])
     sizes = [p.numel() for p in parts]
-    return list(torch.split(ordered, sizes)), list(b2)
+    offsets = (ctypes.c_int64 * (count + 1))()
+    at = 0
+    for i, size in enumerate(sizes):
+        at += size
+        offsets[i + 1] = at
+    ordered = torch.empty(at, dtype=torch.float64)
+    b2 = (ctypes.c_double * max(count, 1))()
+    if lib.fused_samples(pointers, offsets, count, ordered.data_ptr(), b2) != 0:
+        raise MemoryError("the statistics kernel could not allocate its sort buffer")
+    if count == 1:
+        return [ordered], [b2[0]]
+    return list(torch.split(ordered, sizes)), list(b2[:count])
 
 
 # kernel.c's KS_* codes for the continuous families, by name (Family's values)
@@ -255,7 +275,7 @@ def ks_distance(
     :meth:`~initscope.knowledge.distributions.Distribution.cdf_form` gives them. One pass
     in C that takes the CDF only where the maximum can be (kernel.c, fused_ks)."""
     lib = _lib()
-    x = ordered.detach().reshape(-1).to("cpu", torch.float64).contiguous()
+    x = _as_f64(ordered)
     return float(lib.fused_ks(x.data_ptr(), x.numel(), _KS_FAMILIES[family], a, b, lo, hi))
 
 

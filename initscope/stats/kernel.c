@@ -681,9 +681,10 @@ static void row_sums(const double *rows, int64_t k, int64_t len, double *row_mea
  * s2 = sum q_r / n; mu4 = (sum of fourth powers) / n; each row's sample variance
  * v_r = (q_r - len m_r^2) / (len - 1); v0 = (mu4 - s2^2 (len - 3) / (len - 1)) / len, the
  * variance of a row's sample variance. out = {sum (m_r - mean m)^2 / (s2 / len),
- * sum (v_r - mean v)^2 / v0, s2, v0}: the two chi-square statistics (k - 1 degrees of
- * freedom each) and what they are divided by, which the caller checks (s2 = 0: no spread,
- * v0 <= 0: no variance test). Returns 0, or -1 when scratch memory cannot be had. */
+ * sum (v_r - mean v)^2 / v0, s2, v0, |row 0|^2, row 0 . row 1}: the two chi-square
+ * statistics (k - 1 degrees of freedom each) and what they are divided by, which the caller
+ * checks (s2 = 0: no spread, v0 <= 0: no variance test), then the orthogonality test's first
+ * numbers. Returns 0, or -1 when scratch memory cannot be had. */
 int fused_row_test(const double *rows, int64_t k, int64_t len, double *out) {
     double *means = malloc(2 * (size_t)k * sizeof(double));
     if (means == NULL) return -1;
@@ -716,6 +717,13 @@ int fused_row_test(const double *rows, int64_t k, int64_t len, double *out) {
     out[1] = spread_variances / v0;
     out[2] = s2;
     out[3] = v0;
+    /* The first row's squared norm and its product with the second: the orthogonality test
+     * (_orthogonal) asks these first and stops there for all but orthogonal matrices. */
+    double norm0 = 0.0, dot01 = 0.0;
+    for (int64_t j = 0; j < len; j++) norm0 += rows[j] * rows[j];
+    for (int64_t j = 0; k > 1 && j < len; j++) dot01 += rows[j] * rows[len + j];
+    out[4] = norm0;
+    out[5] = k > 1 ? dot01 : NAN;
     free(means);
     return 0;
 }
@@ -833,13 +841,14 @@ static double radix_sort(const double *restrict x, int64_t n, uint64_t *restrict
     return sum;
 }
 
-/* For each of count samples (sample j: values[offsets[j] .. offsets[j + 1])): the values
- * sorted ascending into sorted (same offsets) and the sample kurtosis b2 = m4 / m2^2 about
+/* For each of count samples (sample j: the offsets[j + 1] - offsets[j] values at values[j],
+ * each where its caller holds it, nothing copied together first): the values sorted
+ * ascending into sorted[offsets[j] .. offsets[j + 1]) and the sample kurtosis b2 = m4 / m2^2 about
  * the mean into b2[j] (NaN for an empty or constant sample). The sums run in four partial
  * sums (the loops pipeline; one running sum waits on each add). Returns 0, or -1 when the
  * scratch memory cannot be had. */
-int fused_samples(const double *values, const int64_t *offsets, int64_t count, double *sorted,
-                  double *b2) {
+int fused_samples(const double *const *values, const int64_t *offsets, int64_t count,
+                  double *sorted, double *b2) {
     int64_t longest = 0;
     for (int64_t j = 0; j < count; j++) {
         int64_t m = offsets[j + 1] - offsets[j];
@@ -853,7 +862,7 @@ int fused_samples(const double *values, const int64_t *offsets, int64_t count, d
         return -1;
     }
     for (int64_t j = 0; j < count; j++) {
-        const double *x = values + offsets[j];
+        const double *x = values[j];
         int64_t m = offsets[j + 1] - offsets[j], i;
         double sum = radix_sort(x, m, keys, keys + longest, sorted + offsets[j], counters);
         double mean = m ? sum / (double)m : 0.0;

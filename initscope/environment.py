@@ -34,6 +34,10 @@ def tune_environment() -> None:
     # GOMP_SPINCOUNT) on the cores the fused kernel's threads need, between identifications.
     # initscope's own parallelism is the kernel's threads and its processes.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # torch imports numpy where it is installed, and numpy's OpenBLAS starts a thread per
+    # core that spins for a while (~0.1 s of a core, measured on 2 cores) though initscope
+    # never calls it: those cycles are taken from the forked workers.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     # torch warns on import when numpy is absent; initscope never needs numpy.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 

@@ -8,11 +8,11 @@ covered, and the warnings.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
 from initscope.naming import dtype_name
+from initscope.render import jsontext
 from initscope.render.common import FORMATS, Format, escape_text, finite
 from initscope.rules.apply import ApplyResult
 from initscope.rules.plan import Action, Plan, shape_tuple
@@ -103,7 +103,7 @@ def render_apply(result: ApplyResult, fmt: Format | str = Format.TABLE) -> str:
     ``initscope.apply/1`` document."""
     fmt = Format(fmt).require("apply", FORMATS["apply"])
     if fmt is Format.JSON:
-        return json.dumps(apply_to_dict(result), indent=2, allow_nan=False) + "\n"
+        return jsontext.dumps(apply_to_dict(result), allow_nan=False) + "\n"
     plan = result.plan
     out: list[str] = []
     if result.output is None:

@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from typing import Any
 
 from initscope.gate.check import CheckResult, Violation
+from initscope.render import jsontext
 from initscope.render.common import FORMATS, Format, escape_text
 
 __all__ = [
@@ -148,7 +148,7 @@ def _junit(result: CheckResult) -> str:
 def render_check(result: CheckResult, fmt: Format | str = Format.TEXT) -> str:
     fmt = Format(fmt).require("check", FORMATS["check"]).value
     if fmt == "json":
-        return json.dumps(check_to_dict(result), indent=2) + "\n"
+        return jsontext.dumps(check_to_dict(result)) + "\n"
     if fmt == "junit":
         return _junit(result)
     if fmt == "github":

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 
 from initscope.gate.diff import DiffResult, Status
+from initscope.render import jsontext
 from initscope.render.common import FORMATS, Format, escape_text
 
 __all__ = [
@@ -50,11 +51,10 @@ def _statuses(result: DiffResult) -> Mapping[str, int]:
 
 def render_diff(result: DiffResult, fmt: Format | str = Format.TABLE) -> str:
     """A table, largest relative change first, then the summary; or JSON."""
-    import json
 
     fmt = Format(fmt).require("diff", FORMATS["diff"])
     if fmt is Format.JSON:
-        return json.dumps(diff_to_dict(result), indent=2) + "\n"
+        return jsontext.dumps(diff_to_dict(result)) + "\n"
     from initscope.knowledge.distributions import format_number as f
 
     order = {Status.CHANGED: 0, Status.SHAPE_CHANGED: 1, Status.DTYPE_CHANGED: 1}

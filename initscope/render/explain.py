@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from initscope.knowledge.explanation import Explanation
+from initscope.render import jsontext
 from initscope.render.common import FORMATS, TABLE_WIDTH, Format, default_to_dict, shape_label
 
 __all__ = [
@@ -45,7 +45,7 @@ def explanation_to_dict(e: Explanation) -> dict[str, Any]:
 def render_explanation(e: Explanation, fmt: Format | str, width: int = TABLE_WIDTH) -> str:
     fmt = Format(fmt).require("explain", FORMATS["explain"])
     if fmt is Format.JSON:
-        return json.dumps(explanation_to_dict(e), indent=2) + "\n"
+        return jsontext.dumps(explanation_to_dict(e)) + "\n"
     args = ", ".join(f"{k}={v!r}" for k, v in e.arguments.items())
     lines = [f"{e.layer}({args})"]
     if e.filled and set(e.filled) == set(e.arguments):

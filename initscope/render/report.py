@@ -8,12 +8,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from initscope.measure.report import ParameterReport, Report
+from initscope.render import jsontext
 from initscope.render.common import (
     FORMATS,
     HIST_WIDTH,
@@ -362,7 +362,7 @@ def render_report(
     if hist and fmt is not Format.TABLE:
         raise ValueError(f"hist is a column of the table format, not of {fmt.value}")
     if fmt is Format.JSON:
-        return json.dumps(report_to_dict(report), indent=2) + "\n"
+        return jsontext.dumps(report_to_dict(report)) + "\n"
     if fmt is Format.MARKDOWN:
         return render_markdown(report)
     if fmt is Format.CSV:

@@ -212,7 +212,7 @@ def _parameters(
             # from the values now: they are not kept while the others are read
             structure = structure_for(s, m.values)
         queries.append(Query(s, sample, m.shape, e.default, structure, m.dtype))
-        measured.append((replace(m, values=None), s, sample))
+        measured.append((m if m.values is None else replace(m, values=None), s, sample))
         del m  # the values go before the next tensor is read
     found = iter(identify_many(queries))
     out = []

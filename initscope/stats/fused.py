@@ -162,40 +162,41 @@ def scan(
     lib = _lib()
     count = -(-numel // SEGMENT)
     out = (Accumulator * count)()
-    pos = _NONE if positions is None else positions.to(torch.int64).contiguous()
-    sample = torch.empty(pos.numel(), dtype=torch.float64)
+    pos = _NONE if positions is None else _as_int64(positions)
+    npos = pos.numel()
+    sample = torch.empty(npos, dtype=torch.float64)
     starts, length, stride, copied = _NONE, 0, 1, None
     if lines is not None:
-        starts, length, stride = (
-            lines.starts.to(torch.int64).contiguous(),
-            lines.length,
-            lines.stride,
-        )
+        starts, length, stride = _as_int64(lines.starts), lines.length, lines.stride
         copied = torch.empty(starts.numel(), length, dtype=torch.float64)
+    # positional, in _Job's field order: keywords cost microseconds a tensor
     job = _Job(
-        mem=address,
-        fd=-1 if fd is None else fd,
-        file_offset=offset,
-        dtype=DTYPES[dtype],
-        seg=SEGMENT,
-        out=out,
-        pos=pos.data_ptr(),
-        npos=pos.numel(),
-        sample=sample.data_ptr(),
-        line_start=starts.data_ptr(),
-        nlines=starts.numel(),
-        line_len=length,
-        line_stride=stride,
-        lines=None if copied is None else copied.data_ptr(),
+        address,
+        -1 if fd is None else fd,
+        offset,
+        DTYPES[dtype],
+        SEGMENT,
+        out,
+        pos.data_ptr(),
+        npos,
+        sample.data_ptr(),
+        starts.data_ptr(),
+        starts.numel(),
+        length,
+        stride,
+        None if copied is None else copied.data_ptr(),
     )
-    threads = min(max(1, torch.get_num_threads()), count)
-    per = -(-count // threads)
+    threads = 1 if count == 1 else min(max(1, torch.get_num_threads()), count)
+    if threads == 1:
+        statuses = [int(lib.fused_scan(ctypes.addressof(job), 0, numel))]
+    else:
+        per = -(-count // threads)
 
-    def part(j: int) -> int:
-        start, stop = j * per * SEGMENT, min(numel, (j + 1) * per * SEGMENT)
-        return int(lib.fused_scan(ctypes.addressof(job), start, stop)) if start < stop else 0
+        def part(j: int) -> int:
+            start, stop = j * per * SEGMENT, min(numel, (j + 1) * per * SEGMENT)
+            return int(lib.fused_scan(ctypes.addressof(job), start, stop)) if start < stop else 0
 
-    statuses = [part(0)] if threads == 1 else list(_pool().map(part, range(threads)))
+        statuses = list(_pool().map(part, range(threads)))
     for status in statuses:
         if status == _STATUS_SHORT:
             raise FileChangedError("the file ends before the tensor's data does")
@@ -228,6 +229,13 @@ def row_test(rows: torch.Tensor) -> RowTest:
     if lib.fused_row_test(x.data_ptr(), k, length, out) != 0:
         raise MemoryError("the statistics kernel could not allocate its row buffers")
     return RowTest(*out)
+
+
+def _as_int64(v: torch.Tensor) -> torch.Tensor:
+    """``v`` as contiguous int64 (positions and line starts are so already)."""
+    if v.dtype == torch.int64 and v.is_contiguous():
+        return v
+    return v.to(torch.int64).contiguous()
 
 
 def _as_f64(v: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import gc
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 __all__ = [
     "collector_held_by_cli",
+    "collector_paused",
     "end_of_cli",
     "hold_collector",
     "release_collector",
@@ -75,3 +78,19 @@ def end_of_cli() -> None:
     it (the cost kept out of every run's end, :func:`collector_held_by_cli`)."""
     release_collector()
     _CLI[0] = False
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cycle collection inside, for work that makes many objects and no garbage cycles
+    (a report's JSON): the collector's full passes rescan every object alive, the report
+    included, as those objects accumulate. Rendering 20,000
+    tensors' JSON spent 0.17-0.22 s of its 0.6 s in them. The collector's state is as it
+    was afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from initscope.measure.report import ParameterReport, Report
+from initscope.environment import collector_paused
 from initscope.render import jsontext
 from initscope.render.common import (
     FORMATS,
@@ -361,10 +362,11 @@ def render_report(
     fmt = Format(fmt).require("report", FORMATS["report"])
     if hist and fmt is not Format.TABLE:
         raise ValueError(f"hist is a column of the table format, not of {fmt.value}")
-    if fmt is Format.JSON:
-        return jsontext.dumps(report_to_dict(report)) + "\n"
-    if fmt is Format.MARKDOWN:
-        return render_markdown(report)
-    if fmt is Format.CSV:
-        return render_csv(report)
-    return render_table(report, width, hist)
+    with collector_paused():  # many dicts and strings, no cycles
+        if fmt is Format.JSON:
+            return jsontext.dumps(report_to_dict(report)) + "\n"
+        if fmt is Format.MARKDOWN:
+            return render_markdown(report)
+        if fmt is Format.CSV:
+            return render_csv(report)
+        return render_table(report, width, hist)

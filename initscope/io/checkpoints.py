@@ -17,6 +17,7 @@ Loading a pickled ``nn.Module`` executes code from the file, so it needs
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import math
 import os
@@ -100,8 +101,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
 
-    @property
-    def numel(self) -> int:
+    @functools.cached_property
+    def numel(self) -> int:  # asked several times per tensor read
         return math.prod(self.shape)
 
 

@@ -253,10 +253,17 @@ def test_a_batched_task_gets_its_indices_together_in_a_worker_and_in_process() -
         calls.append(list(ids))
         return [(i, len(ids), os.getpid()) for i in ids]
 
-    weights = [100] * 40
+    n = 2 * BATCH + BATCH // 2
+    weights = [100] * n
     out = parallel_map(Batched(many), weights, workers=1)
-    assert [i for i, _, _ in out] == list(range(40))
-    assert [len(c) for c in calls] == [BATCH, BATCH, 40 - 2 * BATCH]
+    assert [i for i, _, _ in out] == list(range(n))
+    # at most BATCH at once, and at most a 16th of the work in process (the progress moves)
+    sixteenth = -(-n // 16)
+    assert all(len(c) == min(BATCH, sixteenth) for c in calls[:-1]), [len(c) for c in calls]
+    assert sum(len(c) for c in calls) == n
+    calls.clear()
+    out = parallel_map(Batched(many), [100] * (BATCH * 40), workers=1)
+    assert [len(c) for c in calls] == [BATCH] * 40
     if can_fork():
         # batches are also cut at a 32nd of the work: 400 equal tasks go 12 at a time
         out = parallel_map(Batched(many), [100] * 400, workers=2)

@@ -504,3 +504,16 @@ def test_the_incomplete_gammas_are_torchs() -> None:
                 assert math.isnan(got), (ai, xi)
             else:
                 assert got == pytest.approx(w, rel=1e-10, abs=1e-300), (ai, xi)
+
+
+@needs_kernel
+def test_the_kolmogorov_series_is_pythons_bit_for_bit() -> None:
+    """The KS p-value's series in C sums the same terms in the same order as
+    goodness.kolmogorov_sf: the same value to the bit, edges and NaN included."""
+    from initscope.knowledge.goodness import kolmogorov_sf
+
+    g = torch.Generator().manual_seed(10)
+    xs = (torch.rand(20_000, generator=g, dtype=torch.float64) * 5 - 1).tolist()
+    xs += [0.0, 0.2, 0.19999999999999998, 1e-300, 5e-324, 100.0, math.inf, -math.inf, math.nan]
+    for x in xs:
+        assert fused.kolmogorov_sf(x) == kolmogorov_sf(x), x

@@ -86,9 +86,11 @@ def ks_test(sample: torch.Tensor, dist: Distribution, *, presorted: bool = False
 
 def _stephens_p(d: float, n: float) -> float:
     """The p-value of a KS distance ``d`` at (effective) size ``n``: the asymptotic
-    Kolmogorov distribution with Stephens' (1970) finite-n correction."""
+    Kolmogorov distribution with Stephens' (1970) finite-n correction (its series in C where
+    the kernel is: the same value)."""
     sqrt_n = math.sqrt(n)
-    return kolmogorov_sf((sqrt_n + 0.12 + 0.11 / sqrt_n) * d)
+    x = (sqrt_n + 0.12 + 0.11 / sqrt_n) * d
+    return fused.kolmogorov_sf(x) if fused.available() else kolmogorov_sf(x)
 
 
 def ks_two_sample(a_sorted: torch.Tensor, b_sorted: torch.Tensor) -> KSResult:

@@ -37,6 +37,7 @@ __all__ = [
     "describe",
     "gammainc",
     "gammaincc",
+    "kolmogorov_sf",
     "ks_distance",
     "positions",
     "row_test",
@@ -307,3 +308,9 @@ def positions(numel: int, size: int, seed: int) -> torch.Tensor:
     out = torch.empty(size, dtype=torch.int64)
     _lib().fused_positions(seed & 0xFFFFFFFFFFFFFFFF, numel, size, out.data_ptr())
     return out
+
+
+def kolmogorov_sf(x: float) -> float:
+    """:func:`initscope.knowledge.goodness.kolmogorov_sf`, the same series in C: the same
+    value, bit for bit."""
+    return float(_lib().fused_kolmogorov_sf(x))

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 __all__ = ["VERSION", "describe", "library", "loaded_library"]
 
-VERSION = 7  # fused_version() in kernel.c: the layout and signatures fused.py expects
+VERSION = 8  # fused_version() in kernel.c: the layout and signatures fused.py expects
 _BUILD = "installing initscope where a C compiler works builds it"
 
 
@@ -66,6 +66,8 @@ def _load() -> _Loaded:
         lib.fused_gammainc.restype = d
         lib.fused_positions.argtypes = [ctypes.c_uint64, i64, i64, ptr]
         lib.fused_positions.restype = None
+        lib.fused_kolmogorov_sf.argtypes = [d]
+        lib.fused_kolmogorov_sf.restype = d
         lib.fused_isa.restype = ctypes.c_char_p
         lib.fused_prefer_portable.argtypes = [ctypes.c_int]
         lib.fused_prefer_portable.restype = ctypes.c_char_p

@@ -628,38 +628,37 @@ def _header_entry(p: Path, key: str, entry: Any, data: int) -> tuple[TensorInfo,
     """One tensor entry of the header, and its byte range within the data section (``data``
     bytes long): a dtype initscope reads, a shape of non-negative ints, and offsets that
     span exactly the tensor's bytes and lie inside the file."""
-    name = shorten(key)
     if not isinstance(entry, dict):
-        raise ValueError(f"entry {name} is not an object")
+        raise ValueError(f"entry {shorten(key)} is not an object")
     code, shape, span = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    dtype = _entry_dtype(p, name, code)
+    dtype = _entry_dtype(p, key, code)
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise ValueError(f"tensor {name} has no valid shape")
+        raise ValueError(f"tensor {shorten(key)} has no valid shape")
     if (
         not isinstance(span, list)
         or len(span) != 2
         or not all(type(o) is int for o in span)
         or not 0 <= span[0] <= span[1]
     ):
-        raise ValueError(f"tensor {name} has no valid data_offsets")
+        raise ValueError(f"tensor {shorten(key)} has no valid data_offsets")
     spans = span[1] - span[0]
     numel = bounded_numel(shape, spans // dtype.itemsize)
     if numel is None or numel * dtype.itemsize != spans:
         need = f"{numel * dtype.itemsize}" if numel is not None else f"over {spans}"
         raise ValueError(
-            f"tensor {name} is {need} bytes ({code}, shape {shorten(shape, 40)}) but "
+            f"tensor {shorten(key)} is {need} bytes ({code}, shape {shorten(shape, 40)}) but "
             f"spans {spans} bytes"
         )
     if span[1] > data:
         raise CheckpointError(
-            f"{p} is truncated: its header places tensor {name} at bytes "
+            f"{p} is truncated: its header places tensor {shorten(key)} at bytes "
             f"{span[0]}..{span[1]} of the data, the file holds {max(data, 0)}",
             "re-save or re-download it",
         )
     return TensorInfo(key, tuple(shape), dtype), (span[0], span[1])
 
 
-def _entry_dtype(p: Path, name: str, code: Any) -> torch.dtype:
+def _entry_dtype(p: Path, key: str, code: Any) -> torch.dtype:
     """The torch dtype of an entry's dtype code; a code initscope cannot read is its own
     error (the file may be fine), shown as written only when short and printable."""
     dtype = _SAFETENSORS_DTYPES.get(code) if isinstance(code, str) else None
@@ -667,7 +666,7 @@ def _entry_dtype(p: Path, name: str, code: Any) -> torch.dtype:
         plain = isinstance(code, str) and len(code) <= 20 and code.isprintable()
         shown = code if plain else shorten(code)
         raise CheckpointError(
-            f"{p}: tensor {name} has dtype {shown}, which initscope cannot read",
+            f"{p}: tensor {shorten(key)} has dtype {shown}, which initscope cannot read",
             f"initscope reads {', '.join(_SAFETENSORS_DTYPES)}; convert that tensor",
         )
     return dtype

@@ -79,7 +79,8 @@ def dumps(value: Any, *, allow_nan: bool = True) -> str:
                 if tv is str:
                     append(key + ": " + encode_basestring_ascii(v))
                 elif tv is float:
-                    append(key + ": " + _float(v, allow_nan))
+                    text = float.__repr__(v) if v - v == 0.0 else _float(v, allow_nan)
+                    append(key + ": " + text)
                 elif v is None:
                     append(key + ": null")
                 elif tv is int:

@@ -89,6 +89,13 @@ def test_random_nested_values_are_written_as_json_dumps_writes_them() -> None:
         assert jsontext.dumps(value) == json.dumps(value, indent=2)
 
 
+def test_equal_keys_of_other_types_are_written_as_their_own() -> None:
+    """1, 1.0 and True are equal dict keys that JSON writes differently: key texts kept for
+    one dict's keys are never another's."""
+    value = [{1: "a"}, {1.0: "b"}, {True: "c"}, {"1": "d"}, {1: "e"}, {None: 0}, {"null": 1}]
+    assert jsontext.dumps(value) == json.dumps(value, indent=2)
+
+
 def test_what_json_refuses_it_refuses() -> None:
     for value in (math.nan, [math.inf], {"x": -math.inf}, {math.nan: 1}):
         with pytest.raises(ValueError, match="not JSON compliant"):

@@ -49,6 +49,7 @@ def dumps(value: Any, *, allow_nan: bool = True) -> str:
     """``json.dumps(value, indent=2, allow_nan=allow_nan)``: the same text."""
     parts: list[str] = []
     append = parts.append
+    known: dict[tuple[Any, ...], list[str]] = {}
 
     def encode(o: Any, newline: str) -> None:
         t = type(o)
@@ -69,26 +70,36 @@ def dumps(value: Any, *, allow_nan: bool = True) -> str:
                 append("{}")
                 return
             inner = newline + "  "
-            separator = "{" + inner
-            for k, v in o.items():
-                key = separator + (
-                    encode_basestring_ascii(k) if type(k) is str else _key(k, allow_nan)
-                )
+            # Each key's text, with its separator and colon, made once per depth and set of
+            # keys (a report's parameters all have the same keys). Kept for string keys only:
+            # 1, 1.0 and True are equal keys written as "1", "1.0" and "true", and a string
+            # equals no other type.
+            shape = (inner, *o)
+            heads = known.get(shape)
+            if heads is None:
+                heads = [
+                    ("," if i else "{")
+                    + inner
+                    + (encode_basestring_ascii(k) if type(k) is str else _key(k, allow_nan))
+                    + ": "
+                    for i, k in enumerate(o)
+                ]
+                if all(type(k) is str for k in o):
+                    known[shape] = heads
+            for key, v in zip(heads, o.values(), strict=True):
                 # the common scalars written here, one call fewer each
                 tv = type(v)
                 if tv is str:
-                    append(key + ": " + encode_basestring_ascii(v))
+                    append(key + encode_basestring_ascii(v))
                 elif tv is float:
-                    text = float.__repr__(v) if v - v == 0.0 else _float(v, allow_nan)
-                    append(key + ": " + text)
+                    append(key + (float.__repr__(v) if v - v == 0.0 else _float(v, allow_nan)))
                 elif v is None:
-                    append(key + ": null")
+                    append(key + "null")
                 elif tv is int:
-                    append(key + ": " + int.__repr__(v))
+                    append(key + int.__repr__(v))
                 else:
-                    append(key + ": ")
+                    append(key)
                     encode(v, inner)
-                separator = "," + inner
             append(newline + "}")
         elif t is list or t is tuple:
             if not o:

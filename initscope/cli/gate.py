@@ -83,20 +83,11 @@ def check(
         fmt = fmt.require("check", FORMATS["check"])  # before any work
         from initscope.gate.check import CheckOptions, check_target
         from initscope.gate.expectations import load_expectations
-        from initscope.io.targets import check_output
         from initscope.render.check import render_check
         from initscope.rules.language import load_rules, nothing_was
 
         if output is not None:
-            check_output(
-                output,
-                target,
-                rules,
-                expect,
-                targets.spec,
-                targets.args_file,
-                revision=targets.revision,
-            )
+            targets.check_output(output, target, rules, expect)
         variables = parse_vars(var)
         with nothing_was("checked"):
             rule_set = load_rules(rules, variables) if rules is not None else None
@@ -139,11 +130,10 @@ def diff(
     with boundary(debug):
         fmt = fmt.require("diff", FORMATS["diff"])  # before any work
         from initscope.gate.diff import diff_targets
-        from initscope.io.targets import check_output
         from initscope.render.diff import render_diff
 
         if output is not None:
-            check_output(output, a, b, targets.spec, targets.args_file, revision=targets.revision)
+            targets.check_output(output, a, b)
         how_a, how_b = targets.pair(a, b, seed=seed, max_memory=run.memory)
         group = run.group()
         leader = leads(group)

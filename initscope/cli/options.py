@@ -191,6 +191,14 @@ class TargetArgs:
     key: str | None = None
     revision: str | None = None
 
+    def check_output(self, output: Path, *inputs: object) -> None:
+        """:func:`initscope.io.targets.check_output` for an output of a command that reads
+        ``inputs`` with these options: none of them, nor the spec or args file, nor a hub
+        id's snapshot files at ``--revision``, may be the output."""
+        from initscope.io.targets import check_output
+
+        check_output(output, *inputs, self.spec, self.args_file, revision=self.revision)
+
     def how(
         self, *, seed: int = 0, meta: bool = False, max_memory: int | None = None
     ) -> TargetOptions:

@@ -98,7 +98,6 @@ def report(
     debug = debug_mode(ctx, debug)
     with boundary(debug):
         fmt = fmt.require("report", FORMATS["report"])  # before any work
-        from initscope.io.targets import check_output
         from initscope.measure.report import ReportOptions, build_report
         from initscope.render.report import render_report
 
@@ -108,13 +107,9 @@ def report(
                 "drop --hist or use --format table",
             )
         if output is not None:
-            check_output(  # before the model is built
-                output, target, targets.spec, targets.args_file, revision=targets.revision
-            )
+            targets.check_output(output, target)  # before the model is built
         if html is not None:
-            check_output(
-                html, target, targets.spec, targets.args_file, against, revision=targets.revision
-            )
+            targets.check_output(html, target, against)
             if output is not None and html.resolve() == output.resolve():
                 raise InitScopeError(
                     f"--html and --output are the same file ({html}); the report would "
@@ -198,7 +193,6 @@ def plot(
     --against rules.yaml) over it: a grid of panels, marked where the values differ."""
     debug = debug_mode(ctx, debug)
     with boundary(debug):
-        from initscope.io.targets import check_output
         from initscope.measure.report import ReportOptions, build_report
         from initscope.render.panels import make_panels
         from initscope.render.plot import (
@@ -211,9 +205,7 @@ def plot(
 
         image_format(output)  # a bad extension, and a missing matplotlib, before any work
         require_matplotlib()
-        check_output(
-            output, target, targets.spec, targets.args_file, against, revision=targets.revision
-        )
+        targets.check_output(output, target, against)
         rule_set = against_rules(against, var)
         options = ReportOptions(
             buffers=buffers,
@@ -235,14 +227,7 @@ def plot(
             )
         # A paged plot writes OUT-1.png, OUT-2.png, ...: none of them may be an input.
         for page in page_paths(output, len(panels), max_panels):
-            check_output(
-                page.path,
-                target,
-                targets.spec,
-                targets.args_file,
-                against,
-                revision=targets.revision,
-            )
+            targets.check_output(page.path, target, against)
         label = "default" if rule_set is None else rule_set.source
         pages = save_pages(
             panels,

@@ -392,18 +392,18 @@ def report_checkpoint(
         if key not in ckpt.aliases and _selected(name, modules.get(split_name(name)[0]), options)
     ]
 
-    tensors = checkpoint_source(ckpt, keys)
+    stored = checkpoint_source(ckpt, keys)
 
     def entry(i: int) -> _Entry:
         name = selected[i]
         return _Entry(name, modules.get(split_name(name)[0]), tuple(tied.get(name, ())), None)
 
-    def readable(i: int) -> Readable:
-        return tensors.readable(selected[i], options.max_memory, False)
+    def source(i: int) -> Readable:
+        return stored.readable(selected[i], options.max_memory, False)
 
     infos = [ckpt.infos[keys[n]] for n in selected]
     out = spread(
-        Batched(lambda ids: _parameters(ids, entry, readable, options)),
+        Batched(lambda ids: _parameters(ids, entry, source, options)),
         [i.numel for i in infos],
         workers=options.workers,
         max_memory=options.max_memory,
